@@ -1,0 +1,1 @@
+//! tunl: a userspace IPIP tunnel router.
