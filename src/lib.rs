@@ -1,1 +1,3 @@
 //! tunl: a userspace IPIP tunnel router.
+
+pub mod topology;
