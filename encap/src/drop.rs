@@ -1,0 +1,98 @@
+//! Why a packet was dropped.
+
+use std::fmt;
+
+/// Why a packet was dropped. Counters index by `as usize`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+#[repr(u8)]
+pub enum DropReason {
+    /// An outer packet from a source that is not a known node (CVE-2020-10136).
+    UnknownSource,
+    /// The outer header is not a whole, valid, unfragmented IPIP packet.
+    MalformedOuter,
+    /// The inner packet is not a whole, valid IPv4 packet.
+    MalformedInner,
+    /// Inner Not-ECT under an outer CE (RFC 6040 says drop).
+    EcnDrop,
+    /// No route to the inner destination.
+    NoRoute,
+    /// The inner packet is longer than the tunnel MTU and may not be fragmented.
+    TooBig,
+    /// The inner TTL is 0.
+    TtlExpired,
+    /// The inner packet is itself IPIP and nesting is not allowed.
+    NestedIpip,
+    /// The inner destination is outside this node's pod blocks.
+    NotLocal,
+}
+
+impl DropReason {
+    /// The number of reasons; the length of a counter array.
+    pub const COUNT: usize = 9;
+
+    /// Every reason, in `as usize` order.
+    pub const ALL: [DropReason; Self::COUNT] = [
+        Self::UnknownSource,
+        Self::MalformedOuter,
+        Self::MalformedInner,
+        Self::EcnDrop,
+        Self::NoRoute,
+        Self::TooBig,
+        Self::TtlExpired,
+        Self::NestedIpip,
+        Self::NotLocal,
+    ];
+
+    /// The snake_case name, for metrics and logs.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::UnknownSource => "unknown_source",
+            Self::MalformedOuter => "malformed_outer",
+            Self::MalformedInner => "malformed_inner",
+            Self::EcnDrop => "ecn_drop",
+            Self::NoRoute => "no_route",
+            Self::TooBig => "too_big",
+            Self::TtlExpired => "ttl_expired",
+            Self::NestedIpip => "nested_ipip",
+            Self::NotLocal => "not_local",
+        }
+    }
+}
+
+impl fmt::Display for DropReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::UnknownSource => "unknown source",
+            Self::MalformedOuter => "malformed outer",
+            Self::MalformedInner => "malformed inner",
+            Self::EcnDrop => "ECN drop",
+            Self::NoRoute => "no route",
+            Self::TooBig => "too big",
+            Self::TtlExpired => "TTL expired",
+            Self::NestedIpip => "nested IPIP",
+            Self::NotLocal => "not local",
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn all_is_in_index_order_and_names_are_distinct() {
+        for (i, r) in DropReason::ALL.iter().enumerate() {
+            assert_eq!(*r as usize, i);
+        }
+        let mut names: Vec<_> = DropReason::ALL.iter().map(|r| r.as_str()).collect();
+        names.sort_unstable();
+        names.dedup();
+        assert_eq!(names.len(), DropReason::COUNT);
+        assert_eq!(DropReason::NestedIpip.as_str(), "nested_ipip");
+        assert_eq!(DropReason::UnknownSource.to_string(), "unknown source");
+        for r in DropReason::ALL {
+            assert_eq!(r.to_string().replace(' ', "_").to_lowercase(), r.as_str());
+        }
+    }
+}
