@@ -242,3 +242,184 @@ impl<V> Deref for RouteGuard<'_, V> {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::net::Ipv4Addr;
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::mpsc;
+    use std::thread;
+
+    use ipnetwork::Ipv4Network;
+
+    use super::*;
+
+    fn net(s: &str) -> Ipv4Network {
+        s.parse().expect("test prefix")
+    }
+
+    fn addr(s: &str) -> Ipv4Addr {
+        s.parse().expect("test address")
+    }
+
+    fn assert_send<T: Send>() {}
+    fn assert_clone<T: Clone>() {}
+
+    #[test]
+    fn handles_are_send() {
+        assert_send::<RouteWriter<Ipv4Addr>>();
+        assert_send::<RouteReader<Ipv4Addr>>();
+        assert_clone::<RouteReader<Ipv4Addr>>();
+    }
+
+    #[test]
+    fn writer_methods_publish() {
+        let (mut w, r) = RouteTable::<u32>::new();
+        assert!(w.is_empty());
+        assert_eq!(w.insert(net("10.0.0.0/26"), 1), None);
+        assert_eq!(r.lookup(addr("10.0.0.9")), Some(1));
+        assert_eq!(w.insert(net("10.0.0.5/26"), 2), Some(1));
+        assert_eq!(r.lookup(addr("10.0.0.9")), Some(2));
+        assert_eq!(w.insert(net("10.0.0.0/26"), 2), Some(2));
+        w.apply([
+            RouteOp::Insert(net("10.0.0.0/8"), 3),
+            RouteOp::Remove(net("10.0.0.0/26")),
+        ]);
+        assert_eq!(r.lookup(addr("10.0.0.9")), Some(3));
+        assert_eq!(w.snapshot(), vec![(net("10.0.0.0/8"), 3)]);
+        let r2 = w.reader();
+        assert_eq!(r2.clone().lookup(addr("10.1.2.3")), Some(3));
+        assert_eq!(w.remove(net("10.0.0.0/8")), Some(3));
+        assert_eq!(w.remove(net("10.0.0.0/8")), None);
+        assert_eq!(r2.lookup(addr("10.1.2.3")), None);
+        assert_eq!(w.len(), 0);
+    }
+
+    #[test]
+    fn from_lpm_keeps_routes_and_drop_empties() {
+        let mut lpm = Lpm::new();
+        lpm.insert(net("10.1.0.0/26"), 7u32);
+        let (w, r) = RouteTable::from_lpm(lpm);
+        assert_eq!(w.len(), 1);
+        assert_eq!(r.lookup(addr("10.1.0.1")), Some(7));
+        drop(w);
+        assert_eq!(r.lookup(addr("10.1.0.1")), None);
+        assert!(r.load().is_empty());
+    }
+
+    #[test]
+    fn update_is_seen_by_a_reader_after_insert_returns() {
+        let (mut w, r) = RouteTable::<u32>::new();
+        let (tx, rx) = mpsc::channel::<u32>();
+        let (back_tx, back_rx) = mpsc::channel::<Option<u32>>();
+        let reader = thread::spawn(move || {
+            for i in rx {
+                let a = Ipv4Addr::from((10 << 24) | (i << 6));
+                back_tx.send(r.lookup(a)).expect("main thread alive");
+            }
+        });
+        for i in 0..500u32 {
+            let p = Ipv4Network::new(Ipv4Addr::from((10 << 24) | (i << 6)), 26).expect("/26");
+            w.insert(p, i);
+            tx.send(i).expect("reader alive");
+            assert_eq!(back_rx.recv().expect("reader answers"), Some(i));
+        }
+        drop(tx);
+        reader.join().expect("reader thread");
+    }
+
+    /// A writer publishes pairs of routes with `apply`; readers must see both or neither.
+    #[test]
+    fn readers_never_see_half_an_apply() {
+        let mut lpm = Lpm::new();
+        for i in 0..10_000u32 {
+            let p = Ipv4Network::new(Ipv4Addr::from((10 << 24) | (i << 6)), 26).expect("/26");
+            lpm.insert(p, i);
+        }
+        let (mut w, r) = RouteTable::from_lpm(lpm);
+        let a = net("10.200.0.0/26");
+        let b = net("10.201.0.0/24");
+        let a_addr = addr("10.200.0.1");
+        let b_addr = addr("10.201.0.200");
+        let done = Arc::new(AtomicBool::new(false));
+        let readers: Vec<_> = (0..2)
+            .map(|_| {
+                let r = r.clone();
+                let done = Arc::clone(&done);
+                thread::spawn(move || {
+                    let mut last = 0;
+                    let mut seen = 0u64;
+                    while !done.load(Ordering::Relaxed) {
+                        let table = r.load();
+                        let (va, vb) = (table.lookup(a_addr), table.lookup(b_addr));
+                        assert_eq!(va, vb, "torn update");
+                        if let Some(v) = va {
+                            assert!(v >= last, "went back from {last} to {v}");
+                            last = v;
+                            seen += 1;
+                        }
+                    }
+                    seen
+                })
+            })
+            .collect();
+        for g in 1..=3001u32 {
+            w.apply([RouteOp::Insert(a, g), RouteOp::Insert(b, g)]);
+            if g % 3 == 0 {
+                w.apply([RouteOp::Remove(a), RouteOp::Remove(b)]);
+            }
+        }
+        done.store(true, Ordering::Relaxed);
+        for reader in readers {
+            reader.join().expect("reader saw a torn update");
+        }
+        assert_eq!(w.len(), 10_002);
+    }
+
+    /// `replace_all` swaps between sets sharing stable routes; every reader
+    /// observation must resolve every stable route.
+    #[test]
+    fn replace_all_keeps_unchanged_routes() {
+        let stable: Vec<(Ipv4Network, u32)> = (0..200u32)
+            .map(|i| {
+                let p = Ipv4Network::new(Ipv4Addr::from((10 << 24) | (i << 6)), 26).expect("/26");
+                (p, i)
+            })
+            .chain([(net("192.168.0.0/16"), 9999)])
+            .collect();
+        let (mut w, r) = RouteTable::<u32>::new();
+        w.replace_all(stable.iter().copied());
+        let done = Arc::new(AtomicBool::new(false));
+        let probes: Vec<(Ipv4Addr, u32)> = stable
+            .iter()
+            .map(|&(p, v)| (p.nth(1).expect("in prefix"), v))
+            .collect();
+        let reader = {
+            let r = r.clone();
+            let done = Arc::clone(&done);
+            thread::spawn(move || {
+                while !done.load(Ordering::Relaxed) {
+                    let table = r.load();
+                    for &(a, v) in &probes {
+                        assert_eq!(table.lookup(a), Some(v), "{a} lost its route");
+                    }
+                }
+            })
+        };
+        for round in 0..300u32 {
+            // Churn: a different set of extra routes each round, some overlapping stable ones.
+            let extra = (0..50u32).map(|i| {
+                let a = (10 << 24) | ((1000 + round * 7 + i) << 6);
+                (Ipv4Network::new(Ipv4Addr::from(a), 26).expect("/26"), round)
+            });
+            let overlap = [(net("10.0.0.0/8"), round), (net("192.168.1.0/24"), 9999)];
+            w.replace_all(stable.iter().copied().chain(extra).chain(overlap));
+            assert_eq!(w.len(), stable.len() + 52);
+        }
+        w.replace_all(stable.iter().copied());
+        assert_eq!(w.snapshot().len(), stable.len());
+        done.store(true, Ordering::Relaxed);
+        reader.join().expect("a stable route stopped resolving");
+    }
+}
