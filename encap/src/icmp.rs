@@ -255,3 +255,300 @@ pub fn parse_underlay_error(packet: &[u8]) -> Option<UnderlayIcmp> {
         inner_dst,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use etherparse::{
+        Icmpv4Header, Icmpv4Slice, Icmpv4Type, Ipv4Slice, icmpv4::DestUnreachableHeader,
+    };
+
+    use super::*;
+    use crate::testutil::{Inner, NODE_A, NODE_B, POD_A, checksum_ok, outer, refill_checksum};
+
+    const GATEWAY: Ipv4Addr = Ipv4Addr::new(169, 254, 1, 1);
+
+    /// Parses an error we built; checks both checksums and the IP fields.
+    fn parse(out: &[u8], len: usize, to: Ipv4Addr) -> (Icmpv4Type, Vec<u8>) {
+        let ip = Ipv4Slice::from_slice(&out[..len]).expect("IPv4");
+        let h = ip.header();
+        assert!(checksum_ok(&out[..len]));
+        assert_eq!(usize::from(h.total_len()), len);
+        assert_eq!(h.ttl(), 64);
+        assert_eq!(h.protocol(), etherparse::IpNumber::ICMP);
+        assert_eq!(h.source_addr(), GATEWAY);
+        assert_eq!(h.destination_addr(), to);
+        let icmp = Icmpv4Slice::from_slice(ip.payload().payload).expect("ICMP");
+        let recomputed = Icmpv4Header::with_checksum(icmp.icmp_type(), icmp.payload());
+        assert_eq!(icmp.checksum(), recomputed.checksum, "ICMP checksum");
+        (icmp.icmp_type(), icmp.payload().to_vec())
+    }
+
+    #[test]
+    fn frag_needed_quotes_header_and_8_bytes() {
+        let inner = Inner {
+            len: 1481,
+            ..Inner::default()
+        }
+        .bytes();
+        let mut out = [0u8; ICMP_ERROR_MAX_LEN];
+        let len = frag_needed(&inner, 1480, GATEWAY, &mut out).expect("built");
+        assert_eq!(len, 20 + 8 + 20 + 8);
+        let (kind, quote) = parse(&out, len, POD_A);
+        assert_eq!(
+            kind,
+            Icmpv4Type::DestinationUnreachable(DestUnreachableHeader::FragmentationNeeded {
+                next_hop_mtu: 1480
+            })
+        );
+        assert_eq!(quote, inner[..28]);
+    }
+
+    #[test]
+    fn unreachable_codes() {
+        let inner = Inner::default().bytes();
+        for (kind, want) in [
+            (Unreachable::Net, DestUnreachableHeader::Network),
+            (Unreachable::Host, DestUnreachableHeader::Host),
+        ] {
+            let mut out = [0u8; ICMP_ERROR_MAX_LEN];
+            let len = unreachable(&inner, kind, GATEWAY, &mut out).expect("built");
+            let (got, quote) = parse(&out, len, POD_A);
+            assert_eq!(got, Icmpv4Type::DestinationUnreachable(want));
+            assert_eq!(quote, inner[..28]);
+        }
+    }
+
+    #[test]
+    fn quote_with_options_and_short_payload() {
+        // IHL 15 (60-byte header) and a 3-byte payload.
+        let mut inner = Inner {
+            len: 63,
+            ..Inner::default()
+        }
+        .bytes();
+        inner[0] = 0x4f;
+        for b in &mut inner[20..60] {
+            *b = 1; // NOP options
+        }
+        refill_checksum(&mut inner, 0);
+        let mut out = [0u8; ICMP_ERROR_MAX_LEN];
+        let len = frag_needed(&inner, 1400, GATEWAY, &mut out).expect("built");
+        let (_, quote) = parse(&out, len, POD_A);
+        assert_eq!(quote, inner);
+        // The longest possible quote fits ICMP_ERROR_MAX_LEN exactly.
+        let mut long = Inner {
+            len: 200,
+            ..Inner::default()
+        }
+        .bytes();
+        long[0] = 0x4f;
+        let len = frag_needed(&long, 1400, GATEWAY, &mut out).expect("built");
+        assert_eq!(len, ICMP_ERROR_MAX_LEN);
+        assert_eq!(frag_needed(&long, 1400, GATEWAY, &mut out[..95]), None);
+    }
+
+    #[test]
+    fn refuses() {
+        let mut out = [0u8; ICMP_ERROR_MAX_LEN];
+        let good = Inner::default().bytes();
+        assert!(frag_needed(&good, 1480, GATEWAY, &mut out).is_some());
+        assert_eq!(
+            frag_needed(&good[..19], 1480, GATEWAY, &mut out),
+            None,
+            "short"
+        );
+        assert_eq!(
+            frag_needed(&good, 1480, GATEWAY, &mut out[..55]),
+            None,
+            "small out"
+        );
+        for src in [
+            Ipv4Addr::UNSPECIFIED,
+            Ipv4Addr::BROADCAST,
+            Ipv4Addr::new(224, 0, 0, 5),
+        ] {
+            let inner = Inner {
+                src,
+                ..Inner::default()
+            }
+            .bytes();
+            assert_eq!(frag_needed(&inner, 1480, GATEWAY, &mut out), None, "{src}");
+        }
+        // Never an error about an ICMP error, about an ICMP packet we cannot
+        // classify, or about a non-first fragment.
+        let mut icmp_error = good.clone();
+        icmp_error[20] = 3;
+        assert_eq!(
+            unreachable(&icmp_error, Unreachable::Host, GATEWAY, &mut out),
+            None
+        );
+        icmp_error[20] = 11;
+        assert_eq!(
+            unreachable(&icmp_error, Unreachable::Host, GATEWAY, &mut out),
+            None
+        );
+        let bare = Inner {
+            len: 20,
+            ..Inner::default()
+        }
+        .bytes();
+        assert_eq!(
+            unreachable(&bare, Unreachable::Host, GATEWAY, &mut out),
+            None
+        );
+        let mut later_fragment = good.clone();
+        later_fragment[7] = 1;
+        assert_eq!(
+            unreachable(&later_fragment, Unreachable::Host, GATEWAY, &mut out),
+            None
+        );
+        // An echo request (type 8) or a UDP packet is answered.
+        let udp = Inner {
+            protocol: 17,
+            len: 20,
+            ..Inner::default()
+        }
+        .bytes();
+        assert!(unreachable(&udp, Unreachable::Host, GATEWAY, &mut out).is_some());
+    }
+
+    /// An ICMP error from `from` quoting `quoted`, built with etherparse.
+    fn underlay(kind: Icmpv4Type, quoted: &[u8], from: Ipv4Addr) -> Vec<u8> {
+        let icmp = Icmpv4Header::with_checksum(kind, quoted);
+        let mut payload = icmp.to_bytes().to_vec();
+        payload.extend_from_slice(quoted);
+        let mut h = etherparse::Ipv4Header::new(
+            payload.len() as u16,
+            64,
+            etherparse::IpNumber::ICMP,
+            from.octets(),
+            NODE_A.octets(),
+        )
+        .expect("fits");
+        h.header_checksum = h.calc_header_checksum();
+        let mut v = h.to_bytes().to_vec();
+        v.extend(payload);
+        v
+    }
+
+    fn frag_needed_type(mtu: u16) -> Icmpv4Type {
+        Icmpv4Type::DestinationUnreachable(DestUnreachableHeader::FragmentationNeeded {
+            next_hop_mtu: mtu,
+        })
+    }
+
+    #[test]
+    fn underlay_frag_needed() {
+        let router = Ipv4Addr::new(172, 16, 0, 1);
+        let ours = outer(&Inner::default().bytes(), 0, NODE_A, NODE_B);
+        for quote_len in [48, 40, 36, 28] {
+            let icmp = underlay(frag_needed_type(1400), &ours[..quote_len], router);
+            let e = parse_underlay_error(&icmp).expect("parsed");
+            assert_eq!(e.error, UnderlayError::FragNeeded { mtu: 1400 });
+            assert_eq!(e.outer_src, router);
+            assert_eq!(e.node, NODE_B);
+            assert_eq!(e.local, NODE_A);
+            assert_eq!(e.inner_src, (quote_len >= 36).then_some(POD_A));
+            assert_eq!(
+                e.inner_dst,
+                (quote_len >= 40).then_some(crate::testutil::POD_B)
+            );
+        }
+    }
+
+    #[test]
+    fn underlay_kinds() {
+        let router = Ipv4Addr::new(172, 16, 0, 1);
+        let ours = outer(&Inner::default().bytes(), 0, NODE_A, NODE_B);
+        let quote = &ours[..48];
+        let host = underlay(
+            Icmpv4Type::DestinationUnreachable(DestUnreachableHeader::Host),
+            quote,
+            router,
+        );
+        assert_eq!(
+            parse_underlay_error(&host).map(|e| e.error),
+            Some(UnderlayError::Unreachable { code: 1 })
+        );
+        let mut redirect = host.clone();
+        redirect[20] = 5;
+        redirect[21] = 1;
+        refill_icmp(&mut redirect);
+        assert_eq!(
+            parse_underlay_error(&redirect).map(|e| e.error),
+            Some(UnderlayError::Redirect)
+        );
+        let mut exceeded = host.clone();
+        exceeded[20] = 11;
+        exceeded[21] = 0;
+        refill_icmp(&mut exceeded);
+        assert_eq!(
+            parse_underlay_error(&exceeded).map(|e| e.error),
+            Some(UnderlayError::Other { kind: 11, code: 0 })
+        );
+        let mut echo = host.clone();
+        echo[20] = 8;
+        echo[21] = 0;
+        refill_icmp(&mut echo);
+        assert_eq!(parse_underlay_error(&echo), None, "not an error");
+    }
+
+    fn refill_icmp(p: &mut [u8]) {
+        p[22] = 0;
+        p[23] = 0;
+        let sum = checksum::checksum(&p[20..]).to_be_bytes();
+        p[22..24].copy_from_slice(&sum);
+    }
+
+    #[test]
+    fn underlay_rejects() {
+        let router = Ipv4Addr::new(172, 16, 0, 1);
+        let ours = outer(&Inner::default().bytes(), 0, NODE_A, NODE_B);
+        let good = underlay(frag_needed_type(1400), &ours[..48], router);
+        assert!(parse_underlay_error(&good).is_some());
+        // Quoting a non-IPIP packet (our packet, protocol changed to UDP).
+        let mut udp = ours.clone();
+        udp[9] = 17;
+        assert_eq!(
+            parse_underlay_error(&underlay(frag_needed_type(1400), &udp[..48], router)),
+            None
+        );
+        // Bad ICMP checksum, bad IP checksum, truncated, not ICMP.
+        let mut bad = good.clone();
+        bad[30] ^= 1;
+        assert_eq!(parse_underlay_error(&bad), None);
+        let mut bad = good.clone();
+        bad[8] ^= 1;
+        assert_eq!(parse_underlay_error(&bad), None);
+        assert_eq!(parse_underlay_error(&good[..good.len() - 1]), None);
+        let mut bad = good.clone();
+        bad[9] = 17;
+        refill_checksum(&mut bad, 0);
+        assert_eq!(parse_underlay_error(&bad), None);
+        // Quote too short for an IPv4 header.
+        let short = underlay(frag_needed_type(1400), &ours[..19], router);
+        assert_eq!(parse_underlay_error(&short), None);
+        assert_eq!(parse_underlay_error(&[]), None);
+    }
+
+    #[test]
+    fn roundtrip_our_own_errors_are_not_underlay_errors() {
+        // Our frag-needed about a pod packet quotes protocol 1, not 4.
+        let inner = Inner::default().bytes();
+        let mut out = [0u8; ICMP_ERROR_MAX_LEN];
+        let len = frag_needed(&inner, 1480, GATEWAY, &mut out).expect("built");
+        assert_eq!(parse_underlay_error(&out[..len]), None);
+        // About an IPIP packet it is one, and all fields come back.
+        let ipip = outer(&inner, 0, NODE_A, NODE_B);
+        let mut with_src = ipip.clone();
+        with_src[12..16].copy_from_slice(&POD_A.octets());
+        refill_checksum(&mut with_src, 0);
+        let len = frag_needed(&with_src, 1300, GATEWAY, &mut out).expect("built");
+        let e = parse_underlay_error(&out[..len]).expect("parsed");
+        assert_eq!(e.error, UnderlayError::FragNeeded { mtu: 1300 });
+        assert_eq!(e.outer_src, GATEWAY);
+        assert_eq!(e.node, NODE_B);
+        // Only 8 bytes after the outer header are quoted: no inner addresses.
+        assert_eq!((e.inner_src, e.inner_dst), (None, None));
+    }
+}
