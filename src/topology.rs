@@ -779,7 +779,8 @@ impl Cluster {
             source,
         })?;
         if status.is_some() {
-            children.swap_remove(i);
+            // Already reaped: `wait` returns the cached status at once.
+            let _ = children.swap_remove(i).wait();
         }
         Ok(status)
     }
@@ -1304,8 +1305,6 @@ pub fn tagged_namespaces(tag: &str) -> Result<Vec<String>, TopologyError> {
 /// namespaces. Returns how many namespaces were deleted.
 pub fn teardown(tag: &str) -> Result<usize, TopologyError> {
     let names = tagged_namespaces(tag)?;
-    // Pods first, then nodes, then the switch: the order does not matter to
-    // the kernel, but it keeps logs readable.
     for ns in &names {
         remove_netns(ns)?;
     }
