@@ -153,6 +153,32 @@ pub enum Overlay {
     Vxlan,
 }
 
+impl std::fmt::Display for Overlay {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Overlay::None => "none",
+            Overlay::Direct => "direct",
+            Overlay::Vxlan => "vxlan",
+        })
+    }
+}
+
+impl std::str::FromStr for Overlay {
+    type Err = TopologyError;
+
+    /// Parses `none`, `direct` or `vxlan` (any case).
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s.to_ascii_lowercase().as_str() {
+            "none" => Ok(Overlay::None),
+            "direct" => Ok(Overlay::Direct),
+            "vxlan" => Ok(Overlay::Vxlan),
+            _ => Err(TopologyError::InvalidSpec(format!(
+                "unknown overlay {s:?}: expected none, direct or vxlan"
+            ))),
+        }
+    }
+}
+
 /// What to build: nodes, their blocks and pods, the underlay and the overlay.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ClusterSpec {
@@ -709,6 +735,25 @@ impl Cluster {
         let mut cmd = Command::new("ip");
         cmd.args(["netns", "exec", ns]).args(args);
         checked(&mut cmd)
+    }
+
+    /// A [`Command`] that runs `program` in a namespace of the cluster (by
+    /// namespace, node or pod name), for callers that need environment
+    /// variables or other settings; start it and hand the child to
+    /// [`Cluster::adopt`] so the cluster ends it on drop.
+    pub fn command(&self, netns: &str, program: &str) -> Result<Command, TopologyError> {
+        let ns = self.netns(netns)?;
+        let mut cmd = Command::new("ip");
+        cmd.args(["netns", "exec", ns, program]);
+        Ok(cmd)
+    }
+
+    /// Tracks a process started from [`Cluster::command`]: the cluster kills
+    /// it on drop. Returns its pid.
+    pub fn adopt(&self, child: Child) -> u32 {
+        let pid = child.id();
+        self.lock_children().push(child);
+        pid
     }
 
     /// Starts `args` in a namespace of the cluster and returns its pid. The
@@ -1363,9 +1408,11 @@ fn stop_child(child: &mut Child) -> io::Result<ExitStatus> {
     child.wait()
 }
 
-/// Sends a signal with kill(1) (this crate keeps `unsafe` out of `src/`).
+/// Sends a signal with the shell's kill (this crate keeps `unsafe` out of `src/`).
 fn send_signal(pid: u32, signal: i32) -> Result<(), TopologyError> {
-    checked(Command::new("kill").args(["-s", &signal.to_string(), &pid.to_string()])).map(drop)
+    // The shell's builtin, so no procps is needed; both are integers.
+    let script = format!("kill -{signal} {pid}");
+    checked(Command::new("sh").args(["-c", &script])).map(drop)
 }
 
 /// Checks for CAP_NET_ADMIN and CAP_SYS_ADMIN in the effective set.
@@ -1611,6 +1658,15 @@ mod tests {
         assert!(veth.starts_with("cali"));
         assert_eq!(veth_name("node1-pod1"), *veth);
         assert_ne!(veth_name("node1-pod1"), veth_name("node1-pod2"));
+    }
+
+    #[test]
+    fn overlay_names_round_trip() {
+        for o in [Overlay::None, Overlay::Direct, Overlay::Vxlan] {
+            assert_eq!(o.to_string().parse::<Overlay>().unwrap(), o);
+        }
+        assert_eq!("VXLAN".parse::<Overlay>().unwrap(), Overlay::Vxlan);
+        assert!("ipip".parse::<Overlay>().is_err());
     }
 
     #[test]

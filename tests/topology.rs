@@ -3,9 +3,10 @@
 //! not skip without them. Every cluster lives in namespaces the test creates
 //! and is removed by `Drop`, also when an assertion fails.
 
+use std::io::{BufRead, BufReader};
 use std::net::Ipv4Addr;
 use std::path::Path;
-use std::process::Command;
+use std::process::{Command, Stdio};
 use std::thread;
 use std::time::Duration;
 
@@ -316,4 +317,77 @@ fn spawned_processes_can_be_waited_and_logged() {
         cluster.exec("not-a-pod", &["true"]),
         Err(TopologyError::NotFound { .. })
     ));
+}
+
+/// Pings with DF set and `size` bytes of payload; true if every reply came.
+fn ping_df(cluster: &Cluster, from: &str, to: Ipv4Addr, size: u16) -> bool {
+    let (size, to) = (size.to_string(), to.to_string());
+    let out = cluster
+        .exec(
+            from,
+            &[
+                "ping", "-n", "-c", "2", "-i", "0.2", "-W", "1", "-M", "do", "-s", &size, &to,
+            ],
+        )
+        .unwrap();
+    out.status.success()
+}
+
+#[test]
+fn pod_mtu_follows_underlay_and_overlay() {
+    for (overlay, pod_mtu) in [(Overlay::Direct, 8980), (Overlay::Vxlan, 8950)] {
+        let spec = ClusterSpec::seed()
+            .with_overlay(overlay)
+            .with_underlay_mtu(9000);
+        let cluster = Cluster::build(spec).unwrap();
+        assert_eq!(cluster.pod_mtu(), pod_mtu);
+        let link = cluster
+            .exec_ok(
+                "demo-hello-perf",
+                &["ip", "-o", "link", "show", "dev", "eth0"],
+            )
+            .unwrap();
+        assert!(link.contains(&format!("mtu {pod_mtu} ")), "{link}");
+        let underlay = cluster
+            .exec_ok("node1.sit", &["ip", "-o", "link", "show", "dev", "eth0"])
+            .unwrap();
+        assert!(underlay.contains("mtu 9000 "), "{underlay}");
+
+        // A full-size packet (20 IP + 8 ICMP header bytes) crosses; one
+        // byte more does not leave the pod with DF set.
+        let sit = pod_ip(&cluster, "demo-hello-sit");
+        assert!(
+            ping_df(&cluster, "demo-hello-perf", sit, pod_mtu - 28),
+            "{overlay}"
+        );
+        assert!(
+            !ping_df(&cluster, "demo-hello-perf", sit, pod_mtu - 27),
+            "{overlay}"
+        );
+    }
+}
+
+#[test]
+fn adopted_commands_run_in_the_namespace_and_are_ended_on_drop() {
+    let cluster = Cluster::build(ClusterSpec::seed()).unwrap();
+    let mut cmd = cluster.command("node2.perf", "sh").unwrap();
+    let mut child = cmd
+        .args([
+            "-c",
+            "echo \"$TUNL_TEST $(ip -br addr show dev eth0)\"; exec sleep 1000",
+        ])
+        .env("TUNL_TEST", "env-passed")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let pid = cluster.adopt(child);
+    assert!(cluster.pids().contains(&pid));
+    let mut line = String::new();
+    BufReader::new(stdout).read_line(&mut line).unwrap();
+    assert!(line.starts_with("env-passed eth0"), "{line}");
+    assert!(line.contains("172.16.36.5/16"), "{line}");
+    drop(cluster);
+    assert!(!alive(pid), "pid {pid} still runs");
 }
