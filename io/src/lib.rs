@@ -1,1 +1,52 @@
-//! placeholder
+//! Linux I/O for the tunl dataplane.
+//!
+//! This is the only crate of tunl that contains `unsafe` code; every `unsafe`
+//! block carries a `// SAFETY:` comment. It wraps:
+//!
+//! - the TUN device ([`Tun`], [`TunQueue`]) with `IFF_VNET_HDR` offloads:
+//!   TSO super-packets are split into MTU-sized segments on read, and
+//!   segments of one flow are coalesced (GRO) on write, both by `tun-rs`;
+//! - the raw IPIP sockets ([`IpipReceiver`], [`IpipSender`]) with
+//!   `recvmmsg`/`sendmmsg` batching and no allocation per packet or batch;
+//! - the raw ICMP socket for underlay errors ([`IcmpReceiver`]);
+//! - routes and links over rtnetlink ([`netlink::Netlink`]);
+//! - helpers for tests in private network namespaces ([`ns`]).
+//!
+//! Every packet buffer is a [`PacketBuf`]: a fixed-capacity byte buffer with
+//! a length, reused without re-zeroing. TUN reads place each packet
+//! [`HEADROOM`] bytes into its buffer so the outer IPv4 header can be written
+//! in place; raw socket reads place the outer packet at offset 0, so the
+//! inner packet starts at [`HEADROOM`] and the bytes before it can hold the
+//! virtio-net header a GRO write to TUN needs.
+
+#![cfg(target_os = "linux")]
+#![warn(missing_docs)]
+
+mod buf;
+mod error;
+pub mod netlink;
+pub mod ns;
+mod raw;
+mod tun;
+
+pub use buf::PacketBuf;
+pub use error::IoError;
+pub use raw::{IcmpReceiver, IpipReceiver, IpipSender, MAX_BATCH, RecvReport, SendMsgReport};
+pub use tun::{SendReport, Tun, TunConfig, TunQueue};
+pub use tun_rs::VIRTIO_NET_HDR_LEN;
+
+/// Bytes reserved before the inner packet in every buffer: room for the
+/// 20-byte outer IPv4 header written in place by encap (same value as
+/// `tunl_encap::HEADROOM`).
+pub const HEADROOM: usize = 20;
+
+/// The largest IPv4 packet (the total-length field is 16 bits).
+pub const MAX_IP_PACKET: usize = 65535;
+
+/// A buffer capacity that fits every use: any IPv4 packet at offset 0
+/// (including IPIP GRO super-packets from the underlay, up to 64 KiB), any
+/// packet at [`HEADROOM`], and a full 64 KiB GRO coalesce at offset
+/// [`HEADROOM`] (tun-rs requires `2 * offset + len` of capacity).
+pub const RX_BUF_CAPACITY: usize = MAX_IP_PACKET + 2 * HEADROOM;
+
+const _: () = assert!(HEADROOM >= VIRTIO_NET_HDR_LEN);

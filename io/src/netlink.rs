@@ -1,0 +1,279 @@
+//! Routes and links over rtnetlink, async on tokio.
+//!
+//! The netlink socket belongs to the network namespace of the thread that
+//! calls [`Netlink::new`].
+
+use std::io;
+use std::net::{IpAddr, Ipv4Addr};
+
+use futures::TryStreamExt;
+use ipnetwork::Ipv4Network;
+use rtnetlink::packet_route::AddressFamily;
+use rtnetlink::packet_route::address::AddressAttribute;
+use rtnetlink::packet_route::link::LinkAttribute;
+use rtnetlink::packet_route::route::{
+    RouteAddress, RouteAttribute, RouteHeader, RouteMessage, RouteProtocol,
+};
+use rtnetlink::{Handle, RouteMessageBuilder};
+
+/// A failed netlink request.
+#[derive(thiserror::Error, Debug)]
+#[non_exhaustive]
+pub enum NetlinkError {
+    /// The kernel refused the request with an OS error.
+    #[error("netlink {op}: {source}")]
+    Kernel {
+        /// The operation, e.g. "add route 10.20.1.0/26".
+        op: String,
+        /// The kernel's error.
+        #[source]
+        source: io::Error,
+    },
+    /// The request failed for another reason (connection closed, unexpected
+    /// or undecodable reply).
+    #[error("netlink {op}: {message}")]
+    Protocol {
+        /// The operation.
+        op: String,
+        /// What went wrong.
+        message: String,
+    },
+}
+
+impl NetlinkError {
+    fn new(op: impl Into<String>, e: rtnetlink::Error) -> Self {
+        match e {
+            rtnetlink::Error::NetlinkError(msg) => NetlinkError::Kernel {
+                op: op.into(),
+                source: msg.to_io(),
+            },
+            other => NetlinkError::Protocol {
+                op: op.into(),
+                message: other.to_string(),
+            },
+        }
+    }
+
+    /// The kernel's errno, if the kernel refused the request.
+    pub fn raw_os_error(&self) -> Option<i32> {
+        match self {
+            NetlinkError::Kernel { source, .. } => source.raw_os_error(),
+            NetlinkError::Protocol { .. } => None,
+        }
+    }
+}
+
+fn errno(e: &rtnetlink::Error) -> Option<i32> {
+    match e {
+        rtnetlink::Error::NetlinkError(msg) => msg.to_io().raw_os_error(),
+        _ => None,
+    }
+}
+
+/// A handle over an rtnetlink connection. Cheap to clone; all clones share
+/// the connection task.
+#[derive(Clone, Debug)]
+pub struct Netlink {
+    handle: Handle,
+}
+
+impl Netlink {
+    /// Opens an rtnetlink socket and spawns its connection task on the
+    /// current tokio runtime. Fails when called outside a tokio runtime.
+    pub fn new() -> io::Result<Netlink> {
+        let rt = tokio::runtime::Handle::try_current().map_err(|_| {
+            io::Error::other("Netlink::new must be called from within a tokio runtime")
+        })?;
+        let (conn, handle, _) = rtnetlink::new_connection()?;
+        rt.spawn(conn);
+        Ok(Netlink { handle })
+    }
+
+    /// The index of the interface `name`, or `None` when there is none.
+    pub async fn link_index(&self, name: &str) -> Result<Option<u32>, NetlinkError> {
+        let mut links = self
+            .handle
+            .link()
+            .get()
+            .match_name(name.to_owned())
+            .execute();
+        match links.try_next().await {
+            Ok(Some(msg)) => Ok(Some(msg.header.index)),
+            Ok(None) => Ok(None),
+            Err(e) if errno(&e) == Some(libc::ENODEV) => Ok(None),
+            Err(e) => Err(NetlinkError::new(format!("get link {name}"), e)),
+        }
+    }
+
+    /// Deletes the interface `name`; Ok if there is none.
+    pub async fn delete_link(&self, name: &str) -> Result<(), NetlinkError> {
+        let Some(index) = self.link_index(name).await? else {
+            return Ok(());
+        };
+        match self.handle.link().del(index).execute().await {
+            Ok(()) => Ok(()),
+            Err(e) if errno(&e) == Some(libc::ENODEV) => Ok(()),
+            Err(e) => Err(NetlinkError::new(format!("delete link {name}"), e)),
+        }
+    }
+
+    /// `PREFIX via VIA dev IFINDEX onlink proto PROTOCOL` in the main table.
+    /// Replaces an existing route with the same prefix (`NLM_F_REPLACE`), so
+    /// it is idempotent. Host bits of `prefix` are ignored.
+    pub async fn add_route(
+        &self,
+        prefix: Ipv4Network,
+        via: Ipv4Addr,
+        ifindex: u32,
+        protocol: u8,
+    ) -> Result<(), NetlinkError> {
+        let msg = RouteMessageBuilder::<Ipv4Addr>::new()
+            .destination_prefix(prefix.network(), prefix.prefix())
+            .gateway(via)
+            .output_interface(ifindex)
+            .protocol(RouteProtocol::from(protocol))
+            .onlink()
+            .build();
+        self.handle
+            .route()
+            .add(msg)
+            .replace()
+            .execute()
+            .await
+            .map_err(|e| NetlinkError::new(format!("add route {prefix} via {via}"), e))
+    }
+
+    /// Deletes the route for `prefix` on `ifindex` carrying `protocol` from
+    /// the main table; Ok if there is none.
+    pub async fn del_route(
+        &self,
+        prefix: Ipv4Network,
+        ifindex: u32,
+        protocol: u8,
+    ) -> Result<(), NetlinkError> {
+        let mut msg = RouteMessageBuilder::<Ipv4Addr>::new()
+            .destination_prefix(prefix.network(), prefix.prefix())
+            .output_interface(ifindex)
+            .protocol(RouteProtocol::from(protocol))
+            .build();
+        // Scope "nowhere" on delete matches any scope.
+        msg.header.scope = rtnetlink::packet_route::route::RouteScope::NoWhere;
+        match self.handle.route().del(msg).execute().await {
+            Ok(()) => Ok(()),
+            Err(e) if errno(&e) == Some(libc::ESRCH) => Ok(()),
+            Err(e) => Err(NetlinkError::new(format!("delete route {prefix}"), e)),
+        }
+    }
+
+    /// IPv4 routes in the main table carrying this protocol tag:
+    /// `(prefix, gateway, oif)`.
+    pub async fn routes_with_protocol(
+        &self,
+        protocol: u8,
+    ) -> Result<Vec<(Ipv4Network, Option<Ipv4Addr>, Option<u32>)>, NetlinkError> {
+        let op = || format!("list routes of protocol {protocol}");
+        let query = RouteMessageBuilder::<Ipv4Addr>::new().build();
+        let mut routes = self.handle.route().get(query).execute();
+        let mut out = Vec::new();
+        while let Some(msg) = routes
+            .try_next()
+            .await
+            .map_err(|e| NetlinkError::new(op(), e))?
+        {
+            if msg.header.address_family != AddressFamily::Inet
+                || u8::from(msg.header.protocol) != protocol
+                || route_table(&msg) != u32::from(RouteHeader::RT_TABLE_MAIN)
+            {
+                continue;
+            }
+            let mut dst = Ipv4Addr::UNSPECIFIED;
+            let mut gateway = None;
+            let mut oif = None;
+            for attr in &msg.attributes {
+                match attr {
+                    RouteAttribute::Destination(RouteAddress::Inet(a)) => dst = *a,
+                    RouteAttribute::Gateway(RouteAddress::Inet(a)) => gateway = Some(*a),
+                    RouteAttribute::Oif(i) => oif = Some(*i),
+                    _ => {}
+                }
+            }
+            let prefix =
+                Ipv4Network::new(dst, msg.header.destination_prefix_length).map_err(|e| {
+                    NetlinkError::Protocol {
+                        op: op(),
+                        message: e.to_string(),
+                    }
+                })?;
+            out.push((prefix, gateway, oif));
+        }
+        Ok(out)
+    }
+
+    /// The interface holding this IPv4 address (its local address):
+    /// `(ifindex, name, mtu)`.
+    pub async fn interface_with_address(
+        &self,
+        addr: Ipv4Addr,
+    ) -> Result<Option<(u32, String, u32)>, NetlinkError> {
+        let op = || format!("find interface with address {addr}");
+        let mut addrs = self.handle.address().get().execute();
+        let mut index = None;
+        while let Some(msg) = addrs
+            .try_next()
+            .await
+            .map_err(|e| NetlinkError::new(op(), e))?
+        {
+            if msg.header.family != AddressFamily::Inet {
+                continue;
+            }
+            let local = msg
+                .attributes
+                .iter()
+                .find_map(|a| match a {
+                    AddressAttribute::Local(ip) => Some(*ip),
+                    _ => None,
+                })
+                .or_else(|| {
+                    msg.attributes.iter().find_map(|a| match a {
+                        AddressAttribute::Address(ip) => Some(*ip),
+                        _ => None,
+                    })
+                });
+            if local == Some(IpAddr::V4(addr)) && index.is_none() {
+                index = Some(msg.header.index);
+            }
+        }
+        let Some(index) = index else {
+            return Ok(None);
+        };
+        let mut links = self.handle.link().get().match_index(index).execute();
+        let Some(link) = links
+            .try_next()
+            .await
+            .map_err(|e| NetlinkError::new(op(), e))?
+        else {
+            return Ok(None);
+        };
+        let mut name = String::new();
+        let mut mtu = 0;
+        for attr in &link.attributes {
+            match attr {
+                LinkAttribute::IfName(n) => name.clone_from(n),
+                LinkAttribute::Mtu(m) => mtu = *m,
+                _ => {}
+            }
+        }
+        Ok(Some((index, name, mtu)))
+    }
+}
+
+/// The table of a route: the `RTA_TABLE` attribute, else the header field.
+fn route_table(msg: &RouteMessage) -> u32 {
+    msg.attributes
+        .iter()
+        .find_map(|a| match a {
+            RouteAttribute::Table(t) => Some(*t),
+            _ => None,
+        })
+        .unwrap_or(u32::from(msg.header.table))
+}

@@ -1,0 +1,474 @@
+//! Raw IPv4 sockets: IPIP receive (`recvmmsg`), IPIP send (`sendmmsg`),
+//! ICMP errors from the underlay.
+
+use std::io;
+use std::mem;
+use std::net::Ipv4Addr;
+use std::os::fd::{AsRawFd, RawFd};
+use std::ptr;
+
+use socket2::{Domain, Protocol, Socket, Type};
+
+use crate::{IoError, PacketBuf};
+
+/// The most packets one `recvmmsg`/`sendmmsg` call handles; larger slices
+/// are handled in several calls (send) or up to this many (receive).
+pub const MAX_BATCH: usize = 128;
+
+/// How many times [`IpipSender::send_batch`] waits for the socket to become
+/// writable when the send buffer is full, before it counts the rest of the
+/// batch as failed.
+const EAGAIN_WAITS: usize = 4;
+/// How long one such wait lasts at most, in milliseconds.
+const EAGAIN_WAIT_MS: libc::c_int = 1;
+
+const IPPROTO_IPIP: i32 = libc::IPPROTO_IPIP;
+
+/// Sets `SO_RCVBUFFORCE`/`SO_SNDBUFFORCE` (beyond `rmem_max`/`wmem_max`,
+/// needs `CAP_NET_ADMIN`), falling back to the capped `SO_RCVBUF`/`SO_SNDBUF`.
+fn force_buffer(sock: &Socket, size: usize, receive: bool) -> io::Result<()> {
+    let force = if receive {
+        libc::SO_RCVBUFFORCE
+    } else {
+        libc::SO_SNDBUFFORCE
+    };
+    let val = libc::c_int::try_from(size).unwrap_or(libc::c_int::MAX);
+    // SAFETY: setsockopt reads exactly size_of::<c_int>() bytes from &val,
+    // which lives for the duration of the call.
+    let rc = unsafe {
+        libc::setsockopt(
+            sock.as_raw_fd(),
+            libc::SOL_SOCKET,
+            force,
+            (&raw const val).cast(),
+            mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if rc == 0 {
+        return Ok(());
+    }
+    tracing::debug!(
+        error = %io::Error::last_os_error(),
+        size,
+        "SO_*BUFFORCE refused, falling back to the capped size"
+    );
+    if receive {
+        sock.set_recv_buffer_size(size)
+    } else {
+        sock.set_send_buffer_size(size)
+    }
+}
+
+fn raw_socket(protocol: i32, what: &str) -> Result<Socket, IoError> {
+    let sock = Socket::new(Domain::IPV4, Type::RAW, Some(Protocol::from(protocol)))
+        .map_err(|e| IoError::from_os(what, None, e))?;
+    sock.set_nonblocking(true)
+        .map_err(|e| IoError::from_os(what, None, e))?;
+    Ok(sock)
+}
+
+/// What [`IpipReceiver::recv_batch`] received.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RecvReport {
+    /// Buffers filled: `bufs[..received]`, truncated ones included (with
+    /// length 0).
+    pub received: usize,
+    /// Packets larger than their buffer, dropped (their buffer has length 0).
+    pub truncated: usize,
+}
+
+/// Receives every IPv4 protocol-4 (IPIP) packet addressed to this host,
+/// outer header included: `socket(AF_INET, SOCK_RAW, IPPROTO_IPIP)`.
+/// Non-blocking.
+///
+/// Its presence also stops the kernel from answering IPIP packets with ICMP
+/// protocol-unreachable. Every such socket gets its own copy of every
+/// packet: open one per host, not one per thread.
+pub struct IpipReceiver {
+    sock: Socket,
+    iovs: Box<[libc::iovec]>,
+    msgs: Box<[libc::mmsghdr]>,
+}
+
+// SAFETY: the raw pointers inside `iovs` and `msgs` are scratch: every call
+// rewrites them from its `&mut` arguments before the syscall and nothing
+// reads them afterwards, so moving the struct to another thread cannot
+// expose a dangling or shared pointer.
+unsafe impl Send for IpipReceiver {}
+
+/// Zeroed `iovec`/`mmsghdr` scratch arrays of `MAX_BATCH` entries.
+fn scratch() -> (Box<[libc::iovec]>, Box<[libc::mmsghdr]>) {
+    let iov = libc::iovec {
+        iov_base: ptr::null_mut(),
+        iov_len: 0,
+    };
+    // SAFETY: mmsghdr is a plain C struct of integers and raw pointers, for
+    // which all-zero bytes (null pointers, zero lengths) are a valid value.
+    let msg: libc::mmsghdr = unsafe { mem::zeroed() };
+    (
+        vec![iov; MAX_BATCH].into_boxed_slice(),
+        vec![msg; MAX_BATCH].into_boxed_slice(),
+    )
+}
+
+impl IpipReceiver {
+    /// Opens the socket, non-blocking, with a receive buffer of `rcvbuf`
+    /// bytes (`SO_RCVBUFFORCE`, falling back to `SO_RCVBUF`).
+    pub fn open(rcvbuf: usize) -> Result<Self, IoError> {
+        let what = "open raw IPIP receive socket";
+        let sock = raw_socket(IPPROTO_IPIP, what)?;
+        force_buffer(&sock, rcvbuf, true).map_err(|e| IoError::from_os(what, None, e))?;
+        let (iovs, msgs) = scratch();
+        Ok(Self { sock, iovs, msgs })
+    }
+
+    /// Receives up to `min(bufs.len(), MAX_BATCH)` packets with one
+    /// `recvmmsg`. Each packet is received at offset 0 of its buffer, up to
+    /// the buffer's capacity, and the buffer's length is set to the packet
+    /// length. A truncated packet (`MSG_TRUNC`) gets length 0 and is counted
+    /// in [`RecvReport::truncated`]. `WouldBlock` when nothing is queued.
+    pub fn recv_batch(&mut self, bufs: &mut [PacketBuf]) -> io::Result<RecvReport> {
+        let n = bufs.len().min(MAX_BATCH);
+        if n == 0 {
+            return Ok(RecvReport::default());
+        }
+        for (iov, buf) in self.iovs.iter_mut().zip(&mut bufs[..n]) {
+            let buf = buf.full_mut();
+            *iov = libc::iovec {
+                iov_base: buf.as_mut_ptr().cast(),
+                iov_len: buf.len(),
+            };
+        }
+        // Pointers into the scratch arrays are taken once from their base,
+        // after the last write to them.
+        let iov_base = self.iovs.as_mut_ptr();
+        for (i, msg) in self.msgs[..n].iter_mut().enumerate() {
+            let hdr = &mut msg.msg_hdr;
+            hdr.msg_name = ptr::null_mut();
+            hdr.msg_namelen = 0;
+            hdr.msg_iov = iov_base.wrapping_add(i);
+            hdr.msg_iovlen = 1;
+            hdr.msg_control = ptr::null_mut();
+            hdr.msg_controllen = 0;
+            hdr.msg_flags = 0;
+            msg.msg_len = 0;
+        }
+        let got = loop {
+            // SAFETY: msgs[..n] are initialised above; each points to one
+            // iovec covering the whole, exclusively borrowed capacity of
+            // bufs[i], which outlives the call. No name or control buffers.
+            let rc = unsafe {
+                libc::recvmmsg(
+                    self.sock.as_raw_fd(),
+                    self.msgs.as_mut_ptr(),
+                    n as libc::c_uint,
+                    libc::MSG_DONTWAIT,
+                    ptr::null_mut(),
+                )
+            };
+            if rc >= 0 {
+                break rc as usize;
+            }
+            let e = io::Error::last_os_error();
+            if e.kind() != io::ErrorKind::Interrupted {
+                return Err(e);
+            }
+        };
+        let mut report = RecvReport {
+            received: got,
+            truncated: 0,
+        };
+        for (buf, msg) in bufs.iter_mut().zip(&self.msgs[..got]) {
+            if msg.msg_hdr.msg_flags & libc::MSG_TRUNC != 0 {
+                buf.set_len(0);
+                report.truncated += 1;
+            } else {
+                buf.set_len(msg.msg_len as usize);
+            }
+        }
+        Ok(report)
+    }
+}
+
+impl AsRawFd for IpipReceiver {
+    fn as_raw_fd(&self) -> RawFd {
+        self.sock.as_raw_fd()
+    }
+}
+
+impl std::fmt::Debug for IpipReceiver {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("IpipReceiver")
+            .field("fd", &self.sock.as_raw_fd())
+            .finish()
+    }
+}
+
+/// What [`IpipSender::send_batch`] did.
+#[derive(Debug, Default)]
+pub struct SendMsgReport {
+    /// Packets the kernel accepted.
+    pub sent: usize,
+    /// Packets that failed (each skipped; the rest of the batch went on).
+    pub failed: usize,
+    /// The error of the last failed packet.
+    pub last_error: Option<io::Error>,
+}
+
+/// Sends complete IPv4 packets whose header we wrote:
+/// `socket(AF_INET, SOCK_RAW, IPPROTO_RAW)` (`IP_HDRINCL` implied; it
+/// receives nothing). Non-blocking.
+///
+/// The kernel fills in the header checksum and total length, and an ID when
+/// it is 0. It cannot send a packet larger than the route's device MTU
+/// (`EMSGSIZE`): split before encapsulating.
+pub struct IpipSender {
+    sock: Socket,
+    iovs: Box<[libc::iovec]>,
+    msgs: Box<[libc::mmsghdr]>,
+    addrs: Box<[libc::sockaddr_in]>,
+}
+
+// SAFETY: as for IpipReceiver: the raw pointers in the scratch arrays are
+// rewritten by every call before use and never read after it.
+unsafe impl Send for IpipSender {}
+
+impl IpipSender {
+    /// Opens the socket, non-blocking, with a send buffer of `sndbuf` bytes
+    /// (`SO_SNDBUFFORCE`, falling back to `SO_SNDBUF`).
+    pub fn open(sndbuf: usize) -> Result<Self, IoError> {
+        let what = "open raw IP send socket";
+        let sock = raw_socket(libc::IPPROTO_RAW, what)?;
+        force_buffer(&sock, sndbuf, false).map_err(|e| IoError::from_os(what, None, e))?;
+        let (iovs, msgs) = scratch();
+        let addr = libc::sockaddr_in {
+            sin_family: libc::AF_INET as libc::sa_family_t,
+            sin_port: 0,
+            sin_addr: libc::in_addr { s_addr: 0 },
+            sin_zero: [0; 8],
+        };
+        Ok(Self {
+            sock,
+            iovs,
+            msgs,
+            addrs: vec![addr; MAX_BATCH].into_boxed_slice(),
+        })
+    }
+
+    /// Sends `packets[i]` (a whole IPv4 packet) to `dsts[i]` with `sendmmsg`,
+    /// in chunks of [`MAX_BATCH`]. A packet the kernel refuses (`EMSGSIZE`,
+    /// `EHOSTUNREACH`, `ENOBUFS`, ...) is skipped and counted in
+    /// [`SendMsgReport::failed`]; the rest of the batch goes on. Allocates
+    /// nothing.
+    ///
+    /// When the send buffer is full (`EAGAIN`), it waits for writability
+    /// with `poll` at most 4 times per call, 1 ms each (so at most about
+    /// 4 ms per call), then counts the unsent rest as failed with
+    /// `WouldBlock`.
+    ///
+    /// Errors: `InvalidInput` when the slices differ in length; fatal socket
+    /// errors (`EBADF`, ...).
+    pub fn send_batch(
+        &mut self,
+        packets: &[&[u8]],
+        dsts: &[Ipv4Addr],
+    ) -> io::Result<SendMsgReport> {
+        if packets.len() != dsts.len() {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "packets and dsts differ in length",
+            ));
+        }
+        let mut report = SendMsgReport::default();
+        let mut waits = 0;
+        for (packets, dsts) in packets.chunks(MAX_BATCH).zip(dsts.chunks(MAX_BATCH)) {
+            self.send_chunk(packets, dsts, &mut report, &mut waits)?;
+        }
+        Ok(report)
+    }
+
+    fn send_chunk(
+        &mut self,
+        packets: &[&[u8]],
+        dsts: &[Ipv4Addr],
+        report: &mut SendMsgReport,
+        waits: &mut usize,
+    ) -> io::Result<()> {
+        let n = packets.len();
+        for ((addr, iov), (packet, dst)) in self
+            .addrs
+            .iter_mut()
+            .zip(self.iovs.iter_mut())
+            .zip(packets.iter().zip(dsts))
+        {
+            addr.sin_addr.s_addr = u32::from(*dst).to_be();
+            *iov = libc::iovec {
+                // The kernel only reads from a send iovec.
+                iov_base: packet.as_ptr().cast_mut().cast(),
+                iov_len: packet.len(),
+            };
+        }
+        // Pointers into the scratch arrays are taken once from their base,
+        // after the last write to them.
+        let iov_base = self.iovs.as_mut_ptr();
+        let addr_base = self.addrs.as_mut_ptr();
+        for (i, msg) in self.msgs[..n].iter_mut().enumerate() {
+            let hdr = &mut msg.msg_hdr;
+            hdr.msg_name = addr_base.wrapping_add(i).cast();
+            hdr.msg_namelen = mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
+            hdr.msg_iov = iov_base.wrapping_add(i);
+            hdr.msg_iovlen = 1;
+            hdr.msg_control = ptr::null_mut();
+            hdr.msg_controllen = 0;
+            hdr.msg_flags = 0;
+            msg.msg_len = 0;
+        }
+        let mut start = 0;
+        while start < n {
+            // SAFETY: msgs[start..n] are initialised above; each points to a
+            // sockaddr_in in self.addrs and one iovec over packets[i], all of
+            // which outlive the call; the kernel only reads them.
+            let rc = unsafe {
+                libc::sendmmsg(
+                    self.sock.as_raw_fd(),
+                    self.msgs[start..].as_mut_ptr(),
+                    (n - start) as libc::c_uint,
+                    libc::MSG_DONTWAIT,
+                )
+            };
+            if rc > 0 {
+                start += rc as usize;
+                report.sent += rc as usize;
+                continue;
+            }
+            if rc == 0 {
+                // Not documented to happen for a non-empty batch.
+                report.failed += n - start;
+                return Ok(());
+            }
+            let e = io::Error::last_os_error();
+            match e.raw_os_error() {
+                Some(libc::EINTR) => continue,
+                Some(libc::EAGAIN) => {
+                    if *waits < EAGAIN_WAITS {
+                        *waits += 1;
+                        self.wait_writable();
+                        continue;
+                    }
+                    report.failed += n - start;
+                    report.last_error = Some(e);
+                    return Ok(());
+                }
+                Some(libc::EBADF | libc::ENOTSOCK | libc::EFAULT) => return Err(e),
+                _ => {
+                    // The packet at `start` failed: skip it.
+                    tracing::trace!(error = %e, dst = %dsts[start], "raw send failed");
+                    report.failed += 1;
+                    report.last_error = Some(e);
+                    start += 1;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn wait_writable(&self) {
+        let mut pfd = libc::pollfd {
+            fd: self.sock.as_raw_fd(),
+            events: libc::POLLOUT,
+            revents: 0,
+        };
+        // SAFETY: pfd is one valid pollfd for the duration of the call.
+        unsafe { libc::poll(&raw mut pfd, 1, EAGAIN_WAIT_MS) };
+    }
+}
+
+impl AsRawFd for IpipSender {
+    fn as_raw_fd(&self) -> RawFd {
+        self.sock.as_raw_fd()
+    }
+}
+
+impl std::fmt::Debug for IpipSender {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("IpipSender")
+            .field("fd", &self.sock.as_raw_fd())
+            .finish()
+    }
+}
+
+/// `ICMP_FILTER` of `SOL_RAW` (linux/icmp.h): a bit set per ICMP type to
+/// drop.
+const ICMP_FILTER: libc::c_int = 1;
+/// ICMP types queued to [`IcmpReceiver`]: destination unreachable (3),
+/// redirect (5), time exceeded (11).
+const ICMP_WANTED: u32 = (1 << 3) | (1 << 5) | (1 << 11);
+
+/// A raw ICMP socket for underlay errors about our outer packets: only
+/// destination-unreachable (3), redirect (5) and time-exceeded (11) are
+/// queued (`ICMP_FILTER`). Non-blocking.
+pub struct IcmpReceiver {
+    sock: Socket,
+}
+
+impl IcmpReceiver {
+    /// Opens the socket with its filter.
+    pub fn open() -> Result<Self, IoError> {
+        let what = "open raw ICMP socket";
+        let sock = raw_socket(libc::IPPROTO_ICMP, what)?;
+        let filter: u32 = !ICMP_WANTED;
+        // SAFETY: setsockopt reads exactly 4 bytes from &filter, which lives
+        // for the duration of the call.
+        let rc = unsafe {
+            libc::setsockopt(
+                sock.as_raw_fd(),
+                libc::SOL_RAW,
+                ICMP_FILTER,
+                (&raw const filter).cast(),
+                mem::size_of::<u32>() as libc::socklen_t,
+            )
+        };
+        if rc != 0 {
+            return Err(IoError::from_os(what, None, io::Error::last_os_error()));
+        }
+        Ok(Self { sock })
+    }
+
+    /// Receives one ICMP packet, IPv4 header included, into `buf`; returns
+    /// its length (truncated to `buf.len()`). `WouldBlock` when none.
+    pub fn recv(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        loop {
+            // SAFETY: buf is a valid, exclusively borrowed buffer of
+            // buf.len() bytes for the duration of the call.
+            let rc = unsafe {
+                libc::recv(
+                    self.sock.as_raw_fd(),
+                    buf.as_mut_ptr().cast(),
+                    buf.len(),
+                    libc::MSG_DONTWAIT,
+                )
+            };
+            if rc >= 0 {
+                return Ok(rc as usize);
+            }
+            let e = io::Error::last_os_error();
+            if e.kind() != io::ErrorKind::Interrupted {
+                return Err(e);
+            }
+        }
+    }
+}
+
+impl AsRawFd for IcmpReceiver {
+    fn as_raw_fd(&self) -> RawFd {
+        self.sock.as_raw_fd()
+    }
+}
+
+impl std::fmt::Debug for IcmpReceiver {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("IcmpReceiver")
+            .field("fd", &self.sock.as_raw_fd())
+            .finish()
+    }
+}

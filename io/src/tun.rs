@@ -1,0 +1,410 @@
+//! The TUN device: creation, multi-queue, TSO split on read, GRO on write.
+
+use std::io::{self, IoSlice};
+use std::net::Ipv4Addr;
+use std::os::fd::{AsRawFd, RawFd};
+
+use tun_rs::{DeviceBuilder, GROTable, SyncDevice, VIRTIO_NET_HDR_LEN};
+
+use crate::{HEADROOM, IoError, MAX_IP_PACKET, PacketBuf, ns};
+
+/// How to create the TUN device.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TunConfig {
+    /// Interface name (at most 15 bytes), e.g. `tunl0`.
+    pub name: String,
+    /// Interface MTU.
+    pub mtu: u16,
+    /// Address and prefix length to assign, if any.
+    pub ipv4: Option<(Ipv4Addr, u8)>,
+    /// Enable `IFF_VNET_HDR` with TSO/CSUM (and USO where the kernel has it).
+    pub offload: bool,
+    /// Number of queues (one per worker thread); more than 1 makes the device
+    /// multi-queue.
+    pub queues: usize,
+    /// Transmit queue length (the kernel default for TUN is 500).
+    pub tx_queue_len: u32,
+}
+
+/// A created, configured and up TUN device, before it is split into queues.
+pub struct Tun {
+    queues: Vec<SyncDevice>,
+    name: String,
+    offload: bool,
+    udp_gso: bool,
+}
+
+impl Tun {
+    /// Creates the TUN device (multi-queue when `queues > 1`; `IFF_VNET_HDR`
+    /// plus TSO/CSUM offloads when `offload`), sets the MTU, the address and
+    /// the tx queue length, and brings it up. Every queue is non-blocking.
+    ///
+    /// The device lives in the network namespace of the calling thread and
+    /// disappears when the last queue is closed.
+    pub fn create(cfg: &TunConfig) -> Result<Tun, IoError> {
+        if cfg.name.is_empty() || cfg.name.len() >= libc::IFNAMSIZ {
+            return Err(IoError::InvalidConfig(format!(
+                "device name {:?} must be 1 to {} bytes",
+                cfg.name,
+                libc::IFNAMSIZ - 1
+            )));
+        }
+        if cfg.queues == 0 {
+            return Err(IoError::InvalidConfig("queues must be at least 1".into()));
+        }
+        if cfg.mtu < 68 {
+            return Err(IoError::InvalidConfig(format!(
+                "MTU {} is below the IPv4 minimum of 68",
+                cfg.mtu
+            )));
+        }
+        if let Some((_, prefix)) = cfg.ipv4
+            && prefix > 32
+        {
+            return Err(IoError::InvalidConfig(format!(
+                "prefix length {prefix} is above 32"
+            )));
+        }
+        let name = cfg.name.as_str();
+        let first = DeviceBuilder::new()
+            .name(name)
+            .offload(cfg.offload)
+            .multi_queue(cfg.queues > 1)
+            .inherit_enable_state()
+            .build_sync()
+            .map_err(|e| IoError::from_os(format!("create TUN device {name}"), Some(name), e))?;
+        let ctx = |what: &str| {
+            let what = format!("{what} on TUN device {name}");
+            move |e| IoError::from_os(what, None, e)
+        };
+        first.set_mtu(cfg.mtu).map_err(ctx("set MTU"))?;
+        first
+            .set_tx_queue_len(cfg.tx_queue_len)
+            .map_err(ctx("set tx queue length"))?;
+        if let Some((addr, prefix)) = cfg.ipv4 {
+            ns::set_ipv4_address(name, addr, prefix).map_err(ctx("set IPv4 address"))?;
+        }
+        let offload = first.tcp_gso();
+        let udp_gso = first.udp_gso();
+        let mut queues = Vec::with_capacity(cfg.queues);
+        queues.push(first);
+        for _ in 1..cfg.queues {
+            let q = queues[0]
+                .try_clone()
+                .map_err(|e| IoError::from_os(format!("attach queue to {name}"), Some(name), e))?;
+            queues.push(q);
+        }
+        for q in &queues {
+            q.set_nonblocking(true).map_err(ctx("set non-blocking"))?;
+        }
+        queues[0].enabled(true).map_err(ctx("bring up"))?;
+        tracing::debug!(
+            name,
+            queues = cfg.queues,
+            offload,
+            udp_gso,
+            "TUN device created"
+        );
+        Ok(Tun {
+            queues,
+            name: cfg.name.clone(),
+            offload,
+            udp_gso,
+        })
+    }
+
+    /// The interface name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Whether `IFF_VNET_HDR` offloads (TSO split on read, GRO on write) are on.
+    pub fn offload(&self) -> bool {
+        self.offload
+    }
+
+    /// Whether the kernel also accepted UDP segmentation offload (USO,
+    /// Linux >= 6.2), so UDP GSO super-packets arrive and UDP GRO is used.
+    pub fn udp_gso(&self) -> bool {
+        self.udp_gso
+    }
+
+    /// The interface MTU as the kernel reports it.
+    pub fn mtu(&self) -> io::Result<u16> {
+        self.queues[0].mtu()
+    }
+
+    /// The transmit queue length as the kernel reports it.
+    pub fn tx_queue_len(&self) -> io::Result<u32> {
+        self.queues[0].tx_queue_len()
+    }
+
+    /// The interface index.
+    pub fn if_index(&self) -> io::Result<u32> {
+        self.queues[0].if_index()
+    }
+
+    /// Splits the device into its queues, one per worker thread.
+    pub fn into_queues(self) -> Vec<TunQueue> {
+        let offload = self.offload;
+        let udp_gso = self.udp_gso;
+        self.queues
+            .into_iter()
+            .map(|dev| TunQueue::new(dev, offload, udp_gso))
+            .collect()
+    }
+}
+
+/// What [`TunQueue::send_batch`] did.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SendReport {
+    /// Packets handed to the kernel (each coalesced segment counts).
+    pub sent: usize,
+    /// Packets dropped: write errors (queue full, ...) or empty buffers.
+    pub dropped: usize,
+}
+
+/// One queue of the TUN device, for one thread: reads with TSO split, writes
+/// with GRO. Non-blocking; register its fd with the caller's poller.
+pub struct TunQueue {
+    dev: SyncDevice,
+    offload: bool,
+    udp_gso: bool,
+    /// Scratch for one read: virtio-net header plus a 64 KiB super-packet.
+    rx: Box<[u8]>,
+    /// Segment sizes from the split, grown once to the largest batch seen.
+    sizes: Vec<usize>,
+    gro: GROTable,
+}
+
+/// Marks the virtio-net header slot of a buffer whose packet tun-rs GRO
+/// merged into another one: GRO writes a real header (gso_type 0, 1, 4, 5,
+/// maybe | 0x80) into every buffer it will write, and none other.
+const GRO_UNWRITTEN: u8 = 0xff;
+
+/// Errors after which the fd is unusable: returned instead of counted.
+fn is_fatal(e: &io::Error) -> bool {
+    matches!(
+        e.raw_os_error(),
+        Some(libc::EBADF | libc::EBADFD | libc::EIO | libc::ENODEV)
+    )
+}
+
+impl TunQueue {
+    fn new(dev: SyncDevice, offload: bool, udp_gso: bool) -> Self {
+        Self {
+            dev,
+            offload,
+            udp_gso,
+            rx: vec![0; VIRTIO_NET_HDR_LEN + MAX_IP_PACKET].into_boxed_slice(),
+            sizes: vec![0; tun_rs::IDEAL_BATCH_SIZE],
+            gro: GROTable::new(),
+        }
+    }
+
+    /// Whether this queue uses virtio-net headers (offload on).
+    pub fn offload(&self) -> bool {
+        self.offload
+    }
+
+    /// One `read()`: a single packet, or a TSO/USO super-packet split into
+    /// MTU-sized segments. Segment `i` is written to `bufs[i]` starting at
+    /// byte [`HEADROOM`], and `bufs[i].set_len(HEADROOM + segment_len)`.
+    /// Returns the number of segments (`0..=bufs.len()`); the lengths of the
+    /// other buffers are unspecified.
+    ///
+    /// Buffers need `HEADROOM + MTU` bytes of capacity; a super-packet needs
+    /// as many buffers as it has segments (64 is enough for a 64 KiB packet
+    /// at an MSS of 1024 or more; [`tun_rs::IDEAL_BATCH_SIZE`] for any).
+    ///
+    /// Errors: `WouldBlock` when nothing is queued; `InvalidData` when the
+    /// packet read could not be split (malformed virtio-net header, too few
+    /// or too small buffers): that packet is lost, the queue stays usable.
+    /// Other errors are the OS error of `read()`.
+    pub fn recv_segments(&mut self, bufs: &mut [PacketBuf]) -> io::Result<usize> {
+        if bufs.is_empty() {
+            return Ok(0);
+        }
+        if !self.offload {
+            let buf = &mut bufs[0];
+            let Some(dst) = buf.full_mut().get_mut(HEADROOM..) else {
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidInput,
+                    "buffer smaller than HEADROOM",
+                ));
+            };
+            let n = self.dev.recv(dst)?;
+            buf.set_len(HEADROOM + n);
+            return Ok(1);
+        }
+        let n = bufs.len().min(u16::MAX as usize);
+        let bufs = &mut bufs[..n];
+        if self.sizes.len() < n {
+            self.sizes.resize(n, 0);
+        }
+        for b in bufs.iter_mut() {
+            b.set_len(b.capacity());
+        }
+        let res = self
+            .dev
+            .recv_multiple(&mut self.rx, bufs, &mut self.sizes[..n], HEADROOM);
+        match res {
+            Ok(count) => {
+                for (b, &size) in bufs.iter_mut().zip(&self.sizes[..count]) {
+                    b.set_len(HEADROOM + size);
+                }
+                Ok(count)
+            }
+            Err(e) => {
+                for b in bufs.iter_mut() {
+                    b.set_len(0);
+                }
+                if e.raw_os_error().is_some() {
+                    Err(e)
+                } else {
+                    Err(io::Error::new(io::ErrorKind::InvalidData, e))
+                }
+            }
+        }
+    }
+
+    /// Writes packets: each `bufs[i]` holds one IPv4 packet at
+    /// `bufs[i][offset..len]`. `offset >= VIRTIO_NET_HDR_LEN`: the bytes
+    /// before `offset` are scratch for the virtio-net header.
+    ///
+    /// With offload on, TCP and UDP segments of one flow are coalesced (tun-rs
+    /// GRO) into super-packets; this rewrites headers, may append packets to
+    /// the buffer of an earlier one (within its capacity) and may swap
+    /// buffers in the slice. Errors on single writes (`EAGAIN`, `ENOBUFS`,
+    /// `EINVAL` for a malformed packet, ...) are counted in
+    /// [`SendReport::dropped`], never returned; only errors that make the
+    /// queue unusable (`EBADF`, `EIO`, ...) and an invalid `offset` are.
+    pub fn send_batch(&mut self, bufs: &mut [PacketBuf], offset: usize) -> io::Result<SendReport> {
+        if offset < VIRTIO_NET_HDR_LEN {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "offset must be at least VIRTIO_NET_HDR_LEN",
+            ));
+        }
+        let mut report = SendReport::default();
+        if bufs.is_empty() {
+            return Ok(report);
+        }
+        if !self.offload {
+            for b in bufs.iter() {
+                let Some(pkt) = b.as_ref().get(offset..).filter(|p| !p.is_empty()) else {
+                    report.dropped += 1;
+                    continue;
+                };
+                self.write_counted(pkt, 1, &mut report)?;
+            }
+            return Ok(report);
+        }
+        let n = bufs.len().min(u16::MAX as usize);
+        let (bufs, rest) = bufs.split_at_mut(n);
+        report.dropped += rest.len();
+        let hdr_at = offset - VIRTIO_NET_HDR_LEN;
+        if bufs.iter().any(|b| b.len() <= offset) {
+            // tun-rs GRO rejects the whole batch for one empty packet: write
+            // this (rare) batch one by one instead.
+            for b in bufs.iter_mut() {
+                if b.len() <= offset {
+                    report.dropped += 1;
+                    continue;
+                }
+                b.as_mut()[hdr_at..offset].fill(0);
+                let pkt = &b.as_ref()[hdr_at..];
+                self.write_counted(pkt, 1, &mut report)?;
+            }
+            return Ok(report);
+        }
+        for b in bufs.iter_mut() {
+            b.as_mut()[hdr_at..offset].fill(GRO_UNWRITTEN);
+        }
+        self.gro
+            .apply_gro(bufs, offset, self.udp_gso)
+            .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
+        for b in bufs.iter() {
+            let frame = &b.as_ref()[hdr_at..];
+            if frame[0] == GRO_UNWRITTEN && frame[1] == GRO_UNWRITTEN {
+                // Merged into another buffer's super-packet.
+                continue;
+            }
+            let segments = gso_segments(frame);
+            self.write_counted(frame, segments, &mut report)?;
+        }
+        Ok(report)
+    }
+
+    fn write_counted(
+        &self,
+        frame: &[u8],
+        segments: usize,
+        report: &mut SendReport,
+    ) -> io::Result<()> {
+        match self.dev.send(frame) {
+            Ok(_) => report.sent += segments,
+            Err(e) if is_fatal(&e) => return Err(e),
+            Err(e) => {
+                tracing::trace!(error = %e, "TUN write dropped");
+                report.dropped += segments;
+            }
+        }
+        Ok(())
+    }
+
+    /// Writes one packet (e.g. an ICMP error generated locally) from a plain
+    /// slice, with a zero virtio-net header in front when offload is on.
+    pub fn send_one(&mut self, packet: &[u8]) -> io::Result<()> {
+        if self.offload {
+            let hdr = [0u8; VIRTIO_NET_HDR_LEN];
+            self.dev
+                .send_vectored(&[IoSlice::new(&hdr), IoSlice::new(packet)])?;
+        } else {
+            self.dev.send(packet)?;
+        }
+        Ok(())
+    }
+}
+
+/// How many wire packets a frame (virtio-net header + packet) written to TUN
+/// stands for: 1, or the segment count of a GSO super-packet.
+fn gso_segments(frame: &[u8]) -> usize {
+    let gso_type = frame[1] & 0x7f;
+    if gso_type == 0 {
+        return 1;
+    }
+    let hdr_len = u16::from_ne_bytes([frame[2], frame[3]]) as usize;
+    let gso_size = u16::from_ne_bytes([frame[4], frame[5]]) as usize;
+    let payload = (frame.len() - VIRTIO_NET_HDR_LEN).saturating_sub(hdr_len);
+    if gso_size == 0 {
+        1
+    } else {
+        payload.div_ceil(gso_size).max(1)
+    }
+}
+
+impl AsRawFd for TunQueue {
+    fn as_raw_fd(&self) -> RawFd {
+        self.dev.as_raw_fd()
+    }
+}
+
+impl std::fmt::Debug for TunQueue {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TunQueue")
+            .field("fd", &self.dev.as_raw_fd())
+            .field("offload", &self.offload)
+            .finish()
+    }
+}
+
+impl std::fmt::Debug for Tun {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Tun")
+            .field("name", &self.name)
+            .field("queues", &self.queues.len())
+            .field("offload", &self.offload)
+            .finish()
+    }
+}

@@ -1,0 +1,239 @@
+//! TUN device tests, each in a private network namespace (needs root).
+
+mod common;
+
+use std::net::{Ipv4Addr, SocketAddrV4, UdpSocket};
+use std::os::fd::AsRawFd;
+
+use common::{PATIENCE, in_netns, in_netns_async, payload, udp_packet};
+use tunl_io::netlink::Netlink;
+use tunl_io::{HEADROOM, IoError, PacketBuf, RX_BUF_CAPACITY, Tun, TunConfig, TunQueue};
+
+const TUN_ADDR: Ipv4Addr = Ipv4Addr::new(10, 9, 0, 1);
+const PEER: Ipv4Addr = Ipv4Addr::new(10, 9, 0, 2);
+const ROUTED: Ipv4Addr = Ipv4Addr::new(10, 9, 0, 77);
+
+fn config(name: &str, offload: bool, queues: usize) -> TunConfig {
+    TunConfig {
+        name: name.into(),
+        mtu: 1400,
+        ipv4: Some((TUN_ADDR, 24)),
+        offload,
+        queues,
+        tx_queue_len: 2000,
+    }
+}
+
+fn bufs(n: usize) -> Vec<PacketBuf> {
+    (0..n)
+        .map(|_| PacketBuf::with_capacity(RX_BUF_CAPACITY))
+        .collect()
+}
+
+fn bound_udp(port: u16) -> UdpSocket {
+    let s = UdpSocket::bind(SocketAddrV4::new(TUN_ADDR, port)).expect("bind UDP in namespace");
+    s.set_read_timeout(Some(PATIENCE)).unwrap();
+    s
+}
+
+#[test]
+fn create_reads_back_mtu_address_queues_and_offload() {
+    in_netns_async(|| async {
+        let tun = Tun::create(&config("tt0", true, 2)).expect("create TUN");
+        assert_eq!(tun.name(), "tt0");
+        assert!(tun.offload());
+        assert_eq!(tun.mtu().unwrap(), 1400);
+        assert_eq!(tun.tx_queue_len().unwrap(), 2000);
+        let index = tun.if_index().unwrap();
+        let nl = Netlink::new().unwrap();
+        let found = nl.interface_with_address(TUN_ADDR).await.unwrap();
+        assert_eq!(found, Some((index, "tt0".to_string(), 1400)));
+        assert_eq!(nl.interface_with_address(PEER).await.unwrap(), None);
+        let queues = tun.into_queues();
+        assert_eq!(queues.len(), 2);
+        assert_ne!(queues[0].as_raw_fd(), queues[1].as_raw_fd());
+        assert!(queues.iter().all(TunQueue::offload));
+    });
+}
+
+#[test]
+fn second_create_of_a_held_device_says_busy() {
+    in_netns(|| {
+        let _held = Tun::create(&config("tt0", false, 1)).expect("create TUN");
+        let err = Tun::create(&config("tt0", false, 1)).expect_err("device is held");
+        assert!(matches!(err, IoError::DeviceBusy { .. }), "{err:?}");
+        assert!(err.to_string().contains("held by another process"), "{err}");
+    });
+}
+
+#[test]
+fn empty_queue_would_block() {
+    in_netns(|| {
+        let mut q = Tun::create(&config("tt0", true, 1)).unwrap().into_queues();
+        let mut b = bufs(4);
+        // Drain whatever the kernel sent at link up (IPv6 router
+        // solicitations and the like), then the queue must be empty.
+        loop {
+            match q[0].recv_segments(&mut b) {
+                Ok(_) => continue,
+                Err(e) => {
+                    assert_eq!(e.kind(), std::io::ErrorKind::WouldBlock, "{e}");
+                    break;
+                }
+            }
+        }
+    });
+}
+
+fn tun_to_stack(offload: bool) {
+    in_netns(move || {
+        let mut queues = Tun::create(&config("tt0", offload, 1))
+            .unwrap()
+            .into_queues();
+        let q = &mut queues[0];
+        let sock = bound_udp(5000);
+        let mut got = [0u8; 2048];
+
+        q.send_one(&udp_packet(PEER, 4000, TUN_ADDR, 5000, b"hello", 1))
+            .unwrap();
+        let (n, from) = sock.recv_from(&mut got).expect("datagram from send_one");
+        assert_eq!(&got[..n], b"hello");
+        assert_eq!(from, SocketAddrV4::new(PEER, 4000).into());
+
+        // One flow of several segments: with offload, GRO coalesces them
+        // and the stack splits them again for the socket.
+        let mut batch = bufs(8);
+        for (i, b) in batch.iter_mut().enumerate() {
+            let pkt = udp_packet(
+                PEER,
+                4000,
+                TUN_ADDR,
+                5000,
+                &payload(1000, i as u8),
+                10 + i as u16,
+            );
+            b.full_mut()[HEADROOM..HEADROOM + pkt.len()].copy_from_slice(&pkt);
+            b.set_len(HEADROOM + pkt.len());
+        }
+        let report = q.send_batch(&mut batch, HEADROOM).unwrap();
+        assert_eq!((report.sent, report.dropped), (8, 0));
+        for i in 0..8u8 {
+            let (n, _) = sock.recv_from(&mut got).expect("datagram from send_batch");
+            assert_eq!(&got[..n], &payload(1000, i)[..], "datagram {i}");
+        }
+    });
+}
+
+#[test]
+fn packets_written_to_tun_reach_a_local_socket_with_offload() {
+    tun_to_stack(true);
+}
+
+#[test]
+fn packets_written_to_tun_reach_a_local_socket_without_offload() {
+    tun_to_stack(false);
+}
+
+#[test]
+fn empty_buffers_in_a_batch_are_dropped_not_fatal() {
+    in_netns(|| {
+        let mut queues = Tun::create(&config("tt0", true, 1)).unwrap().into_queues();
+        let sock = bound_udp(5000);
+        let mut batch = bufs(3);
+        let pkt = udp_packet(PEER, 4000, TUN_ADDR, 5000, b"x", 1);
+        batch[0].full_mut()[HEADROOM..HEADROOM + pkt.len()].copy_from_slice(&pkt);
+        batch[0].set_len(HEADROOM + pkt.len());
+        batch[1].set_len(HEADROOM);
+        batch[2].set_len(0);
+        let report = queues[0].send_batch(&mut batch, HEADROOM).unwrap();
+        assert_eq!((report.sent, report.dropped), (1, 2));
+        let mut got = [0u8; 16];
+        let (n, _) = sock.recv_from(&mut got).unwrap();
+        assert_eq!(&got[..n], b"x");
+    });
+}
+
+/// Reads from the queue until `want` IPv4/UDP packets to `ROUTED:dport`
+/// arrived; returns their UDP payloads and the largest segment count one
+/// `recv_segments` call returned.
+fn read_udp(q: &mut TunQueue, dport: u16, want: usize) -> (Vec<Vec<u8>>, usize) {
+    let mut b = bufs(64);
+    let mut out = Vec::new();
+    let mut most = 0;
+    while out.len() < want {
+        assert!(
+            tunl_io::ns::wait_readable(q, PATIENCE).unwrap(),
+            "no packet on the TUN queue ({} of {want} so far)",
+            out.len()
+        );
+        let n = match q.recv_segments(&mut b) {
+            Ok(n) => n,
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
+            Err(e) => panic!("recv_segments: {e}"),
+        };
+        most = most.max(n);
+        for buf in &b[..n] {
+            let p = &buf.as_ref()[HEADROOM..];
+            if p.len() < 28 || p[0] != 0x45 || p[9] != 17 || p[16..20] != ROUTED.octets() {
+                continue; // IPv6 chatter, other traffic
+            }
+            assert_eq!(usize::from(u16::from_be_bytes([p[2], p[3]])), p.len());
+            if u16::from_be_bytes([p[22], p[23]]) == dport {
+                out.push(p[28..].to_vec());
+            }
+        }
+    }
+    (out, most)
+}
+
+fn stack_to_tun(offload: bool) {
+    in_netns(move || {
+        let tun = Tun::create(&config("tt0", offload, 1)).unwrap();
+        let udp_gso = tun.udp_gso();
+        let mut queues = tun.into_queues();
+        let q = &mut queues[0];
+        let sock = UdpSocket::bind(SocketAddrV4::new(TUN_ADDR, 0)).unwrap();
+        sock.send_to(b"ping", SocketAddrV4::new(ROUTED, 6000))
+            .unwrap();
+        let (got, _) = read_udp(q, 6000, 1);
+        assert_eq!(got, vec![b"ping".to_vec()]);
+
+        // A UDP GSO write of 5 segments: with USO on the device, one read
+        // returns the super-packet, which recv_segments splits.
+        let seg: libc::c_int = 1000;
+        // SAFETY: setsockopt reads one c_int from &seg during the call.
+        let rc = unsafe {
+            libc::setsockopt(
+                sock.as_raw_fd(),
+                libc::SOL_UDP,
+                libc::UDP_SEGMENT,
+                (&raw const seg).cast(),
+                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+            )
+        };
+        assert_eq!(rc, 0, "UDP_SEGMENT: {}", std::io::Error::last_os_error());
+        let data: Vec<u8> = (0..5u8).flat_map(|i| payload(1000, i)).collect();
+        sock.send_to(&data, SocketAddrV4::new(ROUTED, 6001))
+            .unwrap();
+        let (got, most) = read_udp(q, 6001, 5);
+        for (i, p) in got.iter().enumerate() {
+            assert_eq!(p, &payload(1000, i as u8), "segment {i}");
+        }
+        if offload && udp_gso {
+            assert!(
+                most >= 5,
+                "expected one read to carry all 5 segments, got at most {most}"
+            );
+        }
+    });
+}
+
+#[test]
+fn stack_traffic_routed_into_tun_is_read_and_split_with_offload() {
+    stack_to_tun(true);
+}
+
+#[test]
+fn stack_traffic_routed_into_tun_is_read_without_offload() {
+    stack_to_tun(false);
+}
