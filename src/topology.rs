@@ -904,6 +904,32 @@ impl Cluster {
         parse_ping(raw)
     }
 
+    /// Pings `to` from a pod, one request at a time, until a reply comes
+    /// (e.g. while tunl daemons start); gives up with
+    /// [`TopologyError::Timeout`] after `timeout`. Returns the ping that got
+    /// the reply.
+    pub fn wait_reachable(
+        &self,
+        from_pod: &str,
+        to: Ipv4Addr,
+        timeout: Duration,
+    ) -> Result<PingResult, TopologyError> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let result = self.ping(from_pod, to, 1, Duration::from_millis(200))?;
+            if result.received > 0 {
+                return Ok(result);
+            }
+            if Instant::now() >= deadline {
+                return Err(TopologyError::Timeout(format!(
+                    "{to} to answer pings from {from_pod}: {}",
+                    result.raw.trim()
+                )));
+            }
+            thread::sleep(Duration::from_millis(50));
+        }
+    }
+
     /// One `iperf3` TCP run from `client_pod` to `server_pod`: `seconds`
     /// long, `streams` parallel streams. Starts a one-shot server in the
     /// server pod, waits until it listens, runs the client with `-J` and
@@ -1299,6 +1325,39 @@ impl Cluster {
             }
         }
         self.namespaces.clear();
+    }
+}
+
+/// A summary for people: one line per node and per pod, with namespaces.
+impl std::fmt::Display for Cluster {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        writeln!(
+            f,
+            "cluster {} (overlay {}, underlay MTU {}, pod MTU {})",
+            self.tag, self.overlay, self.underlay_mtu, self.pod_mtu
+        )?;
+        for node in &self.nodes {
+            write!(
+                f,
+                "  node {} underlay {}/{UNDERLAY_PREFIX_LEN} block {} netns {}",
+                node.name, node.underlay, node.block, node.netns
+            )?;
+            if let Some(vtep) = node.vtep {
+                write!(f, " vtep {vtep}")?;
+            }
+            writeln!(f)?;
+            for pod in &node.pods {
+                writeln!(
+                    f,
+                    "    pod {} {} via {} netns {}",
+                    pod.name, pod.ip, pod.veth, pod.netns
+                )?;
+            }
+        }
+        if let Some(switch) = &self.switch {
+            writeln!(f, "  switch netns {switch} (bridge br0)")?;
+        }
+        Ok(())
     }
 }
 

@@ -168,15 +168,34 @@ fn generated_direct_cluster_pings_all_to_all() {
 #[test]
 fn overlay_none_installs_nothing_between_blocks() {
     let cluster = Cluster::build(ClusterSpec::seed()).unwrap();
-    let r = cluster
-        .ping(
-            "demo-hello-perf",
-            pod_ip(&cluster, "demo-hello-sit"),
-            1,
-            INTERVAL,
-        )
-        .unwrap();
+    let sit = pod_ip(&cluster, "demo-hello-sit");
+    let r = cluster.ping("demo-hello-perf", sit, 1, INTERVAL).unwrap();
     assert_eq!(r.received, 0, "{}", r.raw);
+    assert!(matches!(
+        cluster.wait_reachable("demo-hello-perf", sit, Duration::from_millis(300)),
+        Err(TopologyError::Timeout(_))
+    ));
+    // Once routes appear (as a tunl daemon would add them), it is reachable.
+    for (node, block, via) in [
+        ("node2.perf", "10.20.42.0/26", "172.16.35.4"),
+        ("node1.sit", "10.20.105.192/26", "172.16.36.5"),
+    ] {
+        cluster
+            .exec_ok(
+                node,
+                &["ip", "route", "add", block, "via", via, "dev", "eth0"],
+            )
+            .unwrap();
+    }
+    let r = cluster
+        .wait_reachable("demo-hello-perf", sit, Duration::from_secs(30))
+        .unwrap();
+    assert_eq!(r.ttls, vec![62], "{}", r.raw);
+    let summary = cluster.to_string();
+    assert!(
+        summary.contains("pod demo-hello-sit 10.20.42.31 via cali04736ec14ce"),
+        "{summary}"
+    );
     // The underlay itself works.
     let r = cluster
         .exec("node2.perf", &["ping", "-c", "1", "-W", "1", "172.16.35.4"])
