@@ -2,10 +2,11 @@
 
 mod common;
 
-use std::net::{Ipv4Addr, SocketAddrV4, UdpSocket};
+use std::io::Read;
+use std::net::{Ipv4Addr, SocketAddrV4, TcpListener, UdpSocket};
 use std::os::fd::AsRawFd;
 
-use common::{PATIENCE, in_netns, in_netns_async, payload, udp_packet};
+use common::{ACK, PATIENCE, SYN, in_netns, in_netns_async, payload, tcp_packet, udp_packet};
 use tunl_io::netlink::Netlink;
 use tunl_io::{HEADROOM, IoError, PacketBuf, RX_BUF_CAPACITY, Tun, TunConfig, TunQueue};
 
@@ -87,9 +88,9 @@ fn empty_queue_would_block() {
 
 fn tun_to_stack(offload: bool) {
     in_netns(move || {
-        let mut queues = Tun::create(&config("tt0", offload, 1))
-            .unwrap()
-            .into_queues();
+        let tun = Tun::create(&config("tt0", offload, 1)).unwrap();
+        let udp_gro = tun.offload() && tun.udp_gso();
+        let mut queues = tun.into_queues();
         let q = &mut queues[0];
         let sock = bound_udp(5000);
         let mut got = [0u8; 2048];
@@ -117,10 +118,25 @@ fn tun_to_stack(offload: bool) {
         }
         let report = q.send_batch(&mut batch, HEADROOM).unwrap();
         assert_eq!((report.sent, report.dropped), (8, 0));
+        let longest = batch.iter().map(PacketBuf::len).max().unwrap();
+        if udp_gro {
+            assert_eq!(
+                longest,
+                HEADROOM + 28 + 8000,
+                "GRO coalesced the flow into one packet"
+            );
+        } else {
+            assert_eq!(longest, HEADROOM + 28 + 1000);
+        }
         for i in 0..8u8 {
             let (n, _) = sock.recv_from(&mut got).expect("datagram from send_batch");
             assert_eq!(&got[..n], &payload(1000, i)[..], "datagram {i}");
         }
+        sock.set_nonblocking(true).unwrap();
+        let extra = sock
+            .recv_from(&mut got)
+            .expect_err("no duplicate datagrams");
+        assert_eq!(extra.kind(), std::io::ErrorKind::WouldBlock);
     });
 }
 
@@ -236,4 +252,94 @@ fn stack_traffic_routed_into_tun_is_read_and_split_with_offload() {
 #[test]
 fn stack_traffic_routed_into_tun_is_read_without_offload() {
     stack_to_tun(false);
+}
+
+/// Writes `pkt` at HEADROOM in `buf`.
+fn load(buf: &mut PacketBuf, pkt: &[u8]) {
+    buf.full_mut()[HEADROOM..HEADROOM + pkt.len()].copy_from_slice(pkt);
+    buf.set_len(HEADROOM + pkt.len());
+}
+
+#[test]
+fn tcp_segments_written_in_one_batch_are_coalesced_and_delivered() {
+    in_netns(|| {
+        let mut queues = Tun::create(&config("tt0", true, 1)).unwrap().into_queues();
+        let q = &mut queues[0];
+        let listener = TcpListener::bind(SocketAddrV4::new(TUN_ADDR, 7000)).unwrap();
+        let mss = [2, 4, 0x05, 0x50]; // MSS 1360
+        q.send_one(&tcp_packet(
+            PEER,
+            40000,
+            TUN_ADDR,
+            7000,
+            1000,
+            0,
+            SYN,
+            &mss,
+            &[],
+        ))
+        .unwrap();
+
+        // The SYN-ACK comes back out of the TUN.
+        let mut b = bufs(64);
+        let server_seq = loop {
+            assert!(
+                tunl_io::ns::wait_readable(q, PATIENCE).unwrap(),
+                "no SYN-ACK"
+            );
+            let n = match q.recv_segments(&mut b) {
+                Ok(n) => n,
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
+                Err(e) => panic!("recv_segments: {e}"),
+            };
+            let synack = b[..n]
+                .iter()
+                .map(|b| &b.as_ref()[HEADROOM..])
+                .find(|p| p.len() >= 40 && p[0] == 0x45 && p[9] == 6 && p[16..20] == PEER.octets());
+            if let Some(p) = synack {
+                assert_eq!(p[33] & (SYN | ACK), SYN | ACK);
+                assert_eq!(u32::from_be_bytes([p[28], p[29], p[30], p[31]]), 1001);
+                break u32::from_be_bytes([p[24], p[25], p[26], p[27]]);
+            }
+        };
+
+        // The handshake ACK and four data segments of one flow in one batch.
+        let mut batch = bufs(5);
+        let ack = server_seq.wrapping_add(1);
+        load(
+            &mut batch[0],
+            &tcp_packet(PEER, 40000, TUN_ADDR, 7000, 1001, ack, ACK, &[], &[]),
+        );
+        for i in 0..4u32 {
+            let seq = 1001 + i * 1000;
+            let pkt = tcp_packet(
+                PEER,
+                40000,
+                TUN_ADDR,
+                7000,
+                seq,
+                ack,
+                ACK,
+                &[],
+                &payload(1000, i as u8),
+            );
+            load(&mut batch[1 + i as usize], &pkt);
+        }
+        let report = q.send_batch(&mut batch, HEADROOM).unwrap();
+        assert_eq!((report.sent, report.dropped), (5, 0));
+        let longest = batch.iter().map(PacketBuf::len).max().unwrap();
+        assert_eq!(
+            longest,
+            HEADROOM + 40 + 4000,
+            "GRO coalesced the data segments"
+        );
+
+        let (mut conn, peer) = listener.accept().unwrap();
+        assert_eq!(peer, SocketAddrV4::new(PEER, 40000).into());
+        conn.set_read_timeout(Some(PATIENCE)).unwrap();
+        let mut data = vec![0u8; 4000];
+        conn.read_exact(&mut data).expect("all 4000 bytes");
+        let want: Vec<u8> = (0..4u8).flat_map(|i| payload(1000, i)).collect();
+        assert_eq!(data, want);
+    });
 }

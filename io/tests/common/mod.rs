@@ -123,3 +123,46 @@ pub fn payload(len: usize, seed: u8) -> Vec<u8> {
         .map(|i| (i as u8).wrapping_mul(7).wrapping_add(seed))
         .collect()
 }
+
+/// TCP flag bits.
+pub const SYN: u8 = 0x02;
+/// TCP ACK flag.
+pub const ACK: u8 = 0x10;
+
+/// An IPv4/TCP packet with correct checksums; `options` must be a multiple
+/// of 4 bytes.
+#[allow(clippy::too_many_arguments)]
+pub fn tcp_packet(
+    src: Ipv4Addr,
+    sport: u16,
+    dst: Ipv4Addr,
+    dport: u16,
+    seq: u32,
+    ack: u32,
+    flags: u8,
+    options: &[u8],
+    payload: &[u8],
+) -> Vec<u8> {
+    let tcp_len = 20 + options.len() + payload.len();
+    let mut p = Vec::with_capacity(20 + tcp_len);
+    p.extend_from_slice(&ipv4_header(src, dst, 6, tcp_len, 0x1234));
+    p.extend_from_slice(&sport.to_be_bytes());
+    p.extend_from_slice(&dport.to_be_bytes());
+    p.extend_from_slice(&seq.to_be_bytes());
+    p.extend_from_slice(&ack.to_be_bytes());
+    p.push((((20 + options.len()) / 4) as u8) << 4);
+    p.push(flags);
+    p.extend_from_slice(&65535u16.to_be_bytes());
+    p.extend_from_slice(&[0, 0, 0, 0]);
+    p.extend_from_slice(options);
+    p.extend_from_slice(payload);
+    let mut pseudo = 0u32;
+    for w in [src.octets(), dst.octets()] {
+        pseudo += u32::from(u16::from_be_bytes([w[0], w[1]]));
+        pseudo += u32::from(u16::from_be_bytes([w[2], w[3]]));
+    }
+    pseudo += 6 + tcp_len as u32;
+    let c = checksum(&p[20..], pseudo);
+    p[36..38].copy_from_slice(&c.to_be_bytes());
+    p
+}
