@@ -8,9 +8,10 @@
 //! wired the way Calico wires them:
 //!
 //! ```text
-//!  pod ns                     node ns                              node ns
-//!  eth0 10.20.105.215/32 ── cali4bb1efe70a2 (ee:ee:..)   eth0 ─┬─ eth0 172.16.35.4/16 ...
-//!  default via 169.254.1.1    proxy_arp=1              172.16.36.5/16
+//!  tunl-<tag>-demo-hello-perf       tunl-<tag>-node2.perf            tunl-<tag>-node1.sit
+//!  eth0 10.20.105.215/32  ───────  cali4bb1efe70a2                  eth0 172.16.35.4/16
+//!  169.254.1.1 dev eth0            (ee:ee:ee:ee:ee:ee, proxy_arp)    │
+//!  default via 169.254.1.1         eth0 172.16.36.5/16  ─────────────┘ (veth or bridge)
 //! ```
 //!
 //! Between blocks the builder installs nothing ([`Overlay::None`], the caller
@@ -397,8 +398,8 @@ impl ClusterSpec {
             let mut veths = HashSet::new();
             for pod in &node.pods {
                 check_name("pod", &pod.name)?;
-                if !names.insert(pod.name.as_str()) {
-                    return bad(format!("name {:?} is repeated", pod.name));
+                if pod.name == "switch" || !names.insert(pod.name.as_str()) {
+                    return bad(format!("pod name {:?} is reserved or repeated", pod.name));
                 }
                 if !node.block.contains(pod.ip) || !ips.insert(pod.ip) {
                     return bad(format!(
@@ -418,7 +419,8 @@ impl ClusterSpec {
                         .veth
                         .bytes()
                         .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
-                    && !["eth0", "lo", VXLAN_DEVICE].contains(&pod.veth.as_str());
+                    && !["eth0", "lo", "all", "default", ".", "..", VXLAN_DEVICE]
+                        .contains(&pod.veth.as_str());
                 if !veth_ok || !veths.insert(pod.veth.as_str()) {
                     return bad(format!(
                         "veth name {:?} of pod {} is invalid or repeated",
@@ -1750,6 +1752,14 @@ mod tests {
 
         let mut spec = ClusterSpec::seed();
         spec.nodes[0].pods[0].veth = "cali-name-too-long".into();
+        assert!(spec.validate().is_err());
+
+        let mut spec = ClusterSpec::generated(3, 1);
+        spec.nodes[0].pods[0].name = "switch".into();
+        assert!(spec.validate().is_err());
+
+        let mut spec = ClusterSpec::seed();
+        spec.nodes[1].pods[0].name = "node1.sit".into();
         assert!(spec.validate().is_err());
     }
 }
