@@ -50,3 +50,14 @@ pub const MAX_IP_PACKET: usize = 65535;
 pub const RX_BUF_CAPACITY: usize = MAX_IP_PACKET + 2 * HEADROOM;
 
 const _: () = assert!(HEADROOM >= VIRTIO_NET_HDR_LEN);
+
+/// Everything a worker thread owns must move to it.
+const _: () = {
+    const fn assert_send<T: Send>() {}
+    assert_send::<TunQueue>();
+    assert_send::<IpipReceiver>();
+    assert_send::<IpipSender>();
+    assert_send::<IcmpReceiver>();
+    assert_send::<PacketBuf>();
+    assert_send::<netlink::Netlink>();
+};

@@ -79,7 +79,8 @@ pub struct Netlink {
 
 impl Netlink {
     /// Opens an rtnetlink socket and spawns its connection task on the
-    /// current tokio runtime. Fails when called outside a tokio runtime.
+    /// current tokio runtime, which needs its I/O driver enabled
+    /// (`enable_io`/`enable_all`). Fails when called outside a tokio runtime.
     pub fn new() -> io::Result<Netlink> {
         let rt = tokio::runtime::Handle::try_current().map_err(|_| {
             io::Error::other("Netlink::new must be called from within a tokio runtime")

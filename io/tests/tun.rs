@@ -343,3 +343,50 @@ fn tcp_segments_written_in_one_batch_are_coalesced_and_delivered() {
         assert_eq!(data, want);
     });
 }
+
+#[test]
+fn every_queue_of_a_multi_queue_device_carries_traffic() {
+    in_netns(|| {
+        let mut queues = Tun::create(&config("tt0", true, 2)).unwrap().into_queues();
+        let flows = 32u16;
+        let senders: Vec<UdpSocket> = (0..flows)
+            .map(|_| UdpSocket::bind(SocketAddrV4::new(TUN_ADDR, 0)).unwrap())
+            .collect();
+        for (i, s) in senders.iter().enumerate() {
+            s.send_to(&[i as u8], SocketAddrV4::new(ROUTED, 6000))
+                .unwrap();
+        }
+        let mut seen = vec![false; flows as usize];
+        let mut per_queue = [0usize; 2];
+        let mut b = bufs(64);
+        while seen.iter().any(|s| !s) {
+            let mut fds: Vec<libc::pollfd> = queues
+                .iter()
+                .map(|q| libc::pollfd {
+                    fd: q.as_raw_fd(),
+                    events: libc::POLLIN,
+                    revents: 0,
+                })
+                .collect();
+            // SAFETY: fds is a valid array of 2 pollfds during the call.
+            let rc = unsafe { libc::poll(fds.as_mut_ptr(), 2, PATIENCE.as_millis() as i32) };
+            assert!(rc > 0, "packets missing: {seen:?}");
+            for (qi, q) in queues.iter_mut().enumerate() {
+                let Ok(n) = q.recv_segments(&mut b) else {
+                    continue;
+                };
+                for buf in &b[..n] {
+                    let p = &buf.as_ref()[HEADROOM..];
+                    if p.len() == 29 && p[0] == 0x45 && p[9] == 17 && p[16..20] == ROUTED.octets() {
+                        seen[usize::from(p[28])] = true;
+                        per_queue[qi] += 1;
+                    }
+                }
+            }
+        }
+        assert!(
+            per_queue.iter().all(|&n| n > 0),
+            "flows per queue: {per_queue:?}"
+        );
+    });
+}
