@@ -1,0 +1,99 @@
+//! The `tunl` command line.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+use crate::config::Config;
+use crate::daemon;
+
+/// tunl: a userspace IPIP tunnel router, a drop-in for Linux's tunl0 as
+/// Calico uses it, for hosts whose kernel has no ipip driver.
+///
+/// Pod packets read from a TUN device are routed by destination block to the
+/// node that owns it, wrapped in an outer IPv4 header (protocol 4) and sent
+/// on a raw socket; IPIP packets from allowed nodes are unwrapped into the
+/// TUN device. The wire format is that of the kernel's ipip driver.
+#[derive(Debug, Parser)]
+#[command(name = "tunl", version, about, long_about)]
+pub struct Cli {
+    /// Log filter (error, warn, info, debug, trace, or a tracing
+    /// EnvFilter directive); RUST_LOG overrides it.
+    #[arg(long, global = true, default_value = "info")]
+    pub log: String,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the tunnel daemon (needs root, or CAP_NET_ADMIN and CAP_NET_RAW).
+    ///
+    /// Creates the TUN device, installs `BLOCK via NODE dev tunl0 onlink`
+    /// routes tagged `proto 116`, and forwards until SIGINT/SIGTERM, which
+    /// remove both. SIGHUP re-reads the config and applies route changes;
+    /// an invalid new config is logged and the old one kept.
+    Run {
+        /// The TOML config file (see examples/tunl.toml).
+        #[arg(short, long, value_name = "FILE")]
+        config: PathBuf,
+    },
+    /// Validate a config file and print what it would set up.
+    Check {
+        /// The TOML config file.
+        #[arg(short, long, value_name = "FILE")]
+        config: PathBuf,
+    },
+}
+
+/// Exit code for a usage or configuration error.
+pub const EXIT_CONFIG: u8 = 2;
+
+/// Parses the command line and runs the command.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging(&cli.log);
+    match cli.command {
+        Command::Run { config } => match daemon::run(&config) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                tracing::error!("{e}");
+                eprintln!("tunl: {e}");
+                ExitCode::from(e.exit_code() as u8)
+            }
+        },
+        Command::Check { config } => match Config::load(&config) {
+            Ok(c) => {
+                println!(
+                    "{}: ok: device {}, local {}, {} route(s), {} local block(s), ttl {}",
+                    config.display(),
+                    c.tunnel.name,
+                    c.tunnel.local,
+                    c.routes.len(),
+                    c.tunnel.blocks.len(),
+                    c.tunnel.ttl
+                );
+                for r in &c.routes {
+                    println!("  {} via {} dev {} onlink", r.prefix, r.via, c.tunnel.name);
+                }
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("tunl: {e}");
+                ExitCode::from(EXIT_CONFIG)
+            }
+        },
+    }
+}
+
+fn init_logging(default: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .or_else(|_| tracing_subscriber::EnvFilter::try_new(default))
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
+}

@@ -1,0 +1,598 @@
+//! The daemon's configuration file (TOML) and its validation.
+//!
+//! ```toml
+//! [tunnel]
+//! name = "tunl0"              # TUN device name; default tunl0
+//! local = "172.16.35.4"       # this node's underlay address: the outer source; required
+//! mtu = 1480                  # default: MTU of the underlay interface holding `local`, minus 20
+//! address = "10.20.42.0/32"   # optional address put on the tunnel device
+//! ttl = "inherit"             # or 1..=255
+//! blocks = ["10.20.42.0/26"]  # optional: this node's pod blocks; decap refuses other inner destinations
+//!
+//! [[route]]                   # one per remote block
+//! prefix = "10.20.105.192/26"
+//! via = "172.16.36.5"
+//!
+//! [security]
+//! allow = ["172.16.0.0/16"]   # IPIP sources accepted besides every route's `via`
+//! ```
+//!
+//! Parsing is strict: unknown keys are errors, and every semantic error names
+//! the key it is about (`route[1].prefix: ...`).
+
+use std::collections::HashMap;
+use std::fmt;
+use std::net::Ipv4Addr;
+use std::num::NonZeroU8;
+use std::path::{Path, PathBuf};
+
+use ipnetwork::Ipv4Network;
+use serde::Deserialize;
+use tunl_encap::{Ttl, TunnelSettings};
+
+/// Default TUN device name, as Calico's kernel device.
+pub const DEFAULT_DEVICE: &str = "tunl0";
+/// The smallest MTU IPv4 allows (RFC 791).
+pub const MIN_MTU: u16 = 68;
+/// The largest tunnel MTU: an outer packet must fit in 65535 bytes.
+pub const MAX_MTU: u16 = 65535 - 20;
+/// Default path of the control socket.
+pub const DEFAULT_CONTROL_SOCKET: &str = "/run/tunl/tunl.sock";
+
+/// A configuration error: the file could not be read, parsed or validated.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read config {path}: {source}")]
+    Read {
+        /// The path given.
+        path: PathBuf,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// The file is not valid TOML, or a key has the wrong type or is unknown.
+    #[error("config {path}: {message}")]
+    Parse {
+        /// The path given.
+        path: PathBuf,
+        /// The parser's message, which names the key and line.
+        message: String,
+    },
+    /// A key has a value that parses but is not acceptable.
+    #[error("config {path}: {key}: {problem}")]
+    Invalid {
+        /// The path given.
+        path: PathBuf,
+        /// The key, e.g. `route[2].via`.
+        key: String,
+        /// What is wrong with it.
+        problem: String,
+    },
+}
+
+/// TTL of outer packets: `"inherit"` (from the inner packet) or a fixed 1..=255.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum TtlSetting {
+    /// Copy the inner TTL, as `ttl inherit` on tunl0.
+    #[default]
+    Inherit,
+    /// A fixed TTL.
+    Fixed(NonZeroU8),
+}
+
+impl<'de> Deserialize<'de> for TtlSetting {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            Word(String),
+            Number(i64),
+        }
+        match Raw::deserialize(d)? {
+            Raw::Word(w) if w == "inherit" => Ok(TtlSetting::Inherit),
+            Raw::Word(w) => Err(serde::de::Error::custom(format!(
+                "ttl must be \"inherit\" or a number 1..=255, not {w:?}"
+            ))),
+            Raw::Number(n) => u8::try_from(n)
+                .ok()
+                .and_then(NonZeroU8::new)
+                .map(TtlSetting::Fixed)
+                .ok_or_else(|| {
+                    serde::de::Error::custom(format!(
+                        "ttl must be \"inherit\" or a number 1..=255, not {n}"
+                    ))
+                }),
+        }
+    }
+}
+
+impl fmt::Display for TtlSetting {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            TtlSetting::Inherit => f.write_str("inherit"),
+            TtlSetting::Fixed(n) => write!(f, "{n}"),
+        }
+    }
+}
+
+/// `[tunnel]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TunnelSection {
+    /// TUN device name.
+    #[serde(default = "default_device")]
+    pub name: String,
+    /// This node's underlay address.
+    pub local: Ipv4Addr,
+    /// Tunnel MTU; `None` derives it from the underlay interface.
+    pub mtu: Option<u16>,
+    /// Address (with prefix length) put on the tunnel device.
+    pub address: Option<Ipv4Network>,
+    /// Outer TTL.
+    #[serde(default)]
+    pub ttl: TtlSetting,
+    /// Copy the inner DSCP to the outer header (`tos inherit`).
+    #[serde(default)]
+    pub tos_inherit: bool,
+    /// Always set DF on outer packets (`pmtudisc`); tunl0 under Calico has `nopmtudisc`.
+    #[serde(default)]
+    pub pmtudisc: bool,
+    /// This node's pod blocks.
+    #[serde(default)]
+    pub blocks: Vec<Ipv4Network>,
+}
+
+fn default_device() -> String {
+    DEFAULT_DEVICE.to_owned()
+}
+
+/// One `[[route]]`: a remote block and the node that owns it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RouteEntry {
+    /// The remote block.
+    pub prefix: Ipv4Network,
+    /// The node owning it (its underlay address).
+    pub via: Ipv4Addr,
+}
+
+/// `[security]`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SecuritySection {
+    /// IPIP sources accepted besides every route's `via`.
+    #[serde(default)]
+    pub allow: Vec<Ipv4Network>,
+    /// Accept inner packets that are themselves IPIP.
+    #[serde(default)]
+    pub allow_nested: bool,
+}
+
+/// `[dataplane]`: how the packet path runs.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DataplaneSection {
+    /// Encap (TUN to underlay) worker threads, each with its own TUN queue.
+    #[serde(default = "default_workers")]
+    pub workers: usize,
+    /// Use TUN offloads (TSO split on read, GRO on write).
+    #[serde(default = "default_true")]
+    pub offload: bool,
+    /// TUN device transmit queue length.
+    #[serde(default = "default_txqueuelen")]
+    pub tx_queue_len: u32,
+    /// Raw socket buffer sizes in bytes.
+    #[serde(default = "default_socket_buffer")]
+    pub socket_buffer: usize,
+    /// ICMP errors the daemon may send per second (frag-needed, unreachable).
+    #[serde(default = "default_icmp_rate")]
+    pub icmp_rate: u32,
+}
+
+impl Default for DataplaneSection {
+    fn default() -> Self {
+        DataplaneSection {
+            workers: default_workers(),
+            offload: true,
+            tx_queue_len: default_txqueuelen(),
+            socket_buffer: default_socket_buffer(),
+            icmp_rate: default_icmp_rate(),
+        }
+    }
+}
+
+fn default_workers() -> usize {
+    1
+}
+fn default_true() -> bool {
+    true
+}
+fn default_txqueuelen() -> u32 {
+    1000
+}
+fn default_socket_buffer() -> usize {
+    8 << 20
+}
+fn default_icmp_rate() -> u32 {
+    100
+}
+
+/// `[control]`: the Unix control socket.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ControlSection {
+    /// Path of the control socket.
+    #[serde(default = "default_control_socket")]
+    pub socket: PathBuf,
+}
+
+impl Default for ControlSection {
+    fn default() -> Self {
+        ControlSection {
+            socket: default_control_socket(),
+        }
+    }
+}
+
+fn default_control_socket() -> PathBuf {
+    PathBuf::from(DEFAULT_CONTROL_SOCKET)
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    tunnel: TunnelSection,
+    #[serde(default)]
+    route: Vec<RouteEntry>,
+    #[serde(default)]
+    security: SecuritySection,
+    #[serde(default)]
+    dataplane: DataplaneSection,
+    #[serde(default)]
+    control: ControlSection,
+}
+
+/// A validated configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Where it was read from (for reloads and messages).
+    pub path: PathBuf,
+    /// `[tunnel]`.
+    pub tunnel: TunnelSection,
+    /// `[[route]]`, in file order; prefixes are unique.
+    pub routes: Vec<RouteEntry>,
+    /// `[security]`.
+    pub security: SecuritySection,
+    /// `[dataplane]`.
+    pub dataplane: DataplaneSection,
+    /// `[control]`.
+    pub control: ControlSection,
+}
+
+impl Config {
+    /// Reads, parses and validates a config file.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        Config::parse(&text, path)
+    }
+
+    /// Parses and validates config text; `path` is used in messages.
+    pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
+        let raw: RawConfig = toml::from_str(text).map_err(|e| ConfigError::Parse {
+            path: path.to_owned(),
+            message: e.to_string().trim_end().to_owned(),
+        })?;
+        let config = Config {
+            path: path.to_owned(),
+            tunnel: raw.tunnel,
+            routes: raw.route,
+            security: raw.security,
+            dataplane: raw.dataplane,
+            control: raw.control,
+        };
+        config
+            .validate()
+            .map_err(|(key, problem)| ConfigError::Invalid {
+                path: path.to_owned(),
+                key,
+                problem,
+            })?;
+        Ok(config)
+    }
+
+    fn validate(&self) -> Result<(), (String, String)> {
+        let t = &self.tunnel;
+        let bad = |key: &str, problem: String| Err((key.to_owned(), problem));
+        if t.name.is_empty()
+            || t.name.len() > 15
+            || !t
+                .name
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
+        {
+            return bad(
+                "tunnel.name",
+                format!(
+                    "{:?} is not a valid interface name (1 to 15 characters: letters, digits, - _ .)",
+                    t.name
+                ),
+            );
+        }
+        if !is_unicast(t.local) {
+            return bad(
+                "tunnel.local",
+                format!("{} is not a unicast host address", t.local),
+            );
+        }
+        if let Some(mtu) = t.mtu {
+            if !(MIN_MTU..=MAX_MTU).contains(&mtu) {
+                return bad(
+                    "tunnel.mtu",
+                    format!("{mtu} is out of range {MIN_MTU}..={MAX_MTU}"),
+                );
+            }
+        }
+        for (i, block) in t.blocks.iter().enumerate() {
+            check_network(&format!("tunnel.blocks[{i}]"), block)?;
+        }
+        let mut seen: HashMap<Ipv4Network, usize> = HashMap::new();
+        for (i, r) in self.routes.iter().enumerate() {
+            let key = format!("route[{i}]");
+            check_network(&format!("{key}.prefix"), &r.prefix)?;
+            if let Some(j) = seen.insert(r.prefix, i) {
+                return bad(
+                    &format!("{key}.prefix"),
+                    format!("duplicate prefix {}: also route[{j}]", r.prefix),
+                );
+            }
+            if !is_unicast(r.via) {
+                return bad(
+                    &format!("{key}.via"),
+                    format!("{} is not a unicast host address", r.via),
+                );
+            }
+            if r.via == t.local {
+                return bad(
+                    &format!("{key}.via"),
+                    format!("{} is this node's own address (tunnel.local)", r.via),
+                );
+            }
+            if let Some(b) = t.blocks.iter().find(|b| b.overlaps(r.prefix)) {
+                return bad(
+                    &format!("{key}.prefix"),
+                    format!("{} overlaps this node's own block {b}", r.prefix),
+                );
+            }
+        }
+        // A next hop must be an underlay address, never inside a pod block
+        // (ours or a route's): that would route the tunnel into itself.
+        for (i, r) in self.routes.iter().enumerate() {
+            let pod_block = t
+                .blocks
+                .iter()
+                .chain(self.routes.iter().map(|r| &r.prefix))
+                .find(|b| b.contains(r.via));
+            if let Some(b) = pod_block {
+                return bad(
+                    &format!("route[{i}].via"),
+                    format!(
+                        "{} is inside the pod block {b}; `via` must be a node's underlay address",
+                        r.via
+                    ),
+                );
+            }
+        }
+        for (i, a) in self.security.allow.iter().enumerate() {
+            check_network(&format!("security.allow[{i}]"), a)?;
+        }
+        let d = &self.dataplane;
+        if !(1..=64).contains(&d.workers) {
+            return bad(
+                "dataplane.workers",
+                format!("{} is out of range 1..=64", d.workers),
+            );
+        }
+        if d.tx_queue_len == 0 {
+            return bad("dataplane.tx_queue_len", "must be at least 1".to_owned());
+        }
+        if d.icmp_rate == 0 {
+            return bad(
+                "dataplane.icmp_rate",
+                "must be at least 1 (per second)".to_owned(),
+            );
+        }
+        Ok(())
+    }
+
+    /// The encapsulation settings for a tunnel MTU.
+    pub fn tunnel_settings(&self, mtu: u16) -> TunnelSettings {
+        TunnelSettings {
+            local: self.tunnel.local,
+            ttl: match self.tunnel.ttl {
+                TtlSetting::Inherit => Ttl::Inherit,
+                TtlSetting::Fixed(n) => Ttl::Fixed(n),
+            },
+            tos_inherit: self.tunnel.tos_inherit,
+            pmtudisc: self.tunnel.pmtudisc,
+            mtu,
+        }
+    }
+}
+
+fn is_unicast(a: Ipv4Addr) -> bool {
+    !(a.is_unspecified() || a.is_multicast() || a.is_broadcast() || a.is_loopback())
+}
+
+fn check_network(key: &str, n: &Ipv4Network) -> Result<(), (String, String)> {
+    let network = Ipv4Network::new(n.network(), n.prefix()).unwrap_or(*n);
+    if network.ip() != n.ip() {
+        return Err((
+            key.to_owned(),
+            format!("{n} has host bits set (did you mean {network}?)"),
+        ));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SEED: &str = r#"
+[tunnel]
+name = "tunl0"
+local = "172.16.35.4"
+mtu = 1480
+address = "10.20.42.0/32"
+ttl = "inherit"
+blocks = ["10.20.42.0/26"]
+
+[[route]]
+prefix = "10.20.105.192/26"
+via = "172.16.36.5"
+
+[security]
+allow = ["172.16.0.0/16"]
+"#;
+
+    fn parse(text: &str) -> Result<Config, ConfigError> {
+        Config::parse(text, Path::new("test.toml"))
+    }
+
+    fn invalid_key(text: &str) -> (String, String) {
+        match parse(text) {
+            Err(ConfigError::Invalid { key, problem, .. }) => (key, problem),
+            other => panic!("expected an invalid-config error, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn issue_example_parses() {
+        let c = parse(SEED).unwrap();
+        assert_eq!(c.tunnel.name, "tunl0");
+        assert_eq!(c.tunnel.local, Ipv4Addr::new(172, 16, 35, 4));
+        assert_eq!(c.tunnel.mtu, Some(1480));
+        assert_eq!(c.tunnel.ttl, TtlSetting::Inherit);
+        assert_eq!(c.tunnel.blocks, vec!["10.20.42.0/26".parse().unwrap()]);
+        assert_eq!(c.routes.len(), 1);
+        assert_eq!(c.routes[0].via, Ipv4Addr::new(172, 16, 36, 5));
+        assert_eq!(c.security.allow.len(), 1);
+        assert_eq!(c.dataplane.workers, 1);
+    }
+
+    #[test]
+    fn shipped_example_parses() {
+        let path = Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/examples/tunl.toml"));
+        let c = Config::load(path).unwrap();
+        assert_eq!(c.routes.len(), 1);
+        assert_eq!(c.tunnel.blocks.len(), 1);
+    }
+
+    #[test]
+    fn defaults() {
+        let c = parse("[tunnel]\nlocal = \"172.16.35.4\"\n").unwrap();
+        assert_eq!(c.tunnel.name, DEFAULT_DEVICE);
+        assert_eq!(c.tunnel.mtu, None);
+        assert!(c.routes.is_empty());
+        assert!(!c.security.allow_nested);
+        assert_eq!(c.control.socket, PathBuf::from(DEFAULT_CONTROL_SOCKET));
+    }
+
+    #[test]
+    fn fixed_ttl() {
+        let c = parse("[tunnel]\nlocal = \"172.16.35.4\"\nttl = 64\n").unwrap();
+        assert_eq!(c.tunnel.ttl, TtlSetting::Fixed(NonZeroU8::new(64).unwrap()));
+        for bad in ["0", "256", "\"always\"", "-1"] {
+            let text = format!("[tunnel]\nlocal = \"172.16.35.4\"\nttl = {bad}\n");
+            let err = parse(&text).unwrap_err().to_string();
+            assert!(err.contains("ttl"), "{err}");
+        }
+    }
+
+    #[test]
+    fn missing_local_names_the_key() {
+        let err = parse("[tunnel]\nname = \"tunl0\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("local"), "{err}");
+    }
+
+    #[test]
+    fn unknown_key_is_an_error() {
+        let err = parse("[tunnel]\nlocal = \"172.16.35.4\"\nmut = 1400\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("mut"), "{err}");
+    }
+
+    #[test]
+    fn host_bits_in_prefix() {
+        let text = SEED.replace("10.20.105.192/26", "10.20.105.193/26");
+        let (key, problem) = invalid_key(&text);
+        assert_eq!(key, "route[0].prefix");
+        assert!(problem.contains("host bits"), "{problem}");
+        assert!(problem.contains("10.20.105.192/26"), "{problem}");
+    }
+
+    #[test]
+    fn via_inside_a_pod_block() {
+        let text = SEED.replace("via = \"172.16.36.5\"", "via = \"10.20.42.7\"");
+        let (key, problem) = invalid_key(&text);
+        assert_eq!(key, "route[0].via");
+        assert!(problem.contains("10.20.42.0/26"), "{problem}");
+        let text = SEED.replace("via = \"172.16.36.5\"", "via = \"10.20.105.200\"");
+        assert_eq!(invalid_key(&text).0, "route[0].via");
+    }
+
+    #[test]
+    fn duplicate_prefixes() {
+        let text =
+            format!("{SEED}\n[[route]]\nprefix = \"10.20.105.192/26\"\nvia = \"172.16.37.6\"\n");
+        let (key, problem) = invalid_key(&text);
+        assert_eq!(key, "route[1].prefix");
+        assert!(problem.contains("duplicate"), "{problem}");
+    }
+
+    #[test]
+    fn mtu_range() {
+        let (key, _) = invalid_key(&SEED.replace("mtu = 1480", "mtu = 67"));
+        assert_eq!(key, "tunnel.mtu");
+        assert!(parse(&SEED.replace("mtu = 1480", "mtu = 68")).is_ok());
+        assert!(parse(&SEED.replace("mtu = 1480", "mtu = 70000")).is_err());
+    }
+
+    #[test]
+    fn route_into_own_block() {
+        let text =
+            format!("{SEED}\n[[route]]\nprefix = \"10.20.42.0/27\"\nvia = \"172.16.37.6\"\n");
+        let (key, problem) = invalid_key(&text);
+        assert_eq!(key, "route[1].prefix");
+        assert!(problem.contains("own block"), "{problem}");
+    }
+
+    #[test]
+    fn bad_local_and_name() {
+        let (key, _) = invalid_key(&SEED.replace("172.16.35.4", "0.0.0.0"));
+        assert_eq!(key, "tunnel.local");
+        let (key, _) = invalid_key(&SEED.replace("\"tunl0\"", "\"a-very-long-device-name\""));
+        assert_eq!(key, "tunnel.name");
+        let (key, _) = invalid_key(&SEED.replace("via = \"172.16.36.5\"", "via = \"172.16.35.4\""));
+        assert_eq!(key, "route[0].via");
+    }
+
+    #[test]
+    fn malformed_values_are_parse_errors() {
+        for (from, to) in [
+            ("\"172.16.35.4\"", "\"172.16.35\""),
+            ("\"10.20.105.192/26\"", "\"10.20.105.192/33\""),
+        ] {
+            assert!(matches!(
+                parse(&SEED.replace(from, to)),
+                Err(ConfigError::Parse { .. })
+            ));
+        }
+    }
+}

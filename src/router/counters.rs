@@ -1,0 +1,146 @@
+//! Dataplane counters: one set per worker thread, summed on read.
+//!
+//! A worker adds into a plain [`LocalCounters`] while it handles a batch and
+//! flushes it into its shared [`Counters`] once per batch, so the hot path
+//! touches no shared cache line per packet.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use tunl_encap::DropReason;
+
+macro_rules! counters {
+    ($($(#[$doc:meta])* $name:ident),* $(,)?) => {
+        /// One worker's counters, readable from any thread.
+        #[derive(Debug, Default)]
+        pub struct Counters {
+            $($(#[$doc])* pub $name: AtomicU64,)*
+            /// Packets dropped, by reason (indexed by `DropReason as usize`).
+            pub drops: [AtomicU64; DropReason::COUNT],
+        }
+
+        /// A worker's unflushed counts for the batch in hand.
+        #[derive(Debug, Default, Clone, Copy)]
+        pub struct LocalCounters {
+            $($(#[$doc])* pub $name: u64,)*
+            /// Packets dropped, by reason.
+            pub drops: [u64; DropReason::COUNT],
+        }
+
+        /// A point-in-time sum of counters.
+        #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+        pub struct CounterSnapshot {
+            $($(#[$doc])* pub $name: u64,)*
+            /// Packets dropped, by reason.
+            pub drops: [u64; DropReason::COUNT],
+        }
+
+        impl Counters {
+            /// Adds `local` into these counters and zeroes it.
+            pub fn flush(&self, local: &mut LocalCounters) {
+                $(if local.$name != 0 {
+                    self.$name.fetch_add(local.$name, Ordering::Relaxed);
+                })*
+                for (shared, n) in self.drops.iter().zip(local.drops.iter()) {
+                    if *n != 0 {
+                        shared.fetch_add(*n, Ordering::Relaxed);
+                    }
+                }
+                *local = LocalCounters::default();
+            }
+
+            /// Adds these counters into `sum`.
+            pub fn add_to(&self, sum: &mut CounterSnapshot) {
+                $(sum.$name += self.$name.load(Ordering::Relaxed);)*
+                for (s, c) in sum.drops.iter_mut().zip(self.drops.iter()) {
+                    *s += c.load(Ordering::Relaxed);
+                }
+            }
+        }
+
+        impl CounterSnapshot {
+            /// `(name, value)` for every counter except drops, in declaration order.
+            pub fn fields(&self) -> Vec<(&'static str, u64)> {
+                vec![$((stringify!($name), self.$name),)*]
+            }
+        }
+    };
+}
+
+counters! {
+    /// Inner packets encapsulated and handed to the underlay.
+    tx_packets,
+    /// Inner bytes of `tx_packets`.
+    tx_bytes,
+    /// Inner packets decapsulated and written to the TUN device.
+    rx_packets,
+    /// Inner bytes of `rx_packets`.
+    rx_bytes,
+    /// Outer packets the underlay socket refused (per-packet send errors).
+    tx_errors,
+    /// Decapsulated packets the TUN device did not take (queue full).
+    rx_tun_full,
+    /// Packets received truncated from the raw socket (buffer too small).
+    rx_truncated,
+    /// ICMP errors tunl generated (frag-needed, unreachable).
+    icmp_sent,
+    /// ICMP errors not sent because of the rate limit.
+    icmp_rate_limited,
+    /// ICMP errors from the underlay about our outer packets.
+    underlay_icmp,
+    /// Path MTU reductions learned from underlay frag-needed messages.
+    pmtu_updates,
+}
+
+impl LocalCounters {
+    /// Counts one dropped packet.
+    #[inline]
+    pub fn drop(&mut self, reason: DropReason) {
+        self.drops[reason as usize] += 1;
+    }
+}
+
+impl CounterSnapshot {
+    /// Total dropped packets over all reasons.
+    pub fn total_drops(&self) -> u64 {
+        self.drops.iter().sum()
+    }
+
+    /// `(reason, count)` for every drop reason.
+    pub fn drops_by_reason(&self) -> impl Iterator<Item = (DropReason, u64)> + '_ {
+        DropReason::ALL
+            .iter()
+            .map(|r| (*r, self.drops[*r as usize]))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn flush_and_sum() {
+        let a = Counters::default();
+        let b = Counters::default();
+        let mut local = LocalCounters {
+            tx_packets: 3,
+            tx_bytes: 300,
+            ..Default::default()
+        };
+        local.drop(DropReason::NoRoute);
+        a.flush(&mut local);
+        assert_eq!(local.tx_packets, 0, "flush zeroes the local counts");
+        local.rx_packets = 2;
+        local.drop(DropReason::NoRoute);
+        local.drop(DropReason::UnknownSource);
+        b.flush(&mut local);
+        let mut sum = CounterSnapshot::default();
+        a.add_to(&mut sum);
+        b.add_to(&mut sum);
+        assert_eq!(sum.tx_packets, 3);
+        assert_eq!(sum.tx_bytes, 300);
+        assert_eq!(sum.rx_packets, 2);
+        assert_eq!(sum.drops[DropReason::NoRoute as usize], 2);
+        assert_eq!(sum.drops[DropReason::UnknownSource as usize], 1);
+        assert_eq!(sum.total_drops(), 3);
+    }
+}

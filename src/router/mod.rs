@@ -1,0 +1,119 @@
+//! The router: dataplane worker threads wiring TUN and the underlay sockets
+//! to encap and decap.
+//!
+//! ```text
+//!  TUN queue i ──read/TSO split──▶ worker i ──LPM + encap──▶ sendmmsg ──▶ node
+//!  TUN queue 0 ◀──GRO write────── worker 0 ◀──decap──────── recvmmsg ◀── node
+//! ```
+//!
+//! Each worker owns one queue of a multi-queue TUN device and handles pod
+//! packets from it. Worker 0 also owns the single raw IPIP receive socket
+//! (several would each get a copy of every packet) and the underlay ICMP
+//! socket.
+
+pub mod counters;
+pub mod state;
+pub mod worker;
+
+use std::io;
+use std::net::Ipv4Addr;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::thread::JoinHandle;
+
+use mio::Waker;
+use tunl_io::{IcmpReceiver, IpipReceiver, IpipSender, TunQueue};
+use tunl_routing::RouteReader;
+
+pub use counters::{CounterSnapshot, Counters};
+pub use state::{PathMtu, Policy, Shared};
+pub use worker::{RxPart, Worker};
+
+/// Running dataplane threads.
+pub struct Router {
+    shared: Arc<Shared>,
+    workers: Vec<(JoinHandle<()>, Arc<Waker>)>,
+}
+
+/// What the router needs to start.
+pub struct RouterIo {
+    /// One TUN queue per worker.
+    pub queues: Vec<TunQueue>,
+    /// The raw IPIP receive socket.
+    pub ipip: IpipReceiver,
+    /// The raw ICMP socket.
+    pub icmp: IcmpReceiver,
+    /// Send buffer size for each worker's underlay socket.
+    pub socket_buffer: usize,
+}
+
+impl Router {
+    /// Starts one worker thread per TUN queue.
+    pub fn start(
+        io_parts: RouterIo,
+        routes: &RouteReader<Ipv4Addr>,
+        shared: Arc<Shared>,
+        tunnel_mtu: u16,
+        icmp_rate: u32,
+    ) -> io::Result<Router> {
+        let n = io_parts.queues.len().max(1);
+        let per_worker_rate = (icmp_rate / n as u32).max(1);
+        let mut rx = Some(RxPart {
+            ipip: io_parts.ipip,
+            icmp: io_parts.icmp,
+        });
+        let mut router = Router {
+            shared: shared.clone(),
+            workers: Vec::new(),
+        };
+        for (id, queue) in io_parts.queues.into_iter().enumerate() {
+            let sender = IpipSender::open(io_parts.socket_buffer).map_err(io::Error::other)?;
+            let (worker, waker) = Worker::new(
+                id,
+                queue,
+                sender,
+                rx.take(),
+                routes.clone(),
+                shared.clone(),
+                tunnel_mtu,
+                per_worker_rate,
+            )?;
+            let handle = std::thread::Builder::new()
+                .name(format!("tunl-dp{id}"))
+                .spawn(move || worker.run())?;
+            router.workers.push((handle, waker));
+        }
+        Ok(router)
+    }
+
+    /// The shared state (routes, policy, counters).
+    pub fn shared(&self) -> &Arc<Shared> {
+        &self.shared
+    }
+
+    /// Number of worker threads.
+    pub fn workers(&self) -> usize {
+        self.workers.len()
+    }
+
+    /// Stops and joins every worker.
+    pub fn stop(mut self) {
+        self.stop_inner();
+    }
+
+    fn stop_inner(&mut self) {
+        self.shared.stop.store(true, Ordering::Relaxed);
+        for (_, waker) in &self.workers {
+            let _ = waker.wake();
+        }
+        for (handle, _) in self.workers.drain(..) {
+            let _ = handle.join();
+        }
+    }
+}
+
+impl Drop for Router {
+    fn drop(&mut self) {
+        self.stop_inner();
+    }
+}

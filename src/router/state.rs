@@ -1,0 +1,245 @@
+//! State shared between the control plane and the dataplane workers.
+//!
+//! Workers read everything here without locks: the route table through its
+//! own snapshot ([`tunl_routing::RouteReader`]), the decap policy and tunnel
+//! settings through an atomically swapped [`Policy`] loaded once per batch,
+//! and learned path MTUs through [`PathMtu`], which costs one relaxed load per
+//! packet until the underlay has reported a lower MTU.
+
+use std::collections::HashMap;
+use std::net::Ipv4Addr;
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use arc_swap::ArcSwap;
+use ipnetwork::Ipv4Network;
+use tunl_encap::{DecapPolicy, TunnelSettings};
+
+use super::counters::{CounterSnapshot, Counters};
+
+/// How long a learned path MTU holds before it reverts (the kernel's
+/// `net.ipv4.route.mtu_expires` default).
+pub const PMTU_EXPIRES: Duration = Duration::from_secs(600);
+
+/// What the dataplane needs of the configuration, swapped as one piece.
+#[derive(Debug, Clone)]
+pub struct Policy {
+    /// Outer header settings (local address, TTL, TOS, DF, tunnel MTU).
+    pub settings: TunnelSettings,
+    /// Next hops of all routes, sorted: IPIP from them is accepted.
+    pub vias: Vec<Ipv4Addr>,
+    /// Further accepted IPIP sources (`security.allow`).
+    pub allow: Vec<Ipv4Network>,
+    /// This node's pod blocks; empty means no relay check.
+    pub blocks: Vec<Ipv4Network>,
+    /// Accept inner IPIP packets.
+    pub allow_nested: bool,
+    /// Source address of ICMP errors tunl sends toward pods.
+    pub icmp_source: Ipv4Addr,
+}
+
+impl Policy {
+    /// Rebuilds `vias` from a route set.
+    pub fn set_vias(&mut self, vias: impl IntoIterator<Item = Ipv4Addr>) {
+        let mut v: Vec<Ipv4Addr> = vias.into_iter().collect();
+        v.sort_unstable();
+        v.dedup();
+        self.vias = v;
+    }
+}
+
+impl DecapPolicy for Policy {
+    fn source_allowed(&self, outer_src: Ipv4Addr) -> bool {
+        self.vias.binary_search(&outer_src).is_ok()
+            || self.allow.iter().any(|n| n.contains(outer_src))
+    }
+
+    fn destination_local(&self, inner_dst: Ipv4Addr) -> bool {
+        self.blocks.is_empty() || self.blocks.iter().any(|b| b.contains(inner_dst))
+    }
+
+    fn allow_nested(&self) -> bool {
+        self.allow_nested
+    }
+}
+
+/// Path MTUs learned from the underlay, per node (the tunnel MTU toward it).
+#[derive(Debug)]
+pub struct PathMtu {
+    /// The lowest learned MTU, or `u32::MAX` when none: packets no longer
+    /// than this skip the map entirely.
+    floor: AtomicU32,
+    map: ArcSwap<HashMap<Ipv4Addr, (u16, Instant)>>,
+    write: Mutex<()>,
+}
+
+impl Default for PathMtu {
+    fn default() -> Self {
+        PathMtu {
+            floor: AtomicU32::new(u32::MAX),
+            map: ArcSwap::from_pointee(HashMap::new()),
+            write: Mutex::new(()),
+        }
+    }
+}
+
+impl PathMtu {
+    /// The MTU to enforce for an inner packet of `len` bytes toward `node`.
+    #[inline]
+    pub fn effective(&self, node: Ipv4Addr, len: usize, tunnel_mtu: u16) -> u16 {
+        if len as u64 <= u64::from(self.floor.load(Ordering::Relaxed)) {
+            return tunnel_mtu;
+        }
+        self.lookup(node)
+            .map_or(tunnel_mtu, |learned| learned.min(tunnel_mtu))
+    }
+
+    /// The learned MTU toward `node`, if one holds.
+    pub fn lookup(&self, node: Ipv4Addr) -> Option<u16> {
+        let map = self.map.load();
+        match map.get(&node) {
+            Some((mtu, expires)) if *expires > Instant::now() => Some(*mtu),
+            _ => None,
+        }
+    }
+
+    /// Records that the tunnel MTU toward `node` is `mtu` (lower only).
+    /// Returns true when this lowered it.
+    pub fn learn(&self, node: Ipv4Addr, mtu: u16) -> bool {
+        let _guard = self.write.lock().unwrap_or_else(|e| e.into_inner());
+        let now = Instant::now();
+        let current = self.map.load();
+        if let Some((old, expires)) = current.get(&node) {
+            if *expires > now && *old <= mtu {
+                return false;
+            }
+        }
+        let mut next: HashMap<Ipv4Addr, (u16, Instant)> = current
+            .iter()
+            .filter(|(_, (_, exp))| *exp > now)
+            .map(|(k, v)| (*k, *v))
+            .collect();
+        next.insert(node, (mtu, now + PMTU_EXPIRES));
+        let floor = next.values().map(|(m, _)| u32::from(*m)).min();
+        self.map.store(Arc::new(next));
+        self.floor
+            .store(floor.unwrap_or(u32::MAX), Ordering::Relaxed);
+        true
+    }
+
+    /// Every learned MTU still in force.
+    pub fn entries(&self) -> Vec<(Ipv4Addr, u16)> {
+        let now = Instant::now();
+        let mut v: Vec<_> = self
+            .map
+            .load()
+            .iter()
+            .filter(|(_, (_, exp))| *exp > now)
+            .map(|(k, (m, _))| (*k, *m))
+            .collect();
+        v.sort_unstable();
+        v
+    }
+}
+
+/// Everything the workers share with the control plane.
+#[derive(Debug)]
+pub struct Shared {
+    /// Decap policy and tunnel settings.
+    pub policy: ArcSwap<Policy>,
+    /// Learned path MTUs.
+    pub pmtu: PathMtu,
+    /// Set to stop the workers.
+    pub stop: AtomicBool,
+    counters: Mutex<Vec<Arc<Counters>>>,
+}
+
+impl Shared {
+    /// Shared state over an initial policy.
+    pub fn new(policy: Policy) -> Self {
+        Shared {
+            policy: ArcSwap::from_pointee(policy),
+            pmtu: PathMtu::default(),
+            stop: AtomicBool::new(false),
+            counters: Mutex::new(Vec::new()),
+        }
+    }
+
+    /// A new set of counters for one worker, included in [`Shared::counters`].
+    pub fn register_counters(&self) -> Arc<Counters> {
+        let c = Arc::new(Counters::default());
+        self.counters
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(c.clone());
+        c
+    }
+
+    /// The sum of every worker's counters.
+    pub fn counters(&self) -> CounterSnapshot {
+        let mut sum = CounterSnapshot::default();
+        for c in self
+            .counters
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+        {
+            c.add_to(&mut sum);
+        }
+        sum
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn policy() -> Policy {
+        Policy {
+            settings: TunnelSettings {
+                local: Ipv4Addr::new(172, 16, 35, 4),
+                ttl: tunl_encap::Ttl::Inherit,
+                tos_inherit: false,
+                pmtudisc: false,
+                mtu: 1480,
+            },
+            vias: vec![],
+            allow: vec!["192.168.0.0/16".parse().unwrap()],
+            blocks: vec!["10.20.42.0/26".parse().unwrap()],
+            allow_nested: false,
+            icmp_source: Ipv4Addr::new(172, 16, 35, 4),
+        }
+    }
+
+    #[test]
+    fn decap_policy() {
+        let mut p = policy();
+        p.set_vias([Ipv4Addr::new(172, 16, 36, 5), Ipv4Addr::new(172, 16, 36, 5)]);
+        assert_eq!(p.vias.len(), 1);
+        assert!(p.source_allowed(Ipv4Addr::new(172, 16, 36, 5)));
+        assert!(p.source_allowed(Ipv4Addr::new(192, 168, 1, 1)));
+        assert!(!p.source_allowed(Ipv4Addr::new(172, 16, 36, 6)));
+        assert!(p.destination_local(Ipv4Addr::new(10, 20, 42, 31)));
+        assert!(!p.destination_local(Ipv4Addr::new(10, 20, 42, 64)));
+        p.blocks.clear();
+        assert!(p.destination_local(Ipv4Addr::new(10, 20, 42, 64)));
+    }
+
+    #[test]
+    fn path_mtu_lowers_only() {
+        let pm = PathMtu::default();
+        let node = Ipv4Addr::new(172, 16, 36, 5);
+        assert_eq!(pm.effective(node, 1480, 1480), 1480);
+        assert!(pm.learn(node, 1380));
+        assert_eq!(pm.effective(node, 1400, 1480), 1380);
+        assert_eq!(
+            pm.effective(Ipv4Addr::new(172, 16, 37, 6), 1400, 1480),
+            1480
+        );
+        assert!(!pm.learn(node, 1400), "a higher MTU does not raise it");
+        assert!(pm.learn(node, 1280));
+        assert_eq!(pm.lookup(node), Some(1280));
+        assert_eq!(pm.entries(), vec![(node, 1280)]);
+    }
+}

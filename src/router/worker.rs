@@ -1,0 +1,405 @@
+//! A dataplane worker: one thread, one TUN queue, both directions.
+//!
+//! Every worker reads its TUN queue (pod packets: route lookup, in-place
+//! encap, `sendmmsg` to the underlay). The worker that owns the raw IPIP
+//! socket also receives from the underlay (`recvmmsg`, decap, GRO-coalesced
+//! write to its TUN queue) and reads underlay ICMP errors. Work per wakeup is
+//! bounded so one direction cannot starve the other.
+
+use std::io;
+use std::net::Ipv4Addr;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Instant;
+
+use mio::unix::SourceFd;
+use mio::{Events, Interest, Poll, Token, Waker};
+use tracing::{debug, warn};
+use tunl_encap::icmp::{self, UnderlayError, Unreachable};
+use tunl_encap::{
+    DropReason, EncapError, HEADROOM, IdentGenerator, TokenBucket, decapsulate, encapsulate,
+    inner_destination,
+};
+use tunl_io::{IcmpReceiver, IpipReceiver, IpipSender, PacketBuf, TunQueue};
+use tunl_routing::RouteReader;
+
+use super::counters::{Counters, LocalCounters};
+use super::state::Shared;
+
+/// Segments handled per encap batch (and the size of the TX buffer ring).
+pub const TX_BATCH: usize = 256;
+/// Room that must be left in the TX ring before another TUN read: one TSO
+/// super-packet of 64 KiB splits into at most this many segments at MSS 512.
+const TX_READ_ROOM: usize = 128;
+/// Outer packets received per `recvmmsg`.
+pub const RX_BATCH: usize = 32;
+/// Capacity of an RX buffer: a whole underlay GRO super-packet.
+const RX_BUF_LEN: usize = 65535 + HEADROOM;
+/// Batches per source per wakeup before the worker looks at other sources.
+const BUDGET: usize = 16;
+
+const TUN: Token = Token(0);
+const IPIP: Token = Token(1);
+const ICMP: Token = Token(2);
+const WAKE: Token = Token(3);
+
+/// The underlay receive side, owned by one worker.
+pub struct RxPart {
+    /// The raw IPIP socket.
+    pub ipip: IpipReceiver,
+    /// The raw ICMP socket for underlay errors.
+    pub icmp: IcmpReceiver,
+}
+
+/// One dataplane thread's state.
+pub struct Worker {
+    id: usize,
+    queue: TunQueue,
+    sender: IpipSender,
+    rx: Option<RxPart>,
+    routes: RouteReader<Ipv4Addr>,
+    shared: Arc<Shared>,
+    counters: Arc<Counters>,
+    local: LocalCounters,
+    ids: IdentGenerator,
+    icmp_limit: TokenBucket,
+    tx_bufs: Vec<PacketBuf>,
+    tx_out: Vec<(usize, usize, Ipv4Addr)>,
+    rx_bufs: Vec<PacketBuf>,
+    icmp_buf: Vec<u8>,
+    poll: Poll,
+}
+
+impl Worker {
+    /// A worker over its TUN queue and underlay sender; `rx` for the one
+    /// worker that receives from the underlay. Returns the worker and the
+    /// waker that interrupts its poll (used to stop it).
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        id: usize,
+        queue: TunQueue,
+        sender: IpipSender,
+        rx: Option<RxPart>,
+        routes: RouteReader<Ipv4Addr>,
+        shared: Arc<Shared>,
+        tunnel_mtu: u16,
+        icmp_rate: u32,
+    ) -> io::Result<(Worker, Arc<Waker>)> {
+        let poll = Poll::new()?;
+        let waker = Arc::new(Waker::new(poll.registry(), WAKE)?);
+        let fd = std::os::fd::AsRawFd::as_raw_fd(&queue);
+        poll.registry()
+            .register(&mut SourceFd(&fd), TUN, Interest::READABLE)?;
+        let rx_bufs = if let Some(rx) = &rx {
+            let fd = std::os::fd::AsRawFd::as_raw_fd(&rx.ipip);
+            poll.registry()
+                .register(&mut SourceFd(&fd), IPIP, Interest::READABLE)?;
+            let fd = std::os::fd::AsRawFd::as_raw_fd(&rx.icmp);
+            poll.registry()
+                .register(&mut SourceFd(&fd), ICMP, Interest::READABLE)?;
+            (0..RX_BATCH)
+                .map(|_| PacketBuf::with_capacity(RX_BUF_LEN))
+                .collect()
+        } else {
+            Vec::new()
+        };
+        let tx_buf_len = HEADROOM + usize::from(tunnel_mtu).max(1500);
+        let counters = shared.register_counters();
+        let worker = Worker {
+            id,
+            queue,
+            sender,
+            rx,
+            routes,
+            counters,
+            local: LocalCounters::default(),
+            ids: IdentGenerator::new(seed(id)),
+            icmp_limit: TokenBucket::new(icmp_rate.max(1), icmp_rate.clamp(1, 10)),
+            tx_bufs: (0..TX_BATCH)
+                .map(|_| PacketBuf::with_capacity(tx_buf_len))
+                .collect(),
+            tx_out: Vec::with_capacity(TX_BATCH),
+            rx_bufs,
+            icmp_buf: vec![0; 2048],
+            poll,
+            shared,
+        };
+        Ok((worker, waker))
+    }
+
+    /// Runs until [`Shared::stop`] is set and the waker fires.
+    pub fn run(mut self) {
+        let mut events = Events::with_capacity(16);
+        let (mut tun_ready, mut ipip_ready, mut icmp_ready) = (true, self.rx.is_some(), false);
+        loop {
+            let busy = tun_ready || ipip_ready || icmp_ready;
+            let timeout = busy.then_some(std::time::Duration::ZERO);
+            if let Err(e) = self.poll.poll(&mut events, timeout) {
+                if e.kind() != io::ErrorKind::Interrupted {
+                    warn!(worker = self.id, error = %e, "poll failed; worker stops");
+                    break;
+                }
+            }
+            for ev in events.iter() {
+                match ev.token() {
+                    TUN => tun_ready = true,
+                    IPIP => ipip_ready = true,
+                    ICMP => icmp_ready = true,
+                    _ => {}
+                }
+            }
+            if self.shared.stop.load(Ordering::Relaxed) {
+                break;
+            }
+            if tun_ready {
+                tun_ready = !self.encap_from_tun();
+            }
+            if ipip_ready {
+                ipip_ready = !self.decap_from_underlay();
+            }
+            if icmp_ready {
+                icmp_ready = !self.read_underlay_icmp();
+            }
+            self.counters.flush(&mut self.local);
+        }
+        self.counters.flush(&mut self.local);
+        debug!(worker = self.id, "worker stopped");
+    }
+
+    /// Reads pod packets and sends them encapsulated. Returns true when the
+    /// queue is drained.
+    fn encap_from_tun(&mut self) -> bool {
+        for _ in 0..BUDGET {
+            let mut filled = 0;
+            let mut drained = false;
+            while TX_BATCH - filled >= TX_READ_ROOM {
+                match self.queue.recv_segments(&mut self.tx_bufs[filled..]) {
+                    Ok(n) => filled += n,
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                        drained = true;
+                        break;
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                    Err(e) => {
+                        // A malformed offload header from the kernel: count
+                        // it and go on; the queue itself is fine.
+                        debug!(worker = self.id, error = %e, "TUN read failed");
+                        self.local.drop(DropReason::MalformedInner);
+                        break;
+                    }
+                }
+            }
+            if filled > 0 {
+                self.encap_batch(filled);
+            }
+            if drained {
+                return true;
+            }
+        }
+        false
+    }
+
+    fn encap_batch(&mut self, filled: usize) {
+        let policy = self.shared.policy.load();
+        let settings = &policy.settings;
+        let routes = self.routes.load();
+        self.tx_out.clear();
+        for i in 0..filled {
+            let buf = &mut self.tx_bufs[i];
+            let inner_len = buf.len().saturating_sub(HEADROOM);
+            let Some(dst) = inner_destination(&buf.as_ref()[HEADROOM..]) else {
+                self.local.drop(DropReason::MalformedInner);
+                continue;
+            };
+            let Some(next_hop) = routes.lookup(dst) else {
+                self.local.drop(DropReason::NoRoute);
+                let now = Instant::now();
+                if self.icmp_limit.allow(now) {
+                    let inner = &self.tx_bufs[i].as_ref()[HEADROOM..];
+                    let n = icmp::unreachable(
+                        inner,
+                        Unreachable::Net,
+                        policy.icmp_source,
+                        &mut self.icmp_buf,
+                    );
+                    send_icmp(&mut self.queue, &mut self.local, &self.icmp_buf, n);
+                } else {
+                    self.local.icmp_rate_limited += 1;
+                }
+                continue;
+            };
+            let mtu = self
+                .shared
+                .pmtu
+                .effective(next_hop, inner_len, settings.mtu);
+            match encapsulate(
+                buf.as_mut(),
+                HEADROOM,
+                next_hop,
+                mtu,
+                settings,
+                &mut self.ids,
+            ) {
+                Ok(outer) => {
+                    self.tx_out.push((i, outer.start, next_hop));
+                    self.local.tx_bytes += inner_len as u64;
+                }
+                Err(EncapError::TooBig { mtu }) => {
+                    self.local.drop(DropReason::TooBig);
+                    if self.icmp_limit.allow(Instant::now()) {
+                        let inner = &self.tx_bufs[i].as_ref()[HEADROOM..];
+                        let n =
+                            icmp::frag_needed(inner, mtu, policy.icmp_source, &mut self.icmp_buf);
+                        send_icmp(&mut self.queue, &mut self.local, &self.icmp_buf, n);
+                    } else {
+                        self.local.icmp_rate_limited += 1;
+                    }
+                }
+                Err(e) => self.local.drop(e.reason()),
+            }
+        }
+        drop(routes);
+        if self.tx_out.is_empty() {
+            return;
+        }
+        let mut packets: [&[u8]; TX_BATCH] = [&[]; TX_BATCH];
+        let mut dsts = [Ipv4Addr::UNSPECIFIED; TX_BATCH];
+        let n = self.tx_out.len();
+        for (k, (i, start, nh)) in self.tx_out.iter().enumerate() {
+            packets[k] = &self.tx_bufs[*i].as_ref()[*start..];
+            dsts[k] = *nh;
+        }
+        match self.sender.send_batch(&packets[..n], &dsts[..n]) {
+            Ok(report) => {
+                self.local.tx_packets += report.sent as u64;
+                self.local.tx_errors += report.failed as u64;
+                if let Some(e) = report.last_error {
+                    debug!(worker = self.id, error = %e, failed = report.failed, "underlay send errors");
+                }
+            }
+            Err(e) => {
+                self.local.tx_errors += n as u64;
+                debug!(worker = self.id, error = %e, "underlay send failed");
+            }
+        }
+    }
+
+    /// Receives outer packets and writes them decapsulated to TUN. Returns
+    /// true when the socket is drained.
+    fn decap_from_underlay(&mut self) -> bool {
+        for _ in 0..BUDGET {
+            let Some(rx) = self.rx.as_mut() else {
+                return true;
+            };
+            let report = match rx.ipip.recv_batch(&mut self.rx_bufs) {
+                Ok(r) => r,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return true,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => {
+                    warn!(worker = self.id, error = %e, "underlay receive failed");
+                    return true;
+                }
+            };
+            self.local.rx_truncated += report.truncated as u64;
+            self.decap_batch(report.received);
+        }
+        false
+    }
+
+    fn decap_batch(&mut self, received: usize) {
+        let policy = self.shared.policy.load();
+        let mut kept = 0;
+        for i in 0..received {
+            let buf = &mut self.rx_bufs[i];
+            if buf.is_empty() {
+                continue; // truncated, already counted
+            }
+            match decapsulate(buf.as_mut(), &**policy) {
+                Ok(d) => {
+                    let len = d.inner.len();
+                    if d.inner.start != HEADROOM {
+                        // Outer options: move the inner packet to the common
+                        // offset the batched TUN write needs.
+                        buf.as_mut().copy_within(d.inner.clone(), HEADROOM);
+                    }
+                    buf.set_len(HEADROOM + len);
+                    self.local.rx_bytes += len as u64;
+                    self.rx_bufs.swap(i, kept);
+                    kept += 1;
+                }
+                Err(reason) => self.local.drop(reason),
+            }
+        }
+        if kept == 0 {
+            return;
+        }
+        match self.queue.send_batch(&mut self.rx_bufs[..kept], HEADROOM) {
+            Ok(report) => {
+                self.local.rx_packets += report.sent as u64;
+                self.local.rx_tun_full += report.dropped as u64;
+            }
+            Err(e) => {
+                self.local.rx_tun_full += kept as u64;
+                debug!(worker = self.id, error = %e, "TUN write failed");
+            }
+        }
+    }
+
+    /// Reads underlay ICMP errors about our outer packets. Returns true when
+    /// drained.
+    fn read_underlay_icmp(&mut self) -> bool {
+        for _ in 0..BUDGET {
+            let Some(rx) = self.rx.as_mut() else {
+                return true;
+            };
+            let n = match rx.icmp.recv(&mut self.icmp_buf) {
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return true,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => {
+                    warn!(error = %e, "ICMP receive failed");
+                    return true;
+                }
+            };
+            let Some(msg) = icmp::parse_underlay_error(&self.icmp_buf[..n]) else {
+                continue;
+            };
+            let policy = self.shared.policy.load();
+            // Only about packets we sent, toward a node we route to.
+            if msg.outer_src != policy.settings.local
+                || policy.vias.binary_search(&msg.node).is_err()
+            {
+                continue;
+            }
+            self.local.underlay_icmp += 1;
+            match msg.error {
+                UnderlayError::FragNeeded { mtu } if mtu >= 68 + 20 => {
+                    let tunnel_mtu = mtu - 20;
+                    if self.shared.pmtu.learn(msg.node, tunnel_mtu) {
+                        self.local.pmtu_updates += 1;
+                        debug!(node = %msg.node, tunnel_mtu, "path MTU lowered");
+                    }
+                }
+                UnderlayError::Redirect => {}
+                other => debug!(node = %msg.node, error = ?other, "underlay ICMP error"),
+            }
+        }
+        false
+    }
+}
+
+fn send_icmp(queue: &mut TunQueue, local: &mut LocalCounters, buf: &[u8], len: Option<usize>) {
+    let Some(len) = len else { return };
+    match queue.send_one(&buf[..len]) {
+        Ok(()) => local.icmp_sent += 1,
+        Err(e) => debug!(error = %e, "ICMP write to TUN failed"),
+    }
+}
+
+fn seed(id: usize) -> u32 {
+    let t = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.subsec_nanos())
+        .unwrap_or(0);
+    t ^ (std::process::id() << 8) ^ (id as u32).wrapping_mul(0x9E37_79B9)
+}
