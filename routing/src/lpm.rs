@@ -9,7 +9,9 @@
 //! first: one multiply, one 8-byte slot (key + next hop) for the common hit.
 //! Each block slot carries a flag (bit 0 of the key, always zero in a /30 or
 //! shorter network) that says "some longer prefix lies inside this block";
-//! only then are the longer lengths probed. An address outside every block
+//! only then are the longer lengths probed. The block length adapts: when
+//! another length comes to dominate, the fast path moves to it (one O(n)
+//! rebuild of the flags). An address outside every block
 //! probes the other present lengths from longest to shortest; the first hit
 //! is the longest match. So the general case (any lengths, overlaps) stays
 //! exact, and its cost grows with the number of *distinct* lengths present,
@@ -39,6 +41,10 @@ const EMPTY: u32 = u32::MAX;
 
 /// Flag bit in a block slot's key: a longer prefix lies inside this block.
 const NESTED: u32 = 1;
+
+/// The fast path moves to a length once it holds more than twice the routes
+/// of the current one plus this many.
+const ADAPT_SLACK: usize = 16;
 
 /// Fibonacci hashing multiplier (2^64 / golden ratio, odd).
 const HASH_MUL: u64 = 0x9E37_79B9_7F4A_7C15;
@@ -272,9 +278,11 @@ impl<V: Copy + PartialEq> Lpm<V> {
         Self::with_block_len(DEFAULT_BLOCK_LEN)
     }
 
-    /// An empty table whose fast path is prefixes of length `block_len` (the
-    /// IPAM block size). Lengths above 30 are treated as 30. Any length is
-    /// still stored and matched exactly; only speed depends on this.
+    /// An empty table whose fast path starts at prefixes of length `block_len`
+    /// (the IPAM block size; lengths above 30 are treated as 30). The fast
+    /// path moves to whichever length of 30 or less comes to hold more than
+    /// twice as many routes (plus 16) as the current one. Any length is still
+    /// stored and matched exactly; only speed depends on this.
     pub fn with_block_len(block_len: u8) -> Self {
         Self {
             tables: std::array::from_fn(|l| LenTable::new(l as u8)),
@@ -308,8 +316,37 @@ impl<V: Copy + PartialEq> Lpm<V> {
                     self.tables[usize::from(block)].set_nested(block_net, true);
                 }
             }
+            if len != block
+                && len <= MAX_BLOCK_LEN
+                && self.tables[usize::from(len)].len()
+                    > 2 * self.tables[usize::from(block)].len() + ADAPT_SLACK
+            {
+                self.set_block_len(len);
+            }
         }
         prev
+    }
+
+    /// Makes `block_len` the fast-path length and rebuilds the nested flags (O(routes)).
+    fn set_block_len(&mut self, block_len: u8) {
+        let old = usize::from(self.block_len);
+        for slot in &mut self.tables[old].slots {
+            if slot.key != EMPTY {
+                slot.key &= !NESTED;
+            }
+        }
+        self.block_len = block_len;
+        self.nested.clear();
+        let mask = netmask(block_len);
+        for table in &self.tables[usize::from(block_len) + 1..] {
+            for (net, _) in table.entries() {
+                *self.nested.entry(net & mask).or_insert(0) += 1;
+            }
+        }
+        let table = &mut self.tables[usize::from(block_len)];
+        for &net in self.nested.keys() {
+            table.set_nested(net, true);
+        }
     }
 
     /// Removes the route for exactly `prefix` (normalised). Returns its value.
@@ -613,6 +650,33 @@ mod tests {
             assert_eq!(lpm.remove(net(a, l)), naive.0.remove(&(a, l)));
         }
         check(&lpm, &naive, &[]).expect("after shrink");
+    }
+
+    #[test]
+    fn block_len_follows_the_dominant_length() {
+        let mut lpm = Lpm::new();
+        let mut naive = Naive::default();
+        // Nested routes first, so the switch must rebuild their flags.
+        for i in 0..40u32 {
+            let a = (10 << 24) | (i << 8);
+            lpm.insert(net(a | 0x40, 26), 1000 + i);
+            naive.0.insert((a | 0x40, 26), 1000 + i);
+            lpm.insert(net(a | 0x85, 32), 2000 + i);
+            naive.0.insert((a | 0x85, 32), 2000 + i);
+        }
+        assert_eq!(lpm.block_len(), 26);
+        for i in 0..200u32 {
+            let a = (10 << 24) | (i << 8);
+            lpm.insert(net(a, 24), i);
+            naive.0.insert((a, 24), i);
+        }
+        assert_eq!(lpm.block_len(), 24);
+        check(&lpm, &naive, &[]).expect("after the switch");
+        for i in (0..40u32).step_by(2) {
+            let a = (10 << 24) | (i << 8) | 0x85;
+            assert_eq!(lpm.remove(net(a, 32)), naive.0.remove(&(a, 32)));
+        }
+        check(&lpm, &naive, &[]).expect("after removing nested routes");
     }
 
     #[test]
