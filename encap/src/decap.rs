@@ -70,6 +70,7 @@ pub fn decap_ecn(outer: Ecn, inner: Ecn) -> Option<Ecn> {
 /// else `MalformedInner`; ECN per RFC 6040 (`EcnDrop`); inner TTL 0
 /// (`TtlExpired`); inner protocol 4 unless allowed (`NestedIpip`); the inner
 /// destination (`NotLocal`).
+#[inline]
 pub fn decapsulate(buf: &mut [u8], policy: &impl DecapPolicy) -> Result<Decapsulated, DropReason> {
     let outer = Ipv4Packet::new_checked(&*buf).map_err(|_| DropReason::MalformedOuter)?;
     if !outer.verify_checksum()

@@ -7,7 +7,7 @@ use std::num::NonZeroU8;
 use std::ops::Range;
 
 use crate::drop::DropReason;
-use crate::ipv4::{self, Ecn, Ipv4Packet, PROTOCOL_IPIP};
+use crate::ipv4::{self, Ecn, PROTOCOL_IPIP};
 
 /// Bytes of outer IPv4 header written before the inner packet.
 pub const HEADROOM: usize = 20;
@@ -168,6 +168,7 @@ impl std::error::Error for EncapError {}
 /// IHL ≥ 5 and a total length equal to the slice length (also when
 /// `inner_start` is below `HEADROOM` or past the end of `buf`);
 /// `Drop(TtlExpired)` for an inner TTL of 0. Nested IPIP is not checked here.
+#[inline]
 pub fn encapsulate(
     buf: &mut [u8],
     inner_start: usize,
@@ -183,16 +184,21 @@ pub fn encapsulate(
         .ok_or(malformed)?
         .split_at_mut_checked(HEADROOM)
         .ok_or(malformed)?;
-    let inner = Ipv4Packet::new_checked(&*inner).map_err(|_| malformed)?;
-    let inner_len = inner.as_bytes().len();
-    if usize::from(inner.total_len()) != inner_len {
+    // Read the fixed header once, as an array: no bounds checks past here.
+    let inner_len = inner.len();
+    let h = inner.first_chunk::<HEADROOM>().ok_or(malformed)?;
+    let header_len = usize::from(h[0] & 0x0f) * 4;
+    if h[0] >> 4 != 4 || header_len < ipv4::HEADER_LEN || header_len > inner_len {
         return Err(malformed);
     }
-    let inner_ttl = inner.ttl();
+    if usize::from(u16::from_be_bytes([h[2], h[3]])) != inner_len {
+        return Err(malformed);
+    }
+    let inner_ttl = h[8];
     if inner_ttl == 0 {
         return Err(EncapError::Drop(DropReason::TtlExpired));
     }
-    let df = settings.pmtudisc || inner.df();
+    let df = settings.pmtudisc || h[6] & 0x40 != 0;
     let mtu = mtu.min(settings.mtu);
     if (df && inner_len > usize::from(mtu)) || inner_len > MAX_INNER_LEN {
         return Err(EncapError::TooBig {
@@ -200,7 +206,7 @@ pub fn encapsulate(
         });
     }
 
-    let inner_tos = inner.tos();
+    let inner_tos = h[1];
     let dscp = if settings.tos_inherit {
         inner_tos & !0b11
     } else {
