@@ -208,6 +208,10 @@ fn updates(c: &mut Criterion) {
         .sample_size(20)
         .warm_up_time(Duration::from_millis(500))
         .measurement_time(Duration::from_secs(2));
+    // Read side: entering and leaving one snapshot (once per batch of packets).
+    group.bench_function("load/tunl/100k", |b| {
+        b.iter(|| black_box(reader.load().len()))
+    });
     let mut i = 0u32;
     group.bench_function("tunl/100k", |b| {
         b.iter(|| {
