@@ -5,12 +5,13 @@
 //! end. A 64 KiB buffer adds at most 2^14 words of 2^32, far from overflow.
 
 /// Folds a wide one's complement accumulator to 16 bits (not inverted).
-#[inline]
+/// Branchless: each step adds the carries back in.
+#[inline(always)]
 pub fn fold(mut acc: u64) -> u16 {
-    while acc > 0xffff {
-        acc = (acc >> 16) + (acc & 0xffff);
-    }
-    // The loop leaves acc <= 0xffff.
+    acc = (acc >> 32) + (acc & 0xffff_ffff); // < 2^33
+    acc = (acc >> 32) + (acc & 0xffff_ffff); // < 2^32
+    acc = (acc >> 16) + (acc & 0xffff); // < 2^17
+    acc = (acc >> 16) + (acc & 0xffff); // <= 0xffff
     acc as u16
 }
 
@@ -40,6 +41,23 @@ pub fn accumulate(data: &[u8]) -> u64 {
         acc += u64::from(*last) << 8;
     }
     acc
+}
+
+/// True when an IPv4 header (IHL × 4 bytes, checksum included) verifies;
+/// unrolled for the common 20-byte header.
+#[inline(always)]
+pub fn verify_header(header: &[u8]) -> bool {
+    match header.first_chunk::<20>() {
+        Some(h) if header.len() == 20 => {
+            let mut acc: u64 = 0;
+            for i in 0..5 {
+                let w = [h[4 * i], h[4 * i + 1], h[4 * i + 2], h[4 * i + 3]];
+                acc += u64::from(u32::from_be_bytes(w));
+            }
+            fold(acc) == 0xffff
+        }
+        _ => verify(header),
+    }
 }
 
 /// The checksum to store in a header: the inverted one's complement sum of
@@ -98,8 +116,32 @@ mod tests {
         assert_eq!(checksum(&hdr), 0xb861);
         hdr[10..12].copy_from_slice(&0xb861u16.to_be_bytes());
         assert!(verify(&hdr));
+        assert!(verify_header(&hdr));
         hdr[8] = 0x3f;
         assert!(!verify(&hdr));
+        assert!(!verify_header(&hdr));
+    }
+
+    #[test]
+    fn fold_extremes() {
+        assert_eq!(fold(0), 0);
+        assert_eq!(fold(0xffff), 0xffff);
+        assert_eq!(fold(0x1_0000), 1);
+        assert_eq!(fold(0x1_fffe), 0xffff);
+        assert_eq!(fold(u64::MAX), 0xffff);
+        assert_eq!(fold(0xffff_ffff), 0xffff);
+        assert_eq!(fold(0x1_0000_0000), 1);
+        for acc in [
+            0x1234_5678_9abc_def0u64,
+            0x8000_0000_0000_0001,
+            0xffff_0000_ffff_0001,
+        ] {
+            let mut slow = acc;
+            while slow > 0xffff {
+                slow = (slow >> 16) + (slow & 0xffff);
+            }
+            assert_eq!(u64::from(fold(acc)), slow, "{acc:x}");
+        }
     }
 
     #[test]
@@ -119,6 +161,7 @@ mod tests {
         #[test]
         fn matches_naive(data in proptest::collection::vec(any::<u8>(), 0..3000)) {
             prop_assert_eq!(checksum(&data), naive(&data));
+            prop_assert_eq!(verify_header(&data), naive(&data) == 0);
         }
 
         #[test]

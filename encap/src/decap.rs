@@ -3,6 +3,7 @@
 use std::net::Ipv4Addr;
 use std::ops::Range;
 
+use crate::checksum;
 use crate::drop::DropReason;
 use crate::ipv4::{Ecn, Ipv4Packet, PROTOCOL_IPIP};
 
@@ -72,18 +73,23 @@ pub fn decap_ecn(outer: Ecn, inner: Ecn) -> Option<Ecn> {
 /// destination (`NotLocal`).
 #[inline]
 pub fn decapsulate(buf: &mut [u8], policy: &impl DecapPolicy) -> Result<Decapsulated, DropReason> {
-    let outer = Ipv4Packet::new_checked(&*buf).map_err(|_| DropReason::MalformedOuter)?;
-    if !outer.verify_checksum()
-        || !whole(outer.total_len(), buf.len())
-        || outer.protocol() != PROTOCOL_IPIP
-        || outer.is_fragment()
+    // The fixed outer header, read once as an array.
+    let buf_len = buf.len();
+    let oh = buf.first_chunk::<20>().ok_or(DropReason::MalformedOuter)?;
+    let start = usize::from(oh[0] & 0x0f) * 4;
+    if oh[0] >> 4 != 4
+        || start < 20
+        || start > buf_len
+        || !checksum::verify_header(&buf[..start])
+        || !whole(u16::from_be_bytes([oh[2], oh[3]]), buf_len)
+        || oh[9] != PROTOCOL_IPIP
+        || u16::from_be_bytes([oh[6], oh[7]]) & 0x3fff != 0
     {
         return Err(DropReason::MalformedOuter);
     }
-    let outer_src = outer.src();
-    let outer_dst = outer.dst();
-    let outer_ecn = outer.ecn();
-    let start = outer.header_len();
+    let outer_src = Ipv4Addr::new(oh[12], oh[13], oh[14], oh[15]);
+    let outer_dst = Ipv4Addr::new(oh[16], oh[17], oh[18], oh[19]);
+    let outer_ecn = Ecn::from_tos(oh[1]);
     if !policy.source_allowed(outer_src) {
         return Err(DropReason::UnknownSource);
     }

@@ -271,7 +271,7 @@ impl<T: AsRef<[u8]>> Ipv4Packet<T> {
     /// True when the header checksum verifies.
     #[inline]
     pub fn verify_checksum(&self) -> bool {
-        checksum::verify(self.header())
+        checksum::verify_header(self.header())
     }
 }
 
