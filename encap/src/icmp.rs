@@ -12,7 +12,7 @@ const ICMP_HEADER_LEN: usize = 8;
 /// Bytes of the offending packet's payload quoted after its header (RFC 792).
 const QUOTE_PAYLOAD_LEN: usize = 8;
 
-/// The longest error [`frag_needed`] and [`unreachable`] write (20 + 8 +
+/// The longest error [`frag_needed`] and [`unreachable()`] write (20 + 8 +
 /// 60 + 8): an `out` of this size always suffices.
 pub const ICMP_ERROR_MAX_LEN: usize = HEADER_LEN + ICMP_HEADER_LEN + 60 + QUOTE_PAYLOAD_LEN;
 

@@ -24,7 +24,10 @@ pub use encap::{
     DEFAULT_MTU, EncapError, HEADROOM, IdentGenerator, MAX_INNER_LEN, Ttl, TunnelSettings,
     encapsulate,
 };
-pub use icmp::{ICMP_ERROR_MAX_LEN, UnderlayError, UnderlayIcmp, Unreachable};
+pub use icmp::{
+    ICMP_ERROR_MAX_LEN, UnderlayError, UnderlayIcmp, Unreachable, frag_needed,
+    parse_underlay_error, unreachable,
+};
 pub use ipv4::{Ecn, Ipv4Packet, inner_destination};
 pub use ratelimit::TokenBucket;
 
