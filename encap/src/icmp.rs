@@ -171,12 +171,13 @@ pub enum UnderlayError {
 pub struct UnderlayIcmp {
     /// What went wrong.
     pub error: UnderlayError,
-    /// Who sent the ICMP error (the ICMP packet's own source: a router or the node).
+    /// The quoted outer source: the underlay address our packet left from
+    /// (compare it with the local address to ignore errors about others' packets).
     pub outer_src: Ipv4Addr,
     /// The quoted outer destination: the node our packet was going to.
     pub node: Ipv4Addr,
-    /// The quoted outer source: our own underlay address.
-    pub local: Ipv4Addr,
+    /// Who sent the ICMP error (its own IP source: a router, or the node).
+    pub reporter: Ipv4Addr,
     /// The quoted inner source, when the quote reaches it.
     pub inner_src: Option<Ipv4Addr>,
     /// The quoted inner destination, when the quote reaches it.
@@ -248,9 +249,9 @@ pub fn parse_underlay_error(packet: &[u8]) -> Option<UnderlayIcmp> {
     };
     Some(UnderlayIcmp {
         error,
-        outer_src: ip.src(),
+        outer_src: quoted.src(),
         node: quoted.dst(),
-        local: quoted.src(),
+        reporter: ip.src(),
         inner_src,
         inner_dst,
     })
@@ -445,9 +446,9 @@ mod tests {
             let icmp = underlay(frag_needed_type(1400), &ours[..quote_len], router);
             let e = parse_underlay_error(&icmp).expect("parsed");
             assert_eq!(e.error, UnderlayError::FragNeeded { mtu: 1400 });
-            assert_eq!(e.outer_src, router);
+            assert_eq!(e.outer_src, NODE_A);
             assert_eq!(e.node, NODE_B);
-            assert_eq!(e.local, NODE_A);
+            assert_eq!(e.reporter, router);
             assert_eq!(e.inner_src, (quote_len >= 36).then_some(POD_A));
             assert_eq!(
                 e.inner_dst,
@@ -546,7 +547,8 @@ mod tests {
         let len = frag_needed(&with_src, 1300, GATEWAY, &mut out).expect("built");
         let e = parse_underlay_error(&out[..len]).expect("parsed");
         assert_eq!(e.error, UnderlayError::FragNeeded { mtu: 1300 });
-        assert_eq!(e.outer_src, GATEWAY);
+        assert_eq!(e.reporter, GATEWAY);
+        assert_eq!(e.outer_src, POD_A);
         assert_eq!(e.node, NODE_B);
         // Only 8 bytes after the outer header are quoted: no inner addresses.
         assert_eq!((e.inner_src, e.inner_dst), (None, None));
