@@ -6,6 +6,35 @@
 //! allocation per packet. Every buffer keeps [`HEADROOM`] bytes before the
 //! inner packet so [`encapsulate`] writes the outer header in place;
 //! [`decapsulate`] only returns the inner packet's range.
+//!
+//! ```
+//! use std::net::Ipv4Addr;
+//! use tunl_encap::{DecapPolicy, HEADROOM, IdentGenerator, TunnelSettings, decapsulate, encapsulate};
+//!
+//! struct AnyNode;
+//! impl DecapPolicy for AnyNode {
+//!     fn source_allowed(&self, _: Ipv4Addr) -> bool { true }
+//!     fn destination_local(&self, _: Ipv4Addr) -> bool { true }
+//! }
+//!
+//! // A 28-byte inner packet (UDP header only), 10.20.105.215 -> 10.20.42.31, TTL 63.
+//! let mut inner = [0x45, 0, 0, 28, 0, 1, 0x40, 0, 63, 17, 0, 0, 10, 20, 105, 215, 10, 20, 42, 31,
+//!                  0, 53, 0, 53, 0, 8, 0, 0];
+//! let sum = tunl_encap::checksum::checksum(&inner[..20]).to_be_bytes();
+//! inner[10..12].copy_from_slice(&sum);
+//!
+//! let mut buf = [0u8; HEADROOM + 28];
+//! buf[HEADROOM..].copy_from_slice(&inner);
+//! let settings = TunnelSettings::new(Ipv4Addr::new(172, 16, 36, 5));
+//! let mut ids = IdentGenerator::new(1);
+//! let node = Ipv4Addr::new(172, 16, 35, 4);
+//! let outer = encapsulate(&mut buf, HEADROOM, node, settings.mtu, &settings, &mut ids).unwrap();
+//! assert_eq!(outer, 0..48);
+//!
+//! let d = decapsulate(&mut buf[outer], &AnyNode).unwrap();
+//! assert_eq!(d.outer_dst, node);
+//! assert_eq!(buf[d.inner], inner);
+//! ```
 
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
