@@ -12,6 +12,7 @@
 //! socket.
 
 pub mod counters;
+pub mod nodes;
 pub mod state;
 pub mod worker;
 
@@ -26,6 +27,7 @@ use tunl_io::{IcmpReceiver, IpipReceiver, IpipSender, TunQueue};
 use tunl_routing::RouteReader;
 
 pub use counters::{CounterSnapshot, Counters};
+pub use nodes::{NodeCounters, NodeTraffic, RefusedSnapshot};
 pub use state::{PathMtu, Policy, Shared};
 pub use worker::{RxPart, Worker};
 

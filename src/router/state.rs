@@ -17,6 +17,7 @@ use ipnetwork::Ipv4Network;
 use tunl_encap::{DecapPolicy, TunnelSettings};
 
 use super::counters::{CounterSnapshot, Counters};
+use super::nodes::NodeCounters;
 
 /// How long a learned path MTU holds before it reverts (the kernel's
 /// `net.ipv4.route.mtu_expires` default).
@@ -152,6 +153,8 @@ pub struct Shared {
     pub pmtu: PathMtu,
     /// Set to stop the workers.
     pub stop: AtomicBool,
+    /// Traffic per remote node and refused IPIP sources.
+    pub nodes: NodeCounters,
     counters: Mutex<Vec<Arc<Counters>>>,
 }
 
@@ -162,6 +165,7 @@ impl Shared {
             policy: ArcSwap::from_pointee(policy),
             pmtu: PathMtu::default(),
             stop: AtomicBool::new(false),
+            nodes: NodeCounters::default(),
             counters: Mutex::new(Vec::new()),
         }
     }

@@ -24,6 +24,7 @@ use tunl_io::{IcmpReceiver, IpipReceiver, IpipSender, PacketBuf, TunQueue};
 use tunl_routing::RouteReader;
 
 use super::counters::{Counters, LocalCounters};
+use super::nodes::LocalNodeCounters;
 use super::state::Shared;
 
 /// Segments handled per encap batch (and the size of the TX buffer ring).
@@ -61,6 +62,7 @@ pub struct Worker {
     shared: Arc<Shared>,
     counters: Arc<Counters>,
     local: LocalCounters,
+    nodes: LocalNodeCounters,
     ids: IdentGenerator,
     icmp_limit: TokenBucket,
     tx_bufs: Vec<PacketBuf>,
@@ -113,6 +115,7 @@ impl Worker {
             routes,
             counters,
             local: LocalCounters::default(),
+            nodes: LocalNodeCounters::default(),
             ids: IdentGenerator::new(seed(id)),
             icmp_limit: TokenBucket::new(icmp_rate.max(1), icmp_rate.clamp(1, 10)),
             tx_bufs: (0..TX_BATCH)
@@ -242,6 +245,7 @@ impl Worker {
             ) {
                 Ok(outer) => {
                     self.tx_out.push((i, outer.start, next_hop));
+                    self.nodes.tx(&policy.vias, next_hop, inner_len);
                     self.local.tx_bytes += inner_len as u64;
                 }
                 Err(EncapError::TooBig { mtu }) => {
@@ -259,6 +263,7 @@ impl Worker {
             }
         }
         drop(routes);
+        self.nodes.flush(&policy.vias, &self.shared.nodes);
         if self.tx_out.is_empty() {
             return;
         }
@@ -324,12 +329,19 @@ impl Worker {
                     }
                     buf.set_len(HEADROOM + len);
                     self.local.rx_bytes += len as u64;
+                    self.nodes.rx(&policy.vias, d.outer_src, len);
                     self.rx_bufs.swap(i, kept);
                     kept += 1;
                 }
-                Err(reason) => self.local.drop(reason),
+                Err(reason) => {
+                    if reason == DropReason::UnknownSource {
+                        self.nodes.refused_packet(buf.as_ref());
+                    }
+                    self.local.drop(reason);
+                }
             }
         }
+        self.nodes.flush(&policy.vias, &self.shared.nodes);
         if kept == 0 {
             return;
         }
