@@ -15,6 +15,14 @@
 //!
 //! [security]
 //! allow = ["172.16.0.0/16"]   # IPIP sources accepted besides every route's `via`
+//! allow_nested = false        # refuse inner packets that are themselves IPIP
+//! user = "tunl"               # optional: run as this user after setup (keeps CAP_NET_ADMIN)
+//!
+//! [control]
+//! socket = "/run/tunl/tunl.sock"  # the control socket (mode 0600); this is the default
+//!
+//! [metrics]
+//! listen = "127.0.0.1:9099"   # optional: serve Prometheus metrics at http://ADDR/metrics
 //! ```
 //!
 //! Parsing is strict: unknown keys are errors, and every semantic error names
@@ -166,6 +174,19 @@ pub struct SecuritySection {
     /// Accept inner packets that are themselves IPIP.
     #[serde(default)]
     pub allow_nested: bool,
+    /// Switch to this user (and its primary group) after setup, keeping
+    /// only CAP_NET_ADMIN; `None` stays root with only CAP_NET_ADMIN.
+    #[serde(default)]
+    pub user: Option<String>,
+}
+
+/// `[metrics]`: the optional Prometheus endpoint.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MetricsSection {
+    /// Address to serve `GET /metrics` on; `None` serves nothing.
+    #[serde(default)]
+    pub listen: Option<std::net::SocketAddr>,
 }
 
 /// `[dataplane]`: how the packet path runs.
@@ -250,6 +271,8 @@ struct RawConfig {
     dataplane: DataplaneSection,
     #[serde(default)]
     control: ControlSection,
+    #[serde(default)]
+    metrics: MetricsSection,
 }
 
 /// A validated configuration.
@@ -267,6 +290,8 @@ pub struct Config {
     pub dataplane: DataplaneSection,
     /// `[control]`.
     pub control: ControlSection,
+    /// `[metrics]`.
+    pub metrics: MetricsSection,
 }
 
 impl Config {
@@ -292,11 +317,29 @@ impl Config {
             security: raw.security,
             dataplane: raw.dataplane,
             control: raw.control,
+            metrics: raw.metrics,
         };
         config
             .validate()
             .map_err(|(key, problem)| ConfigError::Invalid {
                 path: path.to_owned(),
+                key,
+                problem,
+            })?;
+        Ok(config)
+    }
+
+    /// This config with its routes replaced by `routes`, validated as if the
+    /// file had named them (the control socket's route commands use it).
+    pub fn with_routes(&self, routes: Vec<RouteEntry>) -> Result<Config, ConfigError> {
+        let config = Config {
+            routes,
+            ..self.clone()
+        };
+        config
+            .validate()
+            .map_err(|(key, problem)| ConfigError::Invalid {
+                path: self.path.clone(),
                 key,
                 problem,
             })?;
@@ -397,6 +440,11 @@ impl Config {
         }
         if d.tx_queue_len == 0 {
             return bad("dataplane.tx_queue_len", "must be at least 1".to_owned());
+        }
+        if let Some(user) = &self.security.user {
+            if user.is_empty() || user.contains(['/', ':', '\0']) {
+                return bad("security.user", format!("{user:?} is not a user name"));
+            }
         }
         if d.icmp_rate == 0 {
             return bad(
@@ -499,6 +547,30 @@ allow = ["172.16.0.0/16"]
         assert!(c.routes.is_empty());
         assert!(!c.security.allow_nested);
         assert_eq!(c.control.socket, PathBuf::from(DEFAULT_CONTROL_SOCKET));
+        assert_eq!(c.metrics.listen, None);
+        assert_eq!(c.security.user, None);
+    }
+
+    #[test]
+    fn metrics_user_and_with_routes() {
+        let text = format!(
+            "{SEED}user = \"tunl\"\n\n[metrics]\nlisten = \"127.0.0.1:9099\"\n"
+        );
+        let c = parse(&text).unwrap();
+        assert_eq!(c.security.user.as_deref(), Some("tunl"));
+        assert_eq!(c.metrics.listen, Some("127.0.0.1:9099".parse().unwrap()));
+        assert!(parse(&text.replace("127.0.0.1:9099", "localhost")).is_err());
+        let ok = RouteEntry {
+            prefix: "10.20.106.0/26".parse().unwrap(),
+            via: Ipv4Addr::new(172, 16, 37, 6),
+        };
+        assert_eq!(c.with_routes(vec![ok]).unwrap().routes, vec![ok]);
+        let into_own = RouteEntry {
+            prefix: "10.20.42.0/27".parse().unwrap(),
+            ..ok
+        };
+        let err = c.with_routes(vec![ok, into_own]).unwrap_err().to_string();
+        assert!(err.contains("route[1].prefix") && err.contains("own block"), "{err}");
     }
 
     #[test]

@@ -14,6 +14,7 @@
 pub mod capture;
 pub mod cli;
 pub mod config;
+pub mod control;
 pub mod daemon;
 pub mod router;
 pub mod testbed;
