@@ -11,6 +11,7 @@
 //! (lifecycle), [`config`], [`cli`], and [`topology`] (network-namespace
 //! clusters for tests, the lab and benchmarks).
 
+pub mod bench;
 pub mod capture;
 pub mod cli;
 pub mod config;
