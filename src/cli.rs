@@ -40,12 +40,32 @@ pub enum Command {
         #[arg(short, long, value_name = "FILE")]
         config: PathBuf,
     },
+    /// The seed article's Calico IPIP cluster, live (needs root).
+    ///
+    /// Builds two nodes and two pods in network namespaces, runs tunl on
+    /// each node in place of the kernel's tunl0, and shows the routing
+    /// tables, a ping between pods (ttl=62), a decoded capture of the
+    /// underlay with both IP layers (also saved as a pcap file), a
+    /// throughput figure and the daemons' counters. Then tears down.
+    Lab {
+        #[command(subcommand)]
+        action: Option<LabAction>,
+        #[command(flatten)]
+        args: crate::lab::LabArgs,
+    },
     /// Validate a config file and print what it would set up.
     Check {
         /// The TOML config file.
         #[arg(short, long, value_name = "FILE")]
         config: PathBuf,
     },
+}
+
+/// `tunl lab` actions.
+#[derive(Debug, Subcommand)]
+pub enum LabAction {
+    /// Remove a cluster left running by `tunl lab --keep`.
+    Down,
 }
 
 /// Exit code for a usage or configuration error.
@@ -64,6 +84,22 @@ pub fn main() -> ExitCode {
                 ExitCode::from(e.exit_code() as u8)
             }
         },
+        Command::Lab { action, args } => {
+            let mut out = std::io::stdout();
+            let result = match action {
+                Some(LabAction::Down) => crate::lab::down(&args.tag, &mut out).map(|_| ()),
+                None => std::env::current_exe()
+                    .map_err(crate::lab::LabError::Output)
+                    .and_then(|exe| crate::lab::run(&args, &exe, &mut out).map(|_| ())),
+            };
+            match result {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("tunl lab: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
         Command::Check { config } => match Config::load(&config) {
             Ok(c) => {
                 println!(

@@ -17,6 +17,7 @@ pub mod cli;
 pub mod config;
 pub mod control;
 pub mod daemon;
+pub mod lab;
 pub mod router;
 pub mod testbed;
 pub mod topology;

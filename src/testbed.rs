@@ -331,6 +331,23 @@ impl TunlCluster {
     }
 }
 
+/// Runs `f` on a new thread that has entered the network namespace `netns`
+/// (a name under /run/netns, as `ip netns add` makes): sockets it opens
+/// belong to that namespace. The calling thread's namespace is untouched.
+pub fn in_netns<T: Send>(netns: &str, f: impl FnOnce() -> T + Send) -> std::io::Result<T> {
+    let path = Path::new("/run/netns").join(netns);
+    let file = std::fs::File::open(&path)?;
+    std::thread::scope(|s| {
+        s.spawn(move || {
+            nix::sched::setns(&file, nix::sched::CloneFlags::CLONE_NEWNET)
+                .map_err(std::io::Error::from)?;
+            Ok(f())
+        })
+        .join()
+        .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+    })
+}
+
 impl Drop for TunlCluster {
     fn drop(&mut self) {
         // Stop daemons gracefully first, so they remove their routes and

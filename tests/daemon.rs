@@ -1,12 +1,20 @@
 //! End-to-end tests of `tunl run` on the seed article's cluster, in network
-//! namespaces (they need root, as under CI).
+//! namespaces (they need root, as under CI, and do not skip without it).
 
+use std::hash::{DefaultHasher, Hasher};
+use std::io::{Read, Write};
+use std::net::{Ipv4Addr, SocketAddrV4, TcpListener, TcpStream, UdpSocket};
 use std::path::Path;
-use std::time::Duration;
+use std::process::Command;
+use std::time::{Duration, Instant};
 
-use tunl::testbed::{DaemonOptions, TunlCluster};
+use etherparse::PacketBuilder;
+use socket2::{Domain, Protocol, SockAddr, Socket, Type};
+use tunl::testbed::{DaemonOptions, TunlCluster, in_netns};
 use tunl::topology::ClusterSpec;
 
+const NODE1: &str = "node1.sit";
+const NODE2: &str = "node2.perf";
 const SIT: &str = "demo-hello-sit";
 const PERF: &str = "demo-hello-perf";
 
@@ -19,6 +27,88 @@ fn seed_cluster() -> TunlCluster {
         .expect("start the seed cluster with tunl on both nodes")
 }
 
+fn netns_of(tc: &TunlCluster, name: &str) -> String {
+    tc.cluster().netns(name).unwrap().to_owned()
+}
+
+fn logs(tc: &TunlCluster) -> String {
+    tc.daemons()
+        .iter()
+        .map(|d| format!("--- {} ---\n{}", d.node, tc.log(&d.node)))
+        .collect()
+}
+
+/// A deterministic byte stream (xorshift), so both ends can produce it.
+struct Stream(u64);
+
+impl Stream {
+    fn fill(&mut self, buf: &mut [u8]) {
+        for chunk in buf.chunks_mut(8) {
+            self.0 ^= self.0 << 13;
+            self.0 ^= self.0 >> 7;
+            self.0 ^= self.0 << 17;
+            chunk.copy_from_slice(&self.0.to_le_bytes()[..chunk.len()]);
+        }
+    }
+}
+
+/// Sends `len` pseudo-random bytes over TCP from `from_pod` to `to_pod` and
+/// returns (bytes sent, digest sent, bytes received, digest received).
+fn tcp_transfer(
+    tc: &TunlCluster,
+    from_pod: &str,
+    to_pod: &str,
+    len: usize,
+) -> (usize, u64, usize, u64) {
+    let to = SocketAddrV4::new(tc.pod_ip(to_pod).unwrap(), 5201);
+    let (server_ns, client_ns) = (netns_of(tc, to_pod), netns_of(tc, from_pod));
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+    let server = std::thread::spawn(move || {
+        in_netns(&server_ns, move || {
+            let listener = TcpListener::bind(to).expect("bind in the pod");
+            ready_tx.send(()).unwrap();
+            let (mut conn, _) = listener.accept().expect("accept");
+            conn.set_read_timeout(Some(Duration::from_secs(30)))
+                .unwrap();
+            let mut digest = DefaultHasher::new();
+            let mut buf = vec![0u8; 1 << 16];
+            let mut received = 0usize;
+            loop {
+                match conn.read(&mut buf) {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => {
+                        digest.write(&buf[..n]);
+                        received += n;
+                    }
+                }
+            }
+            (received, digest.finish())
+        })
+        .unwrap()
+    });
+    ready_rx.recv_timeout(Duration::from_secs(10)).unwrap();
+    let (sent, sent_digest) = in_netns(&client_ns, move || {
+        let mut conn = TcpStream::connect_timeout(&to.into(), Duration::from_secs(10))
+            .expect("connect across the tunnel");
+        let mut stream = Stream(0x1234_5678_9abc_def1);
+        let mut digest = DefaultHasher::new();
+        let mut buf = vec![0u8; 1 << 16];
+        let mut sent = 0;
+        while sent < len {
+            let n = (len - sent).min(buf.len());
+            stream.fill(&mut buf[..n]);
+            digest.write(&buf[..n]);
+            conn.write_all(&buf[..n]).expect("send");
+            sent += n;
+        }
+        conn.shutdown(std::net::Shutdown::Write).unwrap();
+        (sent, digest.finish())
+    })
+    .unwrap();
+    let (received, received_digest) = server.join().unwrap();
+    (sent, sent_digest, received, received_digest)
+}
+
 #[test]
 fn ping_between_pods_on_two_nodes_shows_ttl_62() {
     let tc = seed_cluster();
@@ -26,15 +116,440 @@ fn ping_between_pods_on_two_nodes_shows_ttl_62() {
     let to = tc.pod_ip(SIT).unwrap();
     let r = c
         .wait_reachable(PERF, to, Duration::from_secs(10))
-        .unwrap_or_else(|e| {
-            panic!(
-                "{e}\nnode1 log:\n{}\nnode2 log:\n{}",
-                tc.log("node1.sit"),
-                tc.log("node2.perf")
-            )
-        });
+        .unwrap_or_else(|e| panic!("{e}\n{}", logs(&tc)));
     assert_eq!(r.ttls.last(), Some(&62), "{}", r.raw);
     let r = c.ping(PERF, to, 5, Duration::from_millis(100)).unwrap();
     assert_eq!(r.received, 5, "{}", r.raw);
     assert!(r.ttls.iter().all(|t| *t == 62), "{}", r.raw);
+}
+
+#[test]
+fn tcp_64_mib_arrives_byte_for_byte() {
+    let tc = seed_cluster();
+    tc.cluster()
+        .wait_reachable(PERF, tc.pod_ip(SIT).unwrap(), Duration::from_secs(10))
+        .unwrap_or_else(|e| panic!("{e}\n{}", logs(&tc)));
+    let (sent, sent_digest, received, received_digest) = tcp_transfer(&tc, PERF, SIT, 64 << 20);
+    assert_eq!(sent, 64 << 20);
+    assert_eq!(received, sent, "{}", logs(&tc));
+    assert_eq!(received_digest, sent_digest, "the bytes differ");
+}
+
+#[test]
+fn udp_datagrams_cross_the_tunnel_intact() {
+    let tc = seed_cluster();
+    tc.cluster()
+        .wait_reachable(PERF, tc.pod_ip(SIT).unwrap(), Duration::from_secs(10))
+        .unwrap();
+    let to = SocketAddrV4::new(tc.pod_ip(SIT).unwrap(), 7001);
+    let server_ns = netns_of(&tc, SIT);
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+    let server = std::thread::spawn(move || {
+        in_netns(&server_ns, move || {
+            let sock = UdpSocket::bind(to).unwrap();
+            sock.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+            ready_tx.send(()).unwrap();
+            let mut got = Vec::new();
+            let mut buf = vec![0u8; 2048];
+            while let Ok(n) = sock.recv(&mut buf) {
+                got.push(buf[..n].to_vec());
+            }
+            got
+        })
+        .unwrap()
+    });
+    ready_rx.recv().unwrap();
+    // Sizes up to the pod MTU (1480 - 28 = 1452 bytes of payload).
+    let sizes: Vec<usize> = (0..200).map(|i| 1 + (i * 37) % 1452).collect();
+    let sent = sizes.clone();
+    in_netns(&netns_of(&tc, PERF), move || {
+        let sock = UdpSocket::bind("0.0.0.0:0").unwrap();
+        for (i, len) in sent.iter().enumerate() {
+            let payload: Vec<u8> = (0..*len).map(|j| (i + j) as u8).collect();
+            sock.send_to(&payload, to).unwrap();
+            std::thread::sleep(Duration::from_micros(200));
+        }
+    })
+    .unwrap();
+    let got = server.join().unwrap();
+    assert!(
+        got.len() >= 190,
+        "only {} of 200 datagrams arrived",
+        got.len()
+    );
+    for d in &got {
+        let i = sizes
+            .iter()
+            .enumerate()
+            .position(|(i, len)| {
+                *len == d.len() && d.iter().enumerate().all(|(j, b)| *b == (i + j) as u8)
+            })
+            .map(|_| ());
+        assert!(
+            i.is_some(),
+            "a datagram of {} bytes arrived altered",
+            d.len()
+        );
+    }
+}
+
+#[test]
+fn exactly_mtu_passes_and_one_more_gets_frag_needed_1480() {
+    let tc = seed_cluster();
+    let c = tc.cluster();
+    let to = tc.pod_ip(SIT).unwrap().to_string();
+    c.wait_reachable(PERF, tc.pod_ip(SIT).unwrap(), Duration::from_secs(10))
+        .unwrap();
+    // Let the pod itself send more than the tunnel MTU, so the packet
+    // reaches the node and the tunnel.
+    c.exec_ok(PERF, &["ip", "link", "set", "eth0", "mtu", "1500"])
+        .unwrap();
+    // 1452 + 8 (ICMP) + 20 (IP) = 1480 = the tunnel MTU.
+    let ok = c
+        .exec(
+            PERF,
+            &["ping", "-M", "do", "-s", "1452", "-c", "2", "-W", "2", &to],
+        )
+        .unwrap();
+    let text = String::from_utf8_lossy(&ok.stdout);
+    assert!(ok.status.success(), "{text}");
+    assert!(text.contains("1460 bytes from"), "{text}");
+    let big = c
+        .exec(
+            PERF,
+            &["ping", "-M", "do", "-s", "1453", "-c", "2", "-W", "2", &to],
+        )
+        .unwrap();
+    let text =
+        String::from_utf8_lossy(&big.stdout).into_owned() + &String::from_utf8_lossy(&big.stderr);
+    assert!(!big.status.success(), "{text}");
+    assert!(
+        text.contains("mtu = 1480") || text.contains("mtu=1480"),
+        "no frag-needed with MTU 1480 at the sender: {text}"
+    );
+}
+
+/// An IPv4 UDP packet from the perf pod to `dst:port`.
+fn inner_udp(dst: Ipv4Addr, port: u16, payload: &[u8]) -> Vec<u8> {
+    let mut v = Vec::new();
+    PacketBuilder::ipv4([10, 20, 105, 215], dst.octets(), 64)
+        .udp(40000, port)
+        .write(&mut v, payload)
+        .unwrap();
+    v
+}
+
+/// Sends an IPIP packet from `node`'s namespace with a chosen outer source
+/// (a raw socket with our own header: the source can be anything).
+fn inject_ipip(
+    tc: &TunlCluster,
+    node: &str,
+    outer_src: Ipv4Addr,
+    outer_dst: Ipv4Addr,
+    inner: &[u8],
+) {
+    let mut outer = Vec::new();
+    let header = etherparse::Ipv4Header::new(
+        inner.len() as u16,
+        64,
+        etherparse::IpNumber::IPV4,
+        outer_src.octets(),
+        outer_dst.octets(),
+    )
+    .unwrap();
+    header.write(&mut outer).unwrap();
+    outer.extend_from_slice(inner);
+    in_netns(&netns_of(tc, node), move || {
+        let sock = Socket::new(
+            Domain::IPV4,
+            Type::RAW,
+            Some(Protocol::from(libc::IPPROTO_RAW)),
+        )
+        .unwrap();
+        sock.send_to(&outer, &SockAddr::from(SocketAddrV4::new(outer_dst, 0)))
+            .unwrap();
+    })
+    .unwrap();
+}
+
+/// Listens on UDP `port` in `pod` for `wait` and returns what arrived.
+fn listen_udp(
+    tc: &TunlCluster,
+    pod: &str,
+    port: u16,
+    wait: Duration,
+) -> std::thread::JoinHandle<Vec<Vec<u8>>> {
+    let ns = netns_of(tc, pod);
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+    let h = std::thread::spawn(move || {
+        in_netns(&ns, move || {
+            let sock = UdpSocket::bind(("0.0.0.0", port)).unwrap();
+            ready_tx.send(()).unwrap();
+            let deadline = Instant::now() + wait;
+            let mut got = Vec::new();
+            let mut buf = [0u8; 2048];
+            while let Some(left) = deadline.checked_duration_since(Instant::now()) {
+                sock.set_read_timeout(Some(left.max(Duration::from_millis(1))))
+                    .unwrap();
+                if let Ok(n) = sock.recv(&mut buf) {
+                    got.push(buf[..n].to_vec());
+                }
+            }
+            got
+        })
+        .unwrap()
+    });
+    ready_rx.recv().unwrap();
+    h
+}
+
+/// Stops the daemon on `node` and returns the drop count logged for `reason`.
+fn dropped_at_exit(tc: &TunlCluster, node: &str, reason: &str) -> u64 {
+    let status = tc.stop(node).unwrap();
+    assert!(status.success(), "{}", tc.log(node));
+    let log = tc.log(node);
+    log.lines()
+        .filter(|l| {
+            l.contains("dropped")
+                && (l.contains(&format!("reason={reason} "))
+                    || l.contains(&format!("reason=\"{reason}\"")))
+        })
+        .filter_map(|l| l.split("packets=").nth(1))
+        .filter_map(|v| v.split_whitespace().next()?.parse::<u64>().ok())
+        .sum()
+}
+
+#[test]
+fn ipip_from_an_unknown_source_is_refused_and_from_a_node_accepted() {
+    let tc = seed_cluster();
+    let node1 = tc.cluster().node(NODE1).unwrap().underlay;
+    let node2 = tc.cluster().node(NODE2).unwrap().underlay;
+    let sit = tc.pod_ip(SIT).unwrap();
+
+    let spoofed = listen_udp(&tc, SIT, 7002, Duration::from_millis(800));
+    let stranger = Ipv4Addr::new(172, 16, 99, 9);
+    inject_ipip(
+        &tc,
+        NODE2,
+        stranger,
+        node1,
+        &inner_udp(sit, 7002, b"injected"),
+    );
+    assert!(
+        spoofed.join().unwrap().is_empty(),
+        "IPIP from {stranger} reached the pod"
+    );
+
+    let allowed = listen_udp(&tc, SIT, 7003, Duration::from_millis(800));
+    inject_ipip(
+        &tc,
+        NODE2,
+        node2,
+        node1,
+        &inner_udp(sit, 7003, b"from node2"),
+    );
+    assert_eq!(
+        allowed.join().unwrap(),
+        vec![b"from node2".to_vec()],
+        "{}",
+        logs(&tc)
+    );
+
+    assert_eq!(dropped_at_exit(&tc, NODE1, "unknown_source"), 1);
+}
+
+#[test]
+fn inner_destination_outside_blocks_is_not_forwarded() {
+    let tc = seed_cluster();
+    let node1 = tc.cluster().node(NODE1).unwrap().underlay;
+    let node2 = tc.cluster().node(NODE2).unwrap().underlay;
+    let sit = tc.pod_ip(SIT).unwrap();
+    // 10.20.42.100 is outside node1's block 10.20.42.0/26.
+    let outside = Ipv4Addr::new(10, 20, 42, 100);
+    // Give node1 a way to reach that address, so only tunl can stop it.
+    tc.cluster()
+        .exec_ok(
+            NODE1,
+            &["ip", "route", "add", "10.20.42.100/32", "dev", "lo"],
+        )
+        .unwrap();
+    inject_ipip(
+        &tc,
+        NODE2,
+        node2,
+        node1,
+        &inner_udp(outside, 7004, b"relay me"),
+    );
+    // Positive control: the same packet to the pod's own address arrives.
+    let control = listen_udp(&tc, SIT, 7005, Duration::from_millis(800));
+    inject_ipip(&tc, NODE2, node2, node1, &inner_udp(sit, 7005, b"local"));
+    assert_eq!(control.join().unwrap().len(), 1, "{}", logs(&tc));
+    assert_eq!(dropped_at_exit(&tc, NODE1, "not_local"), 1);
+}
+
+#[test]
+fn sigterm_removes_routes_and_device() {
+    let tc = seed_cluster();
+    assert_eq!(tc.kernel_routes(NODE1).unwrap().len(), 1);
+    let route = &tc.kernel_routes(NODE1).unwrap()[0];
+    assert!(
+        route.contains("10.20.105.192/26 via 172.16.36.5 dev tunl0"),
+        "{route}"
+    );
+    assert!(route.contains("onlink"), "{route}");
+    let status = tc.stop(NODE1).unwrap();
+    assert!(status.success(), "{}", tc.log(NODE1));
+    assert!(tc.kernel_routes(NODE1).unwrap().is_empty());
+    let link = tc
+        .cluster()
+        .exec(NODE1, &["ip", "link", "show", "tunl0"])
+        .unwrap();
+    assert!(!link.status.success(), "tunl0 still exists after SIGTERM");
+    assert!(tc.log(NODE1).contains("counters at exit"));
+}
+
+#[test]
+fn a_second_daemon_on_the_same_device_fails_clearly() {
+    let tc = seed_cluster();
+    let config = tc.daemon(NODE1).unwrap().config.clone();
+    let out = tc
+        .cluster()
+        .exec(
+            NODE1,
+            &[
+                tunl_bin().to_str().unwrap(),
+                "run",
+                "--config",
+                config.to_str().unwrap(),
+            ],
+        )
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("already exists"), "{stderr}");
+    // The first one still works.
+    tc.cluster()
+        .wait_reachable(PERF, tc.pod_ip(SIT).unwrap(), Duration::from_secs(5))
+        .unwrap();
+}
+
+#[test]
+fn sighup_adds_a_route_while_a_transfer_runs() {
+    let tc = TunlCluster::start(
+        ClusterSpec::generated(3, 1),
+        tunl_bin(),
+        DaemonOptions::default(),
+    )
+    .expect("start a 3-node cluster");
+    let c = tc.cluster();
+    let nodes: Vec<_> = c.nodes().to_vec();
+    let (n1, n2, n3) = (&nodes[0], &nodes[1], &nodes[2]);
+    let (p1, p2, p3) = (&n1.pods[0], &n2.pods[0], &n3.pods[0]);
+    let full = tc.config_text(&n1.name).unwrap();
+    // Node1 without its route to node3's block.
+    let marker = format!("prefix = \"{}\"", n3.block);
+    let without: String = {
+        let mut parts: Vec<&str> = full.split("\n[[route]]").collect();
+        parts.retain(|p| !p.contains(&marker));
+        parts.join("\n[[route]]")
+    };
+    assert_ne!(without, full);
+    tc.write_config(&n1.name, &without).unwrap();
+    tc.reload(&n1.name).unwrap();
+    wait_until(
+        || tc.kernel_routes(&n1.name).unwrap().len() == 1,
+        "route to node3 removed",
+    );
+    let r = c
+        .ping(&p1.name, p3.ip, 1, Duration::from_millis(100))
+        .unwrap();
+    assert_eq!(
+        r.received, 0,
+        "node3's pod answered without a route: {}",
+        r.raw
+    );
+
+    std::thread::scope(|s| {
+        let transfer = s.spawn(|| tcp_transfer(&tc, &p2.name, &p1.name, 48 << 20));
+        std::thread::sleep(Duration::from_millis(300));
+        tc.write_config(&n1.name, &full).unwrap();
+        tc.reload(&n1.name).unwrap();
+        wait_until(
+            || tc.kernel_routes(&n1.name).unwrap().len() == 2,
+            "route to node3 added",
+        );
+        let r = c
+            .wait_reachable(&p1.name, p3.ip, Duration::from_secs(5))
+            .unwrap_or_else(|e| panic!("{e}\n{}", logs(&tc)));
+        assert_eq!(r.ttls.last(), Some(&62));
+        let (sent, sd, received, rd) = transfer.join().unwrap();
+        assert_eq!(
+            (received, rd),
+            (sent, sd),
+            "the transfer across the reload was damaged"
+        );
+    });
+    assert!(tc.log(&n1.name).contains("SIGHUP: config reloaded"));
+}
+
+#[test]
+fn sighup_with_a_bad_config_keeps_running() {
+    let tc = seed_cluster();
+    tc.write_config(NODE1, "[tunnel]\nname = \"tunl0\"\n")
+        .unwrap();
+    tc.reload(NODE1).unwrap();
+    wait_until(
+        || {
+            tc.log(NODE1)
+                .contains("still running on the previous config")
+        },
+        "reload refused",
+    );
+    assert!(tc.log(NODE1).contains("local"), "{}", tc.log(NODE1));
+    assert_eq!(tc.kernel_routes(NODE1).unwrap().len(), 1);
+    tc.cluster()
+        .wait_reachable(PERF, tc.pod_ip(SIT).unwrap(), Duration::from_secs(5))
+        .unwrap();
+}
+
+#[test]
+fn a_bad_config_exits_with_code_2_and_names_the_key() {
+    let dir = std::env::temp_dir().join(format!("tunl-badconfig-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let cases = [
+        ("[tunnel]\nname = \"tunl0\"\n", "local"),
+        (
+            "[tunnel]\nlocal = \"172.16.35.4\"\n[[route]]\nprefix = \"10.20.105.193/26\"\nvia = \"172.16.36.5\"\n",
+            "route[0].prefix",
+        ),
+        (
+            "[tunnel]\nlocal = \"172.16.35.4\"\nmtu = 60\n",
+            "tunnel.mtu",
+        ),
+    ];
+    for (i, (text, key)) in cases.iter().enumerate() {
+        let path = dir.join(format!("bad{i}.toml"));
+        std::fs::write(&path, text).unwrap();
+        let out = Command::new(tunl_bin())
+            .args(["run", "--config", path.to_str().unwrap()])
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{stderr}");
+        assert!(stderr.contains(key), "{key} not named in: {stderr}");
+    }
+    let out = Command::new(tunl_bin())
+        .args(["run", "--config", "/nonexistent/tunl.toml"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+fn wait_until(mut cond: impl FnMut() -> bool, what: &str) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !cond() {
+        assert!(Instant::now() < deadline, "timed out waiting for: {what}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
 }
