@@ -53,6 +53,13 @@ pub enum Command {
         #[command(flatten)]
         args: crate::lab::LabArgs,
     },
+    /// Measure tunl against plain veth and kernel VXLAN, in one run (needs root).
+    ///
+    /// Builds the two-node topology with pods three times over (no tunnel,
+    /// kernel VXLAN, tunl), alternating the paths each round, and reports
+    /// iperf3 TCP (1 and 4 streams), UDP packet rates, latency, CPU per
+    /// Gbit/s and daemon memory, with the ratio tunl / VXLAN.
+    Bench(crate::bench::BenchArgs),
     /// Validate a config file and print what it would set up.
     Check {
         /// The TOML config file.
@@ -96,6 +103,18 @@ pub fn main() -> ExitCode {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     eprintln!("tunl lab: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        Command::Bench(args) => {
+            let result = std::env::current_exe()
+                .map_err(|e| e.to_string())
+                .and_then(|exe| crate::bench::run(&args, &exe).map_err(|e| e.to_string()));
+            match result {
+                Ok(_) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("tunl bench: {e}");
                     ExitCode::FAILURE
                 }
             }
