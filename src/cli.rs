@@ -60,6 +60,31 @@ pub enum Command {
     /// iperf3 TCP (1 and 4 streams), UDP packet rates, latency, CPU per
     /// Gbit/s and daemon memory, with the ratio tunl / VXLAN.
     Bench(crate::bench::BenchArgs),
+    /// Change or list a running daemon's routes (over its control socket).
+    ///
+    /// Routes changed here last until the daemon stops or reloads its
+    /// config (SIGHUP); only the config's routes survive a restart.
+    Route {
+        #[command(subcommand)]
+        action: crate::ctl::RouteCommand,
+        #[command(flatten)]
+        socket: crate::ctl::SocketArg,
+    },
+    /// Show the device and every remote node: blocks, path MTU, traffic
+    /// both ways, last packet seen; and refused IPIP sources.
+    Status {
+        #[command(flatten)]
+        json: crate::ctl::JsonArg,
+        #[command(flatten)]
+        socket: crate::ctl::SocketArg,
+    },
+    /// Show every counter of a running daemon, with drops by reason.
+    Stats {
+        #[command(flatten)]
+        json: crate::ctl::JsonArg,
+        #[command(flatten)]
+        socket: crate::ctl::SocketArg,
+    },
     /// Validate a config file and print what it would set up.
     Check {
         /// The TOML config file.
@@ -119,6 +144,9 @@ pub fn main() -> ExitCode {
                 }
             }
         }
+        Command::Route { action, socket } => crate::ctl::route(&socket.socket, action),
+        Command::Status { json, socket } => crate::ctl::status(&socket.socket, json.json),
+        Command::Stats { json, socket } => crate::ctl::stats(&socket.socket, json.json),
         Command::Check { config } => match Config::load(&config) {
             Ok(c) => {
                 println!(

@@ -5,20 +5,31 @@
 //! every route, start the dataplane. SIGHUP re-reads the config and applies
 //! route changes; SIGINT/SIGTERM remove the routes and the device and log the
 //! counters.
+//!
+//! The control socket (`[control] socket`) is bound first, so a second daemon
+//! pointed at the same socket exits before it touches anything. Requests on
+//! it are handled one at a time by the main loop, which owns the
+//! [`RouteManager`]. Privileges are dropped once the device and sockets are
+//! open (see [`crate::privileges`]).
 
 use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use ipnetwork::Ipv4Network;
 use tokio::signal::unix::{SignalKind, signal};
+use tokio::sync::mpsc;
 use tracing::{error, info, warn};
 use tunl_io::netlink::Netlink;
 use tunl_io::{IcmpReceiver, IpipReceiver, Tun, TunConfig};
 use tunl_routing::{RouteOp, RouteTable, RouteWriter};
 
-use crate::config::{Config, ConfigError};
+use crate::config::{Config, ConfigError, RouteEntry};
+use crate::control::{self, Call, Request, Response, RouteChange};
+use crate::metrics::MetricsSource;
+use crate::privileges;
 use crate::router::{CounterSnapshot, Policy, Router, RouterIo, Shared};
 
 /// The routing protocol number tunl tags its kernel routes with
@@ -34,6 +45,9 @@ pub enum DaemonError {
     /// Setting up the device, sockets or routes failed (exit code 1).
     #[error("{0}")]
     Setup(String),
+    /// A route change failed and was rolled back (exit code 1).
+    #[error("{0}")]
+    Route(String),
 }
 
 impl DaemonError {
@@ -41,7 +55,7 @@ impl DaemonError {
     pub fn exit_code(&self) -> i32 {
         match self {
             DaemonError::Config(_) => 2,
-            DaemonError::Setup(_) => 1,
+            DaemonError::Setup(_) | DaemonError::Route(_) => 1,
         }
     }
 }
@@ -66,6 +80,7 @@ pub struct RouteManager {
     netlink: Netlink,
     ifindex: u32,
     shared: Arc<Shared>,
+    count: Arc<AtomicUsize>,
 }
 
 impl RouteManager {
@@ -74,13 +89,15 @@ impl RouteManager {
         self.writer.snapshot().into_iter().collect()
     }
 
-    /// Makes the route set equal to `wanted`: the dataplane learns new routes
-    /// before the kernel sends packets for them, and forgets old ones after the
-    /// kernel stopped. Unchanged routes are not touched.
+    /// Makes the route set equal to `wanted`, all or nothing: the dataplane
+    /// learns new routes before the kernel sends packets for them, and forgets
+    /// old ones after the kernel stopped. Unchanged routes are not touched, so
+    /// they carry packets throughout. When the kernel refuses a change, the
+    /// changes made so far are undone (kernel and LPM) and the error returned.
     pub async fn apply(
         &mut self,
         wanted: &BTreeMap<Ipv4Network, Ipv4Addr>,
-    ) -> Result<(), DaemonError> {
+    ) -> Result<RouteChange, DaemonError> {
         let current = self.routes();
         let added: Vec<(Ipv4Network, Ipv4Addr)> = wanted
             .iter()
@@ -92,38 +109,105 @@ impl RouteManager {
             .filter(|p| !wanted.contains_key(p))
             .copied()
             .collect();
+        let change = RouteChange {
+            added: added
+                .iter()
+                .map(|(prefix, via)| control::Route {
+                    prefix: *prefix,
+                    via: *via,
+                })
+                .collect(),
+            removed: removed.clone(),
+            unchanged: wanted.len() - added.len(),
+        };
+        if added.is_empty() && removed.is_empty() {
+            return Ok(change);
+        }
         self.update_policy_vias(current.values().chain(wanted.values()).copied());
         self.writer
             .apply(added.iter().map(|(p, v)| RouteOp::Insert(*p, *v)));
-        let mut result = Ok(());
+        let mut installed = Vec::new();
+        let mut failure = None;
         for (prefix, via) in &added {
-            if let Err(e) = self
+            match self
                 .netlink
                 .add_route(*prefix, *via, self.ifindex, ROUTE_PROTOCOL)
                 .await
             {
-                result = Err(DaemonError::Setup(format!(
-                    "cannot install route {prefix} via {via}: {e}"
-                )));
-            } else {
-                info!(%prefix, %via, "route installed");
+                Ok(()) => {
+                    info!(%prefix, %via, "route installed");
+                    installed.push(*prefix);
+                }
+                Err(e) => {
+                    failure = Some(format!("cannot install route {prefix} via {via}: {e}"));
+                    break;
+                }
             }
         }
-        for prefix in &removed {
-            if let Err(e) = self
-                .netlink
-                .del_route(*prefix, self.ifindex, ROUTE_PROTOCOL)
-                .await
-            {
-                warn!(%prefix, error = %e, "cannot remove kernel route");
-            } else {
-                info!(%prefix, "route removed");
+        let mut deleted = Vec::new();
+        if failure.is_none() {
+            for prefix in &removed {
+                match self
+                    .netlink
+                    .del_route(*prefix, self.ifindex, ROUTE_PROTOCOL)
+                    .await
+                {
+                    Ok(()) => {
+                        info!(%prefix, "route removed");
+                        deleted.push(*prefix);
+                    }
+                    Err(e) => {
+                        failure = Some(format!("cannot remove route {prefix}: {e}"));
+                        break;
+                    }
+                }
             }
+        }
+        if let Some(message) = failure {
+            self.roll_back(&current, &added, &installed, &deleted).await;
+            return Err(DaemonError::Route(format!(
+                "{message}; nothing was changed"
+            )));
         }
         self.writer
             .apply(removed.iter().map(|p| RouteOp::Remove(*p)));
         self.update_policy_vias(wanted.values().copied());
-        result
+        self.count.store(wanted.len(), Ordering::Relaxed);
+        Ok(change)
+    }
+
+    /// Undoes a partly applied change: kernel routes first, then the LPM.
+    async fn roll_back(
+        &mut self,
+        before: &BTreeMap<Ipv4Network, Ipv4Addr>,
+        added: &[(Ipv4Network, Ipv4Addr)],
+        installed: &[Ipv4Network],
+        deleted: &[Ipv4Network],
+    ) {
+        for prefix in deleted.iter().chain(installed) {
+            let result = match before.get(prefix) {
+                Some(via) => {
+                    self.netlink
+                        .add_route(*prefix, *via, self.ifindex, ROUTE_PROTOCOL)
+                        .await
+                }
+                None => {
+                    self.netlink
+                        .del_route(*prefix, self.ifindex, ROUTE_PROTOCOL)
+                        .await
+                }
+            };
+            if let Err(e) = result {
+                error!(%prefix, error = %e, "cannot roll back a kernel route");
+            }
+        }
+        self.writer
+            .apply(added.iter().map(|(p, _)| match before.get(p) {
+                Some(via) => RouteOp::Insert(*p, *via),
+                None => RouteOp::Remove(*p),
+            }));
+        self.update_policy_vias(before.values().copied());
+        warn!("route change rolled back");
     }
 
     fn update_policy_vias(&self, vias: impl Iterator<Item = Ipv4Addr>) {
@@ -144,6 +228,7 @@ impl RouteManager {
             }
         }
         self.writer.replace_all(std::iter::empty());
+        self.count.store(0, Ordering::Relaxed);
     }
 }
 
@@ -167,7 +252,32 @@ fn policy_for(config: &Config, mtu: u16) -> Policy {
     policy
 }
 
+/// The control socket file, removed when the daemon stops.
+struct SocketFile(PathBuf);
+
+impl Drop for SocketFile {
+    fn drop(&mut self) {
+        // Best effort: after a user switch the folder may not be writable.
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+/// What `status` reports that does not change at runtime.
+struct Device {
+    name: String,
+    mtu: u16,
+    local: Ipv4Addr,
+    address: Option<Ipv4Network>,
+    blocks: Vec<Ipv4Network>,
+    workers: usize,
+}
+
 async fn run_async(config: Config) -> Result<(), DaemonError> {
+    // First, so a second daemon on the same socket stops before it touches
+    // the device or the routes.
+    let listener =
+        control::bind(&config.control.socket).map_err(|e| DaemonError::Setup(e.to_string()))?;
+    let _socket_file = SocketFile(config.control.socket.clone());
     let netlink = Netlink::new().map_err(setup("cannot open netlink"))?;
     let name = config.tunnel.name.clone();
     let local = config.tunnel.local;
@@ -233,13 +343,31 @@ async fn run_async(config: Config) -> Result<(), DaemonError> {
 
     let (writer, reader) = RouteTable::new();
     let shared = Arc::new(Shared::new(policy_for(&config, mtu)));
+    let route_count = Arc::new(AtomicUsize::new(0));
     let mut routes = RouteManager {
         writer,
         netlink: netlink.clone(),
         ifindex,
         shared: shared.clone(),
+        count: route_count.clone(),
     };
     remove_stale_routes(&netlink, &wanted_routes(&config)).await;
+    let metrics_listener = match config.metrics.listen {
+        Some(addr) => Some(
+            crate::metrics::bind(addr)
+                .await
+                .map_err(setup(&format!("cannot listen for metrics on {addr}")))?,
+        ),
+        None => None,
+    };
+
+    // Everything privileged is open: keep CAP_NET_ADMIN (netlink) and, until
+    // the workers' send sockets are open, CAP_NET_RAW.
+    privileges::drop_to(
+        config.security.user.as_deref(),
+        &[privileges::CONTROL_PLANE, caps::Capability::CAP_NET_RAW],
+    )
+    .map_err(|e| DaemonError::Setup(e.to_string()))?;
 
     let router = Router::start(
         RouterIo {
@@ -254,6 +382,10 @@ async fn run_async(config: Config) -> Result<(), DaemonError> {
         config.dataplane.icmp_rate,
     )
     .map_err(setup("cannot start the dataplane"))?;
+    if let Err(e) = privileges::drop_one(caps::Capability::CAP_NET_RAW) {
+        shutdown(router, routes, &netlink, &name).await;
+        return Err(DaemonError::Setup(e.to_string()));
+    }
     let started = routes.apply(&wanted_routes(&config)).await;
     info!(
         device = %name,
@@ -265,6 +397,9 @@ async fn run_async(config: Config) -> Result<(), DaemonError> {
         routes = config.routes.len(),
         workers,
         offload,
+        control = %config.control.socket.display(),
+        metrics = ?config.metrics.listen.map(|a| a.to_string()),
+        capabilities = ?privileges::effective(),
         "tunl is up"
     );
     if let Err(e) = started {
@@ -272,8 +407,32 @@ async fn run_async(config: Config) -> Result<(), DaemonError> {
         return Err(e);
     }
 
+    let (calls_tx, calls) = mpsc::channel(16);
+    let accept = tokio::spawn(control::accept_loop(listener, calls_tx));
+    let metrics = metrics_listener.map(|l| {
+        tokio::spawn(crate::metrics::serve(
+            l,
+            Arc::new(MetricsSource {
+                shared: shared.clone(),
+                routes: route_count.clone(),
+                workers: router.workers(),
+            }),
+        ))
+    });
+    let device = Device {
+        name: name.clone(),
+        mtu,
+        local,
+        address: config.tunnel.address,
+        blocks: config.tunnel.blocks.clone(),
+        workers: router.workers(),
+    };
     let mut config = config;
-    let wait = wait_for_signals(&mut config, &mut routes).await;
+    let wait = wait_for_signals(&mut config, &mut routes, calls, &device).await;
+    accept.abort();
+    if let Some(m) = metrics {
+        m.abort();
+    }
     shutdown(router, routes, &netlink, &name).await;
     wait
 }
@@ -281,6 +440,8 @@ async fn run_async(config: Config) -> Result<(), DaemonError> {
 async fn wait_for_signals(
     config: &mut Config,
     routes: &mut RouteManager,
+    mut calls: mpsc::Receiver<Call>,
+    device: &Device,
 ) -> Result<(), DaemonError> {
     let mut term = signal(SignalKind::terminate()).map_err(setup("signal handler"))?;
     let mut int = signal(SignalKind::interrupt()).map_err(setup("signal handler"))?;
@@ -290,7 +451,159 @@ async fn wait_for_signals(
             _ = term.recv() => { info!("SIGTERM: stopping"); return Ok(()) }
             _ = int.recv() => { info!("SIGINT: stopping"); return Ok(()) }
             _ = hup.recv() => reload(config, routes).await,
+            Some(call) = calls.recv() => {
+                let response = handle(call.request, config, routes, device).await;
+                let _ = call.reply.send(response);
+            }
         }
+    }
+}
+
+/// Carries out one control request.
+async fn handle(
+    request: Request,
+    config: &Config,
+    routes: &mut RouteManager,
+    device: &Device,
+) -> Response {
+    let current = routes.routes();
+    let wanted = match request {
+        Request::RouteList {} => {
+            return Response::ok(control::RouteList {
+                routes: current
+                    .iter()
+                    .map(|(p, v)| control::Route {
+                        prefix: *p,
+                        via: *v,
+                    })
+                    .collect(),
+            });
+        }
+        Request::Status {} => return Response::ok(status(routes, device)),
+        Request::Stats {} => return Response::ok(stats(&routes.shared.counters())),
+        Request::RouteAdd { prefix, via } => {
+            let mut wanted = current.clone();
+            wanted.insert(prefix, via);
+            if let Err(e) = validate(config, &wanted) {
+                return Response::error(format!("cannot add {prefix} via {via}: {e}"));
+            }
+            wanted
+        }
+        Request::RouteDel { prefix } => {
+            let mut wanted = current.clone();
+            wanted.remove(&prefix);
+            wanted
+        }
+        Request::RouteReplace { routes: list } => {
+            let entries: Vec<RouteEntry> = list
+                .iter()
+                .map(|r| RouteEntry {
+                    prefix: r.prefix,
+                    via: r.via,
+                })
+                .collect();
+            if let Err(e) = config.with_routes(entries) {
+                let e = match e {
+                    ConfigError::Invalid { key, problem, .. } => {
+                        format!("{}: {problem}", key.replace("route[", "routes["))
+                    }
+                    other => other.to_string(),
+                };
+                return Response::error(format!("route set refused, nothing changed: {e}"));
+            }
+            list.iter().map(|r| (r.prefix, r.via)).collect()
+        }
+    };
+    match routes.apply(&wanted).await {
+        Ok(change) => Response::ok(change),
+        Err(e) => Response::error(e.to_string()),
+    }
+}
+
+/// Checks a route set against the config's rules (own blocks, local
+/// address, host bits); returns the problem.
+fn validate(config: &Config, routes: &BTreeMap<Ipv4Network, Ipv4Addr>) -> Result<(), String> {
+    let entries = routes
+        .iter()
+        .map(|(p, v)| RouteEntry {
+            prefix: *p,
+            via: *v,
+        })
+        .collect();
+    config
+        .with_routes(entries)
+        .map(|_| ())
+        .map_err(|e| match e {
+            ConfigError::Invalid { problem, .. } => problem,
+            other => other.to_string(),
+        })
+}
+
+fn status(routes: &RouteManager, device: &Device) -> control::Status {
+    let shared = &routes.shared;
+    let current = routes.routes();
+    let mut by_node: BTreeMap<Ipv4Addr, Vec<Ipv4Network>> = BTreeMap::new();
+    for (prefix, via) in &current {
+        by_node.entry(*via).or_default().push(*prefix);
+    }
+    let traffic = shared.nodes.traffic();
+    let tunnel_mtu = shared.policy.load().settings.mtu;
+    let nodes = by_node
+        .into_iter()
+        .map(|(node, blocks)| {
+            let t = traffic.get(&node).copied().unwrap_or_default();
+            control::NodeStatus {
+                node,
+                blocks,
+                path_mtu: shared
+                    .pmtu
+                    .lookup(node)
+                    .map_or(tunnel_mtu, |m| m.min(tunnel_mtu)),
+                tx_packets: t.tx_packets,
+                tx_bytes: t.tx_bytes,
+                rx_packets: t.rx_packets,
+                rx_bytes: t.rx_bytes,
+                last_seen_unix_ms: t.last_seen.map(control::unix_ms),
+            }
+        })
+        .collect();
+    let refused = shared.nodes.refused();
+    control::Status {
+        device: device.name.clone(),
+        mtu: device.mtu,
+        local: device.local,
+        address: device.address,
+        blocks: device.blocks.clone(),
+        workers: device.workers,
+        routes: current.len(),
+        now_unix_ms: control::unix_ms(std::time::SystemTime::now()),
+        nodes,
+        refused: refused
+            .sources
+            .iter()
+            .map(|r| control::RefusedStatus {
+                source: r.source,
+                packets: r.packets,
+                last_seen_unix_ms: control::unix_ms(r.last_seen),
+            })
+            .collect(),
+        refused_other_packets: refused.other_packets,
+    }
+}
+
+/// The `stats` reply for a counter snapshot.
+pub fn stats(c: &CounterSnapshot) -> control::Stats {
+    control::Stats {
+        counters: c
+            .fields()
+            .into_iter()
+            .map(|(n, v)| (n.to_owned(), v))
+            .collect(),
+        drops: c
+            .drops_by_reason()
+            .map(|(r, n)| (r.as_str().to_owned(), n))
+            .collect(),
+        drops_total: c.total_drops(),
     }
 }
 

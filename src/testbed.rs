@@ -32,6 +32,8 @@ pub struct DaemonOptions {
     pub allow: Vec<Ipv4Network>,
     /// Log filter passed as `--log`.
     pub log: String,
+    /// TOML appended to every node's config (e.g. a `[metrics]` section).
+    pub extra_config: String,
 }
 
 impl Default for DaemonOptions {
@@ -42,6 +44,7 @@ impl Default for DaemonOptions {
             blocks: true,
             allow: Vec::new(),
             log: "info".to_owned(),
+            extra_config: String::new(),
         }
     }
 }
@@ -107,7 +110,20 @@ pub fn node_config(cluster: &Cluster, node: &Node, options: &DaemonOptions) -> S
         "\n[dataplane]\nworkers = {}\noffload = {}",
         options.workers, options.offload
     );
+    let socket = control_socket(cluster, &node.name);
+    let _ = writeln!(s, "\n[control]\nsocket = \"{}\"", socket.display());
+    s.push_str(&options.extra_config);
     s
+}
+
+/// The control socket of the daemon on `node`: in the cluster's folder, so
+/// clusters side by side never share one.
+pub fn control_socket(cluster: &Cluster, node: &str) -> PathBuf {
+    cluster_dir(cluster).join(format!("{node}.sock"))
+}
+
+fn cluster_dir(cluster: &Cluster) -> PathBuf {
+    std::env::temp_dir().join(format!("tunl-{}", cluster.tag()))
 }
 
 fn not_found(kind: &'static str, name: &str) -> TopologyError {
@@ -130,7 +146,7 @@ impl TunlCluster {
         options: DaemonOptions,
     ) -> Result<TunlCluster, TopologyError> {
         let cluster = Cluster::build(spec.with_overlay(Overlay::None))?;
-        let dir = std::env::temp_dir().join(format!("tunl-{}", cluster.tag()));
+        let dir = cluster_dir(&cluster);
         std::fs::create_dir_all(&dir).map_err(io_err(format!("creating {}", dir.display())))?;
         let mut tc = TunlCluster {
             cluster: Some(cluster),
@@ -237,6 +253,11 @@ impl TunlCluster {
             }
             std::thread::sleep(Duration::from_millis(50));
         }
+    }
+
+    /// The control socket of the daemon on `node`.
+    pub fn control_socket(&self, node: &str) -> PathBuf {
+        control_socket(self.cluster(), node)
     }
 
     /// The cluster underneath.

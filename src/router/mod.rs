@@ -82,7 +82,11 @@ impl Router {
             )?;
             let handle = std::thread::Builder::new()
                 .name(format!("tunl-dp{id}"))
-                .spawn(move || worker.run())?;
+                .spawn(move || {
+                    // Workers only use open descriptors: no capability needed.
+                    crate::privileges::drop_thread_capabilities();
+                    worker.run()
+                })?;
             router.workers.push((handle, waker));
         }
         Ok(router)
