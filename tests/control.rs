@@ -1,0 +1,735 @@
+//! End-to-end tests of operating tunl: the control socket and its CLI, the
+//! metrics endpoint, restart after kill -9, dropped privileges, a spoofed
+//! IPIP flood and the ICMP rate limit. In network namespaces (root, as under
+//! CI; they do not skip).
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{Ipv4Addr, SocketAddrV4, TcpStream, UdpSocket};
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::os::unix::net::UnixStream;
+use std::path::Path;
+use std::process::{Command, Output};
+use std::time::{Duration, Instant};
+
+use etherparse::PacketBuilder;
+use socket2::{Domain, Protocol, SockAddr, Socket, Type};
+use tunl::control::{Client, Request, Stats, Status};
+use tunl::testbed::{DaemonOptions, TunlCluster, in_netns};
+use tunl::topology::ClusterSpec;
+
+const NODE1: &str = "node1.sit";
+const NODE2: &str = "node2.perf";
+const SIT: &str = "demo-hello-sit";
+const PERF: &str = "demo-hello-perf";
+
+fn tunl_bin() -> &'static Path {
+    Path::new(env!("CARGO_BIN_EXE_tunl"))
+}
+
+fn cluster(spec: ClusterSpec, extra_config: &str) -> TunlCluster {
+    TunlCluster::start(
+        spec,
+        tunl_bin(),
+        DaemonOptions {
+            extra_config: extra_config.to_owned(),
+            ..DaemonOptions::default()
+        },
+    )
+    .expect("start a cluster with tunl on every node")
+}
+
+fn logs(tc: &TunlCluster) -> String {
+    tc.daemons()
+        .iter()
+        .map(|d| format!("--- {} ---\n{}", d.node, tc.log(&d.node)))
+        .collect()
+}
+
+/// Runs `tunl ARGS --socket <node's socket>` from the test's namespace.
+fn tunl(tc: &TunlCluster, node: &str, args: &[&str]) -> Output {
+    Command::new(tunl_bin())
+        .args(args)
+        .arg("--socket")
+        .arg(tc.control_socket(node))
+        .output()
+        .unwrap()
+}
+
+fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+fn status(tc: &TunlCluster, node: &str) -> Status {
+    Client::connect(&tc.control_socket(node))
+        .unwrap()
+        .call(&Request::Status {})
+        .unwrap()
+}
+
+fn stats(tc: &TunlCluster, node: &str) -> Stats {
+    Client::connect(&tc.control_socket(node))
+        .unwrap()
+        .call(&Request::Stats {})
+        .unwrap()
+}
+
+fn wait_until(mut cond: impl FnMut() -> bool, what: &str) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !cond() {
+        assert!(Instant::now() < deadline, "timed out waiting for: {what}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn netns_of(tc: &TunlCluster, name: &str) -> String {
+    tc.cluster().netns(name).unwrap().to_owned()
+}
+
+/// Sends `count` UDP datagrams of `len` bytes from `from_pod` to `to:port`,
+/// paced by `gap`, while a receiver in `to_pod` counts them; returns the
+/// number received (the receiver waits for them all, or 2 s of silence).
+fn udp_stream(
+    tc: &TunlCluster,
+    from_pod: &str,
+    to_pod: &str,
+    port: u16,
+    count: usize,
+    len: usize,
+    gap: Duration,
+) -> usize {
+    let to = tc.pod_ip(to_pod).unwrap();
+    let rx_ns = netns_of(tc, to_pod);
+    let tx_ns = netns_of(tc, from_pod);
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+    let receiver = std::thread::spawn(move || {
+        in_netns(&rx_ns, move || {
+            let sock = UdpSocket::bind(("0.0.0.0", port)).unwrap();
+            sock.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+            ready_tx.send(()).unwrap();
+            let mut buf = [0u8; 2048];
+            let mut got = 0;
+            while got < count {
+                match sock.recv(&mut buf) {
+                    Ok(n) if n == len => got += 1,
+                    Ok(_) => {}
+                    Err(_) => break,
+                }
+            }
+            got
+        })
+        .unwrap()
+    });
+    ready_rx.recv().unwrap();
+    in_netns(&tx_ns, move || {
+        let sock = UdpSocket::bind(("0.0.0.0", 0)).unwrap();
+        let payload = vec![0x5a; len];
+        for _ in 0..count {
+            sock.send_to(&payload, (to, port)).unwrap();
+            std::thread::sleep(gap);
+        }
+    })
+    .unwrap();
+    receiver.join().unwrap()
+}
+
+#[test]
+fn route_add_del_replace_while_traffic_flows_lose_nothing_on_unchanged_routes() {
+    let tc = cluster(ClusterSpec::generated(3, 1), "");
+    let c = tc.cluster();
+    let nodes: Vec<_> = c.nodes().to_vec();
+    let (n1, n2, n3) = (&nodes[0], &nodes[1], &nodes[2]);
+    let (p1, p2, p3) = (&n1.pods[0], &n2.pods[0], &n3.pods[0]);
+    let list = tunl(&tc, &n1.name, &["route", "list"]);
+    assert!(list.status.success(), "{}", stderr(&list));
+    assert_eq!(stdout(&list).lines().count(), 2, "{}", stdout(&list));
+
+    let count = 3000;
+    std::thread::scope(|s| {
+        // A stream over the unchanged route n1 -> n2 during every change.
+        let stream = s.spawn(|| {
+            udp_stream(
+                &tc,
+                &p1.name,
+                &p2.name,
+                7100,
+                count,
+                200,
+                Duration::from_micros(500),
+            )
+        });
+
+        let block3 = n3.block.to_string();
+        let del = ["route", "del", block3.as_str()];
+        let o = tunl(&tc, &n1.name, &del);
+        assert!(o.status.success(), "{}", stderr(&o));
+        assert!(stdout(&o).contains("1 removed"), "{}", stdout(&o));
+        assert_eq!(tc.kernel_routes(&n1.name).unwrap().len(), 1);
+        let r = c
+            .ping(&p1.name, p3.ip, 1, Duration::from_millis(100))
+            .unwrap();
+        assert_eq!(r.received, 0, "reached node3 without a route: {}", r.raw);
+        // Idempotent.
+        let o = tunl(&tc, &n1.name, &del);
+        assert!(o.status.success(), "{}", stderr(&o));
+        assert!(stdout(&o).contains("0 removed"), "{}", stdout(&o));
+
+        let via3 = n3.underlay.to_string();
+        let add = ["route", "add", block3.as_str(), "via", via3.as_str()];
+        let o = tunl(&tc, &n1.name, &add);
+        assert!(o.status.success(), "{}", stderr(&o));
+        assert!(stdout(&o).contains("1 added"), "{}", stdout(&o));
+        let r = c
+            .wait_reachable(&p1.name, p3.ip, Duration::from_secs(5))
+            .unwrap_or_else(|e| panic!("{e}\n{}", logs(&tc)));
+        assert_eq!(r.ttls.last(), Some(&62));
+        let o = tunl(&tc, &n1.name, &add);
+        assert!(stdout(&o).contains("0 added or changed, 0 removed, 2 unchanged"));
+
+        // A refused add changes nothing and says why.
+        let before = tc.kernel_routes(&n1.name).unwrap();
+        let own = n1.block.to_string();
+        let o = tunl(&tc, &n1.name, &["route", "add", &own, "via", &via3]);
+        assert_eq!(o.status.code(), Some(1));
+        assert!(stderr(&o).contains("own block"), "{}", stderr(&o));
+        assert_eq!(tc.kernel_routes(&n1.name).unwrap(), before);
+
+        // Replace: keep n2's block, drop n3's, add a new block via n3.
+        let file = tc.dir().join("routes.txt");
+        std::fs::write(
+            &file,
+            format!(
+                "# from another control plane\n{} via {}\n10.99.0.0/26 via {}\n",
+                n2.block, n2.underlay, n3.underlay
+            ),
+        )
+        .unwrap();
+        let o = tunl(
+            &tc,
+            &n1.name,
+            &["route", "replace", "--file", file.to_str().unwrap()],
+        );
+        assert!(o.status.success(), "{}", stderr(&o));
+        assert!(
+            stdout(&o).contains("1 added or changed, 1 removed, 1 unchanged"),
+            "{}",
+            stdout(&o)
+        );
+        let routes = tc.kernel_routes(&n1.name).unwrap().join("\n");
+        assert!(routes.contains("10.99.0.0/26"), "{routes}");
+        assert!(!routes.contains(&n3.block.to_string()), "{routes}");
+        let r = c
+            .ping(&p1.name, p3.ip, 1, Duration::from_millis(100))
+            .unwrap();
+        assert_eq!(r.received, 0, "{}", r.raw);
+        // A bad set is refused whole.
+        std::fs::write(&file, format!("{} via {}\n", n1.block, n2.underlay)).unwrap();
+        let o = tunl(
+            &tc,
+            &n1.name,
+            &["route", "replace", "--file", file.to_str().unwrap()],
+        );
+        assert_eq!(o.status.code(), Some(1), "{}", stdout(&o));
+        assert!(stderr(&o).contains("nothing changed"), "{}", stderr(&o));
+        assert_eq!(tc.kernel_routes(&n1.name).unwrap().len(), 2);
+        // A file that does not parse is a usage error.
+        std::fs::write(&file, "10.1.0.0/26 172.16.0.1\n").unwrap();
+        let o = tunl(
+            &tc,
+            &n1.name,
+            &["route", "replace", "--file", file.to_str().unwrap()],
+        );
+        assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+
+        let got = stream.join().unwrap();
+        assert_eq!(
+            got,
+            count,
+            "datagrams lost on the unchanged route\n{}",
+            logs(&tc)
+        );
+    });
+}
+
+fn scrape(tc: &TunlCluster, node: &str, port: u16) -> String {
+    in_netns(&netns_of(tc, node), move || {
+        let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+        s.write_all(b"GET /metrics HTTP/1.1\r\nHost: localhost\r\n\r\n")
+            .unwrap();
+        let mut text = String::new();
+        s.read_to_string(&mut text).unwrap();
+        text
+    })
+    .unwrap()
+}
+
+fn metric(text: &str, name: &str, labels: &str) -> u64 {
+    tunl::metrics::sample(text, name, labels)
+        .unwrap_or_else(|| panic!("no {name}{{{labels}}} in\n{text}"))
+}
+
+#[test]
+fn status_stats_and_metrics_show_known_traffic() {
+    let tc = cluster(
+        ClusterSpec::seed(),
+        "\n[metrics]\nlisten = \"127.0.0.1:9099\"\n",
+    );
+    let node1 = tc.cluster().node(NODE1).unwrap().underlay;
+    let node2 = tc.cluster().node(NODE2).unwrap().underlay;
+    let base_tx = stats(&tc, NODE2);
+    let base_rx = stats(&tc, NODE1);
+    let n = 50;
+    let len = 100;
+    let got = udp_stream(&tc, PERF, SIT, 7200, n, len, Duration::from_millis(1));
+    assert_eq!(got, n);
+    let inner = (20 + 8 + len) as u64;
+    let n = n as u64;
+    let delta = |now: &Stats, base: &Stats, name: &str| {
+        now.counter(name).unwrap() - base.counter(name).unwrap()
+    };
+    wait_until(
+        || delta(&stats(&tc, NODE2), &base_tx, "tx_packets") >= n,
+        "sender counted the datagrams",
+    );
+    let tx = stats(&tc, NODE2);
+    assert_eq!(delta(&tx, &base_tx, "tx_packets"), n);
+    assert_eq!(delta(&tx, &base_tx, "tx_bytes"), n * inner);
+    let rx = stats(&tc, NODE1);
+    assert_eq!(delta(&rx, &base_rx, "rx_packets"), n);
+    assert_eq!(delta(&rx, &base_rx, "rx_bytes"), n * inner);
+    assert_eq!(rx.drops_total, 0, "{rx:?}");
+
+    let s = status(&tc, NODE2);
+    assert_eq!(s.device, "tunl0");
+    assert_eq!(s.mtu, 1480);
+    assert_eq!(s.local, node2);
+    assert_eq!(s.nodes.len(), 1);
+    let peer = &s.nodes[0];
+    assert_eq!(peer.node, node1);
+    assert_eq!(peer.path_mtu, 1480);
+    assert_eq!(peer.tx_packets, tx.counter("tx_packets").unwrap());
+    assert_eq!(peer.tx_bytes, tx.counter("tx_bytes").unwrap());
+    assert!(peer.last_seen_unix_ms.is_some());
+    let r = status(&tc, NODE1);
+    assert_eq!(r.nodes[0].rx_packets, rx.counter("rx_packets").unwrap());
+    assert_eq!(r.nodes[0].rx_bytes, rx.counter("rx_bytes").unwrap());
+
+    // The CLI's text and JSON say the same.
+    let o = tunl(&tc, NODE2, &["status"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let text = stdout(&o);
+    assert!(text.contains(&format!("node: {node1}")), "{text}");
+    assert!(
+        text.contains(&format!(
+            "tx: {} packets, {} bytes",
+            peer.tx_packets, peer.tx_bytes
+        )),
+        "{text}"
+    );
+    assert!(text.contains("path mtu: 1480"), "{text}");
+    let o = tunl(&tc, NODE1, &["stats", "--json"]);
+    let json: Stats = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(json, stats(&tc, NODE1));
+    let o = tunl(&tc, NODE1, &["stats"]);
+    assert!(stdout(&o).contains("unknown_source: 0"), "{}", stdout(&o));
+
+    // The metrics endpoint, over the node's loopback, has the same numbers.
+    let m = scrape(&tc, NODE1, 9099);
+    assert!(m.starts_with("HTTP/1.1 200 OK"), "{m}");
+    assert_eq!(
+        metric(&m, "tunl_rx_packets_total", ""),
+        rx.counter("rx_packets").unwrap()
+    );
+    assert_eq!(
+        metric(&m, "tunl_rx_bytes_total", ""),
+        rx.counter("rx_bytes").unwrap()
+    );
+    assert_eq!(
+        metric(
+            &m,
+            "tunl_node_rx_packets_total",
+            &format!("node=\"{node2}\"")
+        ),
+        r.nodes[0].rx_packets
+    );
+    assert_eq!(
+        metric(&m, "tunl_drops_total", "reason=\"unknown_source\""),
+        0
+    );
+    assert_eq!(metric(&m, "tunl_routes", ""), 1);
+    assert_eq!(metric(&m, "tunl_dataplane_workers", ""), 1);
+    assert_eq!(
+        metric(&m, "tunl_path_mtu_bytes", &format!("node=\"{node2}\"")),
+        1480
+    );
+    assert!(m.contains("tunl_build_info{version="), "{m}");
+    let m = scrape(&tc, NODE2, 9099);
+    assert_eq!(
+        metric(&m, "tunl_tx_packets_total", ""),
+        tx.counter("tx_packets").unwrap()
+    );
+    assert_eq!(
+        metric(&m, "tunl_tx_bytes_total", ""),
+        tx.counter("tx_bytes").unwrap()
+    );
+}
+
+#[test]
+fn restart_after_kill_9_leaves_no_stale_route() {
+    let tc = cluster(ClusterSpec::seed(), "");
+    let c = tc.cluster();
+    let node2 = c.node(NODE2).unwrap().underlay;
+    let config_routes = tc.kernel_routes(NODE1).unwrap();
+    assert_eq!(config_routes.len(), 1);
+    let via = node2.to_string();
+    let o = tunl(&tc, NODE1, &["route", "add", "10.99.0.0/26", "via", &via]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(tc.kernel_routes(NODE1).unwrap().len(), 2);
+    tc.kill(NODE1).unwrap();
+    // A stale route with tunl's tag on a device that outlived the daemon
+    // (the underlay here), as a crash can leave.
+    let dev = c
+        .exec_ok(NODE1, &["ip", "-o", "route", "get", &via])
+        .unwrap();
+    let dev = dev
+        .split_whitespace()
+        .skip_while(|w| *w != "dev")
+        .nth(1)
+        .unwrap()
+        .to_owned();
+    c.exec_ok(
+        NODE1,
+        &[
+            "ip",
+            "route",
+            "add",
+            "10.98.0.0/26",
+            "via",
+            &via,
+            "dev",
+            &dev,
+            "proto",
+            "116",
+        ],
+    )
+    .unwrap();
+    let mut tc = tc;
+    tc.restart(NODE1).unwrap();
+    let after = tc.kernel_routes(NODE1).unwrap();
+    assert_eq!(after, config_routes, "{}", tc.log(NODE1));
+    assert!(tc.log(NODE1).contains("stale tunl route removed"));
+    let o = tunl(&tc, NODE1, &["route", "list"]);
+    assert_eq!(stdout(&o).lines().count(), 1, "{}", stdout(&o));
+    let r = tc
+        .cluster()
+        .wait_reachable(SIT, tc.pod_ip(PERF).unwrap(), Duration::from_secs(10))
+        .unwrap_or_else(|e| panic!("{e}\n{}", logs(&tc)));
+    assert_eq!(r.ttls.last(), Some(&62));
+}
+
+fn proc_status(pid: u32, task: Option<&str>) -> Vec<(String, String)> {
+    let path = match task {
+        Some(t) => format!("/proc/{pid}/task/{t}/status"),
+        None => format!("/proc/{pid}/status"),
+    };
+    std::fs::read_to_string(path)
+        .unwrap()
+        .lines()
+        .filter_map(|l| l.split_once(':'))
+        .map(|(k, v)| (k.to_owned(), v.trim().to_owned()))
+        .collect()
+}
+
+fn field<'a>(status: &'a [(String, String)], key: &str) -> &'a str {
+    &status.iter().find(|(k, _)| k == key).unwrap().1
+}
+
+/// CAP_NET_ADMIN (12) as /proc shows a capability set.
+const NET_ADMIN: &str = "0000000000001000";
+
+fn assert_dropped(tc: &TunlCluster, node: &str) -> u32 {
+    let pid = tc.daemon(node).unwrap().pid;
+    let s = proc_status(pid, None);
+    assert_eq!(field(&s, "CapEff"), NET_ADMIN, "{s:?}");
+    assert_eq!(field(&s, "CapPrm"), NET_ADMIN, "{s:?}");
+    assert_eq!(field(&s, "CapInh"), "0000000000000000");
+    assert_eq!(field(&s, "CapAmb"), "0000000000000000");
+    // The bounding set: CAP_NET_ADMIN and CAP_NET_RAW at most.
+    let bnd = u64::from_str_radix(field(&s, "CapBnd"), 16).unwrap();
+    assert_eq!(bnd & !((1 << 12) | (1 << 13)), 0, "{s:?}");
+    assert_eq!(field(&s, "NoNewPrivs"), "1");
+    // Every thread: the dataplane workers hold nothing, no thread more than
+    // CAP_NET_ADMIN.
+    let mut workers = 0;
+    for task in std::fs::read_dir(format!("/proc/{pid}/task")).unwrap() {
+        let task = task.unwrap().file_name().into_string().unwrap();
+        let t = proc_status(pid, Some(&task));
+        let eff = u64::from_str_radix(field(&t, "CapEff"), 16).unwrap();
+        assert_eq!(eff & !(1 << 12), 0, "thread {task}: {t:?}");
+        if field(&t, "Name").starts_with("tunl-dp") {
+            workers += 1;
+            assert_eq!(eff, 0, "worker {task}: {t:?}");
+        }
+    }
+    assert_eq!(workers, 1);
+    pid
+}
+
+#[test]
+fn privileges_are_dropped_and_routes_still_change() {
+    let tc = cluster(ClusterSpec::seed(), "");
+    assert_dropped(&tc, NODE1);
+    let sock = std::fs::metadata(tc.control_socket(NODE1)).unwrap();
+    assert_eq!(sock.permissions().mode() & 0o777, 0o600);
+    assert_eq!(sock.uid(), 0);
+    // CAP_NET_ADMIN still lets the daemon change routes.
+    let via = tc.cluster().node(NODE2).unwrap().underlay.to_string();
+    let o = tunl(&tc, NODE1, &["route", "add", "10.99.0.0/26", "via", &via]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(tc.kernel_routes(NODE1).unwrap().len(), 2);
+    let r = tc
+        .cluster()
+        .wait_reachable(SIT, tc.pod_ip(PERF).unwrap(), Duration::from_secs(10))
+        .unwrap_or_else(|e| panic!("{e}\n{}", logs(&tc)));
+    assert_eq!(r.ttls.last(), Some(&62));
+}
+
+#[test]
+fn security_user_switches_user_and_keeps_only_net_admin() {
+    let tc = cluster(ClusterSpec::seed(), "\n[security]\nuser = \"nobody\"\n");
+    for node in [NODE1, NODE2] {
+        let pid = assert_dropped(&tc, node);
+        let s = proc_status(pid, None);
+        assert_eq!(field(&s, "Uid"), "65534\t65534\t65534\t65534", "{s:?}");
+        assert_eq!(field(&s, "Gid"), "65534\t65534\t65534\t65534", "{s:?}");
+    }
+    let r = tc
+        .cluster()
+        .wait_reachable(PERF, tc.pod_ip(SIT).unwrap(), Duration::from_secs(10))
+        .unwrap_or_else(|e| panic!("{e}\n{}", logs(&tc)));
+    assert_eq!(r.ttls.last(), Some(&62));
+    let via = tc.cluster().node(NODE2).unwrap().underlay.to_string();
+    let o = tunl(&tc, NODE1, &["route", "add", "10.99.0.0/26", "via", &via]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    // SIGTERM still removes routes and the device.
+    assert!(tc.stop(NODE1).unwrap().success(), "{}", tc.log(NODE1));
+    assert!(tc.kernel_routes(NODE1).unwrap().is_empty());
+}
+
+fn send_raw_many(tc: &TunlCluster, node: &str, packets: Vec<(Ipv4Addr, Vec<u8>)>) {
+    in_netns(&netns_of(tc, node), move || {
+        let sock = Socket::new(
+            Domain::IPV4,
+            Type::RAW,
+            Some(Protocol::from(libc::IPPROTO_RAW)),
+        )
+        .unwrap();
+        for (dst, p) in packets {
+            sock.send_to(&p, &SockAddr::from(SocketAddrV4::new(dst, 0)))
+                .unwrap();
+        }
+    })
+    .unwrap();
+}
+
+fn ipip(outer_src: Ipv4Addr, outer_dst: Ipv4Addr, inner_dst: Ipv4Addr) -> Vec<u8> {
+    let mut inner = Vec::new();
+    PacketBuilder::ipv4([10, 20, 105, 215], inner_dst.octets(), 64)
+        .udp(40000, 7300)
+        .write(&mut inner, b"injected")
+        .unwrap();
+    let mut outer = Vec::new();
+    etherparse::Ipv4Header::new(
+        inner.len() as u16,
+        64,
+        etherparse::IpNumber::IPV4,
+        outer_src.octets(),
+        outer_dst.octets(),
+    )
+    .unwrap()
+    .write(&mut outer)
+    .unwrap();
+    outer.extend_from_slice(&inner);
+    outer
+}
+
+#[test]
+fn spoofed_ipip_flood_is_refused_counted_and_shown() {
+    let tc = cluster(ClusterSpec::seed(), "");
+    let node1 = tc.cluster().node(NODE1).unwrap().underlay;
+    let sit = tc.pod_ip(SIT).unwrap();
+    // 3000 packets from 100 spoofed sources, sent from node2's namespace.
+    let flood: Vec<(Ipv4Addr, Vec<u8>)> = (0..3000u32)
+        .map(|i| {
+            let src = Ipv4Addr::new(172, 16, 200, (i % 100) as u8 + 1);
+            (node1, ipip(src, node1, sit))
+        })
+        .collect();
+    send_raw_many(&tc, NODE2, flood);
+    wait_until(
+        || stats(&tc, NODE1).counter("unknown_source") == Some(3000),
+        "3000 unknown_source drops",
+    );
+    let s = stats(&tc, NODE1);
+    assert_eq!(s.counter("rx_packets"), Some(0), "{s:?}");
+    let st = status(&tc, NODE1);
+    let listed: u64 = st.refused.iter().map(|r| r.packets).sum();
+    assert_eq!(listed + st.refused_other_packets, 3000);
+    assert_eq!(st.refused.len(), 32, "the table is bounded");
+    let text = stdout(&tunl(&tc, NODE1, &["status"]));
+    assert!(text.contains("refused source: 172.16.200."), "{text}");
+    assert_eq!(
+        text.matches("refused source:").count(),
+        tunl::ctl::STATUS_REFUSED_LINES,
+        "{text}"
+    );
+    assert!(text.contains("refused from other sources:"), "{text}");
+    // One log line per remembered source, not one per packet.
+    let warns = tc.log(NODE1).matches("refused IPIP").count();
+    assert_eq!(warns, 32, "{}", tc.log(NODE1));
+}
+
+#[test]
+fn icmp_tunl_generates_stays_under_the_rate_limit_in_a_flood() {
+    let tc = cluster(ClusterSpec::seed(), "");
+    let c = tc.cluster();
+    // A pool route into the tunnel wider than tunl's routes: packets to
+    // 10.20.200.0/24 reach tunl, which has no route and answers net
+    // unreachable, rate-limited (dataplane.icmp_rate = 100/s, burst 10).
+    c.exec_ok(
+        NODE2,
+        &["ip", "route", "add", "10.20.0.0/16", "dev", "tunl0"],
+    )
+    .unwrap();
+    let flood = 5000;
+    let start = Instant::now();
+    in_netns(&netns_of(&tc, PERF), move || {
+        let sock = UdpSocket::bind(("0.0.0.0", 0)).unwrap();
+        for i in 0..flood {
+            let dst = Ipv4Addr::new(10, 20, 200, (i % 200) as u8 + 1);
+            let _ = sock.send_to(b"x", (dst, 9));
+        }
+    })
+    .unwrap();
+    // Wait for the counts to settle (a sent datagram can be lost before
+    // tunl, e.g. in the TUN queue; each one tunl saw is counted).
+    let mut last = u64::MAX;
+    wait_until(
+        || {
+            let now = stats(&tc, NODE2).counter("no_route").unwrap();
+            let settled = now == last && now > 0;
+            last = now;
+            std::thread::sleep(Duration::from_millis(200));
+            settled
+        },
+        "the flood's counts settle",
+    );
+    let elapsed = start.elapsed().as_secs_f64();
+    let s = stats(&tc, NODE2);
+    let sent = s.counter("icmp_sent").unwrap();
+    let limited = s.counter("icmp_rate_limited").unwrap();
+    let no_route = s.counter("no_route").unwrap();
+    assert!(no_route > flood as u64 / 2, "{s:?}");
+    assert_eq!(sent + limited, no_route, "{s:?}");
+    let bound = 10.0 + 100.0 * elapsed.ceil();
+    assert!(
+        (sent as f64) <= bound,
+        "{sent} ICMP errors in {elapsed:.2} s exceed the limit {bound}"
+    );
+    assert!(limited > 0);
+}
+
+/// Sends raw bytes on a fresh connection and returns the first reply line.
+fn raw_request(path: &Path, bytes: &[u8]) -> String {
+    let mut s = UnixStream::connect(path).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    let _ = s.write_all(bytes);
+    let mut line = String::new();
+    BufReader::new(s).read_line(&mut line).unwrap();
+    line
+}
+
+#[test]
+fn malformed_requests_get_errors_and_the_daemon_goes_on() {
+    let tc = cluster(ClusterSpec::seed(), "");
+    let path = tc.control_socket(NODE1);
+    // A client that sends half a line and waits does not block others.
+    let mut stalled = UnixStream::connect(&path).unwrap();
+    stalled.write_all(b"{\"cmd\":").unwrap();
+    for (bytes, want) in [
+        (&b"not json\n"[..], "not JSON"),
+        (b"{\"cmd\":\"reboot\"}\n", "unknown command"),
+        (b"{\"cmd\":42}\n", "must be a string"),
+        (b"[1,2,3]\n", "bad request"),
+        (
+            b"{\"cmd\":\"route_add\",\"prefix\":\"10.0.0.0/8\"}\n",
+            "missing field",
+        ),
+        (b"\xff\xfe\n", "UTF-8"),
+        (b"\n", "empty"),
+    ] {
+        let line = raw_request(&path, bytes);
+        let r: tunl::control::Response = serde_json::from_str(&line).unwrap();
+        assert!(!r.ok, "{line}");
+        assert!(r.error.as_deref().unwrap_or("").contains(want), "{line}");
+    }
+    // A huge message: an error, the connection closes.
+    let huge = vec![b'{'; 1 << 20];
+    let line = raw_request(&path, &huge);
+    assert!(line.contains("longer than 65536 bytes"), "{line}");
+    drop(stalled);
+    // Still serving, still routing.
+    assert!(
+        tc.cluster()
+            .try_wait(tc.daemon(NODE1).unwrap().pid)
+            .unwrap()
+            .is_none()
+    );
+    let o = tunl(&tc, NODE1, &["route", "list"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(stdout(&o).lines().count(), 1);
+
+    // A second daemon on the same socket exits before touching anything.
+    let config = tc.daemon(NODE1).unwrap().config.clone();
+    let other = tc.dir().join("second.toml");
+    let text = std::fs::read_to_string(&config)
+        .unwrap()
+        .replace("name = \"tunl0\"", "name = \"tunl9\"");
+    std::fs::write(&other, text).unwrap();
+    let out = tc
+        .cluster()
+        .exec(
+            NODE1,
+            &[
+                tunl_bin().to_str().unwrap(),
+                "run",
+                "--config",
+                other.to_str().unwrap(),
+            ],
+        )
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("another tunl daemon is serving the control socket"),
+        "{err}"
+    );
+    let o = tunl(&tc, NODE1, &["status"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+
+    // No daemon: a clear message, exit code 1.
+    let o = Command::new(tunl_bin())
+        .args(["route", "list", "--socket"])
+        .arg(tc.dir().join("nobody-here.sock"))
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(1));
+    assert!(
+        stderr(&o).contains("no tunl daemon is running: cannot connect to"),
+        "{}",
+        stderr(&o)
+    );
+}
