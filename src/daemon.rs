@@ -6,8 +6,9 @@
 //! route changes; SIGINT/SIGTERM remove the routes and the device and log the
 //! counters.
 //!
-//! The control socket (`[control] socket`) is bound first, so a second daemon
-//! pointed at the same socket exits before it touches anything. Requests on
+//! The control socket (`[control] socket`) is bound before anything is
+//! created, so a second daemon pointed at the same socket exits before it
+//! touches the device or the routes. Requests on
 //! it are handled one at a time by the main loop, which owns the
 //! [`RouteManager`]. Privileges are dropped once the device and sockets are
 //! open (see [`crate::privileges`]).
@@ -273,11 +274,6 @@ struct Device {
 }
 
 async fn run_async(config: Config) -> Result<(), DaemonError> {
-    // First, so a second daemon on the same socket stops before it touches
-    // the device or the routes.
-    let listener =
-        control::bind(&config.control.socket).map_err(|e| DaemonError::Setup(e.to_string()))?;
-    let _socket_file = SocketFile(config.control.socket.clone());
     let netlink = Netlink::new().map_err(setup("cannot open netlink"))?;
     let name = config.tunnel.name.clone();
     let local = config.tunnel.local;
@@ -293,6 +289,11 @@ async fn run_async(config: Config) -> Result<(), DaemonError> {
              stop it, or set another [tunnel] name"
         )));
     }
+    // Before anything is created, so a second daemon on the same socket
+    // stops without touching the device or the routes.
+    let listener =
+        control::bind(&config.control.socket).map_err(|e| DaemonError::Setup(e.to_string()))?;
+    let _socket_file = SocketFile(config.control.socket.clone());
     let underlay = netlink
         .interface_with_address(local)
         .await
@@ -676,6 +677,8 @@ fn log_counters(c: &CounterSnapshot) {
         rx_bytes = c.rx_bytes,
         tx_errors = c.tx_errors,
         rx_tun_full = c.rx_tun_full,
+        rx_gso = c.rx_gso,
+        rx_oversize = c.rx_oversize,
         icmp_sent = c.icmp_sent,
         drops = c.total_drops(),
         "counters at exit"

@@ -611,6 +611,10 @@ fn icmp_tunl_generates_stays_under_the_rate_limit_in_a_flood() {
         for i in 0..flood {
             let dst = Ipv4Addr::new(10, 20, 200, (i % 200) as u8 + 1);
             let _ = sock.send_to(b"x", (dst, 9));
+            if i % 100 == 99 {
+                // Leave the TUN queue (1000 packets) room to drain.
+                std::thread::sleep(Duration::from_millis(1));
+            }
         }
     })
     .unwrap();
@@ -632,7 +636,7 @@ fn icmp_tunl_generates_stays_under_the_rate_limit_in_a_flood() {
     let sent = s.counter("icmp_sent").unwrap();
     let limited = s.counter("icmp_rate_limited").unwrap();
     let no_route = s.counter("no_route").unwrap();
-    assert!(no_route > flood as u64 / 2, "{s:?}");
+    assert!(no_route >= 1000, "too little of the flood reached tunl: {s:?}");
     assert_eq!(sent + limited, no_route, "{s:?}");
     let bound = 10.0 + 100.0 * elapsed.ceil();
     assert!(
