@@ -112,8 +112,8 @@ impl BenchArgs {
 pub enum BenchError {
     /// Not root: namespaces cannot be built.
     #[error(
-        "tunl bench builds network namespaces and needs root (CAP_NET_ADMIN and \
-         CAP_SYS_ADMIN): run it with sudo"
+        "needs root (CAP_NET_ADMIN and CAP_SYS_ADMIN) to build network namespaces: \
+         run it with sudo"
     )]
     NotPrivileged,
     /// A measurement tool is not installed.
@@ -261,6 +261,15 @@ impl Metric {
             Metric::LatencyMedian | Metric::LatencyP99 => "µs",
             Metric::CpuMachine | Metric::CpuTunl => "%CPU per Gbit/s",
             Metric::PeakRss => "MiB",
+        }
+    }
+
+    /// A value of this figure for people: counts as integers, the rest
+    /// with [`format_number`].
+    pub fn format(self, v: f64) -> String {
+        match self {
+            Metric::TcpRetransmits if v.is_finite() => format!("{v:.0}"),
+            _ => format_number(v),
         }
     }
 
@@ -1151,16 +1160,16 @@ pub fn format_number(v: f64) -> String {
 
 /// A table cell: the median, with the spread `(min-max)` when there is more
 /// than one sample; `-` for no value.
-pub fn format_cell(summary: Option<&Summary>) -> String {
+pub fn format_cell(summary: Option<&Summary>, metric: Metric) -> String {
     match summary {
         None => "-".to_owned(),
         Some(s) if s.samples.len() > 1 => format!(
             "{} ({}-{})",
-            format_number(s.median),
-            format_number(s.min),
-            format_number(s.max)
+            metric.format(s.median),
+            metric.format(s.min),
+            metric.format(s.max)
         ),
-        Some(s) => format_number(s.median),
+        Some(s) => metric.format(s.median),
     }
 }
 
@@ -1174,9 +1183,9 @@ pub fn format_table(report: &BenchReport) -> String {
         rows.push([
             f.label.to_owned(),
             f.unit.to_owned(),
-            format_cell(f.direct.as_ref()),
-            format_cell(f.vxlan.as_ref()),
-            format_cell(f.tunl.as_ref()),
+            format_cell(f.direct.as_ref(), f.metric),
+            format_cell(f.vxlan.as_ref(), f.metric),
+            format_cell(f.tunl.as_ref(), f.metric),
             f.tunl_over_vxlan
                 .map(|r| format!("{r:.2}x"))
                 .unwrap_or_else(|| "-".to_owned()),
@@ -1581,7 +1590,12 @@ mod tests {
         // Every data row lines up with the header's right-aligned columns.
         let width = header.chars().count();
         assert!(lines[2].chars().all(|c| c == '-') && lines[2].chars().count() == width);
-        assert_eq!(format_cell(None), "-");
+        assert_eq!(format_cell(None, Metric::Udp64), "-");
+        let retrans = Summary::of(vec![2.0, 5884.0, 791.0]);
+        assert_eq!(
+            format_cell(retrans.as_ref(), Metric::TcpRetransmits),
+            "791 (2-5884)"
+        );
         assert_eq!(format_number(123456.7), "123457");
         assert_eq!(format_number(0.01234), "0.012");
     }
