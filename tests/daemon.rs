@@ -259,6 +259,11 @@ fn inject_ipip(
     .unwrap();
     header.write(&mut outer).unwrap();
     outer.extend_from_slice(inner);
+    send_raw(tc, node, outer_dst, outer);
+}
+
+/// Sends a whole IPv4 packet (our own header) from `node`'s namespace.
+fn send_raw(tc: &TunlCluster, node: &str, dst: Ipv4Addr, packet: Vec<u8>) {
     in_netns(&netns_of(tc, node), move || {
         let sock = Socket::new(
             Domain::IPV4,
@@ -266,7 +271,7 @@ fn inject_ipip(
             Some(Protocol::from(libc::IPPROTO_RAW)),
         )
         .unwrap();
-        sock.send_to(&outer, &SockAddr::from(SocketAddrV4::new(outer_dst, 0)))
+        sock.send_to(&packet, &SockAddr::from(SocketAddrV4::new(dst, 0)))
             .unwrap();
     })
     .unwrap();
@@ -552,4 +557,100 @@ fn wait_until(mut cond: impl FnMut() -> bool, what: &str) {
         assert!(Instant::now() < deadline, "timed out waiting for: {what}");
         std::thread::sleep(Duration::from_millis(50));
     }
+}
+
+#[test]
+fn no_route_in_tunl_answers_net_unreachable() {
+    let tc = seed_cluster();
+    let c = tc.cluster();
+    // A pool route into the tunnel wider than tunl's routes (as a node may
+    // have for the whole IP pool): 10.20.200.0/26 has no owner in tunl.
+    c.exec_ok(
+        NODE2,
+        &["ip", "route", "add", "10.20.0.0/16", "dev", "tunl0"],
+    )
+    .unwrap();
+    let out = c
+        .exec(PERF, &["ping", "-c", "1", "-W", "2", "10.20.200.1"])
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(!out.status.success(), "{text}");
+    assert!(text.contains("Destination Net Unreachable"), "{text}");
+    assert_eq!(dropped_at_exit(&tc, NODE2, "no_route"), 1);
+}
+
+/// An ICMP error (type 3 code 4) from the underlay about an outer packet
+/// `from_node` -> `to_node`, as a router between them would send it.
+fn underlay_frag_needed(from_node: Ipv4Addr, to_node: Ipv4Addr, mtu: u16) -> Vec<u8> {
+    // The quoted outer header (IPIP, node to node) and 8 bytes of the inner one.
+    let quoted_outer = etherparse::Ipv4Header::new(
+        1480,
+        64,
+        etherparse::IpNumber::IPV4,
+        from_node.octets(),
+        to_node.octets(),
+    )
+    .unwrap();
+    let mut quote = Vec::new();
+    quote.extend_from_slice(&quoted_outer.to_bytes());
+    quote.extend_from_slice(&[0x45, 0, 0x05, 0xc8, 0, 1, 0x40, 0]);
+    let mut icmp = vec![3, 4, 0, 0, 0, 0];
+    icmp.extend_from_slice(&mtu.to_be_bytes());
+    icmp.extend_from_slice(&quote);
+    let sum = tunl_encap::checksum::checksum(&icmp).to_be_bytes();
+    icmp[2..4].copy_from_slice(&sum);
+    let mut packet = Vec::new();
+    etherparse::Ipv4Header::new(
+        icmp.len() as u16,
+        64,
+        etherparse::IpNumber::ICMP,
+        to_node.octets(),
+        from_node.octets(),
+    )
+    .unwrap()
+    .write(&mut packet)
+    .unwrap();
+    packet.extend_from_slice(&icmp);
+    packet
+}
+
+#[test]
+fn underlay_frag_needed_lowers_the_path_mtu_for_that_node() {
+    let tc = seed_cluster();
+    let c = tc.cluster();
+    let node1 = c.node(NODE1).unwrap().underlay;
+    let node2 = c.node(NODE2).unwrap().underlay;
+    let to = tc.pod_ip(SIT).unwrap().to_string();
+    c.wait_reachable(PERF, tc.pod_ip(SIT).unwrap(), Duration::from_secs(10))
+        .unwrap();
+    // 1400 + 28 = 1428 bytes fit the tunnel MTU of 1480.
+    let ping = |size: &str| {
+        let out = c
+            .exec(
+                PERF,
+                &["ping", "-M", "do", "-s", size, "-c", "1", "-W", "2", &to],
+            )
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let before = ping("1400");
+    assert!(before.contains("1408 bytes from"), "{before}");
+    // A router between the nodes says: outer packets toward node1 must be
+    // at most 1400 bytes, so the tunnel toward node1 carries 1380.
+    send_raw(&tc, NODE1, node2, underlay_frag_needed(node2, node1, 1400));
+    let mut after = String::new();
+    for _ in 0..20 {
+        after = ping("1400");
+        if after.contains("mtu = 1380") {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(
+        after.contains("mtu = 1380"),
+        "tunl did not answer with the learned MTU: {after}\n{}",
+        logs(&tc)
+    );
+    // Smaller packets still pass.
+    assert!(ping("1352").contains("1360 bytes from"));
 }

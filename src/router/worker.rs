@@ -219,12 +219,11 @@ impl Worker {
                 let now = Instant::now();
                 if self.icmp_limit.allow(now) {
                     let inner = &self.tx_bufs[i].as_ref()[HEADROOM..];
-                    let n = icmp::unreachable(
-                        inner,
-                        Unreachable::Net,
-                        policy.icmp_source,
-                        &mut self.icmp_buf,
-                    );
+                    // ICMP written into TUN arrives at the node as if from
+                    // the tunnel: its source must not be a local address
+                    // (martian) and must route back into the tunnel (strict
+                    // rp_filter), which the inner destination does.
+                    let n = icmp::unreachable(inner, Unreachable::Net, dst, &mut self.icmp_buf);
                     send_icmp(&mut self.queue, &mut self.local, &self.icmp_buf, n);
                 } else {
                     self.local.icmp_rate_limited += 1;
@@ -252,8 +251,8 @@ impl Worker {
                     self.local.drop(DropReason::TooBig);
                     if self.icmp_limit.allow(Instant::now()) {
                         let inner = &self.tx_bufs[i].as_ref()[HEADROOM..];
-                        let n =
-                            icmp::frag_needed(inner, mtu, policy.icmp_source, &mut self.icmp_buf);
+                        // Source: the inner destination (see NoRoute above).
+                        let n = icmp::frag_needed(inner, mtu, dst, &mut self.icmp_buf);
                         send_icmp(&mut self.queue, &mut self.local, &self.icmp_buf, n);
                     } else {
                         self.local.icmp_rate_limited += 1;
