@@ -677,6 +677,9 @@ fn log_counters(c: &CounterSnapshot) {
         rx_bytes = c.rx_bytes,
         tx_errors = c.tx_errors,
         rx_tun_full = c.rx_tun_full,
+        rx_gso = c.rx_gso,
+        rx_oversize = c.rx_oversize,
+        tx_retries = c.tx_retries,
         icmp_sent = c.icmp_sent,
         drops = c.total_drops(),
         "counters at exit"

@@ -32,7 +32,7 @@ mod tun;
 pub use buf::PacketBuf;
 pub use error::IoError;
 pub use raw::{IcmpReceiver, IpipReceiver, IpipSender, MAX_BATCH, RecvReport, SendMsgReport};
-pub use tun::{SendReport, Tun, TunConfig, TunQueue};
+pub use tun::{SendReport, Tun, TunConfig, TunQueue, tcp4_gso_header};
 pub use tun_rs::VIRTIO_NET_HDR_LEN;
 
 /// Bytes reserved before the inner packet in every buffer: room for the

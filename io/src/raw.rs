@@ -21,6 +21,9 @@ pub const MAX_BATCH: usize = 128;
 const EAGAIN_WAITS: usize = 4;
 /// How long one such wait lasts at most, in milliseconds.
 const EAGAIN_WAIT_MS: libc::c_int = 1;
+/// How many times per call [`IpipSender::send_batch`] yields and resends a
+/// packet the device dropped (`ENOBUFS`) before it counts it as failed.
+const ENOBUFS_RETRIES: usize = 256;
 
 const IPPROTO_IPIP: i32 = libc::IPPROTO_IPIP;
 
@@ -213,6 +216,9 @@ pub struct SendMsgReport {
     pub failed: usize,
     /// The error of the last failed packet.
     pub last_error: Option<io::Error>,
+    /// Packets the device dropped (`ENOBUFS`, e.g. a full veth ring) and
+    /// that were sent again after a yield.
+    pub nobufs_retries: usize,
 }
 
 /// Sends complete IPv4 packets whose header we wrote:
@@ -240,6 +246,24 @@ impl IpipSender {
         let what = "open raw IP send socket";
         let sock = raw_socket(libc::IPPROTO_RAW, what)?;
         force_buffer(&sock, sndbuf, false).map_err(|e| IoError::from_os(what, None, e))?;
+        // IP_RECVERR: without it the kernel reports a packet the device
+        // dropped (a full veth ring: ENOBUFS) as sent; with it the batch
+        // stops there and send_chunk backs off and retries the packet.
+        let on: libc::c_int = 1;
+        // SAFETY: setsockopt reads exactly size_of::<c_int>() bytes from
+        // &on, which lives for the duration of the call.
+        let rc = unsafe {
+            libc::setsockopt(
+                sock.as_raw_fd(),
+                libc::IPPROTO_IP,
+                libc::IP_RECVERR,
+                (&raw const on).cast(),
+                mem::size_of::<libc::c_int>() as libc::socklen_t,
+            )
+        };
+        if rc != 0 {
+            return Err(IoError::from_os(what, None, io::Error::last_os_error()));
+        }
         let (iovs, msgs) = scratch();
         let addr = libc::sockaddr_in {
             sin_family: libc::AF_INET as libc::sa_family_t,
@@ -281,8 +305,9 @@ impl IpipSender {
         }
         let mut report = SendMsgReport::default();
         let mut waits = 0;
+        let mut nobufs = 0;
         for (packets, dsts) in packets.chunks(MAX_BATCH).zip(dsts.chunks(MAX_BATCH)) {
-            self.send_chunk(packets, dsts, &mut report, &mut waits)?;
+            self.send_chunk(packets, dsts, &mut report, &mut waits, &mut nobufs)?;
         }
         Ok(report)
     }
@@ -293,6 +318,7 @@ impl IpipSender {
         dsts: &[Ipv4Addr],
         report: &mut SendMsgReport,
         waits: &mut usize,
+        nobufs: &mut usize,
     ) -> io::Result<()> {
         let n = packets.len();
         for ((addr, iov), (packet, dst)) in self
@@ -358,6 +384,14 @@ impl IpipSender {
                     report.failed += n - start;
                     report.last_error = Some(e);
                     return Ok(());
+                }
+                Some(libc::ENOBUFS) if *nobufs < ENOBUFS_RETRIES => {
+                    // The device (or its queue) dropped the packet: give the
+                    // receiver of the ring a moment, then send it again.
+                    *nobufs += 1;
+                    report.nobufs_retries += 1;
+                    std::thread::yield_now();
+                    continue;
                 }
                 Some(libc::EBADF | libc::ENOTSOCK | libc::EFAULT) => return Err(e),
                 _ => {

@@ -30,6 +30,7 @@ pub struct TunConfig {
 pub struct Tun {
     queues: Vec<SyncDevice>,
     name: String,
+    mtu: u16,
     offload: bool,
     udp_gso: bool,
 }
@@ -108,6 +109,7 @@ impl Tun {
         Ok(Tun {
             queues,
             name: cfg.name.clone(),
+            mtu: cfg.mtu,
             offload,
             udp_gso,
         })
@@ -148,9 +150,10 @@ impl Tun {
     pub fn into_queues(self) -> Vec<TunQueue> {
         let offload = self.offload;
         let udp_gso = self.udp_gso;
+        let mtu = self.mtu;
         self.queues
             .into_iter()
-            .map(|dev| TunQueue::new(dev, offload, udp_gso))
+            .map(|dev| TunQueue::new(dev, offload, udp_gso, mtu))
             .collect()
     }
 }
@@ -162,6 +165,13 @@ pub struct SendReport {
     pub sent: usize,
     /// Packets dropped: write errors (queue full, ...) or empty buffers.
     pub dropped: usize,
+    /// Super-packets (longer than the device MTU, e.g. from underlay GRO)
+    /// written as one GSO frame: each also counts its segments in `sent`.
+    pub gso_written: usize,
+    /// Super-packets that could not be written as GSO frames (not TCP, IP
+    /// options past the limit, offload off), dropped and also counted in
+    /// `dropped`.
+    pub oversize_dropped: usize,
 }
 
 /// One queue of the TUN device, for one thread: reads with TSO split, writes
@@ -170,6 +180,8 @@ pub struct TunQueue {
     dev: SyncDevice,
     offload: bool,
     udp_gso: bool,
+    /// The device MTU: a packet longer than this is a super-packet.
+    mtu: u16,
     /// Scratch for one read: virtio-net header plus a 64 KiB super-packet.
     rx: Box<[u8]>,
     /// Segment sizes from the split, grown once to the largest batch seen.
@@ -182,6 +194,13 @@ pub struct TunQueue {
 /// maybe | 0x80) into every buffer it will write, and none other.
 const GRO_UNWRITTEN: u8 = 0xff;
 
+/// virtio_net.h: `flags` bit asking the kernel to complete the checksum.
+const VIRTIO_NET_HDR_F_NEEDS_CSUM: u8 = 1;
+/// virtio_net.h: `gso_type` of a TCP over IPv4 super-packet.
+const VIRTIO_NET_HDR_GSO_TCPV4: u8 = 1;
+/// virtio_net.h: `gso_type` flag for a super-packet with CWR set.
+const VIRTIO_NET_HDR_GSO_ECN: u8 = 0x80;
+
 /// Errors after which the fd is unusable: returned instead of counted.
 fn is_fatal(e: &io::Error) -> bool {
     matches!(
@@ -191,11 +210,12 @@ fn is_fatal(e: &io::Error) -> bool {
 }
 
 impl TunQueue {
-    fn new(dev: SyncDevice, offload: bool, udp_gso: bool) -> Self {
+    fn new(dev: SyncDevice, offload: bool, udp_gso: bool, mtu: u16) -> Self {
         Self {
             dev,
             offload,
             udp_gso,
+            mtu,
             rx: vec![0; VIRTIO_NET_HDR_LEN + MAX_IP_PACKET].into_boxed_slice(),
             sizes: vec![0; tun_rs::IDEAL_BATCH_SIZE],
             gro: GROTable::new(),
@@ -296,6 +316,13 @@ impl TunQueue {
                     report.dropped += 1;
                     continue;
                 };
+                if pkt.len() > usize::from(self.mtu) {
+                    // Without a virtio-net header the kernel could not
+                    // forward it (DF, longer than every MTU on the way).
+                    report.dropped += 1;
+                    report.oversize_dropped += 1;
+                    continue;
+                }
                 self.write_counted(pkt, 1, &mut report)?;
             }
             return Ok(report);
@@ -318,6 +345,34 @@ impl TunQueue {
             }
             return Ok(report);
         }
+        // Super-packets (underlay GRO) are written as GSO frames of their
+        // own; the runs of ordinary packets between them go through GRO.
+        // Writing in batch order keeps every flow in order.
+        let mtu = usize::from(self.mtu);
+        let mut run = 0;
+        for i in 0..bufs.len() {
+            if bufs[i].len() - offset <= mtu {
+                continue;
+            }
+            self.write_gro_run(&mut bufs[run..i], offset, &mut report)?;
+            self.write_super(&mut bufs[i], offset, &mut report)?;
+            run = i + 1;
+        }
+        self.write_gro_run(&mut bufs[run..], offset, &mut report)?;
+        Ok(report)
+    }
+
+    /// Writes non-empty, MTU-sized packets with tun-rs GRO.
+    fn write_gro_run(
+        &mut self,
+        bufs: &mut [PacketBuf],
+        offset: usize,
+        report: &mut SendReport,
+    ) -> io::Result<()> {
+        if bufs.is_empty() {
+            return Ok(());
+        }
+        let hdr_at = offset - VIRTIO_NET_HDR_LEN;
         for b in bufs.iter_mut() {
             b.as_mut()[hdr_at..offset].fill(GRO_UNWRITTEN);
         }
@@ -331,9 +386,34 @@ impl TunQueue {
                 continue;
             }
             let segments = gso_segments(frame);
-            self.write_counted(frame, segments, &mut report)?;
+            self.write_counted(frame, segments, report)?;
         }
-        Ok(report)
+        Ok(())
+    }
+
+    /// Writes one super-packet (longer than the MTU) as a GSO frame, or
+    /// drops it when it is not TCP.
+    fn write_super(
+        &mut self,
+        buf: &mut PacketBuf,
+        offset: usize,
+        report: &mut SendReport,
+    ) -> io::Result<()> {
+        let hdr_at = offset - VIRTIO_NET_HDR_LEN;
+        let frame = &mut buf.as_mut()[hdr_at..];
+        let (hdr, pkt) = frame.split_at_mut(VIRTIO_NET_HDR_LEN);
+        let Some(segments) = tcp4_gso_header(pkt, self.mtu, hdr) else {
+            tracing::trace!(len = pkt.len(), "oversize non-TCP packet dropped");
+            report.dropped += 1;
+            report.oversize_dropped += 1;
+            return Ok(());
+        };
+        let before = report.sent;
+        self.write_counted(frame, segments, report)?;
+        if report.sent > before {
+            report.gso_written += 1;
+        }
+        Ok(())
     }
 
     fn write_counted(
@@ -365,6 +445,56 @@ impl TunQueue {
         }
         Ok(())
     }
+}
+
+/// Prepares an IPv4 TCP super-packet `pkt` (longer than `mtu`, e.g. coalesced
+/// by the underlay's GRO) for one GSO write to TUN: fills the virtio-net
+/// header `hdr` (TCPV4, NEEDS_CSUM, segments of at most `mtu` bytes), seeds
+/// the TCP checksum with the pseudo-header sum as `CHECKSUM_PARTIAL` wants,
+/// and fixes the IPv4 total length and header checksum. Returns the number
+/// of segments, or `None` when `pkt` is not an unfragmented IPv4 TCP packet
+/// whose headers leave room for payload within `mtu`.
+///
+/// The segment size is `mtu` minus the headers: the kernel does not tell a
+/// raw socket the original segment size, and TCP does not care how the
+/// stream is cut as long as every segment fits the path.
+pub fn tcp4_gso_header(pkt: &mut [u8], mtu: u16, hdr: &mut [u8]) -> Option<usize> {
+    if pkt.len() < 40 || pkt.len() > MAX_IP_PACKET || hdr.len() < VIRTIO_NET_HDR_LEN {
+        return None;
+    }
+    let ihl = usize::from(pkt[0] & 0x0f) * 4;
+    let frag = u16::from_be_bytes([pkt[6], pkt[7]]);
+    if pkt[0] >> 4 != 4 || ihl < 20 || pkt[9] != 6 || frag & 0x3fff != 0 {
+        return None;
+    }
+    let doff = usize::from(pkt.get(ihl + 12)? >> 4) * 4;
+    let hdr_len = ihl + doff;
+    if doff < 20 || pkt.len() <= hdr_len || usize::from(mtu) <= hdr_len {
+        return None;
+    }
+    let gso_size = usize::from(mtu) - hdr_len;
+    let payload = pkt.len() - hdr_len;
+    let len = pkt.len() as u16;
+    pkt[2..4].copy_from_slice(&len.to_be_bytes());
+    pkt[10..12].fill(0);
+    let ip_csum = !tun_rs::checksum(&pkt[..ihl], 0);
+    pkt[10..12].copy_from_slice(&ip_csum.to_be_bytes());
+    // Pseudo-header sum (source, destination, protocol, TCP length), folded
+    // and not complemented.
+    let tcp_len = (pkt.len() - ihl) as u64;
+    let psum = tun_rs::checksum_no_fold(&pkt[12..20], 6 + tcp_len);
+    let seed = tun_rs::checksum(&[], psum);
+    pkt[ihl + 16..ihl + 18].copy_from_slice(&seed.to_be_bytes());
+    // struct virtio_net_hdr, native endian (TUN's default on little-endian
+    // hosts; tun-rs does the same).
+    let cwr = pkt[ihl + 13] & 0x80 != 0;
+    hdr[0] = VIRTIO_NET_HDR_F_NEEDS_CSUM;
+    hdr[1] = VIRTIO_NET_HDR_GSO_TCPV4 | if cwr { VIRTIO_NET_HDR_GSO_ECN } else { 0 };
+    hdr[2..4].copy_from_slice(&(hdr_len as u16).to_ne_bytes());
+    hdr[4..6].copy_from_slice(&(gso_size as u16).to_ne_bytes());
+    hdr[6..8].copy_from_slice(&(ihl as u16).to_ne_bytes());
+    hdr[8..10].copy_from_slice(&16u16.to_ne_bytes());
+    Some(payload.div_ceil(gso_size))
 }
 
 /// How many wire packets a frame (virtio-net header + packet) written to TUN

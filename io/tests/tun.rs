@@ -390,3 +390,111 @@ fn every_queue_of_a_multi_queue_device_carries_traffic() {
         );
     });
 }
+
+/// Opens a connection to a listener on TUN_ADDR:`port` by hand through the
+/// TUN queue; returns the server's initial sequence number.
+fn handshake(q: &mut TunQueue, port: u16) -> u32 {
+    let mss = [2, 4, 0x05, 0x50]; // MSS 1360
+    q.send_one(&tcp_packet(
+        PEER,
+        40000,
+        TUN_ADDR,
+        port,
+        1000,
+        0,
+        SYN,
+        &mss,
+        &[],
+    ))
+    .unwrap();
+    let mut b = bufs(64);
+    loop {
+        assert!(
+            tunl_io::ns::wait_readable(q, PATIENCE).unwrap(),
+            "no SYN-ACK"
+        );
+        let n = match q.recv_segments(&mut b) {
+            Ok(n) => n,
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
+            Err(e) => panic!("recv_segments: {e}"),
+        };
+        let synack = b[..n]
+            .iter()
+            .map(|b| &b.as_ref()[HEADROOM..])
+            .find(|p| p.len() >= 40 && p[0] == 0x45 && p[9] == 6 && p[16..20] == PEER.octets());
+        if let Some(p) = synack {
+            return u32::from_be_bytes([p[24], p[25], p[26], p[27]]);
+        }
+    }
+}
+
+/// Underlay GRO hands tunl TCP super-packets far longer than the TUN MTU,
+/// their checksum field holding a pseudo-header sum (not a full checksum).
+/// Written in one batch between ordinary packets of the same flow, each is
+/// written as one GSO frame, in order, and the socket reads every byte.
+#[test]
+fn tcp_super_packets_longer_than_the_mtu_are_written_as_gso_and_delivered() {
+    in_netns(|| {
+        let mut queues = Tun::create(&config("tt0", true, 1)).unwrap().into_queues();
+        let q = &mut queues[0];
+        let listener = TcpListener::bind(SocketAddrV4::new(TUN_ADDR, 7001)).unwrap();
+        let ack = handshake(q, 7001).wrapping_add(1);
+        // ACK, 1000 bytes, a 30000-byte super-packet, 1000 bytes, a
+        // 20000-byte super-packet.
+        let sizes = [0usize, 1000, 30000, 1000, 20000];
+        let mut batch = bufs(sizes.len());
+        let mut seq = 1001u32;
+        let mut want = Vec::new();
+        for (i, (b, &len)) in batch.iter_mut().zip(&sizes).enumerate() {
+            let data = payload(len, i as u8);
+            let mut pkt = tcp_packet(PEER, 40000, TUN_ADDR, 7001, seq, ack, ACK, &[], &data);
+            if len > 1400 {
+                // As GRO leaves it: a partial (pseudo-header) checksum.
+                pkt[36] ^= 0x5a;
+            }
+            load(b, &pkt);
+            seq = seq.wrapping_add(len as u32);
+            want.extend_from_slice(&data);
+        }
+        let report = q.send_batch(&mut batch, HEADROOM).unwrap();
+        assert_eq!(report.dropped, 0, "{report:?}");
+        assert_eq!(report.gso_written, 2, "{report:?}");
+        // 30000 and 20000 bytes in segments of 1400 - 40 = 1360 bytes.
+        assert_eq!(report.sent, 1 + 1 + 23 + 1 + 15, "{report:?}");
+
+        let (mut conn, _) = listener.accept().unwrap();
+        conn.set_read_timeout(Some(PATIENCE)).unwrap();
+        let mut data = vec![0u8; want.len()];
+        conn.read_exact(&mut data).expect("every byte");
+        assert!(data == want, "bytes differ");
+    });
+}
+
+/// A non-TCP packet longer than the MTU cannot be cut into segments without
+/// knowing its datagram boundaries: it is counted and dropped, and the
+/// batch goes on.
+#[test]
+fn oversize_non_tcp_packets_are_counted_not_written() {
+    in_netns(|| {
+        let mut queues = Tun::create(&config("tt0", true, 1)).unwrap().into_queues();
+        let q = &mut queues[0];
+        let sock = bound_udp(5001);
+        let mut batch = bufs(2);
+        load(
+            &mut batch[0],
+            &udp_packet(PEER, 4000, TUN_ADDR, 5001, &payload(3000, 1), 1),
+        );
+        load(
+            &mut batch[1],
+            &udp_packet(PEER, 4000, TUN_ADDR, 5001, b"after", 2),
+        );
+        let report = q.send_batch(&mut batch, HEADROOM).unwrap();
+        assert_eq!(
+            (report.sent, report.dropped, report.oversize_dropped),
+            (1, 1, 1)
+        );
+        let mut got = [0u8; 4096];
+        let (n, _) = sock.recv_from(&mut got).unwrap();
+        assert_eq!(&got[..n], b"after");
+    });
+}

@@ -89,6 +89,15 @@ counters! {
     underlay_icmp,
     /// Path MTU reductions learned from underlay frag-needed messages.
     pmtu_updates,
+    /// Decapsulated super-packets (underlay GRO) written to TUN as one GSO
+    /// frame each; their segments count in `rx_packets`.
+    rx_gso,
+    /// Decapsulated super-packets that could not be written as GSO frames
+    /// (not TCP, or offload off): dropped.
+    rx_oversize,
+    /// Outer packets the underlay device dropped (`ENOBUFS`, a full veth
+    /// ring) and that were sent again.
+    tx_retries,
 }
 
 impl LocalCounters {

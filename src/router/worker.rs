@@ -277,6 +277,7 @@ impl Worker {
             Ok(report) => {
                 self.local.tx_packets += report.sent as u64;
                 self.local.tx_errors += report.failed as u64;
+                self.local.tx_retries += report.nobufs_retries as u64;
                 if let Some(e) = report.last_error {
                     debug!(worker = self.id, error = %e, failed = report.failed, "underlay send errors");
                 }
@@ -347,7 +348,9 @@ impl Worker {
         match self.queue.send_batch(&mut self.rx_bufs[..kept], HEADROOM) {
             Ok(report) => {
                 self.local.rx_packets += report.sent as u64;
-                self.local.rx_tun_full += report.dropped as u64;
+                self.local.rx_tun_full += (report.dropped - report.oversize_dropped) as u64;
+                self.local.rx_gso += report.gso_written as u64;
+                self.local.rx_oversize += report.oversize_dropped as u64;
             }
             Err(e) => {
                 self.local.rx_tun_full += kept as u64;
