@@ -208,6 +208,13 @@ pub struct DataplaneSection {
     /// ICMP errors the daemon may send per second (frag-needed, unreachable).
     #[serde(default = "default_icmp_rate")]
     pub icmp_rate: u32,
+    /// Send outer packets with AF_PACKET straight to the underlay device
+    /// (the one holding `tunnel.local`), skipping the per-packet route
+    /// lookup, netfilter and qdisc; next-hop MACs come from the neighbour
+    /// table, unresolved ones go through the IP stack. Outer packets then
+    /// bypass the node's OUTPUT firewall rules. Default false.
+    #[serde(default)]
+    pub packet_tx: bool,
 }
 
 impl Default for DataplaneSection {
@@ -218,6 +225,7 @@ impl Default for DataplaneSection {
             tx_queue_len: default_txqueuelen(),
             socket_buffer: default_socket_buffer(),
             icmp_rate: default_icmp_rate(),
+            packet_tx: false,
         }
     }
 }

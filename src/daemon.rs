@@ -376,6 +376,11 @@ async fn run_async(config: Config) -> Result<(), DaemonError> {
             ipip,
             icmp,
             socket_buffer: config.dataplane.socket_buffer,
+            packet_tx: config
+                .dataplane
+                .packet_tx
+                .then(|| underlay.as_ref().map(|(i, n, _)| (*i, n.clone())))
+                .flatten(),
         },
         &reader,
         shared.clone(),

@@ -506,3 +506,247 @@ impl std::fmt::Debug for IcmpReceiver {
             .finish()
     }
 }
+
+/// Sends complete IPv4 packets straight to the underlay device:
+/// `socket(AF_PACKET, SOCK_DGRAM, ETH_P_IP)` with `PACKET_QDISC_BYPASS`; the
+/// kernel prepends the Ethernet header for the given next-hop MAC.
+/// Non-blocking.
+///
+/// Compared with [`IpipSender`] it skips, per packet, the route lookup,
+/// the netfilter OUTPUT/POSTROUTING hooks, the neighbour layer and the
+/// qdisc. The caller provides the next hop's MAC (see [`neighbour_mac`]) and
+/// complete headers: the kernel fills in nothing (IPv4 total length and
+/// header checksum must be right). Outer packets sent this way are not seen
+/// by the node's OUTPUT firewall rules.
+pub struct PacketSender {
+    sock: Socket,
+    ifindex: i32,
+    iovs: Box<[libc::iovec]>,
+    msgs: Box<[libc::mmsghdr]>,
+    addrs: Box<[libc::sockaddr_ll]>,
+}
+
+// SAFETY: as for IpipSender: the raw pointers in the scratch arrays are
+// rewritten by every call before use and never read after it.
+unsafe impl Send for PacketSender {}
+
+impl PacketSender {
+    /// Opens the socket for the Ethernet device with index `ifindex`, with a
+    /// send buffer of `sndbuf` bytes.
+    pub fn open(ifindex: u32, sndbuf: usize) -> Result<Self, IoError> {
+        let what = "open AF_PACKET send socket";
+        let proto = (libc::ETH_P_IP as u16).to_be();
+        // Protocol 0: the socket only sends (each message names ETH_P_IP in
+        // its address); with ETH_P_IP it would get a copy of every IPv4
+        // packet of the namespace.
+        let sock = Socket::new(Domain::PACKET, Type::DGRAM, Some(Protocol::from(0)))
+            .map_err(|e| IoError::from_os(what, None, e))?;
+        sock.set_nonblocking(true)
+            .map_err(|e| IoError::from_os(what, None, e))?;
+        force_buffer(&sock, sndbuf, false).map_err(|e| IoError::from_os(what, None, e))?;
+        let on: libc::c_int = 1;
+        // SAFETY: setsockopt reads exactly size_of::<c_int>() bytes from
+        // &on, which lives for the duration of the call.
+        let rc = unsafe {
+            libc::setsockopt(
+                sock.as_raw_fd(),
+                libc::SOL_PACKET,
+                libc::PACKET_QDISC_BYPASS,
+                (&raw const on).cast(),
+                mem::size_of::<libc::c_int>() as libc::socklen_t,
+            )
+        };
+        if rc != 0 {
+            return Err(IoError::from_os(what, None, io::Error::last_os_error()));
+        }
+        let ifindex = i32::try_from(ifindex)
+            .map_err(|_| IoError::InvalidConfig(format!("interface index {ifindex}")))?;
+        let (iovs, msgs) = scratch();
+        // SAFETY: sockaddr_ll is a plain C struct of integers, for which
+        // all-zero bytes are a valid value.
+        let mut addr: libc::sockaddr_ll = unsafe { mem::zeroed() };
+        addr.sll_family = libc::AF_PACKET as libc::c_ushort;
+        addr.sll_protocol = proto;
+        addr.sll_ifindex = ifindex;
+        addr.sll_halen = 6;
+        Ok(Self {
+            sock,
+            ifindex,
+            iovs,
+            msgs,
+            addrs: vec![addr; MAX_BATCH].into_boxed_slice(),
+        })
+    }
+
+    /// Sends `packets[i]` (a whole IPv4 packet, headers complete) to the
+    /// Ethernet address `macs[i]`, in chunks of [`MAX_BATCH`], with the same
+    /// error handling as [`IpipSender::send_batch`]: a refused packet is
+    /// skipped and counted, `ENOBUFS` (the device dropped it) is retried
+    /// after a yield, `EAGAIN` waits briefly for room.
+    pub fn send_batch(&mut self, packets: &[&[u8]], macs: &[[u8; 6]]) -> io::Result<SendMsgReport> {
+        if packets.len() != macs.len() {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "packets and macs differ in length",
+            ));
+        }
+        let mut report = SendMsgReport::default();
+        let (mut waits, mut nobufs) = (0, 0);
+        for (packets, macs) in packets.chunks(MAX_BATCH).zip(macs.chunks(MAX_BATCH)) {
+            let n = packets.len();
+            for ((addr, iov), (packet, mac)) in self
+                .addrs
+                .iter_mut()
+                .zip(self.iovs.iter_mut())
+                .zip(packets.iter().zip(macs))
+            {
+                addr.sll_ifindex = self.ifindex;
+                addr.sll_addr[..6].copy_from_slice(mac);
+                *iov = libc::iovec {
+                    // The kernel only reads from a send iovec.
+                    iov_base: packet.as_ptr().cast_mut().cast(),
+                    iov_len: packet.len(),
+                };
+            }
+            let iov_base = self.iovs.as_mut_ptr();
+            let addr_base = self.addrs.as_mut_ptr();
+            for (i, msg) in self.msgs[..n].iter_mut().enumerate() {
+                let hdr = &mut msg.msg_hdr;
+                hdr.msg_name = addr_base.wrapping_add(i).cast();
+                hdr.msg_namelen = mem::size_of::<libc::sockaddr_ll>() as libc::socklen_t;
+                hdr.msg_iov = iov_base.wrapping_add(i);
+                hdr.msg_iovlen = 1;
+                hdr.msg_control = ptr::null_mut();
+                hdr.msg_controllen = 0;
+                hdr.msg_flags = 0;
+                msg.msg_len = 0;
+            }
+            let mut start = 0;
+            while start < n {
+                // SAFETY: msgs[start..n] are initialised above; each points
+                // to a sockaddr_ll in self.addrs and one iovec over
+                // packets[i], all of which outlive the call; the kernel only
+                // reads them.
+                let rc = unsafe {
+                    libc::sendmmsg(
+                        self.sock.as_raw_fd(),
+                        self.msgs[start..].as_mut_ptr(),
+                        (n - start) as libc::c_uint,
+                        libc::MSG_DONTWAIT,
+                    )
+                };
+                if rc > 0 {
+                    start += rc as usize;
+                    report.sent += rc as usize;
+                    continue;
+                }
+                if rc == 0 {
+                    report.failed += n - start;
+                    break;
+                }
+                let e = io::Error::last_os_error();
+                match e.raw_os_error() {
+                    Some(libc::EINTR) => continue,
+                    Some(libc::ENOBUFS) if nobufs < ENOBUFS_RETRIES => {
+                        nobufs += 1;
+                        report.nobufs_retries += 1;
+                        std::thread::yield_now();
+                    }
+                    Some(libc::EAGAIN) if waits < EAGAIN_WAITS => {
+                        waits += 1;
+                        wait_writable(self.sock.as_raw_fd());
+                    }
+                    Some(libc::EAGAIN) => {
+                        report.failed += n - start;
+                        report.last_error = Some(e);
+                        break;
+                    }
+                    Some(libc::EBADF | libc::ENOTSOCK | libc::EFAULT) => return Err(e),
+                    _ => {
+                        report.failed += 1;
+                        report.last_error = Some(e);
+                        start += 1;
+                    }
+                }
+            }
+        }
+        Ok(report)
+    }
+}
+
+fn wait_writable(fd: RawFd) {
+    let mut pfd = libc::pollfd {
+        fd,
+        events: libc::POLLOUT,
+        revents: 0,
+    };
+    // SAFETY: pfd is one valid pollfd for the duration of the call.
+    unsafe { libc::poll(&raw mut pfd, 1, EAGAIN_WAIT_MS) };
+}
+
+impl AsRawFd for PacketSender {
+    fn as_raw_fd(&self) -> RawFd {
+        self.sock.as_raw_fd()
+    }
+}
+
+impl std::fmt::Debug for PacketSender {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PacketSender")
+            .field("fd", &self.sock.as_raw_fd())
+            .field("ifindex", &self.ifindex)
+            .finish()
+    }
+}
+
+/// The Ethernet address of `ip` on device `dev` from the kernel's neighbour
+/// table (`/proc/net/arp`), when the entry is complete (`ATF_COM`) and
+/// Ethernet (hardware type 1). `None` otherwise: send through the IP stack,
+/// which resolves it.
+pub fn neighbour_mac(ip: std::net::Ipv4Addr, dev: &str) -> Option<[u8; 6]> {
+    let table = std::fs::read_to_string("/proc/net/arp").ok()?;
+    parse_arp(&table, ip, dev)
+}
+
+fn parse_arp(table: &str, ip: std::net::Ipv4Addr, dev: &str) -> Option<[u8; 6]> {
+    let want = ip.to_string();
+    table.lines().skip(1).find_map(|line| {
+        let f: Vec<&str> = line.split_whitespace().collect();
+        if f.len() < 6 || f[0] != want || f[5] != dev || f[1] != "0x1" {
+            return None;
+        }
+        let flags = u32::from_str_radix(f[2].trim_start_matches("0x"), 16).ok()?;
+        if flags & 0x2 == 0 {
+            return None;
+        }
+        let mut mac = [0u8; 6];
+        let mut parts = f[3].split(':');
+        for b in &mut mac {
+            *b = u8::from_str_radix(parts.next()?, 16).ok()?;
+        }
+        (mac != [0; 6]).then_some(mac)
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn arp_table_lines_are_parsed() {
+        let t = "IP address       HW type     Flags       HW address            Mask     Device\n\
+                 172.16.36.5      0x1         0x2         8a:1b:2c:3d:4e:5f     *        eth0\n\
+                 172.16.36.6      0x1         0x0         00:00:00:00:00:00     *        eth0\n";
+        let a = std::net::Ipv4Addr::new(172, 16, 36, 5);
+        assert_eq!(
+            parse_arp(t, a, "eth0"),
+            Some([0x8a, 0x1b, 0x2c, 0x3d, 0x4e, 0x5f])
+        );
+        assert_eq!(parse_arp(t, a, "eth1"), None, "other device");
+        assert_eq!(
+            parse_arp(t, std::net::Ipv4Addr::new(172, 16, 36, 6), "eth0"),
+            None,
+            "incomplete"
+        );
+    }
+}

@@ -47,6 +47,10 @@ pub struct RouterIo {
     pub icmp: IcmpReceiver,
     /// Send buffer size for each worker's underlay socket.
     pub socket_buffer: usize,
+    /// The underlay device `(ifindex, name)` to send outer packets on with
+    /// AF_PACKET (`[dataplane] packet_tx`), or `None` for the raw IP socket
+    /// only.
+    pub packet_tx: Option<(u32, String)>,
 }
 
 impl Router {
@@ -70,10 +74,19 @@ impl Router {
         };
         for (id, queue) in io_parts.queues.into_iter().enumerate() {
             let sender = IpipSender::open(io_parts.socket_buffer).map_err(io::Error::other)?;
+            let packet_tx = match &io_parts.packet_tx {
+                Some((ifindex, dev)) => Some(worker::PacketTx::open(
+                    *ifindex,
+                    dev.clone(),
+                    io_parts.socket_buffer,
+                )?),
+                None => None,
+            };
             let (worker, waker) = Worker::new(
                 id,
                 queue,
                 sender,
+                packet_tx,
                 rx.take(),
                 routes.clone(),
                 shared.clone(),

@@ -20,7 +20,9 @@ use tunl_encap::{
     DropReason, EncapError, HEADROOM, IdentGenerator, TokenBucket, decapsulate, encapsulate,
     inner_destination,
 };
-use tunl_io::{IcmpReceiver, IpipReceiver, IpipSender, PacketBuf, TunQueue};
+use tunl_io::{
+    IcmpReceiver, IpipReceiver, IpipSender, PacketBuf, PacketSender, TunQueue, neighbour_mac,
+};
 use tunl_routing::RouteReader;
 
 use super::counters::{Counters, LocalCounters};
@@ -70,6 +72,52 @@ pub struct Worker {
     rx_bufs: Vec<PacketBuf>,
     icmp_buf: Vec<u8>,
     poll: Poll,
+    packet_tx: Option<PacketTx>,
+}
+
+/// How often the next hops' MACs are re-read from the neighbour table.
+const NEIGH_REFRESH: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// The AF_PACKET transmit path: the socket, the underlay device's name and
+/// the next hops' MACs (re-read every [`NEIGH_REFRESH`]).
+pub struct PacketTx {
+    sender: PacketSender,
+    dev: String,
+    macs: Vec<(Ipv4Addr, Option<[u8; 6]>)>,
+    read_at: Instant,
+}
+
+impl PacketTx {
+    /// Opens the socket on the underlay device `(ifindex, name)`.
+    pub fn open(ifindex: u32, dev: String, sndbuf: usize) -> io::Result<PacketTx> {
+        Ok(PacketTx {
+            sender: PacketSender::open(ifindex, sndbuf).map_err(io::Error::other)?,
+            dev,
+            macs: Vec::new(),
+            read_at: Instant::now(),
+        })
+    }
+
+    /// The MAC of every destination, or `None` when one is unresolved (the
+    /// batch then goes through the IP stack, which resolves it).
+    fn resolve(&mut self, dsts: &[Ipv4Addr], out: &mut [[u8; 6]]) -> Option<()> {
+        if self.read_at.elapsed() >= NEIGH_REFRESH {
+            self.macs.clear();
+            self.read_at = Instant::now();
+        }
+        for (dst, mac) in dsts.iter().zip(out.iter_mut()) {
+            let found = match self.macs.iter().find(|(ip, _)| ip == dst) {
+                Some((_, m)) => *m,
+                None => {
+                    let m = neighbour_mac(*dst, &self.dev);
+                    self.macs.push((*dst, m));
+                    m
+                }
+            };
+            *mac = found?;
+        }
+        Some(())
+    }
 }
 
 impl Worker {
@@ -81,6 +129,7 @@ impl Worker {
         id: usize,
         queue: TunQueue,
         sender: IpipSender,
+        packet_tx: Option<PacketTx>,
         rx: Option<RxPart>,
         routes: RouteReader<Ipv4Addr>,
         shared: Arc<Shared>,
@@ -125,6 +174,7 @@ impl Worker {
             rx_bufs,
             icmp_buf: vec![0; 2048],
             poll,
+            packet_tx,
             shared,
         };
         Ok((worker, waker))
@@ -273,7 +323,18 @@ impl Worker {
             packets[k] = &self.tx_bufs[*i].as_ref()[*start..];
             dsts[k] = *nh;
         }
-        match self.sender.send_batch(&packets[..n], &dsts[..n]) {
+        let mut macs = [[0u8; 6]; TX_BATCH];
+        let mut packet_tx = self.packet_tx.as_mut();
+        if let Some(ptx) = packet_tx.as_deref_mut()
+            && ptx.resolve(&dsts[..n], &mut macs[..n]).is_none()
+        {
+            packet_tx = None;
+        }
+        let result = match packet_tx {
+            Some(ptx) => ptx.sender.send_batch(&packets[..n], &macs[..n]),
+            None => self.sender.send_batch(&packets[..n], &dsts[..n]),
+        };
+        match result {
             Ok(report) => {
                 self.local.tx_packets += report.sent as u64;
                 self.local.tx_errors += report.failed as u64;
