@@ -561,9 +561,7 @@ allow = ["172.16.0.0/16"]
 
     #[test]
     fn metrics_user_and_with_routes() {
-        let text = format!(
-            "{SEED}user = \"tunl\"\n\n[metrics]\nlisten = \"127.0.0.1:9099\"\n"
-        );
+        let text = format!("{SEED}user = \"tunl\"\n\n[metrics]\nlisten = \"127.0.0.1:9099\"\n");
         let c = parse(&text).unwrap();
         assert_eq!(c.security.user.as_deref(), Some("tunl"));
         assert_eq!(c.metrics.listen, Some("127.0.0.1:9099".parse().unwrap()));
@@ -578,7 +576,10 @@ allow = ["172.16.0.0/16"]
             ..ok
         };
         let err = c.with_routes(vec![ok, into_own]).unwrap_err().to_string();
-        assert!(err.contains("route[1].prefix") && err.contains("own block"), "{err}");
+        assert!(
+            err.contains("route[1].prefix") && err.contains("own block"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -244,10 +244,6 @@ fn policy_for(config: &Config, mtu: u16) -> Policy {
         allow: config.security.allow.clone(),
         blocks: config.tunnel.blocks.clone(),
         allow_nested: config.security.allow_nested,
-        icmp_source: config
-            .tunnel
-            .address
-            .map_or(config.tunnel.local, |a| a.ip()),
     };
     policy.set_vias(config.routes.iter().map(|r| r.via));
     policy
@@ -636,7 +632,6 @@ async fn reload(config: &mut Config, routes: &mut RouteManager) {
     let mtu = routes.shared.policy.load().settings.mtu;
     let mut policy = policy_for(&new, mtu);
     policy.settings.local = t.local;
-    policy.icmp_source = routes.shared.policy.load().icmp_source;
     routes.shared.policy.store(Arc::new(policy));
     if let Err(e) = routes.apply(&wanted_routes(&new)).await {
         error!("SIGHUP: {e}");

@@ -282,7 +282,6 @@ mod tests {
             allow: vec![],
             blocks: vec![],
             allow_nested: false,
-            icmp_source: Ipv4Addr::new(172, 16, 35, 4),
         };
         let node = Ipv4Addr::new(172, 16, 36, 5);
         policy.set_vias([node]);

@@ -636,7 +636,10 @@ fn icmp_tunl_generates_stays_under_the_rate_limit_in_a_flood() {
     let sent = s.counter("icmp_sent").unwrap();
     let limited = s.counter("icmp_rate_limited").unwrap();
     let no_route = s.counter("no_route").unwrap();
-    assert!(no_route >= 1000, "too little of the flood reached tunl: {s:?}");
+    assert!(
+        no_route >= 1000,
+        "too little of the flood reached tunl: {s:?}"
+    );
     assert_eq!(sent + limited, no_route, "{s:?}");
     let bound = 10.0 + 100.0 * elapsed.ceil();
     assert!(

@@ -36,8 +36,6 @@ pub struct Policy {
     pub blocks: Vec<Ipv4Network>,
     /// Accept inner IPIP packets.
     pub allow_nested: bool,
-    /// Source address of ICMP errors tunl sends toward pods.
-    pub icmp_source: Ipv4Addr,
 }
 
 impl Policy {
@@ -212,7 +210,6 @@ mod tests {
             allow: vec!["192.168.0.0/16".parse().unwrap()],
             blocks: vec!["10.20.42.0/26".parse().unwrap()],
             allow_nested: false,
-            icmp_source: Ipv4Addr::new(172, 16, 35, 4),
         }
     }
 
