@@ -69,6 +69,10 @@ pub struct BenchArgs {
     /// Dataplane worker threads of each tunl daemon.
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=256))]
     pub workers: u16,
+    /// Run tunl with `[dataplane] packet_tx = true` (AF_PACKET transmit,
+    /// which bypasses the node's OUTPUT firewall; see docs/operating.md).
+    #[arg(long)]
+    pub packet_tx: bool,
     /// Write every figure (each sample, median, min, max, units, machine)
     /// as JSON to FILE.
     #[arg(long, value_name = "FILE")]
@@ -88,6 +92,7 @@ impl Default for BenchArgs {
             seconds: 5,
             rounds: 3,
             workers: 1,
+            packet_tx: false,
             json: None,
             svg: None,
             quick: false,
@@ -393,6 +398,8 @@ pub struct Settings {
     pub rounds: u32,
     /// Dataplane workers per daemon.
     pub workers: u16,
+    /// Whether the daemons sent with AF_PACKET (`packet_tx`).
+    pub packet_tx: bool,
     /// The tunl binary the daemons ran.
     pub tunl_binary: PathBuf,
     /// Ping requests per latency sample.
@@ -506,6 +513,7 @@ pub fn run(args: &BenchArgs, tunl_binary: &Path) -> Result<BenchReport, BenchErr
         seconds,
         rounds,
         workers: args.workers,
+        packet_tx: args.packet_tx,
         tunl_binary: tunl_binary.to_owned(),
         pings,
         ping_interval_ms: PING_INTERVAL.as_secs_f64() * 1e3,
@@ -523,6 +531,7 @@ pub fn run(args: &BenchArgs, tunl_binary: &Path) -> Result<BenchReport, BenchErr
                 seconds,
                 pings,
                 workers: args.workers,
+                packet_tx: args.packet_tx,
                 binary: tunl_binary,
             };
             let got = measure_path(&ctx, &mut progress)?;
@@ -616,6 +625,7 @@ struct Ctx<'a> {
     seconds: u32,
     pings: u32,
     workers: u16,
+    packet_tx: bool,
     binary: &'a Path,
 }
 
@@ -711,6 +721,7 @@ fn measure_path(ctx: &Ctx<'_>, progress: &mut Progress) -> Result<Vec<(Metric, f
         Datapath::Tunl => {
             let options = DaemonOptions {
                 workers: usize::from(ctx.workers),
+                packet_tx: ctx.packet_tx,
                 log: "warn".to_owned(),
                 ..DaemonOptions::default()
             };
@@ -1234,6 +1245,16 @@ pub fn format_table(report: &BenchReport) -> String {
             t.routes, t.vm_rss_mib, t.vm_hwm_mib, t.startup_seconds
         );
     }
+    let _ = writeln!(
+        s,
+        "tunl settings: {} worker(s), transmit via {}",
+        s_.workers,
+        if s_.packet_tx {
+            "AF_PACKET (packet_tx)"
+        } else {
+            "raw IP socket (default)"
+        }
+    );
     let m = &report.machine;
     let _ = writeln!(
         s,
@@ -1541,6 +1562,7 @@ mod tests {
             seconds: 5,
             rounds: 3,
             workers: 1,
+            packet_tx: false,
             tunl_binary: "/bin/tunl".into(),
             pings: 500,
             ping_interval_ms: 2.0,

@@ -26,6 +26,8 @@ pub struct DaemonOptions {
     pub workers: usize,
     /// Use TUN offloads.
     pub offload: bool,
+    /// Send outer packets with AF_PACKET (`[dataplane] packet_tx`).
+    pub packet_tx: bool,
     /// Set `tunnel.blocks` (the relay check).
     pub blocks: bool,
     /// Extra `[security] allow` prefixes.
@@ -41,6 +43,7 @@ impl Default for DaemonOptions {
         DaemonOptions {
             workers: 1,
             offload: true,
+            packet_tx: false,
             blocks: true,
             allow: Vec::new(),
             log: "info".to_owned(),
@@ -107,8 +110,8 @@ pub fn node_config(cluster: &Cluster, node: &Node, options: &DaemonOptions) -> S
     }
     let _ = writeln!(
         s,
-        "\n[dataplane]\nworkers = {}\noffload = {}",
-        options.workers, options.offload
+        "\n[dataplane]\nworkers = {}\noffload = {}\npacket_tx = {}",
+        options.workers, options.offload, options.packet_tx
     );
     let socket = control_socket(cluster, &node.name);
     let _ = writeln!(s, "\n[control]\nsocket = \"{}\"", socket.display());

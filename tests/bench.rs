@@ -15,6 +15,7 @@ fn quick_bench_measures_every_path_and_writes_json_and_svg() {
         seconds: 1,
         rounds: 1,
         workers: 1,
+        packet_tx: false,
         json: Some(json_path.clone()),
         svg: Some(svg_path.clone()),
         quick: false,
