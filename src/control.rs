@@ -309,10 +309,7 @@ async fn read_line<R: tokio::io::AsyncBufRead + Unpin>(
     if n == 0 {
         return Ok(Line::Eof);
     }
-    if buf.last() != Some(&b'\n') && buf.len() > MAX_REQUEST {
-        return Ok(Line::TooLong);
-    }
-    if buf.last() == Some(&b'\n') && buf.len() > MAX_REQUEST {
+    if buf.len() > MAX_REQUEST {
         return Ok(Line::TooLong);
     }
     Ok(Line::Request(std::mem::take(buf)))

@@ -312,6 +312,15 @@ async fn run_async(config: Config) -> Result<(), DaemonError> {
     if underlay.is_none() {
         warn!(%local, "tunnel.local is not an address of any interface: IPIP addressed to it will not arrive");
     }
+    if let (Some(configured), Some((_, device, underlay_mtu))) = (config.tunnel.mtu, &underlay) {
+        if u32::from(configured) + 20 > *underlay_mtu {
+            return Err(DaemonError::Setup(format!(
+                "tunnel.mtu {configured} does not fit the underlay: {device} has MTU {underlay_mtu}, \
+                 so the tunnel MTU can be at most {}",
+                underlay_mtu.saturating_sub(20)
+            )));
+        }
+    }
     if mtu < crate::config::MIN_MTU {
         return Err(DaemonError::Setup(format!(
             "the underlay MTU leaves a tunnel MTU of {mtu}, below the IPv4 minimum of 68"
@@ -435,8 +444,14 @@ async fn run_async(config: Config) -> Result<(), DaemonError> {
     if let Some(m) = metrics {
         m.abort();
     }
+    let shared = router.shared().clone();
     shutdown(router, routes, &netlink, &name).await;
-    wait
+    match shared.failure() {
+        Some(reason) => Err(DaemonError::Setup(format!(
+            "the dataplane stopped: {reason}"
+        ))),
+        None => wait,
+    }
 }
 
 async fn wait_for_signals(

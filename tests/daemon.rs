@@ -649,3 +649,23 @@ fn underlay_frag_needed_lowers_the_path_mtu_for_that_node() {
     // Smaller packets still pass.
     assert!(ping("1352").contains("1360 bytes from"));
 }
+
+#[test]
+fn deleting_the_device_under_the_daemon_stops_it_with_an_error() {
+    let tc = seed_cluster();
+    let pid = tc.daemon(NODE1).unwrap().pid;
+    tc.cluster()
+        .exec_ok(NODE1, &["ip", "link", "del", "tunl0"])
+        .unwrap();
+    // Traffic toward the node makes the dataplane touch the dead device.
+    let _ = tc
+        .cluster()
+        .ping(PERF, tc.pod_ip(SIT).unwrap(), 2, Duration::from_millis(100));
+    let status = tc
+        .cluster()
+        .wait_timeout(pid, Duration::from_secs(10))
+        .unwrap()
+        .unwrap_or_else(|| panic!("tunl kept running without its device:\n{}", tc.log(NODE1)));
+    assert_eq!(status.code(), Some(1), "{}", tc.log(NODE1));
+    assert!(tc.kernel_routes(NODE1).unwrap().is_empty());
+}

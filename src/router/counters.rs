@@ -69,7 +69,9 @@ macro_rules! counters {
 counters! {
     /// Inner packets encapsulated and handed to the underlay.
     tx_packets,
-    /// Inner bytes of `tx_packets`.
+    /// Inner bytes of the packets encapsulated for the underlay (counted
+    /// before the send, so it includes packets later refused by the socket,
+    /// which `tx_errors` counts).
     tx_bytes,
     /// Inner packets decapsulated and written to the TUN device.
     rx_packets,

@@ -4,7 +4,8 @@
 //! own snapshot ([`tunl_routing::RouteReader`]), the decap policy and tunnel
 //! settings through an atomically swapped [`Policy`] loaded once per batch,
 //! and learned path MTUs through [`PathMtu`], which costs one relaxed load per
-//! packet until the underlay has reported a lower MTU.
+//! packet; only while the underlay has reported a lower MTU do packets longer
+//! than it also pay a map lookup.
 
 use std::collections::HashMap;
 use std::net::Ipv4Addr;
@@ -94,13 +95,40 @@ impl PathMtu {
             .map_or(tunnel_mtu, |learned| learned.min(tunnel_mtu))
     }
 
-    /// The learned MTU toward `node`, if one holds.
+    /// The learned MTU toward `node`, if one holds. Finding an expired
+    /// entry prunes the map, so once every learned MTU has expired packets
+    /// take the one-load fast path of [`PathMtu::effective`] again.
     pub fn lookup(&self, node: Ipv4Addr) -> Option<u16> {
         let map = self.map.load();
         match map.get(&node) {
             Some((mtu, expires)) if *expires > Instant::now() => Some(*mtu),
-            _ => None,
+            Some(_) => {
+                self.prune();
+                None
+            }
+            None => None,
         }
+    }
+
+    /// Drops expired entries and recomputes the floor.
+    fn prune(&self) {
+        let _guard = self.write.lock().unwrap_or_else(|e| e.into_inner());
+        let now = Instant::now();
+        let next: HashMap<Ipv4Addr, (u16, Instant)> = self
+            .map
+            .load()
+            .iter()
+            .filter(|(_, (_, exp))| *exp > now)
+            .map(|(k, v)| (*k, *v))
+            .collect();
+        self.publish(next);
+    }
+
+    fn publish(&self, next: HashMap<Ipv4Addr, (u16, Instant)>) {
+        let floor = next.values().map(|(m, _)| u32::from(*m)).min();
+        self.map.store(Arc::new(next));
+        self.floor
+            .store(floor.unwrap_or(u32::MAX), Ordering::Relaxed);
     }
 
     /// Records that the tunnel MTU toward `node` is `mtu` (lower only).
@@ -120,10 +148,7 @@ impl PathMtu {
             .map(|(k, v)| (*k, *v))
             .collect();
         next.insert(node, (mtu, now + PMTU_EXPIRES));
-        let floor = next.values().map(|(m, _)| u32::from(*m)).min();
-        self.map.store(Arc::new(next));
-        self.floor
-            .store(floor.unwrap_or(u32::MAX), Ordering::Relaxed);
+        self.publish(next);
         true
     }
 
@@ -154,6 +179,7 @@ pub struct Shared {
     /// Traffic per remote node and refused IPIP sources.
     pub nodes: NodeCounters,
     counters: Mutex<Vec<Arc<Counters>>>,
+    failure: Mutex<Option<String>>,
 }
 
 impl Shared {
@@ -165,7 +191,29 @@ impl Shared {
             stop: AtomicBool::new(false),
             nodes: NodeCounters::default(),
             counters: Mutex::new(Vec::new()),
+            failure: Mutex::new(None),
         }
+    }
+
+    /// A worker hit an error it cannot go on from (the TUN device is gone):
+    /// records it, stops the workers and asks the daemon to shut down (it
+    /// reports the failure and exits non-zero).
+    pub fn fail(&self, reason: String) {
+        tracing::error!("dataplane: {reason}; stopping");
+        let mut failure = self.failure.lock().unwrap_or_else(|e| e.into_inner());
+        if failure.is_none() {
+            *failure = Some(reason);
+            let _ = nix::sys::signal::raise(nix::sys::signal::Signal::SIGTERM);
+        }
+        self.stop.store(true, Ordering::Relaxed);
+    }
+
+    /// The failure recorded by [`Shared::fail`], if any.
+    pub fn failure(&self) -> Option<String> {
+        self.failure
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 
     /// A new set of counters for one worker, included in [`Shared::counters`].

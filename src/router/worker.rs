@@ -36,8 +36,13 @@ pub const TX_BATCH: usize = 256;
 const TX_READ_ROOM: usize = 128;
 /// Outer packets received per `recvmmsg`.
 pub const RX_BATCH: usize = 32;
-/// Capacity of an RX buffer: a whole underlay GRO super-packet.
-const RX_BUF_LEN: usize = 65535 + HEADROOM;
+/// Capacity of an RX buffer: a whole underlay GRO super-packet, received at
+/// offset 0; after decap the TUN write may coalesce up to 64 KiB into it at
+/// offset `HEADROOM`.
+const RX_BUF_LEN: usize = tunl_io::RX_BUF_CAPACITY;
+/// The lowest underlay path MTU tunl accepts from ICMP (Linux's
+/// `net.ipv4.route.min_pmtu` default).
+const MIN_PATH_MTU: u16 = 552;
 /// Batches per source per wakeup before the worker looks at other sources.
 const BUDGET: usize = 16;
 
@@ -233,12 +238,18 @@ impl Worker {
                         break;
                     }
                     Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                    Err(e) => {
+                    Err(e) if e.kind() == io::ErrorKind::InvalidData => {
                         // A malformed offload header from the kernel: count
                         // it and go on; the queue itself is fine.
                         debug!(worker = self.id, error = %e, "TUN read failed");
                         self.local.drop(DropReason::MalformedInner);
                         break;
+                    }
+                    Err(e) => {
+                        // The device is gone or broken (EBADFD, EIO): stop
+                        // the daemon rather than spin on it.
+                        self.shared.fail(format!("TUN read failed: {e}"));
+                        return true;
                     }
                 }
             }
@@ -413,9 +424,17 @@ impl Worker {
                 self.local.rx_gso += report.gso_written as u64;
                 self.local.rx_oversize += report.oversize_dropped as u64;
             }
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted
+                ) =>
+            {
+                self.local.rx_tun_full += kept as u64;
+            }
             Err(e) => {
                 self.local.rx_tun_full += kept as u64;
-                debug!(worker = self.id, error = %e, "TUN write failed");
+                self.shared.fail(format!("TUN write failed: {e}"));
             }
         }
     }
@@ -448,8 +467,10 @@ impl Worker {
             }
             self.local.underlay_icmp += 1;
             match msg.error {
-                UnderlayError::FragNeeded { mtu } if mtu >= 68 + 20 => {
-                    let tunnel_mtu = mtu - 20;
+                UnderlayError::FragNeeded { mtu } => {
+                    // Like the kernel's min_pmtu: a (possibly spoofed) tiny
+                    // MTU must not cripple every flow toward the node.
+                    let tunnel_mtu = mtu.max(MIN_PATH_MTU) - 20;
                     if self.shared.pmtu.learn(msg.node, tunnel_mtu) {
                         self.local.pmtu_updates += 1;
                         debug!(node = %msg.node, tunnel_mtu, "path MTU lowered");
