@@ -234,7 +234,10 @@ fn walk_through(
     let pcap = args
         .pcap
         .clone()
-        .unwrap_or_else(|| tc.dir().join("node1-underlay.pcap"));
+        // Outside the cluster's folder, which the teardown removes.
+        .unwrap_or_else(|| {
+            std::env::temp_dir().join(format!("tunl-{}-node1-underlay.pcap", args.tag))
+        });
     let _ = std::fs::remove_file(&pcap);
     let pcap_arg = pcap.to_string_lossy().into_owned();
     let tcpdump = c.spawn(

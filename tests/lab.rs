@@ -41,6 +41,10 @@ fn lab_walks_through_the_article() {
     assert!(pod_to_pod.count() >= 1, "{text}");
     let pcap = report.pcap.expect("a pcap file");
     assert!(text.contains(&pcap.display().to_string()));
+    // The file outlives the teardown, and reads back as the same capture.
+    let reread = tunl::capture::read_pcap(&pcap).expect("the pcap file is readable after teardown");
+    assert!(reread.iter().filter(|p| p.is_ipip()).count() >= report.captured.len());
+    let _ = std::fs::remove_file(&pcap);
     assert!(report.throughput.unwrap_or(0.0) > 0.0, "{text}");
     assert!(
         text.contains("counters at exit") || text.contains("tx_packets="),
