@@ -3,6 +3,8 @@
 //! IPIP flood and the ICMP rate limit. In network namespaces (root, as under
 //! CI; they do not skip).
 
+mod common;
+
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{Ipv4Addr, SocketAddrV4, TcpStream, UdpSocket};
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
@@ -11,6 +13,7 @@ use std::path::Path;
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
+use common::{logs, netns_of, tunl_bin, wait_until};
 use etherparse::PacketBuilder;
 use socket2::{Domain, Protocol, SockAddr, Socket, Type};
 use tunl::control::{Client, Request, Stats, Status};
@@ -22,10 +25,6 @@ const NODE2: &str = "node2.perf";
 const SIT: &str = "demo-hello-sit";
 const PERF: &str = "demo-hello-perf";
 
-fn tunl_bin() -> &'static Path {
-    Path::new(env!("CARGO_BIN_EXE_tunl"))
-}
-
 fn cluster(spec: ClusterSpec, extra_config: &str) -> TunlCluster {
     TunlCluster::start(
         spec,
@@ -36,13 +35,6 @@ fn cluster(spec: ClusterSpec, extra_config: &str) -> TunlCluster {
         },
     )
     .expect("start a cluster with tunl on every node")
-}
-
-fn logs(tc: &TunlCluster) -> String {
-    tc.daemons()
-        .iter()
-        .map(|d| format!("--- {} ---\n{}", d.node, tc.log(&d.node)))
-        .collect()
 }
 
 /// Runs `tunl ARGS --socket <node's socket>` from the test's namespace.
@@ -75,18 +67,6 @@ fn stats(tc: &TunlCluster, node: &str) -> Stats {
         .unwrap()
         .call(&Request::Stats {})
         .unwrap()
-}
-
-fn wait_until(mut cond: impl FnMut() -> bool, what: &str) {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !cond() {
-        assert!(Instant::now() < deadline, "timed out waiting for: {what}");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
-fn netns_of(tc: &TunlCluster, name: &str) -> String {
-    tc.cluster().netns(name).unwrap().to_owned()
 }
 
 /// Sends `count` UDP datagrams of `len` bytes from `from_pod` to `to:port`,
