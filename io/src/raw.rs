@@ -304,116 +304,32 @@ impl IpipSender {
             ));
         }
         let mut report = SendMsgReport::default();
-        let mut waits = 0;
-        let mut nobufs = 0;
+        let mut retries = Retries::default();
         for (packets, dsts) in packets.chunks(MAX_BATCH).zip(dsts.chunks(MAX_BATCH)) {
-            self.send_chunk(packets, dsts, &mut report, &mut waits, &mut nobufs)?;
+            let n = packets.len();
+            for ((addr, iov), (packet, dst)) in self
+                .addrs
+                .iter_mut()
+                .zip(self.iovs.iter_mut())
+                .zip(packets.iter().zip(dsts))
+            {
+                addr.sin_addr.s_addr = u32::from(*dst).to_be();
+                *iov = send_iovec(packet);
+            }
+            link_headers(&mut self.msgs[..n], &mut self.addrs, &mut self.iovs);
+            // SAFETY: link_headers just pointed msgs[..n] at sockaddr_ins in
+            // self.addrs and iovecs over packets[..n]; all of them outlive
+            // the call and none is touched until it returns.
+            unsafe {
+                send_linked(
+                    self.sock.as_raw_fd(),
+                    &mut self.msgs[..n],
+                    &mut report,
+                    &mut retries,
+                )?
+            };
         }
         Ok(report)
-    }
-
-    fn send_chunk(
-        &mut self,
-        packets: &[&[u8]],
-        dsts: &[Ipv4Addr],
-        report: &mut SendMsgReport,
-        waits: &mut usize,
-        nobufs: &mut usize,
-    ) -> io::Result<()> {
-        let n = packets.len();
-        for ((addr, iov), (packet, dst)) in self
-            .addrs
-            .iter_mut()
-            .zip(self.iovs.iter_mut())
-            .zip(packets.iter().zip(dsts))
-        {
-            addr.sin_addr.s_addr = u32::from(*dst).to_be();
-            *iov = libc::iovec {
-                // The kernel only reads from a send iovec.
-                iov_base: packet.as_ptr().cast_mut().cast(),
-                iov_len: packet.len(),
-            };
-        }
-        // Pointers into the scratch arrays are taken once from their base,
-        // after the last write to them.
-        let iov_base = self.iovs.as_mut_ptr();
-        let addr_base = self.addrs.as_mut_ptr();
-        for (i, msg) in self.msgs[..n].iter_mut().enumerate() {
-            let hdr = &mut msg.msg_hdr;
-            hdr.msg_name = addr_base.wrapping_add(i).cast();
-            hdr.msg_namelen = mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
-            hdr.msg_iov = iov_base.wrapping_add(i);
-            hdr.msg_iovlen = 1;
-            hdr.msg_control = ptr::null_mut();
-            hdr.msg_controllen = 0;
-            hdr.msg_flags = 0;
-            msg.msg_len = 0;
-        }
-        let mut start = 0;
-        while start < n {
-            // SAFETY: msgs[start..n] are initialised above; each points to a
-            // sockaddr_in in self.addrs and one iovec over packets[i], all of
-            // which outlive the call; the kernel only reads them.
-            let rc = unsafe {
-                libc::sendmmsg(
-                    self.sock.as_raw_fd(),
-                    self.msgs[start..].as_mut_ptr(),
-                    (n - start) as libc::c_uint,
-                    libc::MSG_DONTWAIT,
-                )
-            };
-            if rc > 0 {
-                start += rc as usize;
-                report.sent += rc as usize;
-                continue;
-            }
-            if rc == 0 {
-                // Not documented to happen for a non-empty batch.
-                report.failed += n - start;
-                return Ok(());
-            }
-            let e = io::Error::last_os_error();
-            match e.raw_os_error() {
-                Some(libc::EINTR) => continue,
-                Some(libc::EAGAIN) => {
-                    if *waits < EAGAIN_WAITS {
-                        *waits += 1;
-                        self.wait_writable();
-                        continue;
-                    }
-                    report.failed += n - start;
-                    report.last_error = Some(e);
-                    return Ok(());
-                }
-                Some(libc::ENOBUFS) if *nobufs < ENOBUFS_RETRIES => {
-                    // The device (or its queue) dropped the packet: give the
-                    // receiver of the ring a moment, then send it again.
-                    *nobufs += 1;
-                    report.nobufs_retries += 1;
-                    std::thread::yield_now();
-                    continue;
-                }
-                Some(libc::EBADF | libc::ENOTSOCK | libc::EFAULT) => return Err(e),
-                _ => {
-                    // The packet at `start` failed: skip it.
-                    tracing::trace!(error = %e, dst = %dsts[start], "raw send failed");
-                    report.failed += 1;
-                    report.last_error = Some(e);
-                    start += 1;
-                }
-            }
-        }
-        Ok(())
-    }
-
-    fn wait_writable(&self) {
-        let mut pfd = libc::pollfd {
-            fd: self.sock.as_raw_fd(),
-            events: libc::POLLOUT,
-            revents: 0,
-        };
-        // SAFETY: pfd is one valid pollfd for the duration of the call.
-        unsafe { libc::poll(&raw mut pfd, 1, EAGAIN_WAIT_MS) };
     }
 }
 
@@ -591,7 +507,7 @@ impl PacketSender {
             ));
         }
         let mut report = SendMsgReport::default();
-        let (mut waits, mut nobufs) = (0, 0);
+        let mut retries = Retries::default();
         for (packets, macs) in packets.chunks(MAX_BATCH).zip(macs.chunks(MAX_BATCH)) {
             let n = packets.len();
             for ((addr, iov), (packet, mac)) in self
@@ -602,76 +518,128 @@ impl PacketSender {
             {
                 addr.sll_ifindex = self.ifindex;
                 addr.sll_addr[..6].copy_from_slice(mac);
-                *iov = libc::iovec {
-                    // The kernel only reads from a send iovec.
-                    iov_base: packet.as_ptr().cast_mut().cast(),
-                    iov_len: packet.len(),
-                };
+                *iov = send_iovec(packet);
             }
-            let iov_base = self.iovs.as_mut_ptr();
-            let addr_base = self.addrs.as_mut_ptr();
-            for (i, msg) in self.msgs[..n].iter_mut().enumerate() {
-                let hdr = &mut msg.msg_hdr;
-                hdr.msg_name = addr_base.wrapping_add(i).cast();
-                hdr.msg_namelen = mem::size_of::<libc::sockaddr_ll>() as libc::socklen_t;
-                hdr.msg_iov = iov_base.wrapping_add(i);
-                hdr.msg_iovlen = 1;
-                hdr.msg_control = ptr::null_mut();
-                hdr.msg_controllen = 0;
-                hdr.msg_flags = 0;
-                msg.msg_len = 0;
-            }
-            let mut start = 0;
-            while start < n {
-                // SAFETY: msgs[start..n] are initialised above; each points
-                // to a sockaddr_ll in self.addrs and one iovec over
-                // packets[i], all of which outlive the call; the kernel only
-                // reads them.
-                let rc = unsafe {
-                    libc::sendmmsg(
-                        self.sock.as_raw_fd(),
-                        self.msgs[start..].as_mut_ptr(),
-                        (n - start) as libc::c_uint,
-                        libc::MSG_DONTWAIT,
-                    )
-                };
-                if rc > 0 {
-                    start += rc as usize;
-                    report.sent += rc as usize;
-                    continue;
-                }
-                if rc == 0 {
-                    report.failed += n - start;
-                    break;
-                }
-                let e = io::Error::last_os_error();
-                match e.raw_os_error() {
-                    Some(libc::EINTR) => continue,
-                    Some(libc::ENOBUFS) if nobufs < ENOBUFS_RETRIES => {
-                        nobufs += 1;
-                        report.nobufs_retries += 1;
-                        std::thread::yield_now();
-                    }
-                    Some(libc::EAGAIN) if waits < EAGAIN_WAITS => {
-                        waits += 1;
-                        wait_writable(self.sock.as_raw_fd());
-                    }
-                    Some(libc::EAGAIN) => {
-                        report.failed += n - start;
-                        report.last_error = Some(e);
-                        break;
-                    }
-                    Some(libc::EBADF | libc::ENOTSOCK | libc::EFAULT) => return Err(e),
-                    _ => {
-                        report.failed += 1;
-                        report.last_error = Some(e);
-                        start += 1;
-                    }
-                }
-            }
+            link_headers(&mut self.msgs[..n], &mut self.addrs, &mut self.iovs);
+            // SAFETY: link_headers just pointed msgs[..n] at sockaddr_lls in
+            // self.addrs and iovecs over packets[..n]; all of them outlive
+            // the call and none is touched until it returns.
+            unsafe {
+                send_linked(
+                    self.sock.as_raw_fd(),
+                    &mut self.msgs[..n],
+                    &mut report,
+                    &mut retries,
+                )?
+            };
         }
         Ok(report)
     }
+}
+
+/// An iovec over a packet to send (the kernel only reads a send iovec).
+fn send_iovec(packet: &[u8]) -> libc::iovec {
+    libc::iovec {
+        iov_base: packet.as_ptr().cast_mut().cast(),
+        iov_len: packet.len(),
+    }
+}
+
+/// Points `msgs[i]` at `addrs[i]` (a socket address of type `A`) and one
+/// iovec, `iovs[i]`. The pointers are taken once from the slices' bases,
+/// after the last write to them; `addrs` and `iovs` are at least as long as
+/// `msgs`.
+fn link_headers<A>(msgs: &mut [libc::mmsghdr], addrs: &mut [A], iovs: &mut [libc::iovec]) {
+    debug_assert!(addrs.len() >= msgs.len() && iovs.len() >= msgs.len());
+    let iov_base = iovs.as_mut_ptr();
+    let addr_base = addrs.as_mut_ptr();
+    for (i, msg) in msgs.iter_mut().enumerate() {
+        let hdr = &mut msg.msg_hdr;
+        hdr.msg_name = addr_base.wrapping_add(i).cast();
+        hdr.msg_namelen = mem::size_of::<A>() as libc::socklen_t;
+        hdr.msg_iov = iov_base.wrapping_add(i);
+        hdr.msg_iovlen = 1;
+        hdr.msg_control = ptr::null_mut();
+        hdr.msg_controllen = 0;
+        hdr.msg_flags = 0;
+        msg.msg_len = 0;
+    }
+}
+
+/// What one `send_batch` call may still spend on waiting and resending.
+#[derive(Debug, Default)]
+struct Retries {
+    waits: usize,
+    nobufs: usize,
+}
+
+/// Sends every message of `msgs` with `sendmmsg`: a packet the kernel
+/// refuses is skipped and counted, `ENOBUFS` (the device dropped it, seen
+/// with `IP_RECVERR`) is resent after a yield, `EAGAIN` waits briefly for
+/// room, within the budgets of `retries`.
+///
+/// # Safety
+/// Every message of `msgs` must point to a valid socket address and iovecs
+/// over readable memory that stay valid and unchanged during the call.
+unsafe fn send_linked(
+    fd: RawFd,
+    msgs: &mut [libc::mmsghdr],
+    report: &mut SendMsgReport,
+    retries: &mut Retries,
+) -> io::Result<()> {
+    let n = msgs.len();
+    let mut start = 0;
+    while start < n {
+        // SAFETY: msgs[start..n] point to valid addresses and iovecs (this
+        // function's contract); the kernel only reads them.
+        let rc = unsafe {
+            libc::sendmmsg(
+                fd,
+                msgs[start..].as_mut_ptr(),
+                (n - start) as libc::c_uint,
+                libc::MSG_DONTWAIT,
+            )
+        };
+        if rc > 0 {
+            start += rc as usize;
+            report.sent += rc as usize;
+            continue;
+        }
+        if rc == 0 {
+            // Not documented to happen for a non-empty batch.
+            report.failed += n - start;
+            return Ok(());
+        }
+        let e = io::Error::last_os_error();
+        match e.raw_os_error() {
+            Some(libc::EINTR) => {}
+            Some(libc::ENOBUFS) if retries.nobufs < ENOBUFS_RETRIES => {
+                // The device (or its queue) dropped the packet: give the
+                // receiver of the ring a moment, then send it again.
+                retries.nobufs += 1;
+                report.nobufs_retries += 1;
+                std::thread::yield_now();
+            }
+            Some(libc::EAGAIN) if retries.waits < EAGAIN_WAITS => {
+                retries.waits += 1;
+                wait_writable(fd);
+            }
+            Some(libc::EAGAIN) => {
+                report.failed += n - start;
+                report.last_error = Some(e);
+                return Ok(());
+            }
+            Some(libc::EBADF | libc::ENOTSOCK | libc::EFAULT) => return Err(e),
+            _ => {
+                // The packet at `start` failed: skip it.
+                tracing::trace!(error = %e, "send failed; packet skipped");
+                report.failed += 1;
+                report.last_error = Some(e);
+                start += 1;
+            }
+        }
+    }
+    Ok(())
 }
 
 fn wait_writable(fd: RawFd) {
