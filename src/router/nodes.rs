@@ -4,9 +4,9 @@
 //! A worker counts into a [`LocalNodeCounters`] indexed by the next hop's
 //! position in the batch's [`Policy::vias`](super::Policy::vias) (a binary
 //! search, no hashing, no lock, no allocation once the array has grown to the
-//! route set), and flushes it into the shared [`NodeCounters`] once per batch,
-//! while it still holds the same policy snapshot, so indexes and addresses
-//! agree. Refused sources are kept in a table of at most
+//! route set), and flushes it into the shared [`NodeCounters`] every 64
+//! batches, when it goes idle, and before it counts against a new policy
+//! snapshot, so indexes and addresses always agree. Refused sources are kept in a table of at most
 //! [`MAX_REFUSED_SOURCES`] entries; sources past that are only summed, so a
 //! flood of spoofed addresses costs bounded memory.
 

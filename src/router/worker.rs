@@ -27,7 +27,7 @@ use tunl_routing::RouteReader;
 
 use super::counters::{Counters, LocalCounters};
 use super::nodes::LocalNodeCounters;
-use super::state::Shared;
+use super::state::{Policy, Shared};
 
 /// Segments handled per encap batch (and the size of the TX buffer ring).
 pub const TX_BATCH: usize = 256;
@@ -40,6 +40,8 @@ pub const RX_BATCH: usize = 32;
 /// offset 0; after decap the TUN write may coalesce up to 64 KiB into it at
 /// offset `HEADROOM`.
 const RX_BUF_LEN: usize = tunl_io::RX_BUF_CAPACITY;
+/// Batches between flushes of the per-node counters.
+const NODE_FLUSH_BATCHES: u32 = 64;
 /// The lowest underlay path MTU tunl accepts from ICMP (Linux's
 /// `net.ipv4.route.min_pmtu` default).
 const MIN_PATH_MTU: u16 = 552;
@@ -70,6 +72,10 @@ pub struct Worker {
     counters: Arc<Counters>,
     local: LocalCounters,
     nodes: LocalNodeCounters,
+    /// The policy `nodes` is counting against (its `vias` index the tallies).
+    nodes_policy: Option<Arc<Policy>>,
+    /// Batches since `nodes` was last flushed.
+    node_batches: u32,
     ids: IdentGenerator,
     icmp_limit: TokenBucket,
     tx_bufs: Vec<PacketBuf>,
@@ -170,6 +176,8 @@ impl Worker {
             counters,
             local: LocalCounters::default(),
             nodes: LocalNodeCounters::default(),
+            nodes_policy: None,
+            node_batches: 0,
             ids: IdentGenerator::new(seed(id)),
             icmp_limit: TokenBucket::new(icmp_rate.max(1), icmp_rate.clamp(1, 10)),
             tx_bufs: (0..TX_BATCH)
@@ -191,6 +199,10 @@ impl Worker {
         let (mut tun_ready, mut ipip_ready, mut icmp_ready) = (true, self.rx.is_some(), false);
         loop {
             let busy = tun_ready || ipip_ready || icmp_ready;
+            if !busy {
+                // About to sleep: publish the per-node counts.
+                self.flush_nodes();
+            }
             let timeout = busy.then_some(std::time::Duration::ZERO);
             if let Err(e) = self.poll.poll(&mut events, timeout) {
                 if e.kind() != io::ErrorKind::Interrupted {
@@ -221,6 +233,7 @@ impl Worker {
             self.counters.flush(&mut self.local);
         }
         self.counters.flush(&mut self.local);
+        self.flush_nodes();
         debug!(worker = self.id, "worker stopped");
     }
 
@@ -265,6 +278,12 @@ impl Worker {
 
     fn encap_batch(&mut self, filled: usize) {
         let policy = self.shared.policy.load();
+        follow_policy(
+            &mut self.nodes,
+            &mut self.nodes_policy,
+            &self.shared,
+            &policy,
+        );
         let settings = &policy.settings;
         let routes = self.routes.load();
         self.tx_out.clear();
@@ -323,7 +342,7 @@ impl Worker {
             }
         }
         drop(routes);
-        self.nodes.flush(&policy.vias, &self.shared.nodes);
+        self.node_batch_done();
         if self.tx_out.is_empty() {
             return;
         }
@@ -385,6 +404,12 @@ impl Worker {
 
     fn decap_batch(&mut self, received: usize) {
         let policy = self.shared.policy.load();
+        follow_policy(
+            &mut self.nodes,
+            &mut self.nodes_policy,
+            &self.shared,
+            &policy,
+        );
         let mut kept = 0;
         for i in 0..received {
             let buf = &mut self.rx_bufs[i];
@@ -413,7 +438,7 @@ impl Worker {
                 }
             }
         }
-        self.nodes.flush(&policy.vias, &self.shared.nodes);
+        self.node_batch_done();
         if kept == 0 {
             return;
         }
@@ -436,6 +461,24 @@ impl Worker {
                 self.local.rx_tun_full += kept as u64;
                 self.shared.fail(format!("TUN write failed: {e}"));
             }
+        }
+    }
+
+    /// Counts a batch for the per-node flush: the counts go to the shared
+    /// table every [`NODE_FLUSH_BATCHES`] batches (and when the worker goes
+    /// idle), not per batch, so small-packet batches do not each take its
+    /// lock and read the clock.
+    fn node_batch_done(&mut self) {
+        self.node_batches += 1;
+        if self.node_batches >= NODE_FLUSH_BATCHES {
+            self.flush_nodes();
+        }
+    }
+
+    fn flush_nodes(&mut self) {
+        self.node_batches = 0;
+        if let Some(policy) = &self.nodes_policy {
+            self.nodes.flush(&policy.vias, &self.shared.nodes);
         }
     }
 
@@ -481,6 +524,25 @@ impl Worker {
             }
         }
         false
+    }
+}
+
+/// Makes `nodes` count against `policy`: when the policy changed since the
+/// last batch, the counts made against the old one (whose `vias` index them)
+/// are flushed first.
+fn follow_policy(
+    nodes: &mut LocalNodeCounters,
+    current: &mut Option<Arc<Policy>>,
+    shared: &Shared,
+    policy: &Arc<Policy>,
+) {
+    match current {
+        Some(p) if Arc::ptr_eq(p, policy) => {}
+        Some(p) => {
+            nodes.flush(&p.vias, &shared.nodes);
+            *current = Some(policy.clone());
+        }
+        None => *current = Some(policy.clone()),
     }
 }
 
