@@ -36,22 +36,11 @@ fn force_buffer(sock: &Socket, size: usize, receive: bool) -> io::Result<()> {
         libc::SO_SNDBUFFORCE
     };
     let val = libc::c_int::try_from(size).unwrap_or(libc::c_int::MAX);
-    // SAFETY: setsockopt reads exactly size_of::<c_int>() bytes from &val,
-    // which lives for the duration of the call.
-    let rc = unsafe {
-        libc::setsockopt(
-            sock.as_raw_fd(),
-            libc::SOL_SOCKET,
-            force,
-            (&raw const val).cast(),
-            mem::size_of::<libc::c_int>() as libc::socklen_t,
-        )
-    };
-    if rc == 0 {
+    let Err(e) = set_option(sock, libc::SOL_SOCKET, force, val) else {
         return Ok(());
-    }
+    };
     tracing::debug!(
-        error = %io::Error::last_os_error(),
+        error = %e,
         size,
         "SO_*BUFFORCE refused, falling back to the capped size"
     );
@@ -59,6 +48,32 @@ fn force_buffer(sock: &Socket, size: usize, receive: bool) -> io::Result<()> {
         sock.set_recv_buffer_size(size)
     } else {
         sock.set_send_buffer_size(size)
+    }
+}
+
+/// `setsockopt` with a plain value (an int, or a struct of one `u32` such as
+/// `icmp_filter`).
+fn set_option<T: Copy>(
+    sock: &Socket,
+    level: libc::c_int,
+    name: libc::c_int,
+    value: T,
+) -> io::Result<()> {
+    // SAFETY: setsockopt reads exactly size_of::<T>() bytes from &value,
+    // a plain Copy value that lives for the duration of the call.
+    let rc = unsafe {
+        libc::setsockopt(
+            sock.as_raw_fd(),
+            level,
+            name,
+            (&raw const value).cast(),
+            mem::size_of::<T>() as libc::socklen_t,
+        )
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
     }
 }
 
@@ -248,22 +263,9 @@ impl IpipSender {
         force_buffer(&sock, sndbuf, false).map_err(|e| IoError::from_os(what, None, e))?;
         // IP_RECVERR: without it the kernel reports a packet the device
         // dropped (a full veth ring: ENOBUFS) as sent; with it the batch
-        // stops there and send_chunk backs off and retries the packet.
-        let on: libc::c_int = 1;
-        // SAFETY: setsockopt reads exactly size_of::<c_int>() bytes from
-        // &on, which lives for the duration of the call.
-        let rc = unsafe {
-            libc::setsockopt(
-                sock.as_raw_fd(),
-                libc::IPPROTO_IP,
-                libc::IP_RECVERR,
-                (&raw const on).cast(),
-                mem::size_of::<libc::c_int>() as libc::socklen_t,
-            )
-        };
-        if rc != 0 {
-            return Err(IoError::from_os(what, None, io::Error::last_os_error()));
-        }
+        // stops there and send_linked backs off and retries the packet.
+        set_option(&sock, libc::IPPROTO_IP, libc::IP_RECVERR, 1 as libc::c_int)
+            .map_err(|e| IoError::from_os(what, None, e))?;
         let (iovs, msgs) = scratch();
         let addr = libc::sockaddr_in {
             sin_family: libc::AF_INET as libc::sa_family_t,
@@ -366,21 +368,8 @@ impl IcmpReceiver {
     pub fn open() -> Result<Self, IoError> {
         let what = "open raw ICMP socket";
         let sock = raw_socket(libc::IPPROTO_ICMP, what)?;
-        let filter: u32 = !ICMP_WANTED;
-        // SAFETY: setsockopt reads exactly 4 bytes from &filter, which lives
-        // for the duration of the call.
-        let rc = unsafe {
-            libc::setsockopt(
-                sock.as_raw_fd(),
-                libc::SOL_RAW,
-                ICMP_FILTER,
-                (&raw const filter).cast(),
-                mem::size_of::<u32>() as libc::socklen_t,
-            )
-        };
-        if rc != 0 {
-            return Err(IoError::from_os(what, None, io::Error::last_os_error()));
-        }
+        set_option(&sock, libc::SOL_RAW, ICMP_FILTER, !ICMP_WANTED)
+            .map_err(|e| IoError::from_os(what, None, e))?;
         Ok(Self { sock })
     }
 
@@ -460,21 +449,13 @@ impl PacketSender {
         sock.set_nonblocking(true)
             .map_err(|e| IoError::from_os(what, None, e))?;
         force_buffer(&sock, sndbuf, false).map_err(|e| IoError::from_os(what, None, e))?;
-        let on: libc::c_int = 1;
-        // SAFETY: setsockopt reads exactly size_of::<c_int>() bytes from
-        // &on, which lives for the duration of the call.
-        let rc = unsafe {
-            libc::setsockopt(
-                sock.as_raw_fd(),
-                libc::SOL_PACKET,
-                libc::PACKET_QDISC_BYPASS,
-                (&raw const on).cast(),
-                mem::size_of::<libc::c_int>() as libc::socklen_t,
-            )
-        };
-        if rc != 0 {
-            return Err(IoError::from_os(what, None, io::Error::last_os_error()));
-        }
+        set_option(
+            &sock,
+            libc::SOL_PACKET,
+            libc::PACKET_QDISC_BYPASS,
+            1 as libc::c_int,
+        )
+        .map_err(|e| IoError::from_os(what, None, e))?;
         let ifindex = i32::try_from(ifindex)
             .map_err(|_| IoError::InvalidConfig(format!("interface index {ifindex}")))?;
         let (iovs, msgs) = scratch();
