@@ -271,13 +271,7 @@ mod tests {
     #[test]
     fn renders_prometheus_names() {
         let mut policy = Policy {
-            settings: TunnelSettings {
-                local: Ipv4Addr::new(172, 16, 35, 4),
-                ttl: tunl_encap::Ttl::Inherit,
-                tos_inherit: false,
-                pmtudisc: false,
-                mtu: 1480,
-            },
+            settings: TunnelSettings::new(Ipv4Addr::new(172, 16, 35, 4)),
             vias: vec![],
             allow: vec![],
             blocks: vec![],

@@ -13,7 +13,7 @@ use std::path::Path;
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
-use common::{logs, netns_of, tunl_bin, wait_until};
+use common::{logs, netns_of, run_to_exit, tunl_bin, wait_until};
 use etherparse::PacketBuilder;
 use socket2::{Domain, Protocol, SockAddr, Socket, Type};
 use tunl::control::{Client, Request, Stats, Status};
@@ -686,18 +686,7 @@ fn malformed_requests_get_errors_and_the_daemon_goes_on() {
         .unwrap()
         .replace("name = \"tunl0\"", "name = \"tunl9\"");
     std::fs::write(&other, text).unwrap();
-    let out = tc
-        .cluster()
-        .exec(
-            NODE1,
-            &[
-                tunl_bin().to_str().unwrap(),
-                "run",
-                "--config",
-                other.to_str().unwrap(),
-            ],
-        )
-        .unwrap();
+    let out = run_to_exit(&tc, NODE1, &other);
     assert_eq!(out.status.code(), Some(1));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(

@@ -7,7 +7,7 @@ use std::net::{Ipv4Addr, SocketAddrV4, UdpSocket};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::{logs, netns_of, tcp_transfer, tunl_bin, wait_until};
+use common::{logs, netns_of, run_to_exit, tcp_transfer, tunl_bin, wait_until};
 use etherparse::PacketBuilder;
 use socket2::{Domain, Protocol, SockAddr, Socket, Type};
 use tunl::testbed::{DaemonOptions, TunlCluster, in_netns};
@@ -328,18 +328,7 @@ fn sigterm_removes_routes_and_device() {
 fn a_second_daemon_on_the_same_device_fails_clearly() {
     let tc = seed_cluster();
     let config = tc.daemon(NODE1).unwrap().config.clone();
-    let out = tc
-        .cluster()
-        .exec(
-            NODE1,
-            &[
-                tunl_bin().to_str().unwrap(),
-                "run",
-                "--config",
-                config.to_str().unwrap(),
-            ],
-        )
-        .unwrap();
+    let out = run_to_exit(&tc, NODE1, &config);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{stderr}");
     assert!(stderr.contains("already exists"), "{stderr}");

@@ -266,42 +266,7 @@ fn tcp_segments_written_in_one_batch_are_coalesced_and_delivered() {
         let mut queues = Tun::create(&config("tt0", true, 1)).unwrap().into_queues();
         let q = &mut queues[0];
         let listener = TcpListener::bind(SocketAddrV4::new(TUN_ADDR, 7000)).unwrap();
-        let mss = [2, 4, 0x05, 0x50]; // MSS 1360
-        q.send_one(&tcp_packet(
-            PEER,
-            40000,
-            TUN_ADDR,
-            7000,
-            1000,
-            0,
-            SYN,
-            &mss,
-            &[],
-        ))
-        .unwrap();
-
-        // The SYN-ACK comes back out of the TUN.
-        let mut b = bufs(64);
-        let server_seq = loop {
-            assert!(
-                tunl_io::ns::wait_readable(q, PATIENCE).unwrap(),
-                "no SYN-ACK"
-            );
-            let n = match q.recv_segments(&mut b) {
-                Ok(n) => n,
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
-                Err(e) => panic!("recv_segments: {e}"),
-            };
-            let synack = b[..n]
-                .iter()
-                .map(|b| &b.as_ref()[HEADROOM..])
-                .find(|p| p.len() >= 40 && p[0] == 0x45 && p[9] == 6 && p[16..20] == PEER.octets());
-            if let Some(p) = synack {
-                assert_eq!(p[33] & (SYN | ACK), SYN | ACK);
-                assert_eq!(u32::from_be_bytes([p[28], p[29], p[30], p[31]]), 1001);
-                break u32::from_be_bytes([p[24], p[25], p[26], p[27]]);
-            }
-        };
+        let server_seq = handshake(q, 7000);
 
         // The handshake ACK and four data segments of one flow in one batch.
         let mut batch = bufs(5);
@@ -423,6 +388,8 @@ fn handshake(q: &mut TunQueue, port: u16) -> u32 {
             .map(|b| &b.as_ref()[HEADROOM..])
             .find(|p| p.len() >= 40 && p[0] == 0x45 && p[9] == 6 && p[16..20] == PEER.octets());
         if let Some(p) = synack {
+            assert_eq!(p[33] & (SYN | ACK), SYN | ACK);
+            assert_eq!(u32::from_be_bytes([p[28], p[29], p[30], p[31]]), 1001);
             return u32::from_be_bytes([p[24], p[25], p[26], p[27]]);
         }
     }

@@ -247,13 +247,7 @@ mod tests {
 
     fn policy() -> Policy {
         Policy {
-            settings: TunnelSettings {
-                local: Ipv4Addr::new(172, 16, 35, 4),
-                ttl: tunl_encap::Ttl::Inherit,
-                tos_inherit: false,
-                pmtudisc: false,
-                mtu: 1480,
-            },
+            settings: TunnelSettings::new(Ipv4Addr::new(172, 16, 35, 4)),
             vias: vec![],
             allow: vec!["192.168.0.0/16".parse().unwrap()],
             blocks: vec!["10.20.42.0/26".parse().unwrap()],

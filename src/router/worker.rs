@@ -277,13 +277,7 @@ impl Worker {
     }
 
     fn encap_batch(&mut self, filled: usize) {
-        let policy = self.shared.policy.load();
-        follow_policy(
-            &mut self.nodes,
-            &mut self.nodes_policy,
-            &self.shared,
-            &policy,
-        );
+        let policy = load_policy(&self.shared, &mut self.nodes, &mut self.nodes_policy);
         let settings = &policy.settings;
         let routes = self.routes.load();
         self.tx_out.clear();
@@ -403,13 +397,7 @@ impl Worker {
     }
 
     fn decap_batch(&mut self, received: usize) {
-        let policy = self.shared.policy.load();
-        follow_policy(
-            &mut self.nodes,
-            &mut self.nodes_policy,
-            &self.shared,
-            &policy,
-        );
+        let policy = load_policy(&self.shared, &mut self.nodes, &mut self.nodes_policy);
         let mut kept = 0;
         for i in 0..received {
             let buf = &mut self.rx_bufs[i];
@@ -527,23 +515,24 @@ impl Worker {
     }
 }
 
-/// Makes `nodes` count against `policy`: when the policy changed since the
-/// last batch, the counts made against the old one (whose `vias` index them)
-/// are flushed first.
-fn follow_policy(
+/// Loads the policy for one batch and makes `nodes` count against it: when
+/// the policy changed since the last batch, the counts made against the old
+/// one (whose `vias` index them) are flushed first.
+fn load_policy(
+    shared: &Shared,
     nodes: &mut LocalNodeCounters,
     current: &mut Option<Arc<Policy>>,
-    shared: &Shared,
-    policy: &Arc<Policy>,
-) {
+) -> arc_swap::Guard<Arc<Policy>> {
+    let policy = shared.policy.load();
     match current {
-        Some(p) if Arc::ptr_eq(p, policy) => {}
+        Some(p) if Arc::ptr_eq(p, &policy) => {}
         Some(p) => {
             nodes.flush(&p.vias, &shared.nodes);
-            *current = Some(policy.clone());
+            *current = Some(Arc::clone(&policy));
         }
-        None => *current = Some(policy.clone()),
+        None => *current = Some(Arc::clone(&policy)),
     }
+    policy
 }
 
 fn send_icmp(queue: &mut TunQueue, local: &mut LocalCounters, buf: &[u8], len: Option<usize>) {

@@ -124,3 +124,19 @@ pub fn exit_counter(log: &str, name: &str) -> u64 {
         .parse()
         .unwrap()
 }
+
+/// Runs `tunl run --config CONFIG` in `node`'s namespace to completion (for
+/// daemons expected to refuse to start) and returns its output.
+pub fn run_to_exit(tc: &TunlCluster, node: &str, config: &Path) -> std::process::Output {
+    tc.cluster()
+        .exec(
+            node,
+            &[
+                tunl_bin().to_str().unwrap(),
+                "run",
+                "--config",
+                config.to_str().unwrap(),
+            ],
+        )
+        .unwrap()
+}
