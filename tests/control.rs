@@ -6,16 +6,15 @@
 mod common;
 
 use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{Ipv4Addr, SocketAddrV4, TcpStream, UdpSocket};
+use std::net::{Ipv4Addr, TcpStream, UdpSocket};
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::os::unix::net::UnixStream;
 use std::path::Path;
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
-use common::{logs, netns_of, run_to_exit, tunl_bin, wait_until};
+use common::{ipv4_packet, logs, netns_of, run_to_exit, send_raw_many, tunl_bin, wait_until};
 use etherparse::PacketBuilder;
-use socket2::{Domain, Protocol, SockAddr, Socket, Type};
 use tunl::control::{Client, Request, Stats, Status};
 use tunl::testbed::{DaemonOptions, TunlCluster, in_netns};
 use tunl::topology::ClusterSpec;
@@ -499,41 +498,13 @@ fn security_user_switches_user_and_keeps_only_net_admin() {
     assert!(tc.kernel_routes(NODE1).unwrap().is_empty());
 }
 
-fn send_raw_many(tc: &TunlCluster, node: &str, packets: Vec<(Ipv4Addr, Vec<u8>)>) {
-    in_netns(&netns_of(tc, node), move || {
-        let sock = Socket::new(
-            Domain::IPV4,
-            Type::RAW,
-            Some(Protocol::from(libc::IPPROTO_RAW)),
-        )
-        .unwrap();
-        for (dst, p) in packets {
-            sock.send_to(&p, &SockAddr::from(SocketAddrV4::new(dst, 0)))
-                .unwrap();
-        }
-    })
-    .unwrap();
-}
-
 fn ipip(outer_src: Ipv4Addr, outer_dst: Ipv4Addr, inner_dst: Ipv4Addr) -> Vec<u8> {
     let mut inner = Vec::new();
     PacketBuilder::ipv4([10, 20, 105, 215], inner_dst.octets(), 64)
         .udp(40000, 7300)
         .write(&mut inner, b"injected")
         .unwrap();
-    let mut outer = Vec::new();
-    etherparse::Ipv4Header::new(
-        inner.len() as u16,
-        64,
-        etherparse::IpNumber::IPV4,
-        outer_src.octets(),
-        outer_dst.octets(),
-    )
-    .unwrap()
-    .write(&mut outer)
-    .unwrap();
-    outer.extend_from_slice(&inner);
-    outer
+    ipv4_packet(outer_src, outer_dst, etherparse::IpNumber::IPV4, &inner)
 }
 
 #[test]

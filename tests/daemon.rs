@@ -7,9 +7,10 @@ use std::net::{Ipv4Addr, SocketAddrV4, UdpSocket};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::{logs, netns_of, run_to_exit, tcp_transfer, tunl_bin, wait_until};
+use common::{
+    ipv4_packet, logs, netns_of, run_to_exit, send_raw, tcp_transfer, tunl_bin, wait_until,
+};
 use etherparse::PacketBuilder;
-use socket2::{Domain, Protocol, SockAddr, Socket, Type};
 use tunl::testbed::{DaemonOptions, TunlCluster, in_netns};
 use tunl::topology::ClusterSpec;
 
@@ -159,33 +160,8 @@ fn inject_ipip(
     outer_dst: Ipv4Addr,
     inner: &[u8],
 ) {
-    let mut outer = Vec::new();
-    let header = etherparse::Ipv4Header::new(
-        inner.len() as u16,
-        64,
-        etherparse::IpNumber::IPV4,
-        outer_src.octets(),
-        outer_dst.octets(),
-    )
-    .unwrap();
-    header.write(&mut outer).unwrap();
-    outer.extend_from_slice(inner);
+    let outer = ipv4_packet(outer_src, outer_dst, etherparse::IpNumber::IPV4, inner);
     send_raw(tc, node, outer_dst, outer);
-}
-
-/// Sends a whole IPv4 packet (our own header) from `node`'s namespace.
-fn send_raw(tc: &TunlCluster, node: &str, dst: Ipv4Addr, packet: Vec<u8>) {
-    in_netns(&netns_of(tc, node), move || {
-        let sock = Socket::new(
-            Domain::IPV4,
-            Type::RAW,
-            Some(Protocol::from(libc::IPPROTO_RAW)),
-        )
-        .unwrap();
-        sock.send_to(&packet, &SockAddr::from(SocketAddrV4::new(dst, 0)))
-            .unwrap();
-    })
-    .unwrap();
 }
 
 /// Listens on UDP `port` in `pod` for `wait` and returns what arrived.
@@ -491,19 +467,7 @@ fn underlay_frag_needed(from_node: Ipv4Addr, to_node: Ipv4Addr, mtu: u16) -> Vec
     icmp.extend_from_slice(&quote);
     let sum = tunl_encap::checksum::checksum(&icmp).to_be_bytes();
     icmp[2..4].copy_from_slice(&sum);
-    let mut packet = Vec::new();
-    etherparse::Ipv4Header::new(
-        icmp.len() as u16,
-        64,
-        etherparse::IpNumber::ICMP,
-        to_node.octets(),
-        from_node.octets(),
-    )
-    .unwrap()
-    .write(&mut packet)
-    .unwrap();
-    packet.extend_from_slice(&icmp);
-    packet
+    ipv4_packet(to_node, from_node, etherparse::IpNumber::ICMP, &icmp)
 }
 
 #[test]

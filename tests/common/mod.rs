@@ -140,3 +140,49 @@ pub fn run_to_exit(tc: &TunlCluster, node: &str, config: &Path) -> std::process:
         )
         .unwrap()
 }
+
+/// An IPv4 packet with a valid header (TTL 64) around `payload`.
+pub fn ipv4_packet(
+    src: std::net::Ipv4Addr,
+    dst: std::net::Ipv4Addr,
+    protocol: etherparse::IpNumber,
+    payload: &[u8],
+) -> Vec<u8> {
+    let mut packet = Vec::with_capacity(20 + payload.len());
+    etherparse::Ipv4Header::new(
+        payload.len() as u16,
+        64,
+        protocol,
+        src.octets(),
+        dst.octets(),
+    )
+    .unwrap()
+    .write(&mut packet)
+    .unwrap();
+    packet.extend_from_slice(payload);
+    packet
+}
+
+/// Sends whole IPv4 packets (our own headers, any source address) from
+/// `node`'s namespace, each to its destination.
+pub fn send_raw_many(tc: &TunlCluster, node: &str, packets: Vec<(std::net::Ipv4Addr, Vec<u8>)>) {
+    use socket2::{Domain, Protocol, SockAddr, Socket, Type};
+    in_netns(&netns_of(tc, node), move || {
+        let sock = Socket::new(
+            Domain::IPV4,
+            Type::RAW,
+            Some(Protocol::from(libc::IPPROTO_RAW)),
+        )
+        .unwrap();
+        for (dst, p) in packets {
+            sock.send_to(&p, &SockAddr::from(SocketAddrV4::new(dst, 0)))
+                .unwrap();
+        }
+    })
+    .unwrap();
+}
+
+/// [`send_raw_many`] for one packet.
+pub fn send_raw(tc: &TunlCluster, node: &str, dst: std::net::Ipv4Addr, packet: Vec<u8>) {
+    send_raw_many(tc, node, vec![(dst, packet)]);
+}
