@@ -290,18 +290,13 @@ impl Worker {
             };
             let Some(next_hop) = routes.lookup(dst) else {
                 self.local.drop(DropReason::NoRoute);
-                let now = Instant::now();
-                if self.icmp_limit.allow(now) {
-                    let inner = &self.tx_bufs[i].as_ref()[HEADROOM..];
-                    // ICMP written into TUN arrives at the node as if from
-                    // the tunnel: its source must not be a local address
-                    // (martian) and must route back into the tunnel (strict
-                    // rp_filter), which the inner destination does.
-                    let n = icmp::unreachable(inner, Unreachable::Net, dst, &mut self.icmp_buf);
-                    send_icmp(&mut self.queue, &mut self.local, &self.icmp_buf, n);
-                } else {
-                    self.local.icmp_rate_limited += 1;
-                }
+                answer_icmp(
+                    &mut self.icmp_limit,
+                    &mut self.queue,
+                    &mut self.local,
+                    &mut self.icmp_buf,
+                    |out| icmp::unreachable(&buf.as_ref()[HEADROOM..], Unreachable::Net, dst, out),
+                );
                 continue;
             };
             let mtu = self
@@ -323,14 +318,14 @@ impl Worker {
                 }
                 Err(EncapError::TooBig { mtu }) => {
                     self.local.drop(DropReason::TooBig);
-                    if self.icmp_limit.allow(Instant::now()) {
-                        let inner = &self.tx_bufs[i].as_ref()[HEADROOM..];
-                        // Source: the inner destination (see NoRoute above).
-                        let n = icmp::frag_needed(inner, mtu, dst, &mut self.icmp_buf);
-                        send_icmp(&mut self.queue, &mut self.local, &self.icmp_buf, n);
-                    } else {
-                        self.local.icmp_rate_limited += 1;
-                    }
+                    let inner = &self.tx_bufs[i].as_ref()[HEADROOM..];
+                    answer_icmp(
+                        &mut self.icmp_limit,
+                        &mut self.queue,
+                        &mut self.local,
+                        &mut self.icmp_buf,
+                        |out| icmp::frag_needed(inner, mtu, dst, out),
+                    );
                 }
                 Err(e) => self.local.drop(e.reason()),
             }
@@ -535,9 +530,26 @@ fn load_policy(
     policy
 }
 
-fn send_icmp(queue: &mut TunQueue, local: &mut LocalCounters, buf: &[u8], len: Option<usize>) {
-    let Some(len) = len else { return };
-    match queue.send_one(&buf[..len]) {
+/// Answers a dropped pod packet with an ICMP error, rate-limited, written
+/// into the TUN device toward the inner source. `build` writes the error
+/// into its buffer and returns its length. The error's source is the inner
+/// destination: ICMP written into TUN arrives at the node as if from the
+/// tunnel, so its source must not be a local address (martian) and must
+/// route back into the tunnel (strict rp_filter), which the inner
+/// destination does.
+fn answer_icmp(
+    limit: &mut TokenBucket,
+    queue: &mut TunQueue,
+    local: &mut LocalCounters,
+    out: &mut [u8],
+    build: impl FnOnce(&mut [u8]) -> Option<usize>,
+) {
+    if !limit.allow(Instant::now()) {
+        local.icmp_rate_limited += 1;
+        return;
+    }
+    let Some(len) = build(out) else { return };
+    match queue.send_one(&out[..len]) {
         Ok(()) => local.icmp_sent += 1,
         Err(e) => debug!(error = %e, "ICMP write to TUN failed"),
     }
