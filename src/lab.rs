@@ -15,6 +15,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use crate::capture;
+use crate::control::{Client, Request, Stats};
 use crate::testbed::{DaemonOptions, TunlCluster};
 use crate::topology::{self, ClusterSpec, ProcessOutput, TopologyError};
 
@@ -414,21 +415,22 @@ fn wait_for_file(path: &Path, timeout: Duration) {
     }
 }
 
-/// Stops every daemon and prints the counters it logged on exit.
+/// Prints every daemon's counters as `tunl stats` reads them from its
+/// control socket: non-zero drops by reason after the traffic counters.
 fn counters(tc: &TunlCluster, out: &mut dyn Write) -> Result<(), LabError> {
-    heading(out, "daemon counters")?;
+    heading(out, "daemon counters (tunl stats)")?;
     for d in tc.daemons() {
-        let _ = tc.stop(&d.node);
-        writeln!(out, "  {}:", d.node)?;
-        for line in tc.log(&d.node).lines() {
-            if let Some(i) = line.find("counters at exit") {
-                let fields = line[i + "counters at exit".len()..].trim();
-                writeln!(out, "    {fields}")?;
-            } else if line.contains(" dropped ") || line.ends_with("dropped") {
-                if let Some(i) = line.find("reason=") {
-                    writeln!(out, "    dropped {}", line[i..].trim())?;
-                }
-            }
+        let stats: Stats = Client::connect(&tc.control_socket(&d.node))
+            .and_then(|mut c| c.call(&Request::Stats {}))
+            .map_err(|e| LabError::Check(format!("{}: {e}", d.node)))?;
+        let fields: Vec<String> = stats
+            .counters
+            .iter()
+            .map(|(name, v)| format!("{name}={v}"))
+            .collect();
+        writeln!(out, "  {}:\n    {}", d.node, fields.join(" "))?;
+        for (reason, n) in stats.drops.iter().filter(|(_, n)| *n > 0) {
+            writeln!(out, "    dropped {reason}={n}")?;
         }
     }
     Ok(())
