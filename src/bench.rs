@@ -73,6 +73,12 @@ pub struct BenchArgs {
     /// which bypasses the node's OUTPUT firewall; see docs/operating.md).
     #[arg(long)]
     pub packet_tx: bool,
+    /// Run tunl with `[dataplane] busy_poll_us = N`: workers poll for N µs
+    /// after their last packet instead of sleeping at once (lower latency,
+    /// more CPU). 0 = the default, sleep at once.
+    #[arg(long, value_name = "N", default_value_t = 0,
+          value_parser = clap::value_parser!(u32).range(0..=i64::from(crate::config::MAX_BUSY_POLL_US)))]
+    pub busy_poll_us: u32,
     /// Write every figure (each sample, median, min, max, units, machine)
     /// as JSON to FILE.
     #[arg(long, value_name = "FILE")]
@@ -93,6 +99,7 @@ impl Default for BenchArgs {
             rounds: 3,
             workers: 1,
             packet_tx: false,
+            busy_poll_us: 0,
             json: None,
             svg: None,
             quick: false,
@@ -400,6 +407,8 @@ pub struct Settings {
     pub workers: u16,
     /// Whether the daemons sent with AF_PACKET (`packet_tx`).
     pub packet_tx: bool,
+    /// The daemons' `busy_poll_us` (0: sleep at once).
+    pub busy_poll_us: u32,
     /// The tunl binary the daemons ran.
     pub tunl_binary: PathBuf,
     /// Ping requests per latency sample.
@@ -514,6 +523,7 @@ pub fn run(args: &BenchArgs, tunl_binary: &Path) -> Result<BenchReport, BenchErr
         rounds,
         workers: args.workers,
         packet_tx: args.packet_tx,
+        busy_poll_us: args.busy_poll_us,
         tunl_binary: tunl_binary.to_owned(),
         pings,
         ping_interval_ms: PING_INTERVAL.as_secs_f64() * 1e3,
@@ -530,8 +540,13 @@ pub fn run(args: &BenchArgs, tunl_binary: &Path) -> Result<BenchReport, BenchErr
                 rounds,
                 seconds,
                 pings,
-                workers: args.workers,
-                packet_tx: args.packet_tx,
+                daemon: DaemonOptions {
+                    workers: usize::from(args.workers),
+                    packet_tx: args.packet_tx,
+                    busy_poll_us: args.busy_poll_us,
+                    log: "warn".to_owned(),
+                    ..DaemonOptions::default()
+                },
                 binary: tunl_binary,
             };
             let got = measure_path(&ctx, &mut progress)?;
@@ -624,8 +639,8 @@ struct Ctx<'a> {
     rounds: u32,
     seconds: u32,
     pings: u32,
-    workers: u16,
-    packet_tx: bool,
+    /// How the tunl path's daemons run.
+    daemon: DaemonOptions,
     binary: &'a Path,
 }
 
@@ -718,18 +733,10 @@ fn measure_path(ctx: &Ctx<'_>, progress: &mut Progress) -> Result<Vec<(Metric, f
                 )?,
             )
         }
-        Datapath::Tunl => {
-            let options = DaemonOptions {
-                workers: usize::from(ctx.workers),
-                packet_tx: ctx.packet_tx,
-                log: "warn".to_owned(),
-                ..DaemonOptions::default()
-            };
-            Built::Tunl(
-                TunlCluster::start(ClusterSpec::seed(), ctx.binary, options)
-                    .map_err(BenchError::topology(format!("{where_}: starting tunl")))?,
-            )
-        }
+        Datapath::Tunl => Built::Tunl(
+            TunlCluster::start(ClusterSpec::seed(), ctx.binary, ctx.daemon.clone())
+                .map_err(BenchError::topology(format!("{where_}: starting tunl")))?,
+        ),
     };
     let cluster = built.cluster();
     let server_ip = cluster
@@ -1247,12 +1254,20 @@ pub fn format_table(report: &BenchReport) -> String {
     }
     let _ = writeln!(
         s,
-        "tunl settings: {} worker(s), transmit via {}",
+        "tunl settings: {} worker(s), transmit via {}, {}",
         s_.workers,
         if s_.packet_tx {
             "AF_PACKET (packet_tx)"
         } else {
             "raw IP socket (default)"
+        },
+        if s_.busy_poll_us == 0 {
+            "workers sleep when idle (default)".to_owned()
+        } else {
+            format!(
+                "workers busy-poll {} µs after the last packet",
+                s_.busy_poll_us
+            )
         }
     );
     let m = &report.machine;
@@ -1563,6 +1578,7 @@ mod tests {
             rounds: 3,
             workers: 1,
             packet_tx: false,
+            busy_poll_us: 0,
             tunl_binary: "/bin/tunl".into(),
             pings: 500,
             ping_interval_ms: 2.0,

@@ -18,6 +18,7 @@ use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
 
 use ipnetwork::Ipv4Network;
 use tokio::signal::unix::{SignalKind, signal};
@@ -31,7 +32,7 @@ use crate::config::{Config, ConfigError, RouteEntry};
 use crate::control::{self, Call, Request, Response, RouteChange};
 use crate::metrics::MetricsSource;
 use crate::privileges;
-use crate::router::{CounterSnapshot, Policy, Router, RouterIo, Shared};
+use crate::router::{CounterSnapshot, Policy, Router, RouterIo, Shared, WorkerOptions};
 
 /// The routing protocol number tunl tags its kernel routes with
 /// (`ip route show proto 116`), so it can find and remove its own routes.
@@ -389,8 +390,11 @@ async fn run_async(config: Config) -> Result<(), DaemonError> {
         },
         &reader,
         shared.clone(),
-        mtu,
-        config.dataplane.icmp_rate,
+        WorkerOptions {
+            tunnel_mtu: mtu,
+            icmp_rate: config.dataplane.icmp_rate,
+            busy_poll: Duration::from_micros(config.dataplane.busy_poll_us.into()),
+        },
     )
     .map_err(setup("cannot start the dataplane"))?;
     if let Err(e) = privileges::drop_one(caps::Capability::CAP_NET_RAW) {

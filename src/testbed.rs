@@ -28,6 +28,8 @@ pub struct DaemonOptions {
     pub offload: bool,
     /// Send outer packets with AF_PACKET (`[dataplane] packet_tx`).
     pub packet_tx: bool,
+    /// `[dataplane] busy_poll_us`.
+    pub busy_poll_us: u32,
     /// Set `tunnel.blocks` (the relay check).
     pub blocks: bool,
     /// Extra `[security] allow` prefixes.
@@ -44,6 +46,7 @@ impl Default for DaemonOptions {
             workers: 1,
             offload: true,
             packet_tx: false,
+            busy_poll_us: 0,
             blocks: true,
             allow: Vec::new(),
             log: "info".to_owned(),
@@ -110,8 +113,8 @@ pub fn node_config(cluster: &Cluster, node: &Node, options: &DaemonOptions) -> S
     }
     let _ = writeln!(
         s,
-        "\n[dataplane]\nworkers = {}\noffload = {}\npacket_tx = {}",
-        options.workers, options.offload, options.packet_tx
+        "\n[dataplane]\nworkers = {}\noffload = {}\npacket_tx = {}\nbusy_poll_us = {}",
+        options.workers, options.offload, options.packet_tx, options.busy_poll_us
     );
     let socket = control_socket(cluster, &node.name);
     let _ = writeln!(s, "\n[control]\nsocket = \"{}\"", socket.display());

@@ -14,11 +14,9 @@ fn quick_bench_measures_every_path_and_writes_json_and_svg() {
     let args = BenchArgs {
         seconds: 1,
         rounds: 1,
-        workers: 1,
-        packet_tx: false,
         json: Some(json_path.clone()),
         svg: Some(svg_path.clone()),
-        quick: false,
+        ..BenchArgs::default()
     };
     let report = bench::run(&args, Path::new(env!("CARGO_BIN_EXE_tunl"))).expect("tunl bench");
 

@@ -21,6 +21,7 @@ use std::net::Ipv4Addr;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::thread::JoinHandle;
+use std::time::Duration;
 
 use mio::Waker;
 use tunl_io::{IcmpReceiver, IpipReceiver, IpipSender, TunQueue};
@@ -53,17 +54,31 @@ pub struct RouterIo {
     pub packet_tx: Option<(u32, String)>,
 }
 
+/// How the workers run.
+#[derive(Debug, Clone, Copy)]
+pub struct WorkerOptions {
+    /// The tunnel MTU (sizes the transmit buffers).
+    pub tunnel_mtu: u16,
+    /// ICMP errors per second for the whole router, shared by the workers.
+    pub icmp_rate: u32,
+    /// How long a worker keeps polling without sleeping after its last
+    /// packet (`[dataplane] busy_poll_us`); zero sleeps at once.
+    pub busy_poll: Duration,
+}
+
 impl Router {
     /// Starts one worker thread per TUN queue.
     pub fn start(
         io_parts: RouterIo,
         routes: &RouteReader<Ipv4Addr>,
         shared: Arc<Shared>,
-        tunnel_mtu: u16,
-        icmp_rate: u32,
+        options: WorkerOptions,
     ) -> io::Result<Router> {
         let n = io_parts.queues.len().max(1);
-        let per_worker_rate = (icmp_rate / n as u32).max(1);
+        let options = WorkerOptions {
+            icmp_rate: (options.icmp_rate / n as u32).max(1),
+            ..options
+        };
         let mut rx = Some(RxPart {
             ipip: io_parts.ipip,
             icmp: io_parts.icmp,
@@ -90,8 +105,7 @@ impl Router {
                 rx.take(),
                 routes.clone(),
                 shared.clone(),
-                tunnel_mtu,
-                per_worker_rate,
+                options,
             )?;
             let handle = std::thread::Builder::new()
                 .name(format!("tunl-dp{id}"))

@@ -10,7 +10,7 @@ use std::io;
 use std::net::Ipv4Addr;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use mio::unix::SourceFd;
 use mio::{Events, Interest, Poll, Token, Waker};
@@ -25,6 +25,7 @@ use tunl_io::{
 };
 use tunl_routing::RouteReader;
 
+use super::WorkerOptions;
 use super::counters::{Counters, LocalCounters};
 use super::nodes::LocalNodeCounters;
 use super::state::{Policy, Shared};
@@ -83,11 +84,13 @@ pub struct Worker {
     rx_bufs: Vec<PacketBuf>,
     icmp_buf: Vec<u8>,
     poll: Poll,
+    /// How long to keep polling without sleeping after the last packet.
+    busy_poll: Duration,
     packet_tx: Option<PacketTx>,
 }
 
 /// How often the next hops' MACs are re-read from the neighbour table.
-const NEIGH_REFRESH: std::time::Duration = std::time::Duration::from_secs(1);
+const NEIGH_REFRESH: Duration = Duration::from_secs(1);
 
 /// The AF_PACKET transmit path: the socket, the underlay device's name and
 /// the next hops' MACs (re-read every [`NEIGH_REFRESH`]).
@@ -144,9 +147,13 @@ impl Worker {
         rx: Option<RxPart>,
         routes: RouteReader<Ipv4Addr>,
         shared: Arc<Shared>,
-        tunnel_mtu: u16,
-        icmp_rate: u32,
+        options: WorkerOptions,
     ) -> io::Result<(Worker, Arc<Waker>)> {
+        let WorkerOptions {
+            tunnel_mtu,
+            icmp_rate,
+            busy_poll,
+        } = options;
         let poll = Poll::new()?;
         let waker = Arc::new(Waker::new(poll.registry(), WAKE)?);
         let fd = std::os::fd::AsRawFd::as_raw_fd(&queue);
@@ -187,6 +194,7 @@ impl Worker {
             rx_bufs,
             icmp_buf: vec![0; 2048],
             poll,
+            busy_poll,
             packet_tx,
             shared,
         };
@@ -197,18 +205,30 @@ impl Worker {
     pub fn run(mut self) {
         let mut events = Events::with_capacity(16);
         let (mut tun_ready, mut ipip_ready, mut icmp_ready) = (true, self.rx.is_some(), false);
+        let mut last_work = Instant::now();
         loop {
             let busy = tun_ready || ipip_ready || icmp_ready;
-            if !busy {
+            let timeout = if busy {
+                last_work = Instant::now();
+                Some(Duration::ZERO)
+            } else if !self.busy_poll.is_zero() && last_work.elapsed() < self.busy_poll {
+                // Busy polling: look again without sleeping, but let
+                // whatever else wants this core (the pods) run first.
+                std::thread::yield_now();
+                Some(Duration::ZERO)
+            } else {
                 // About to sleep: publish the per-node counts.
                 self.flush_nodes();
-            }
-            let timeout = busy.then_some(std::time::Duration::ZERO);
+                None
+            };
             if let Err(e) = self.poll.poll(&mut events, timeout) {
                 if e.kind() != io::ErrorKind::Interrupted {
                     warn!(worker = self.id, error = %e, "poll failed; worker stops");
                     break;
                 }
+            }
+            if timeout.is_none() {
+                last_work = Instant::now();
             }
             for ev in events.iter() {
                 match ev.token() {
