@@ -23,7 +23,7 @@ use std::time::Duration;
 use ipnetwork::Ipv4Network;
 use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::mpsc;
-use tracing::{error, info, warn};
+use tracing::{debug, error, info, warn};
 use tunl_io::netlink::Netlink;
 use tunl_io::{IcmpReceiver, IpipReceiver, Tun, TunConfig};
 use tunl_routing::{RouteOp, RouteTable, RouteWriter};
@@ -385,7 +385,7 @@ async fn run_async(config: Config) -> Result<(), DaemonError> {
             packet_tx: config
                 .dataplane
                 .packet_tx
-                .then(|| underlay.as_ref().map(|(i, n, _)| (*i, n.clone())))
+                .then(|| underlay.as_ref().map(|(ifindex, _, _)| *ifindex))
                 .flatten(),
         },
         &reader,
@@ -422,6 +422,12 @@ async fn run_async(config: Config) -> Result<(), DaemonError> {
         return Err(e);
     }
 
+    let neighbours = config
+        .dataplane
+        .packet_tx
+        .then(|| underlay.as_ref().map(|(ifindex, _, _)| *ifindex))
+        .flatten()
+        .map(|ifindex| tokio::spawn(watch_neighbours(netlink.clone(), ifindex, shared.clone())));
     let (calls_tx, calls) = mpsc::channel(16);
     let accept = tokio::spawn(control::accept_loop(listener, calls_tx));
     let metrics = metrics_listener.map(|l| {
@@ -445,8 +451,8 @@ async fn run_async(config: Config) -> Result<(), DaemonError> {
     let mut config = config;
     let wait = wait_for_signals(&mut config, &mut routes, calls, &device).await;
     accept.abort();
-    if let Some(m) = metrics {
-        m.abort();
+    for task in metrics.into_iter().chain(neighbours) {
+        task.abort();
     }
     let shared = router.shared().clone();
     shutdown(router, routes, &netlink, &name).await;
@@ -455,6 +461,44 @@ async fn run_async(config: Config) -> Result<(), DaemonError> {
             "the dataplane stopped: {reason}"
         ))),
         None => wait,
+    }
+}
+
+/// How often the next hops' MACs are re-read for `packet_tx`.
+const NEIGHBOUR_REFRESH: Duration = Duration::from_secs(1);
+/// The shortest time between two reads when workers report unknown next
+/// hops.
+const NEIGHBOUR_MIN_INTERVAL: Duration = Duration::from_millis(20);
+
+/// Keeps [`Shared::neighbours`] in step with the kernel's neighbour table
+/// of the underlay device, for AF_PACKET transmit: every
+/// [`NEIGHBOUR_REFRESH`], and soon after a worker meets a next hop missing
+/// from it (that batch takes the raw socket, which resolves the next hop).
+async fn watch_neighbours(netlink: Netlink, ifindex: u32, shared: Arc<Shared>) {
+    let mut failing = false;
+    loop {
+        match netlink.ipv4_neighbours(ifindex).await {
+            Ok(entries) => {
+                failing = false;
+                if shared.neighbours.replace(entries) {
+                    debug!(
+                        neighbours = shared.neighbours.load().len(),
+                        "underlay neighbours changed"
+                    );
+                }
+            }
+            Err(e) if !failing => {
+                failing = true;
+                warn!(error = %e, "cannot read the underlay neighbours; packet_tx falls back to the raw socket for new next hops");
+            }
+            Err(_) => {}
+        }
+        tokio::time::sleep(NEIGHBOUR_MIN_INTERVAL).await;
+        let _ = tokio::time::timeout(
+            NEIGHBOUR_REFRESH - NEIGHBOUR_MIN_INTERVAL,
+            shared.neighbours.missed(),
+        )
+        .await;
     }
 }
 
@@ -699,6 +743,7 @@ fn log_counters(c: &CounterSnapshot) {
         rx_gso = c.rx_gso,
         rx_oversize = c.rx_oversize,
         tx_retries = c.tx_retries,
+        tx_af_packet = c.tx_af_packet,
         icmp_sent = c.icmp_sent,
         drops = c.total_drops(),
         "counters at exit"

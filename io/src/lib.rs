@@ -33,7 +33,6 @@ pub use buf::PacketBuf;
 pub use error::IoError;
 pub use raw::{
     IcmpReceiver, IpipReceiver, IpipSender, MAX_BATCH, PacketSender, RecvReport, SendMsgReport,
-    neighbour_mac,
 };
 pub use tun::{SendReport, Tun, TunConfig, TunQueue, tcp4_gso_header};
 pub use tun_rs::VIRTIO_NET_HDR_LEN;

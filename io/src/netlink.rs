@@ -11,6 +11,9 @@ use ipnetwork::Ipv4Network;
 use rtnetlink::packet_route::AddressFamily;
 use rtnetlink::packet_route::address::AddressAttribute;
 use rtnetlink::packet_route::link::LinkAttribute;
+use rtnetlink::packet_route::neighbour::{
+    NeighbourAddress, NeighbourAttribute, NeighbourMessage, NeighbourState,
+};
 use rtnetlink::packet_route::route::{
     RouteAddress, RouteAttribute, RouteHeader, RouteMessage, RouteProtocol,
 };
@@ -266,6 +269,64 @@ impl Netlink {
         }
         Ok(Some((index, name, mtu)))
     }
+
+    /// The resolved IPv4 neighbours on interface `ifindex`: `(address,
+    /// MAC)` for every Ethernet entry whose link-layer address is valid
+    /// (reachable, stale, delay, probe, permanent), the entries `ip neigh`
+    /// shows with `lladdr`.
+    pub async fn ipv4_neighbours(
+        &self,
+        ifindex: u32,
+    ) -> Result<Vec<(Ipv4Addr, [u8; 6])>, NetlinkError> {
+        let op = || format!("list the neighbours of interface {ifindex}");
+        let mut dump = self
+            .handle
+            .neighbours()
+            .get()
+            .set_address_family(AddressFamily::Inet)
+            .execute();
+        let mut out = Vec::new();
+        while let Some(msg) = dump
+            .try_next()
+            .await
+            .map_err(|e| NetlinkError::new(op(), e))?
+        {
+            if msg.header.ifindex == ifindex
+                && let Some(entry) = resolved_neighbour(&msg)
+            {
+                out.push(entry);
+            }
+        }
+        Ok(out)
+    }
+}
+
+/// `(address, MAC)` of a neighbour entry with a valid Ethernet address.
+fn resolved_neighbour(msg: &NeighbourMessage) -> Option<(Ipv4Addr, [u8; 6])> {
+    let valid = matches!(
+        msg.header.state,
+        NeighbourState::Reachable
+            | NeighbourState::Stale
+            | NeighbourState::Delay
+            | NeighbourState::Probe
+            | NeighbourState::Permanent
+    );
+    if !valid {
+        return None;
+    }
+    let mut ip = None;
+    let mut mac = None;
+    for attr in &msg.attributes {
+        match attr {
+            NeighbourAttribute::Destination(NeighbourAddress::Inet(a)) => ip = Some(*a),
+            NeighbourAttribute::LinkLayerAddress(l) => {
+                mac = <[u8; 6]>::try_from(l.as_slice()).ok();
+            }
+            _ => {}
+        }
+    }
+    let mac = mac.filter(|m| *m != [0; 6])?;
+    Some((ip?, mac))
 }
 
 /// The table of a route: the `RTA_TABLE` attribute, else the header field.
@@ -277,4 +338,54 @@ fn route_table(msg: &RouteMessage) -> u32 {
             _ => None,
         })
         .unwrap_or(u32::from(msg.header.table))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(state: NeighbourState, ip: Ipv4Addr, lladdr: &[u8]) -> NeighbourMessage {
+        let mut m = NeighbourMessage::default();
+        m.header.family = AddressFamily::Inet;
+        m.header.state = state;
+        m.attributes
+            .push(NeighbourAttribute::Destination(NeighbourAddress::Inet(ip)));
+        m.attributes
+            .push(NeighbourAttribute::LinkLayerAddress(lladdr.to_vec()));
+        m
+    }
+
+    #[test]
+    fn only_entries_with_a_valid_ethernet_address_resolve() {
+        let ip = Ipv4Addr::new(172, 16, 36, 5);
+        let mac = [0x8a, 0x1b, 0x2c, 0x3d, 0x4e, 0x5f];
+        for state in [
+            NeighbourState::Reachable,
+            NeighbourState::Stale,
+            NeighbourState::Delay,
+            NeighbourState::Probe,
+            NeighbourState::Permanent,
+        ] {
+            assert_eq!(
+                resolved_neighbour(&entry(state, ip, &mac)),
+                Some((ip, mac)),
+                "{state:?}"
+            );
+        }
+        for state in [
+            NeighbourState::Incomplete,
+            NeighbourState::Failed,
+            NeighbourState::Noarp,
+            NeighbourState::None,
+        ] {
+            assert_eq!(
+                resolved_neighbour(&entry(state, ip, &mac)),
+                None,
+                "{state:?}"
+            );
+        }
+        let reachable = NeighbourState::Reachable;
+        assert_eq!(resolved_neighbour(&entry(reachable, ip, &[0; 6])), None);
+        assert_eq!(resolved_neighbour(&entry(reachable, ip, &mac[..4])), None);
+    }
 }

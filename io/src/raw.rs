@@ -419,7 +419,8 @@ impl std::fmt::Debug for IcmpReceiver {
 ///
 /// Compared with [`IpipSender`] it skips, per packet, the route lookup,
 /// the netfilter OUTPUT/POSTROUTING hooks, the neighbour layer and the
-/// qdisc. The caller provides the next hop's MAC (see [`neighbour_mac`]) and
+/// qdisc. The caller provides the next hop's MAC (from the neighbour table, see
+/// [`Netlink::ipv4_neighbours`](crate::netlink::Netlink::ipv4_neighbours)) and
 /// complete headers: the kernel fills in nothing (IPv4 total length and
 /// header checksum must be right). Outer packets sent this way are not seen
 /// by the node's OUTPUT firewall rules.
@@ -645,57 +646,5 @@ impl std::fmt::Debug for PacketSender {
             .field("fd", &self.sock.as_raw_fd())
             .field("ifindex", &self.ifindex)
             .finish()
-    }
-}
-
-/// The Ethernet address of `ip` on device `dev` from the kernel's neighbour
-/// table (`/proc/net/arp`), when the entry is complete (`ATF_COM`) and
-/// Ethernet (hardware type 1). `None` otherwise: send through the IP stack,
-/// which resolves it.
-pub fn neighbour_mac(ip: std::net::Ipv4Addr, dev: &str) -> Option<[u8; 6]> {
-    let table = std::fs::read_to_string("/proc/net/arp").ok()?;
-    parse_arp(&table, ip, dev)
-}
-
-fn parse_arp(table: &str, ip: std::net::Ipv4Addr, dev: &str) -> Option<[u8; 6]> {
-    let want = ip.to_string();
-    table.lines().skip(1).find_map(|line| {
-        let f: Vec<&str> = line.split_whitespace().collect();
-        if f.len() < 6 || f[0] != want || f[5] != dev || f[1] != "0x1" {
-            return None;
-        }
-        let flags = u32::from_str_radix(f[2].trim_start_matches("0x"), 16).ok()?;
-        if flags & 0x2 == 0 {
-            return None;
-        }
-        let mut mac = [0u8; 6];
-        let mut parts = f[3].split(':');
-        for b in &mut mac {
-            *b = u8::from_str_radix(parts.next()?, 16).ok()?;
-        }
-        (mac != [0; 6]).then_some(mac)
-    })
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn arp_table_lines_are_parsed() {
-        let t = "IP address       HW type     Flags       HW address            Mask     Device\n\
-                 172.16.36.5      0x1         0x2         8a:1b:2c:3d:4e:5f     *        eth0\n\
-                 172.16.36.6      0x1         0x0         00:00:00:00:00:00     *        eth0\n";
-        let a = std::net::Ipv4Addr::new(172, 16, 36, 5);
-        assert_eq!(
-            parse_arp(t, a, "eth0"),
-            Some([0x8a, 0x1b, 0x2c, 0x3d, 0x4e, 0x5f])
-        );
-        assert_eq!(parse_arp(t, a, "eth1"), None, "other device");
-        assert_eq!(
-            parse_arp(t, std::net::Ipv4Addr::new(172, 16, 36, 6), "eth0"),
-            None,
-            "incomplete"
-        );
     }
 }

@@ -100,6 +100,10 @@ counters! {
     /// Outer packets the underlay device dropped (`ENOBUFS`, a full veth
     /// ring) and that were sent again.
     tx_retries,
+    /// Outer packets sent through the AF_PACKET socket (`[dataplane]
+    /// packet_tx`); the rest of `tx_packets` took the raw IP socket (no
+    /// `packet_tx`, or a next hop whose MAC was not known yet).
+    tx_af_packet,
 }
 
 impl LocalCounters {

@@ -24,12 +24,12 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 
 use mio::Waker;
-use tunl_io::{IcmpReceiver, IpipReceiver, IpipSender, TunQueue};
+use tunl_io::{IcmpReceiver, IpipReceiver, IpipSender, PacketSender, TunQueue};
 use tunl_routing::RouteReader;
 
 pub use counters::{CounterSnapshot, Counters};
 pub use nodes::{NodeCounters, NodeTraffic, RefusedSnapshot};
-pub use state::{PathMtu, Policy, Shared};
+pub use state::{Neighbour, NeighbourTable, PathMtu, Policy, Shared};
 pub use worker::{RxPart, Worker};
 
 /// Running dataplane threads.
@@ -48,10 +48,10 @@ pub struct RouterIo {
     pub icmp: IcmpReceiver,
     /// Send buffer size for each worker's underlay socket.
     pub socket_buffer: usize,
-    /// The underlay device `(ifindex, name)` to send outer packets on with
+    /// The index of the underlay device to send outer packets on with
     /// AF_PACKET (`[dataplane] packet_tx`), or `None` for the raw IP socket
-    /// only.
-    pub packet_tx: Option<(u32, String)>,
+    /// only. The next hops' MACs come from [`Shared::neighbours`].
+    pub packet_tx: Option<u32>,
 }
 
 /// How the workers run.
@@ -89,14 +89,11 @@ impl Router {
         };
         for (id, queue) in io_parts.queues.into_iter().enumerate() {
             let sender = IpipSender::open(io_parts.socket_buffer).map_err(io::Error::other)?;
-            let packet_tx = match &io_parts.packet_tx {
-                Some((ifindex, dev)) => Some(worker::PacketTx::open(
-                    *ifindex,
-                    dev.clone(),
-                    io_parts.socket_buffer,
-                )?),
-                None => None,
-            };
+            let packet_tx = io_parts
+                .packet_tx
+                .map(|ifindex| PacketSender::open(ifindex, io_parts.socket_buffer))
+                .transpose()
+                .map_err(io::Error::other)?;
             let (worker, waker) = Worker::new(
                 id,
                 queue,

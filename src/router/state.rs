@@ -167,6 +167,64 @@ impl PathMtu {
     }
 }
 
+/// One resolved neighbour: underlay address and MAC.
+pub type Neighbour = (Ipv4Addr, [u8; 6]);
+
+/// The next hops' MACs on the underlay device, for AF_PACKET transmit
+/// (`[dataplane] packet_tx`): the control plane refreshes it from the
+/// kernel's neighbour table over netlink, workers load it once per batch.
+#[derive(Debug, Default)]
+pub struct NeighbourTable {
+    table: ArcSwap<Vec<Neighbour>>,
+    /// Woken by a worker that met a next hop missing from the table.
+    missed: tokio::sync::Notify,
+}
+
+impl NeighbourTable {
+    /// Replaces the table; returns whether it changed.
+    pub fn replace(&self, mut entries: Vec<Neighbour>) -> bool {
+        entries.sort_unstable();
+        entries.dedup_by_key(|e| e.0);
+        if **self.table.load() == entries {
+            return false;
+        }
+        self.table.store(Arc::new(entries));
+        true
+    }
+
+    /// The current table, sorted by address.
+    pub fn load(&self) -> arc_swap::Guard<Arc<Vec<Neighbour>>> {
+        self.table.load()
+    }
+
+    /// Asks for a refresh: a worker met a next hop that is not in the table
+    /// (its batch went through the raw socket, which resolves it).
+    pub fn report_miss(&self) {
+        self.missed.notify_one();
+    }
+
+    /// Waits until a worker reports a miss.
+    pub async fn missed(&self) {
+        self.missed.notified().await;
+    }
+}
+
+/// Writes the MAC of every destination into `out`; `None` as soon as one
+/// is not in `table` (sorted by address). Consecutive packets to the same
+/// next hop cost one comparison.
+pub fn resolve_macs(table: &[Neighbour], dsts: &[Ipv4Addr], out: &mut [[u8; 6]]) -> Option<()> {
+    let mut last: Option<Neighbour> = None;
+    for (dst, mac) in dsts.iter().zip(out.iter_mut()) {
+        let found = match last {
+            Some((ip, m)) if ip == *dst => m,
+            _ => table[table.binary_search_by_key(dst, |e| e.0).ok()?].1,
+        };
+        last = Some((*dst, found));
+        *mac = found;
+    }
+    Some(())
+}
+
 /// Everything the workers share with the control plane.
 #[derive(Debug)]
 pub struct Shared {
@@ -178,6 +236,8 @@ pub struct Shared {
     pub stop: AtomicBool,
     /// Traffic per remote node and refused IPIP sources.
     pub nodes: NodeCounters,
+    /// Next-hop MACs for AF_PACKET transmit.
+    pub neighbours: NeighbourTable,
     counters: Mutex<Vec<Arc<Counters>>>,
     failure: Mutex<Option<String>>,
 }
@@ -190,6 +250,7 @@ impl Shared {
             pmtu: PathMtu::default(),
             stop: AtomicBool::new(false),
             nodes: NodeCounters::default(),
+            neighbours: NeighbourTable::default(),
             counters: Mutex::new(Vec::new()),
             failure: Mutex::new(None),
         }
@@ -244,6 +305,24 @@ impl Shared {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn neighbour_table_resolves_every_destination_or_none() {
+        let a = Ipv4Addr::new(172, 16, 36, 5);
+        let b = Ipv4Addr::new(172, 16, 37, 6);
+        let c = Ipv4Addr::new(172, 16, 38, 7);
+        let table = NeighbourTable::default();
+        assert!(table.replace(vec![(b, [2; 6]), (a, [1; 6]), (b, [2; 6])]));
+        assert!(!table.replace(vec![(a, [1; 6]), (b, [2; 6])]), "same set");
+        let t = table.load();
+        assert_eq!(t.len(), 2);
+        let mut out = [[0u8; 6]; 4];
+        assert_eq!(resolve_macs(&t, &[a, a, b, a], &mut out), Some(()));
+        assert_eq!(out, [[1; 6], [1; 6], [2; 6], [1; 6]]);
+        assert_eq!(resolve_macs(&t, &[a, c], &mut out[..2]), None);
+        assert!(table.replace(vec![(a, [9; 6])]), "a MAC changed");
+        assert_eq!(resolve_macs(&table.load(), &[b], &mut out[..1]), None);
+    }
 
     fn policy() -> Policy {
         Policy {

@@ -20,15 +20,13 @@ use tunl_encap::{
     DropReason, EncapError, HEADROOM, IdentGenerator, TokenBucket, decapsulate, encapsulate,
     inner_destination,
 };
-use tunl_io::{
-    IcmpReceiver, IpipReceiver, IpipSender, PacketBuf, PacketSender, TunQueue, neighbour_mac,
-};
+use tunl_io::{IcmpReceiver, IpipReceiver, IpipSender, PacketBuf, PacketSender, TunQueue};
 use tunl_routing::RouteReader;
 
 use super::WorkerOptions;
 use super::counters::{Counters, LocalCounters};
 use super::nodes::LocalNodeCounters;
-use super::state::{Policy, Shared};
+use super::state::{Policy, Shared, resolve_macs};
 
 /// Segments handled per encap batch (and the size of the TX buffer ring).
 pub const TX_BATCH: usize = 256;
@@ -86,52 +84,8 @@ pub struct Worker {
     poll: Poll,
     /// How long to keep polling without sleeping after the last packet.
     busy_poll: Duration,
-    packet_tx: Option<PacketTx>,
-}
-
-/// How often the next hops' MACs are re-read from the neighbour table.
-const NEIGH_REFRESH: Duration = Duration::from_secs(1);
-
-/// The AF_PACKET transmit path: the socket, the underlay device's name and
-/// the next hops' MACs (re-read every [`NEIGH_REFRESH`]).
-pub struct PacketTx {
-    sender: PacketSender,
-    dev: String,
-    macs: Vec<(Ipv4Addr, Option<[u8; 6]>)>,
-    read_at: Instant,
-}
-
-impl PacketTx {
-    /// Opens the socket on the underlay device `(ifindex, name)`.
-    pub fn open(ifindex: u32, dev: String, sndbuf: usize) -> io::Result<PacketTx> {
-        Ok(PacketTx {
-            sender: PacketSender::open(ifindex, sndbuf).map_err(io::Error::other)?,
-            dev,
-            macs: Vec::new(),
-            read_at: Instant::now(),
-        })
-    }
-
-    /// The MAC of every destination, or `None` when one is unresolved (the
-    /// batch then goes through the IP stack, which resolves it).
-    fn resolve(&mut self, dsts: &[Ipv4Addr], out: &mut [[u8; 6]]) -> Option<()> {
-        if self.read_at.elapsed() >= NEIGH_REFRESH {
-            self.macs.clear();
-            self.read_at = Instant::now();
-        }
-        for (dst, mac) in dsts.iter().zip(out.iter_mut()) {
-            let found = match self.macs.iter().find(|(ip, _)| ip == dst) {
-                Some((_, m)) => *m,
-                None => {
-                    let m = neighbour_mac(*dst, &self.dev);
-                    self.macs.push((*dst, m));
-                    m
-                }
-            };
-            *mac = found?;
-        }
-        Some(())
-    }
+    /// The AF_PACKET sender (`[dataplane] packet_tx`).
+    packet_tx: Option<PacketSender>,
 }
 
 impl Worker {
@@ -143,7 +97,7 @@ impl Worker {
         id: usize,
         queue: TunQueue,
         sender: IpipSender,
-        packet_tx: Option<PacketTx>,
+        packet_tx: Option<PacketSender>,
         rx: Option<RxPart>,
         routes: RouteReader<Ipv4Addr>,
         shared: Arc<Shared>,
@@ -362,20 +316,28 @@ impl Worker {
             packets[k] = &self.tx_bufs[*i].as_ref()[*start..];
             dsts[k] = *nh;
         }
+        // AF_PACKET when every next hop's MAC is known; otherwise the batch
+        // goes through the IP stack, which resolves them (ARP).
         let mut macs = [[0u8; 6]; TX_BATCH];
-        let mut packet_tx = self.packet_tx.as_mut();
-        if let Some(ptx) = packet_tx.as_deref_mut()
-            && ptx.resolve(&dsts[..n], &mut macs[..n]).is_none()
-        {
-            packet_tx = None;
-        }
+        let packet_tx = self.packet_tx.as_mut().filter(|_| {
+            let neighbours = &self.shared.neighbours;
+            let known = resolve_macs(&neighbours.load(), &dsts[..n], &mut macs[..n]).is_some();
+            if !known {
+                neighbours.report_miss();
+            }
+            known
+        });
+        let via_packet_socket = packet_tx.is_some();
         let result = match packet_tx {
-            Some(ptx) => ptx.sender.send_batch(&packets[..n], &macs[..n]),
+            Some(ptx) => ptx.send_batch(&packets[..n], &macs[..n]),
             None => self.sender.send_batch(&packets[..n], &dsts[..n]),
         };
         match result {
             Ok(report) => {
                 self.local.tx_packets += report.sent as u64;
+                if via_packet_socket {
+                    self.local.tx_af_packet += report.sent as u64;
+                }
                 self.local.tx_errors += report.failed as u64;
                 self.local.tx_retries += report.nobufs_retries as u64;
                 if let Some(e) = report.last_error {
