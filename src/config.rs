@@ -181,7 +181,7 @@ pub struct SecuritySection {
 }
 
 /// `[metrics]`: the optional Prometheus endpoint.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct MetricsSection {
     /// Address to serve `GET /metrics` on; `None` serves nothing.
@@ -190,7 +190,7 @@ pub struct MetricsSection {
 }
 
 /// `[dataplane]`: how the packet path runs.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct DataplaneSection {
     /// Encap (TUN to underlay) worker threads, each with its own TUN queue.
@@ -259,7 +259,7 @@ fn default_icmp_rate() -> u32 {
 }
 
 /// `[control]`: the Unix control socket.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ControlSection {
     /// Path of the control socket.
@@ -364,6 +364,55 @@ impl Config {
                 problem,
             })?;
         Ok(config)
+    }
+
+    /// What a reload (SIGHUP) runs on when `new` was read from the file:
+    /// `new`'s routes, TTL, blocks and `[security]` policy over this
+    /// config's keys that only take effect at start (`tunnel.name`, `local`,
+    /// `address`, `mtu`, `[dataplane]`, `[control]`, `[metrics]`,
+    /// `security.user`), validated as a whole. Also returns the keys that
+    /// changed in the file but wait for a restart.
+    pub fn reloaded(&self, new: Config) -> Result<(Config, Vec<&'static str>), ConfigError> {
+        let (old, t) = (self, &new.tunnel);
+        let pending: Vec<&'static str> = [
+            ("tunnel.name", t.name != old.tunnel.name),
+            ("tunnel.local", t.local != old.tunnel.local),
+            ("tunnel.address", t.address != old.tunnel.address),
+            ("tunnel.mtu", t.mtu != old.tunnel.mtu),
+            ("[dataplane]", new.dataplane != old.dataplane),
+            ("[control]", new.control != old.control),
+            ("[metrics]", new.metrics != old.metrics),
+            ("security.user", new.security.user != old.security.user),
+        ]
+        .into_iter()
+        .filter_map(|(key, changed)| changed.then_some(key))
+        .collect();
+        let config = Config {
+            path: old.path.clone(),
+            tunnel: TunnelSection {
+                name: old.tunnel.name.clone(),
+                local: old.tunnel.local,
+                address: old.tunnel.address,
+                mtu: old.tunnel.mtu,
+                ..new.tunnel
+            },
+            routes: new.routes,
+            security: SecuritySection {
+                user: old.security.user.clone(),
+                ..new.security
+            },
+            dataplane: old.dataplane.clone(),
+            control: old.control.clone(),
+            metrics: old.metrics.clone(),
+        };
+        config
+            .validate()
+            .map_err(|(key, problem)| ConfigError::Invalid {
+                path: old.path.clone(),
+                key,
+                problem,
+            })?;
+        Ok((config, pending))
     }
 
     fn validate(&self) -> Result<(), (String, String)> {
@@ -664,6 +713,42 @@ allow = ["172.16.0.0/16"]
         assert_eq!(key, "tunnel.mtu");
         assert!(parse(&SEED.replace("mtu = 1480", "mtu = 68")).is_ok());
         assert!(parse(&SEED.replace("mtu = 1480", "mtu = 70000")).is_err());
+    }
+
+    #[test]
+    fn reload_keeps_the_keys_that_need_a_restart() {
+        let old = parse(SEED).unwrap();
+        let edited = SEED
+            .replace("172.16.35.4", "172.16.35.9")
+            .replace("mtu = 1480", "mtu = 1400")
+            .replace("10.20.105.192/26", "10.20.106.0/26")
+            .replace("ttl = \"inherit\"", "ttl = 64");
+        let new = parse(&format!("{edited}\n[dataplane]\nworkers = 2\n")).unwrap();
+        let (running, pending) = old.reloaded(new).unwrap();
+        assert_eq!(pending, ["tunnel.local", "tunnel.mtu", "[dataplane]"]);
+        assert_eq!(
+            running.tunnel.local, old.tunnel.local,
+            "local waits for a restart"
+        );
+        assert_eq!(running.tunnel.mtu, Some(1480));
+        assert_eq!(running.dataplane.workers, 1);
+        assert_eq!(running.routes[0].prefix, "10.20.106.0/26".parse().unwrap());
+        assert_eq!(
+            running.tunnel.ttl,
+            TtlSetting::Fixed(NonZeroU8::new(64).unwrap())
+        );
+        // Validated against the address still in use: a route via it is refused.
+        let via_self = parse(
+            &SEED
+                .replace("172.16.35.4", "172.16.35.9")
+                .replace("via = \"172.16.36.5\"", "via = \"172.16.35.4\""),
+        )
+        .unwrap();
+        let (key, _) = match old.reloaded(via_self) {
+            Err(ConfigError::Invalid { key, problem, .. }) => (key, problem),
+            other => panic!("expected an invalid-config error, got {other:?}"),
+        };
+        assert_eq!(key, "route[0].via");
     }
 
     #[test]

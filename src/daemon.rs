@@ -358,7 +358,7 @@ async fn run_async(config: Config) -> Result<(), DaemonError> {
         shared: shared.clone(),
         count: route_count.clone(),
     };
-    remove_stale_routes(&netlink, &wanted_routes(&config)).await;
+    remove_stale_routes(&netlink, ifindex, &wanted_routes(&config)).await;
     let metrics_listener = match config.metrics.listen {
         Some(addr) => Some(
             crate::metrics::bind(addr)
@@ -674,50 +674,69 @@ pub fn stats(c: &CounterSnapshot) -> control::Stats {
 
 /// Re-reads the config file and applies what can change at runtime.
 async fn reload(config: &mut Config, routes: &mut RouteManager) {
-    let new = match Config::load(&config.path) {
+    let loaded = Config::load(&config.path).and_then(|new| config.reloaded(new));
+    let (new, pending) = match loaded {
         Ok(c) => c,
         Err(e) => {
             error!("SIGHUP: {e}; still running on the previous config");
             return;
         }
     };
-    let t = &config.tunnel;
-    if new.tunnel.name != t.name
-        || new.tunnel.local != t.local
-        || new.tunnel.address != t.address
-        || new.tunnel.mtu != t.mtu
-        || new.dataplane.workers != config.dataplane.workers
-    {
+    if !pending.is_empty() {
         warn!(
-            "SIGHUP: changes to tunnel.name/local/address/mtu or dataplane.workers need a restart; applying the rest"
+            keys = ?pending,
+            "SIGHUP: these changes take effect at the next restart; applying routes, ttl, blocks and [security]"
         );
     }
-    let mtu = routes.shared.policy.load().settings.mtu;
-    let mut policy = policy_for(&new, mtu);
-    policy.settings.local = t.local;
-    routes.shared.policy.store(Arc::new(policy));
     if let Err(e) = routes.apply(&wanted_routes(&new)).await {
-        error!("SIGHUP: {e}");
+        error!("SIGHUP: {e}; still running on the previous config");
+        return;
     }
+    let mtu = routes.shared.policy.load().settings.mtu;
+    routes.shared.policy.store(Arc::new(policy_for(&new, mtu)));
     info!(routes = new.routes.len(), "SIGHUP: config reloaded");
     *config = new;
 }
 
-/// Removes kernel routes with tunl's tag that the config does not name (left
-/// by a daemon that was killed while its device persisted).
-async fn remove_stale_routes(netlink: &Netlink, wanted: &BTreeMap<Ipv4Network, Ipv4Addr>) {
-    let Ok(existing) = netlink.routes_with_protocol(ROUTE_PROTOCOL).await else {
-        return;
+/// Removes kernel routes with tunl's tag that the config does not name:
+/// left by a daemon that was killed while its device persisted, or moved by
+/// hand. Routes on another TUN device are left alone: a non-persistent TUN
+/// device exists only while a process holds it, so they belong to another
+/// live tunl instance (another `tunnel.name`).
+async fn remove_stale_routes(
+    netlink: &Netlink,
+    ifindex: u32,
+    wanted: &BTreeMap<Ipv4Network, Ipv4Addr>,
+) {
+    let existing = match netlink.routes_with_protocol(ROUTE_PROTOCOL).await {
+        Ok(routes) => routes,
+        Err(e) => {
+            warn!(error = %e, "cannot list routes with tunl's tag; stale ones are not removed");
+            return;
+        }
     };
     for (prefix, _, oif) in existing {
+        let Some(oif) = oif else { continue };
         if wanted.contains_key(&prefix) {
+            // Installing it on our device replaces it.
             continue;
         }
-        if let Some(oif) = oif {
-            match netlink.del_route(prefix, oif, ROUTE_PROTOCOL).await {
-                Ok(()) => info!(%prefix, "stale tunl route removed"),
-                Err(e) => warn!(%prefix, error = %e, "cannot remove stale tunl route"),
+        if oif != ifindex {
+            match netlink.link_name_and_tun(oif).await {
+                Ok(Some((dev, true))) => {
+                    info!(%prefix, device = %dev, "route with tunl's tag on another TUN device (another tunl instance?) left alone");
+                    continue;
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    warn!(%prefix, error = %e, "cannot tell whose route this is; left alone");
+                    continue;
+                }
             }
+        }
+        match netlink.del_route(prefix, oif, ROUTE_PROTOCOL).await {
+            Ok(()) => info!(%prefix, "stale tunl route removed"),
+            Err(e) => warn!(%prefix, error = %e, "cannot remove stale tunl route"),
         }
     }
 }

@@ -356,6 +356,68 @@ fn status_stats_and_metrics_show_known_traffic() {
     );
 }
 
+/// Kills (SIGTERM) and reaps a child on drop, so a failing test leaves no
+/// daemon behind.
+struct Child(std::process::Child);
+
+impl Drop for Child {
+    fn drop(&mut self) {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.0.id().to_string()])
+            .status();
+        let _ = self.0.wait();
+    }
+}
+
+#[test]
+fn a_second_instance_on_another_device_leaves_the_first_ones_routes_alone() {
+    let tc = cluster(ClusterSpec::seed(), "");
+    let first = tc.kernel_routes(NODE1).unwrap();
+    assert_eq!(first.len(), 1, "{first:?}");
+    let config = tc
+        .config_text(NODE1)
+        .unwrap()
+        .replace("name = \"tunl0\"", "name = \"tunl9\"")
+        .replace("10.20.105.192/26", "10.97.0.0/26")
+        .replace(".sock\"", "-second.sock\"")
+        .lines()
+        .filter(|l| !l.starts_with("address"))
+        .collect::<Vec<_>>()
+        .join("\n");
+    assert!(config.contains("tunl9") && config.contains("-second.sock"));
+    let path = tc.dir().join("second.toml");
+    std::fs::write(&path, config).unwrap();
+    let second = Child(
+        Command::new("ip")
+            .args(["netns", "exec", &netns_of(&tc, NODE1)])
+            .arg(tunl_bin())
+            .args(["run", "--config"])
+            .arg(&path)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    wait_until(
+        || {
+            tc.kernel_routes(NODE1)
+                .unwrap()
+                .iter()
+                .any(|r| r.starts_with("10.97.0.0/26") && r.contains("tunl9"))
+        },
+        "the second instance's route",
+    );
+    let both = tc.kernel_routes(NODE1).unwrap();
+    assert!(both.contains(&first[0]), "first route gone: {both:?}");
+    drop(second);
+    assert_eq!(tc.kernel_routes(NODE1).unwrap(), first);
+    let r = tc
+        .cluster()
+        .wait_reachable(SIT, tc.pod_ip(PERF).unwrap(), Duration::from_secs(5))
+        .unwrap_or_else(|e| panic!("{e}\n{}", logs(&tc)));
+    assert_eq!(r.ttls.last(), Some(&62));
+}
+
 #[test]
 fn restart_after_kill_9_leaves_no_stale_route() {
     let tc = cluster(ClusterSpec::seed(), "");

@@ -10,7 +10,7 @@ use futures::TryStreamExt;
 use ipnetwork::Ipv4Network;
 use rtnetlink::packet_route::AddressFamily;
 use rtnetlink::packet_route::address::AddressAttribute;
-use rtnetlink::packet_route::link::LinkAttribute;
+use rtnetlink::packet_route::link::{InfoKind, LinkAttribute, LinkInfo};
 use rtnetlink::packet_route::neighbour::{
     NeighbourAddress, NeighbourAttribute, NeighbourMessage, NeighbourState,
 };
@@ -107,6 +107,35 @@ impl Netlink {
             Err(e) if errno(&e) == Some(libc::ENODEV) => Ok(None),
             Err(e) => Err(NetlinkError::new(format!("get link {name}"), e)),
         }
+    }
+
+    /// The name of interface `index` and whether it is a TUN/TAP device, or
+    /// `None` when there is no such interface.
+    pub async fn link_name_and_tun(
+        &self,
+        index: u32,
+    ) -> Result<Option<(String, bool)>, NetlinkError> {
+        let mut links = self.handle.link().get().match_index(index).execute();
+        let msg = match links.try_next().await {
+            Ok(Some(msg)) => msg,
+            Ok(None) => return Ok(None),
+            Err(e) if errno(&e) == Some(libc::ENODEV) => return Ok(None),
+            Err(e) => return Err(NetlinkError::new(format!("get link {index}"), e)),
+        };
+        let mut name = String::new();
+        let mut tun = false;
+        for attr in &msg.attributes {
+            match attr {
+                LinkAttribute::IfName(n) => name.clone_from(n),
+                LinkAttribute::LinkInfo(infos) => {
+                    tun |= infos
+                        .iter()
+                        .any(|i| matches!(i, LinkInfo::Kind(InfoKind::Tun)));
+                }
+                _ => {}
+            }
+        }
+        Ok(Some((name, tun)))
     }
 
     /// Deletes the interface `name`; Ok if there is none.
