@@ -347,6 +347,14 @@ async fn run_async(config: Config) -> Result<(), DaemonError> {
         .await
         .map_err(setup("netlink"))?
         .ok_or_else(|| DaemonError::Setup(format!("device {name} vanished after creation")))?;
+    if offload {
+        // One read must fit the worker's ring: the kernel segments longer
+        // TSO bursts (tiny MSS) itself.
+        let segs = crate::router::worker::TX_READ_ROOM as u32;
+        if let Err(e) = netlink.set_gso_max_segs(ifindex, segs).await {
+            warn!(error = %e, "cannot cap the device's GSO segments; TSO bursts of more than {segs} segments will be dropped");
+        }
+    }
 
     let (writer, reader) = RouteTable::new();
     let shared = Arc::new(Shared::new(policy_for(&config, mtu)));

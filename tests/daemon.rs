@@ -212,6 +212,35 @@ fn dropped_at_exit(tc: &TunlCluster, node: &str, reason: &str) -> u64 {
 }
 
 #[test]
+fn tso_bursts_of_tiny_segments_cross_intact() {
+    // The receiver advertises an MSS of 200, so the sender's 64 KiB TSO
+    // bursts hold ~330 segments: more than tunl splits per read.
+    let tc = seed_cluster();
+    let c = tc.cluster();
+    c.wait_reachable(PERF, tc.pod_ip(SIT).unwrap(), Duration::from_secs(10))
+        .unwrap_or_else(|e| panic!("{e}\n{}", logs(&tc)));
+    let sit = netns_of(&tc, SIT);
+    c.exec_ok(
+        &sit,
+        &[
+            "ip",
+            "route",
+            "change",
+            "default",
+            "via",
+            "169.254.1.1",
+            "dev",
+            "eth0",
+            "advmss",
+            "200",
+        ],
+    )
+    .unwrap();
+    assert_eq!(tcp_transfer(&tc, PERF, SIT, 5202, 16 << 20), 16 << 20);
+    assert_eq!(dropped_at_exit(&tc, "node2.perf", "malformed_inner"), 0);
+}
+
+#[test]
 fn ipip_from_an_unknown_source_is_refused_and_from_a_node_accepted() {
     let tc = seed_cluster();
     let node1 = tc.cluster().node(NODE1).unwrap().underlay;

@@ -17,7 +17,7 @@ use rtnetlink::packet_route::neighbour::{
 use rtnetlink::packet_route::route::{
     RouteAddress, RouteAttribute, RouteHeader, RouteMessage, RouteProtocol,
 };
-use rtnetlink::{Handle, RouteMessageBuilder};
+use rtnetlink::{Handle, LinkUnspec, RouteMessageBuilder};
 
 /// A failed netlink request.
 #[derive(thiserror::Error, Debug)]
@@ -136,6 +136,21 @@ impl Netlink {
             }
         }
         Ok(Some((name, tun)))
+    }
+
+    /// Caps the segments of one GSO packet the kernel hands to interface
+    /// `index` (`ip link set DEV gso_max_segs SEGS`): bigger ones it
+    /// segments itself before the device sees them.
+    pub async fn set_gso_max_segs(&self, index: u32, segs: u32) -> Result<(), NetlinkError> {
+        let msg = LinkUnspec::new_with_index(index)
+            .append_extra_attribute(LinkAttribute::GsoMaxSegs(segs))
+            .build();
+        self.handle
+            .link()
+            .set(msg)
+            .execute()
+            .await
+            .map_err(|e| NetlinkError::new(format!("set gso_max_segs {segs} on link {index}"), e))
     }
 
     /// Deletes the interface `name`; Ok if there is none.

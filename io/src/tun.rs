@@ -235,7 +235,11 @@ impl TunQueue {
     ///
     /// Buffers need `HEADROOM + MTU` bytes of capacity; a super-packet needs
     /// as many buffers as it has segments (64 is enough for a 64 KiB packet
-    /// at an MSS of 1024 or more; [`tun_rs::IDEAL_BATCH_SIZE`] for any).
+    /// at an MSS of 1024 or more; a 64 KiB burst at the smallest MSS Linux
+    /// allows has over a thousand). Cap the device's `gso_max_segs` at the
+    /// number of buffers offered
+    /// ([`Netlink::set_gso_max_segs`](crate::netlink::Netlink::set_gso_max_segs))
+    /// and the kernel segments longer bursts before they reach the queue.
     ///
     /// Errors: `WouldBlock` when nothing is queued; `InvalidData` when the
     /// packet read could not be split (malformed virtio-net header, too few

@@ -30,9 +30,11 @@ use super::state::{Policy, Shared, resolve_macs};
 
 /// Segments handled per encap batch (and the size of the TX buffer ring).
 pub const TX_BATCH: usize = 256;
-/// Room that must be left in the TX ring before another TUN read: one TSO
-/// super-packet of 64 KiB splits into at most this many segments at MSS 512.
-const TX_READ_ROOM: usize = 128;
+/// Room that must be left in the TX ring before another TUN read: the most
+/// segments one read can split into. The daemon caps the TUN device's
+/// `gso_max_segs` at this, so the kernel segments bigger TSO bursts (a
+/// 64 KiB burst at an MSS under 512) itself before tunl reads them.
+pub const TX_READ_ROOM: usize = 128;
 /// Outer packets received per `recvmmsg`.
 pub const RX_BATCH: usize = 32;
 /// Capacity of an RX buffer: a whole underlay GRO super-packet, received at
