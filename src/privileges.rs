@@ -4,8 +4,9 @@
 //! creator's. So the daemon drops in three steps:
 //!
 //! 1. [`drop_to`] before the dataplane threads start, once the TUN device
-//!    and the IPIP/ICMP receive sockets are open: the bounding, inheritable
-//!    and ambient sets are emptied, `no_new_privs` is set, the process
+//!    and the IPIP/ICMP receive sockets are open: the bounding set (when
+//!    the process holds CAP_SETPCAP to do so), inheritable and ambient sets
+//!    are emptied, `no_new_privs` is set, the process
 //!    optionally switches to `[security] user` (setresuid/setresgid, which
 //!    glibc applies to every thread), and the permitted and effective sets
 //!    become `CAP_NET_ADMIN` and `CAP_NET_RAW` (the router still opens one raw
@@ -36,9 +37,17 @@ fn err(what: &str) -> impl FnOnce(caps::errors::CapsError) -> PrivilegeError + '
 /// effective sets of the calling thread (and of threads it starts later).
 pub fn drop_to(user: Option<&str>, keep: &[Capability]) -> Result<(), PrivilegeError> {
     let keep: CapsHashSet = keep.iter().copied().collect();
-    let bounding = caps::read(None, CapSet::Bounding).map_err(err("read the bounding set"))?;
-    for cap in bounding.difference(&keep) {
-        caps::drop(None, CapSet::Bounding, *cap).map_err(err("drop from the bounding set"))?;
+    // Shrinking the bounding set takes CAP_SETPCAP, which a daemon started
+    // with only CAP_NET_ADMIN and CAP_NET_RAW (ambient or file
+    // capabilities) does not have. The bounding set only limits what a
+    // later execve could gain, and no_new_privs (below) already stops that.
+    if caps::has_cap(None, CapSet::Effective, Capability::CAP_SETPCAP).unwrap_or(false) {
+        let bounding = caps::read(None, CapSet::Bounding).map_err(err("read the bounding set"))?;
+        for cap in bounding.difference(&keep) {
+            caps::drop(None, CapSet::Bounding, *cap).map_err(err("drop from the bounding set"))?;
+        }
+    } else {
+        tracing::debug!("no CAP_SETPCAP: bounding set left as is (no_new_privs is set)");
     }
     caps::clear(None, CapSet::Ambient).map_err(err("clear the ambient set"))?;
     caps::clear(None, CapSet::Inheritable).map_err(err("clear the inheritable set"))?;

@@ -539,6 +539,58 @@ fn privileges_are_dropped_and_routes_still_change() {
 }
 
 #[test]
+fn runs_with_only_net_admin_and_net_raw() {
+    // Started with CAP_NET_ADMIN and CAP_NET_RAW alone, as ambient
+    // capabilities (a unit with AmbientCapabilities=, or file capabilities):
+    // the bounding set is full but there is no CAP_SETPCAP to shrink it.
+    // SECBIT_NOROOT keeps uid 0 from granting everything, so the TUN device
+    // node stays accessible.
+    let tc = cluster(ClusterSpec::seed(), "");
+    assert!(tc.stop(NODE1).unwrap().success(), "{}", tc.log(NODE1));
+    let config = tc.daemon(NODE1).unwrap().config.clone();
+    let log = tc.dir().join("restricted.log");
+    let daemon = Child(
+        Command::new("ip")
+            .args(["netns", "exec", &netns_of(&tc, NODE1)])
+            .args([
+                "setpriv",
+                "--securebits=+noroot,+noroot_locked",
+                "--inh-caps=-all,+net_admin,+net_raw",
+                "--ambient-caps=+net_admin,+net_raw",
+            ])
+            .arg(tunl_bin())
+            .args(["run", "--config"])
+            .arg(&config)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap(),
+    );
+    let read_log = || std::fs::read_to_string(&log).unwrap_or_default();
+    wait_until(
+        || tc.kernel_routes(NODE1).unwrap().len() == 1 || read_log().contains("ERROR"),
+        "the daemon's route (or an error)",
+    );
+    assert_eq!(tc.kernel_routes(NODE1).unwrap().len(), 1, "{}", read_log());
+    let s = proc_status(daemon.0.id(), None);
+    assert_eq!(field(&s, "CapEff"), NET_ADMIN, "{s:?}");
+    assert_eq!(field(&s, "CapAmb"), "0000000000000000", "{s:?}");
+    assert_eq!(field(&s, "NoNewPrivs"), "1");
+    let r = tc
+        .cluster()
+        .wait_reachable(SIT, tc.pod_ip(PERF).unwrap(), Duration::from_secs(10))
+        .unwrap_or_else(|e| panic!("{e}\n{}", logs(&tc)));
+    assert_eq!(r.ttls.last(), Some(&62));
+    let mut daemon = daemon;
+    Command::new("kill")
+        .args(["-TERM", &daemon.0.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(daemon.0.wait().unwrap().success(), "{}", read_log());
+    assert!(tc.kernel_routes(NODE1).unwrap().is_empty());
+}
+
+#[test]
 fn security_user_switches_user_and_keeps_only_net_admin() {
     let tc = cluster(ClusterSpec::seed(), "\n[security]\nuser = \"nobody\"\n");
     for node in [NODE1, NODE2] {
