@@ -553,12 +553,15 @@ fn is_unicast(a: Ipv4Addr) -> bool {
 }
 
 fn check_network(key: &str, n: &Ipv4Network) -> Result<(), (String, String)> {
+    check_prefix(n).map_err(|problem| (key.to_owned(), problem))
+}
+
+/// Refuses a prefix with host bits set (`10.20.105.193/26`), naming the
+/// network it probably meant.
+pub fn check_prefix(n: &Ipv4Network) -> Result<(), String> {
     let network = Ipv4Network::new(n.network(), n.prefix()).unwrap_or(*n);
     if network.ip() != n.ip() {
-        return Err((
-            key.to_owned(),
-            format!("{n} has host bits set (did you mean {network}?)"),
-        ));
+        return Err(format!("{n} has host bits set (did you mean {network}?)"));
     }
     Ok(())
 }

@@ -563,6 +563,9 @@ async fn handle(
             wanted
         }
         Request::RouteDel { prefix } => {
+            if let Err(e) = crate::config::check_prefix(&prefix) {
+                return Response::error(format!("cannot delete {prefix}: {e}"));
+            }
             let mut wanted = current.clone();
             wanted.remove(&prefix);
             wanted

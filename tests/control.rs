@@ -155,6 +155,12 @@ fn route_add_del_replace_while_traffic_flows_lose_nothing_on_unchanged_routes() 
         let o = tunl(&tc, &n1.name, &del);
         assert!(o.status.success(), "{}", stderr(&o));
         assert!(stdout(&o).contains("0 removed"), "{}", stdout(&o));
+        // A prefix with host bits is refused, not "0 removed".
+        let sloppy = format!("{}/{}", n2.block.nth(1).unwrap(), n2.block.prefix());
+        let o = tunl(&tc, &n1.name, &["route", "del", &sloppy]);
+        assert_eq!(o.status.code(), Some(1), "{}", stdout(&o));
+        assert!(stderr(&o).contains("host bits"), "{}", stderr(&o));
+        assert_eq!(tc.kernel_routes(&n1.name).unwrap().len(), 1);
 
         let via3 = n3.underlay.to_string();
         let add = ["route", "add", block3.as_str(), "via", via3.as_str()];

@@ -573,7 +573,8 @@ unsafe fn send_linked(
     let mut start = 0;
     while start < n {
         // SAFETY: msgs[start..n] point to valid addresses and iovecs (this
-        // function's contract); the kernel only reads them.
+        // function's contract), which the kernel only reads; it writes each
+        // sent message's `msg_len`, which the exclusive borrow allows.
         let rc = unsafe {
             libc::sendmmsg(
                 fd,

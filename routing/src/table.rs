@@ -343,13 +343,14 @@ mod tests {
         let a_addr = addr("10.200.0.1");
         let b_addr = addr("10.201.0.200");
         let done = Arc::new(AtomicBool::new(false));
+        let seen_total = Arc::new(std::sync::atomic::AtomicU64::new(0));
         let readers: Vec<_> = (0..2)
             .map(|_| {
                 let r = r.clone();
                 let done = Arc::clone(&done);
+                let seen_total = Arc::clone(&seen_total);
                 thread::spawn(move || {
                     let mut last = 0;
-                    let mut seen = 0u64;
                     while !done.load(Ordering::Relaxed) {
                         let table = r.load();
                         let (va, vb) = (table.lookup(a_addr), table.lookup(b_addr));
@@ -357,23 +358,31 @@ mod tests {
                         if let Some(v) = va {
                             assert!(v >= last, "went back from {last} to {v}");
                             last = v;
-                            seen += 1;
+                            seen_total.fetch_add(1, Ordering::Relaxed);
                         }
                     }
-                    seen
                 })
             })
             .collect();
-        for g in 1..=3001u32 {
+        // At least 3001 rounds, and on until the readers have looked at the
+        // pair a good number of times (they may start late).
+        let mut g = 0u32;
+        while g < 3001 || (seen_total.load(Ordering::Relaxed) < 1000 && g < 10_000_000) {
+            g += 1;
             w.apply([RouteOp::Insert(a, g), RouteOp::Insert(b, g)]);
             if g % 3 == 0 {
                 w.apply([RouteOp::Remove(a), RouteOp::Remove(b)]);
             }
         }
+        w.apply([RouteOp::Insert(a, g + 1), RouteOp::Insert(b, g + 1)]);
         done.store(true, Ordering::Relaxed);
         for reader in readers {
             reader.join().expect("reader saw a torn update");
         }
+        assert!(
+            seen_total.load(Ordering::Relaxed) >= 1000,
+            "the readers must have seen the pair to check it"
+        );
         assert_eq!(w.len(), 10_002);
     }
 
