@@ -271,6 +271,7 @@ struct Device {
 }
 
 async fn run_async(config: Config) -> Result<(), DaemonError> {
+    let signals = Signals::catch()?;
     let netlink = Netlink::new().map_err(setup("cannot open netlink"))?;
     let name = config.tunnel.name.clone();
     let local = config.tunnel.local;
@@ -457,7 +458,7 @@ async fn run_async(config: Config) -> Result<(), DaemonError> {
         workers: router.workers(),
     };
     let mut config = config;
-    let wait = wait_for_signals(&mut config, &mut routes, calls, &device).await;
+    let wait = wait_for_signals(signals, &mut config, &mut routes, calls, &device).await;
     accept.abort();
     for task in metrics.into_iter().chain(neighbours) {
         task.abort();
@@ -510,15 +511,39 @@ async fn watch_neighbours(netlink: Netlink, ifindex: u32, shared: Arc<Shared>) {
     }
 }
 
+/// The signals the daemon handles, caught from the very start so that one
+/// arriving during setup (a SIGHUP, or the SIGTERM of
+/// [`Shared::fail`]) is acted on once setup is done instead of killing the
+/// process with its device and routes in place.
+struct Signals {
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+    hup: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    fn catch() -> Result<Signals, DaemonError> {
+        let catch = |kind| signal(kind).map_err(setup("signal handler"));
+        Ok(Signals {
+            term: catch(SignalKind::terminate())?,
+            int: catch(SignalKind::interrupt())?,
+            hup: catch(SignalKind::hangup())?,
+        })
+    }
+}
+
 async fn wait_for_signals(
+    signals: Signals,
     config: &mut Config,
     routes: &mut RouteManager,
     mut calls: mpsc::Receiver<Call>,
     device: &Device,
 ) -> Result<(), DaemonError> {
-    let mut term = signal(SignalKind::terminate()).map_err(setup("signal handler"))?;
-    let mut int = signal(SignalKind::interrupt()).map_err(setup("signal handler"))?;
-    let mut hup = signal(SignalKind::hangup()).map_err(setup("signal handler"))?;
+    let Signals {
+        mut term,
+        mut int,
+        mut hup,
+    } = signals;
     loop {
         tokio::select! {
             _ = term.recv() => { info!("SIGTERM: stopping"); return Ok(()) }

@@ -88,6 +88,36 @@ pub struct Worker {
     busy_poll: Duration,
     /// The AF_PACKET sender (`[dataplane] packet_tx`).
     packet_tx: Option<PacketSender>,
+    rx_errors: ErrorStreak,
+    icmp_errors: ErrorStreak,
+}
+
+/// Receive errors in a row on one socket.
+#[derive(Debug, Default)]
+struct ErrorStreak(u32);
+
+/// Receive errors in a row after which the socket counts as broken.
+const MAX_ERROR_STREAK: u32 = 1000;
+
+impl ErrorStreak {
+    /// Records a receive error: logs the first of a streak, and after
+    /// [`MAX_ERROR_STREAK`] in a row stops the daemon. Returns whether to
+    /// try again.
+    fn record(&mut self, what: &str, e: &io::Error, shared: &Shared) -> bool {
+        self.0 += 1;
+        if self.0 == 1 {
+            warn!(error = %e, "{what} failed; retrying");
+        }
+        if self.0 >= MAX_ERROR_STREAK {
+            shared.fail(format!("{what} failed {} times in a row: {e}", self.0));
+            return false;
+        }
+        true
+    }
+
+    fn clear(&mut self) {
+        self.0 = 0;
+    }
 }
 
 impl Worker {
@@ -152,6 +182,8 @@ impl Worker {
             poll,
             busy_poll,
             packet_tx,
+            rx_errors: ErrorStreak::default(),
+            icmp_errors: ErrorStreak::default(),
             shared,
         };
         Ok((worker, waker))
@@ -179,7 +211,8 @@ impl Worker {
             };
             if let Err(e) = self.poll.poll(&mut events, timeout) {
                 if e.kind() != io::ErrorKind::Interrupted {
-                    warn!(worker = self.id, error = %e, "poll failed; worker stops");
+                    self.shared
+                        .fail(format!("worker {}: poll failed: {e}", self.id));
                     break;
                 }
             }
@@ -365,10 +398,15 @@ impl Worker {
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return true,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(e) => {
-                    warn!(worker = self.id, error = %e, "underlay receive failed");
-                    return true;
+                    // Edge-triggered: returning "drained" would leave
+                    // queued packets unread until the next one arrives.
+                    if !self.rx_errors.record("underlay receive", &e, &self.shared) {
+                        return true;
+                    }
+                    continue;
                 }
             };
+            self.rx_errors.clear();
             self.local.rx_truncated += report.truncated as u64;
             self.decap_batch(report.received);
         }
@@ -461,10 +499,13 @@ impl Worker {
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return true,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(e) => {
-                    warn!(error = %e, "ICMP receive failed");
-                    return true;
+                    if !self.icmp_errors.record("underlay ICMP receive", &e, &self.shared) {
+                        return true;
+                    }
+                    continue;
                 }
             };
+            self.icmp_errors.clear();
             let Some(msg) = icmp::parse_underlay_error(&self.icmp_buf[..n]) else {
                 continue;
             };
