@@ -789,19 +789,9 @@ async fn shutdown(router: Router, mut routes: RouteManager, netlink: &Netlink, n
 
 fn log_counters(c: &CounterSnapshot) {
     info!(
-        tx_packets = c.tx_packets,
-        tx_bytes = c.tx_bytes,
-        rx_packets = c.rx_packets,
-        rx_bytes = c.rx_bytes,
-        tx_errors = c.tx_errors,
-        rx_tun_full = c.rx_tun_full,
-        rx_gso = c.rx_gso,
-        rx_oversize = c.rx_oversize,
-        tx_retries = c.tx_retries,
-        tx_af_packet = c.tx_af_packet,
-        icmp_sent = c.icmp_sent,
-        drops = c.total_drops(),
-        "counters at exit"
+        "counters at exit: {} drops={}",
+        c.to_line(),
+        c.total_drops()
     );
     for (reason, n) in c.drops_by_reason().filter(|(_, n)| *n > 0) {
         info!(reason = reason.as_str(), packets = n, "dropped");

@@ -34,7 +34,7 @@ use prometheus_client::registry::Registry;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
-use crate::router::Shared;
+use crate::router::{CounterSnapshot, Shared};
 
 /// The longest request head read.
 const MAX_REQUEST_HEAD: usize = 8 * 1024;
@@ -69,22 +69,8 @@ impl MetricsSource {
     pub fn render(&self) -> String {
         let mut r = Registry::with_prefix("tunl");
         let c = self.shared.counters();
-        let help = |name: &str| match name {
-            "tx_packets" => "Inner packets encapsulated and sent to the underlay",
-            "tx_bytes" => "Inner bytes encapsulated and sent",
-            "rx_packets" => "Inner packets decapsulated and written to the tunnel device",
-            "rx_bytes" => "Inner bytes decapsulated",
-            "tx_errors" => "Outer packets the underlay socket refused",
-            "rx_tun_full" => "Decapsulated packets the tunnel device did not take",
-            "rx_truncated" => "Outer packets received truncated",
-            "icmp_sent" => "ICMP errors tunl generated",
-            "icmp_rate_limited" => "ICMP errors not sent because of the rate limit",
-            "underlay_icmp" => "ICMP errors from the underlay about tunnel packets",
-            "pmtu_updates" => "Path MTU reductions learned from the underlay",
-            _ => "tunl counter",
-        };
-        for (name, v) in c.fields() {
-            r.register(name, help(name), counter(v));
+        for ((name, v), (_, help)) in c.fields().into_iter().zip(CounterSnapshot::descriptions()) {
+            r.register(name, help, counter(v));
         }
         let drops = Family::<Labels, Counter>::default();
         for (reason, n) in c.drops_by_reason() {

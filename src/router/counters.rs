@@ -9,11 +9,11 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use tunl_encap::DropReason;
 
 macro_rules! counters {
-    ($($(#[$doc:meta])* $name:ident),* $(,)?) => {
+    ($($(#[doc = $doc:literal])* $name:ident),* $(,)?) => {
         /// One worker's counters, readable from any thread.
         #[derive(Debug, Default)]
         pub struct Counters {
-            $($(#[$doc])* pub $name: AtomicU64,)*
+            $($(#[doc = $doc])* pub $name: AtomicU64,)*
             /// Packets dropped, by reason (indexed by `DropReason as usize`).
             pub drops: [AtomicU64; DropReason::COUNT],
         }
@@ -21,7 +21,7 @@ macro_rules! counters {
         /// A worker's unflushed counts for the batch in hand.
         #[derive(Debug, Default, Clone, Copy)]
         pub struct LocalCounters {
-            $($(#[$doc])* pub $name: u64,)*
+            $($(#[doc = $doc])* pub $name: u64,)*
             /// Packets dropped, by reason.
             pub drops: [u64; DropReason::COUNT],
         }
@@ -29,7 +29,7 @@ macro_rules! counters {
         /// A point-in-time sum of counters.
         #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
         pub struct CounterSnapshot {
-            $($(#[$doc])* pub $name: u64,)*
+            $($(#[doc = $doc])* pub $name: u64,)*
             /// Packets dropped, by reason.
             pub drops: [u64; DropReason::COUNT],
         }
@@ -62,6 +62,24 @@ macro_rules! counters {
             pub fn fields(&self) -> Vec<(&'static str, u64)> {
                 vec![$((stringify!($name), self.$name),)*]
             }
+
+            /// `(name, description)` for every counter except drops, in
+            /// declaration order: the doc comments above, on one line.
+            pub fn descriptions() -> Vec<(&'static str, String)> {
+                vec![$((
+                    stringify!($name),
+                    [$($doc),*].iter().map(|l| l.trim()).collect::<Vec<_>>().join(" "),
+                ),)*]
+            }
+
+            /// Every counter as `name=value`, space-separated (for logs).
+            pub fn to_line(&self) -> String {
+                self.fields()
+                    .iter()
+                    .map(|(name, v)| format!("{name}={v}"))
+                    .collect::<Vec<_>>()
+                    .join(" ")
+            }
         }
     };
 }
@@ -75,7 +93,9 @@ counters! {
     tx_bytes,
     /// Inner packets decapsulated and written to the TUN device.
     rx_packets,
-    /// Inner bytes of `rx_packets`.
+    /// Inner bytes decapsulated for the TUN device (counted before the
+    /// write, so, like `tx_bytes`, they include packets the device then
+    /// refused: `rx_tun_full`, `rx_oversize`).
     rx_bytes,
     /// Outer packets the underlay socket refused (per-packet send errors).
     tx_errors,
@@ -157,5 +177,30 @@ mod tests {
         assert_eq!(sum.drops[DropReason::NoRoute as usize], 2);
         assert_eq!(sum.drops[DropReason::UnknownSource as usize], 1);
         assert_eq!(sum.total_drops(), 3);
+        assert!(
+            sum.to_line()
+                .starts_with("tx_packets=3 tx_bytes=300 rx_packets=2 ")
+        );
+    }
+
+    #[test]
+    fn every_counter_has_a_one_line_description() {
+        let d = CounterSnapshot::descriptions();
+        assert_eq!(d.len(), CounterSnapshot::default().fields().len());
+        for (name, text) in &d {
+            assert!(text.len() > 10 && !text.contains('\n'), "{name}: {text:?}");
+        }
+        let ops = include_str!("../../docs/operating.md");
+        for (name, _) in &d {
+            assert!(
+                ops.contains(&format!("`{name}`")),
+                "docs/operating.md lacks {name}"
+            );
+        }
+        let rx_bytes = &d.iter().find(|(n, _)| *n == "rx_bytes").unwrap().1;
+        assert!(
+            rx_bytes.starts_with("Inner bytes decapsulated"),
+            "{rx_bytes}"
+        );
     }
 }

@@ -499,7 +499,10 @@ impl Worker {
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return true,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(e) => {
-                    if !self.icmp_errors.record("underlay ICMP receive", &e, &self.shared) {
+                    if !self
+                        .icmp_errors
+                        .record("underlay ICMP receive", &e, &self.shared)
+                    {
                         return true;
                     }
                     continue;
@@ -522,7 +525,10 @@ impl Worker {
                     // Like the kernel's min_pmtu: a (possibly spoofed) tiny
                     // MTU must not cripple every flow toward the node.
                     let tunnel_mtu = mtu.max(MIN_PATH_MTU) - 20;
-                    if self.shared.pmtu.learn(msg.node, tunnel_mtu) {
+                    // Only a reduction below the tunnel MTU means anything.
+                    if tunnel_mtu < policy.settings.mtu
+                        && self.shared.pmtu.learn(msg.node, tunnel_mtu)
+                    {
                         self.local.pmtu_updates += 1;
                         debug!(node = %msg.node, tunnel_mtu, "path MTU lowered");
                     }
