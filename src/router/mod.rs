@@ -18,12 +18,13 @@ pub mod worker;
 
 use std::io;
 use std::net::Ipv4Addr;
-use std::sync::Arc;
 use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
 use mio::Waker;
+use tunl_encap::TokenBucket;
 use tunl_io::{IcmpReceiver, IpipReceiver, IpipSender, PacketSender, TunQueue};
 use tunl_routing::RouteReader;
 
@@ -59,7 +60,8 @@ pub struct RouterIo {
 pub struct WorkerOptions {
     /// The tunnel MTU (sizes the transmit buffers).
     pub tunnel_mtu: u16,
-    /// ICMP errors per second for the whole router, shared by the workers.
+    /// ICMP errors per second for the whole router (one token bucket,
+    /// burst up to 10, shared by the workers).
     pub icmp_rate: u32,
     /// How long a worker keeps polling without sleeping after its last
     /// packet (`[dataplane] busy_poll_us`); zero sleeps at once.
@@ -74,11 +76,10 @@ impl Router {
         shared: Arc<Shared>,
         options: WorkerOptions,
     ) -> io::Result<Router> {
-        let n = io_parts.queues.len().max(1);
-        let options = WorkerOptions {
-            icmp_rate: (options.icmp_rate / n as u32).max(1),
-            ..options
-        };
+        // One bucket for every worker: the limit holds for the daemon as a
+        // whole. ICMP errors are rare, so a lock per answer costs nothing.
+        let rate = options.icmp_rate.max(1);
+        let icmp_limit = Arc::new(Mutex::new(TokenBucket::new(rate, rate.min(10))));
         let mut rx = Some(RxPart {
             ipip: io_parts.ipip,
             icmp: io_parts.icmp,
@@ -103,6 +104,7 @@ impl Router {
                 routes.clone(),
                 shared.clone(),
                 options,
+                icmp_limit.clone(),
             )?;
             let handle = std::thread::Builder::new()
                 .name(format!("tunl-dp{id}"))

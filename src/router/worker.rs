@@ -8,8 +8,8 @@
 
 use std::io;
 use std::net::Ipv4Addr;
-use std::sync::Arc;
 use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use mio::unix::SourceFd;
@@ -78,7 +78,8 @@ pub struct Worker {
     /// Batches since `nodes` was last flushed.
     node_batches: u32,
     ids: IdentGenerator,
-    icmp_limit: TokenBucket,
+    /// The daemon's ICMP rate limit, shared by every worker.
+    icmp_limit: Arc<Mutex<TokenBucket>>,
     tx_bufs: Vec<PacketBuf>,
     tx_out: Vec<(usize, usize, Ipv4Addr)>,
     rx_bufs: Vec<PacketBuf>,
@@ -134,11 +135,12 @@ impl Worker {
         routes: RouteReader<Ipv4Addr>,
         shared: Arc<Shared>,
         options: WorkerOptions,
+        icmp_limit: Arc<Mutex<TokenBucket>>,
     ) -> io::Result<(Worker, Arc<Waker>)> {
         let WorkerOptions {
             tunnel_mtu,
-            icmp_rate,
             busy_poll,
+            ..
         } = options;
         let poll = Poll::new()?;
         let waker = Arc::new(Waker::new(poll.registry(), WAKE)?);
@@ -172,7 +174,7 @@ impl Worker {
             nodes_policy: None,
             node_batches: 0,
             ids: IdentGenerator::new(seed(id)),
-            icmp_limit: TokenBucket::new(icmp_rate.max(1), icmp_rate.clamp(1, 10)),
+            icmp_limit,
             tx_bufs: (0..TX_BATCH)
                 .map(|_| PacketBuf::with_capacity(tx_buf_len))
                 .collect(),
@@ -300,7 +302,7 @@ impl Worker {
             let Some(next_hop) = routes.lookup(dst) else {
                 self.local.drop(DropReason::NoRoute);
                 answer_icmp(
-                    &mut self.icmp_limit,
+                    &self.icmp_limit,
                     &mut self.queue,
                     &mut self.local,
                     &mut self.icmp_buf,
@@ -329,7 +331,7 @@ impl Worker {
                     self.local.drop(DropReason::TooBig);
                     let inner = &self.tx_bufs[i].as_ref()[HEADROOM..];
                     answer_icmp(
-                        &mut self.icmp_limit,
+                        &self.icmp_limit,
                         &mut self.queue,
                         &mut self.local,
                         &mut self.icmp_buf,
@@ -569,13 +571,17 @@ fn load_policy(
 /// route back into the tunnel (strict rp_filter), which the inner
 /// destination does.
 fn answer_icmp(
-    limit: &mut TokenBucket,
+    limit: &Mutex<TokenBucket>,
     queue: &mut TunQueue,
     local: &mut LocalCounters,
     out: &mut [u8],
     build: impl FnOnce(&mut [u8]) -> Option<usize>,
 ) {
-    if !limit.allow(Instant::now()) {
+    let allowed = limit
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .allow(Instant::now());
+    if !allowed {
         local.icmp_rate_limited += 1;
         return;
     }
