@@ -245,14 +245,8 @@ pub struct SendMsgReport {
 /// (`EMSGSIZE`): split before encapsulating.
 pub struct IpipSender {
     sock: Socket,
-    iovs: Box<[libc::iovec]>,
-    msgs: Box<[libc::mmsghdr]>,
-    addrs: Box<[libc::sockaddr_in]>,
+    batch: SendBatch<libc::sockaddr_in>,
 }
-
-// SAFETY: as for IpipReceiver: the raw pointers in the scratch arrays are
-// rewritten by every call before use and never read after it.
-unsafe impl Send for IpipSender {}
 
 impl IpipSender {
     /// Opens the socket, non-blocking, with a send buffer of `sndbuf` bytes
@@ -266,7 +260,6 @@ impl IpipSender {
         // stops there and send_linked backs off and retries the packet.
         set_option(&sock, libc::IPPROTO_IP, libc::IP_RECVERR, 1 as libc::c_int)
             .map_err(|e| IoError::from_os(what, None, e))?;
-        let (iovs, msgs) = scratch();
         let addr = libc::sockaddr_in {
             sin_family: libc::AF_INET as libc::sa_family_t,
             sin_port: 0,
@@ -275,9 +268,7 @@ impl IpipSender {
         };
         Ok(Self {
             sock,
-            iovs,
-            msgs,
-            addrs: vec![addr; MAX_BATCH].into_boxed_slice(),
+            batch: SendBatch::new(addr),
         })
     }
 
@@ -299,39 +290,10 @@ impl IpipSender {
         packets: &[&[u8]],
         dsts: &[Ipv4Addr],
     ) -> io::Result<SendMsgReport> {
-        if packets.len() != dsts.len() {
-            return Err(io::Error::new(
-                io::ErrorKind::InvalidInput,
-                "packets and dsts differ in length",
-            ));
-        }
-        let mut report = SendMsgReport::default();
-        let mut retries = Retries::default();
-        for (packets, dsts) in packets.chunks(MAX_BATCH).zip(dsts.chunks(MAX_BATCH)) {
-            let n = packets.len();
-            for ((addr, iov), (packet, dst)) in self
-                .addrs
-                .iter_mut()
-                .zip(self.iovs.iter_mut())
-                .zip(packets.iter().zip(dsts))
-            {
-                addr.sin_addr.s_addr = u32::from(*dst).to_be();
-                *iov = send_iovec(packet);
-            }
-            link_headers(&mut self.msgs[..n], &mut self.addrs, &mut self.iovs);
-            // SAFETY: link_headers just pointed msgs[..n] at sockaddr_ins in
-            // self.addrs and iovecs over packets[..n]; all of them outlive
-            // the call and none is touched until it returns.
-            unsafe {
-                send_linked(
-                    self.sock.as_raw_fd(),
-                    &mut self.msgs[..n],
-                    &mut report,
-                    &mut retries,
-                )?
-            };
-        }
-        Ok(report)
+        let fd = self.sock.as_raw_fd();
+        self.batch.send(fd, packets, dsts, |addr, dst| {
+            addr.sin_addr.s_addr = u32::from(*dst).to_be();
+        })
     }
 }
 
@@ -427,14 +389,8 @@ impl std::fmt::Debug for IcmpReceiver {
 pub struct PacketSender {
     sock: Socket,
     ifindex: i32,
-    iovs: Box<[libc::iovec]>,
-    msgs: Box<[libc::mmsghdr]>,
-    addrs: Box<[libc::sockaddr_ll]>,
+    batch: SendBatch<libc::sockaddr_ll>,
 }
-
-// SAFETY: as for IpipSender: the raw pointers in the scratch arrays are
-// rewritten by every call before use and never read after it.
-unsafe impl Send for PacketSender {}
 
 impl PacketSender {
     /// Opens the socket for the Ethernet device with index `ifindex`, with a
@@ -459,7 +415,6 @@ impl PacketSender {
         .map_err(|e| IoError::from_os(what, None, e))?;
         let ifindex = i32::try_from(ifindex)
             .map_err(|_| IoError::InvalidConfig(format!("interface index {ifindex}")))?;
-        let (iovs, msgs) = scratch();
         // SAFETY: sockaddr_ll is a plain C struct of integers, for which
         // all-zero bytes are a valid value.
         let mut addr: libc::sockaddr_ll = unsafe { mem::zeroed() };
@@ -470,9 +425,7 @@ impl PacketSender {
         Ok(Self {
             sock,
             ifindex,
-            iovs,
-            msgs,
-            addrs: vec![addr; MAX_BATCH].into_boxed_slice(),
+            batch: SendBatch::new(addr),
         })
     }
 
@@ -482,38 +435,72 @@ impl PacketSender {
     /// skipped and counted, `ENOBUFS` (the device dropped it) is retried
     /// after a yield, `EAGAIN` waits briefly for room.
     pub fn send_batch(&mut self, packets: &[&[u8]], macs: &[[u8; 6]]) -> io::Result<SendMsgReport> {
-        if packets.len() != macs.len() {
+        let (fd, ifindex) = (self.sock.as_raw_fd(), self.ifindex);
+        self.batch.send(fd, packets, macs, |addr, mac| {
+            addr.sll_ifindex = ifindex;
+            addr.sll_addr[..6].copy_from_slice(mac);
+        })
+    }
+}
+
+/// The `sendmmsg` scratch of a sender whose messages are addressed with a
+/// socket address of type `A`: up to [`MAX_BATCH`] headers, iovecs and
+/// addresses, allocated once.
+struct SendBatch<A> {
+    iovs: Box<[libc::iovec]>,
+    msgs: Box<[libc::mmsghdr]>,
+    addrs: Box<[A]>,
+}
+
+// SAFETY: the raw pointers in the scratch arrays are rewritten by every
+// `send` before use and never read after it returns, so moving the arrays
+// to another thread between calls shares nothing.
+unsafe impl<A: Send> Send for SendBatch<A> {}
+
+impl<A: Clone> SendBatch<A> {
+    fn new(addr: A) -> Self {
+        let (iovs, msgs) = scratch();
+        SendBatch {
+            iovs,
+            msgs,
+            addrs: vec![addr; MAX_BATCH].into_boxed_slice(),
+        }
+    }
+
+    /// Sends `packets[i]` to `targets[i]` on `fd` in chunks of
+    /// [`MAX_BATCH`]; `address` writes a target into its message's socket
+    /// address (the rest of the template given to `new` stays as is).
+    fn send<T>(
+        &mut self,
+        fd: RawFd,
+        packets: &[&[u8]],
+        targets: &[T],
+        mut address: impl FnMut(&mut A, &T),
+    ) -> io::Result<SendMsgReport> {
+        if packets.len() != targets.len() {
             return Err(io::Error::new(
                 io::ErrorKind::InvalidInput,
-                "packets and macs differ in length",
+                "one destination per packet is needed",
             ));
         }
         let mut report = SendMsgReport::default();
         let mut retries = Retries::default();
-        for (packets, macs) in packets.chunks(MAX_BATCH).zip(macs.chunks(MAX_BATCH)) {
+        for (packets, targets) in packets.chunks(MAX_BATCH).zip(targets.chunks(MAX_BATCH)) {
             let n = packets.len();
-            for ((addr, iov), (packet, mac)) in self
+            for ((addr, iov), (packet, target)) in self
                 .addrs
                 .iter_mut()
                 .zip(self.iovs.iter_mut())
-                .zip(packets.iter().zip(macs))
+                .zip(packets.iter().zip(targets))
             {
-                addr.sll_ifindex = self.ifindex;
-                addr.sll_addr[..6].copy_from_slice(mac);
+                address(addr, target);
                 *iov = send_iovec(packet);
             }
             link_headers(&mut self.msgs[..n], &mut self.addrs, &mut self.iovs);
-            // SAFETY: link_headers just pointed msgs[..n] at sockaddr_lls in
+            // SAFETY: link_headers just pointed msgs[..n] at addresses in
             // self.addrs and iovecs over packets[..n]; all of them outlive
             // the call and none is touched until it returns.
-            unsafe {
-                send_linked(
-                    self.sock.as_raw_fd(),
-                    &mut self.msgs[..n],
-                    &mut report,
-                    &mut retries,
-                )?
-            };
+            unsafe { send_linked(fd, &mut self.msgs[..n], &mut report, &mut retries)? };
         }
         Ok(report)
     }
