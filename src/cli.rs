@@ -34,8 +34,9 @@ pub enum Command {
     /// Creates the TUN device, installs `BLOCK via NODE dev tunl0 onlink`
     /// routes tagged `proto 116`, and forwards until SIGINT/SIGTERM, which
     /// remove both. SIGHUP re-reads the config and applies its routes, ttl,
-    /// blocks and [security]; an invalid new config is logged and the old
-    /// one kept (device, address, MTU and [dataplane] need a restart).
+    /// blocks and security section; an invalid new config is logged and the
+    /// old one kept (device, address, MTU and the dataplane section need a
+    /// restart).
     Run {
         /// The TOML config file (see examples/tunl.toml).
         #[arg(short, long, value_name = "FILE")]

@@ -385,17 +385,19 @@ async fn run_async(config: Config) -> Result<(), DaemonError> {
     )
     .map_err(|e| DaemonError::Setup(e.to_string()))?;
 
+    // AF_PACKET transmit goes out of the device holding `tunnel.local`.
+    let packet_tx_device = config
+        .dataplane
+        .packet_tx
+        .then(|| underlay.as_ref().map(|(ifindex, _, _)| *ifindex))
+        .flatten();
     let router = Router::start(
         RouterIo {
             queues: tun.into_queues(),
             ipip,
             icmp,
             socket_buffer: config.dataplane.socket_buffer,
-            packet_tx: config
-                .dataplane
-                .packet_tx
-                .then(|| underlay.as_ref().map(|(ifindex, _, _)| *ifindex))
-                .flatten(),
+            packet_tx: packet_tx_device,
         },
         &reader,
         shared.clone(),
@@ -431,11 +433,7 @@ async fn run_async(config: Config) -> Result<(), DaemonError> {
         return Err(e);
     }
 
-    let neighbours = config
-        .dataplane
-        .packet_tx
-        .then(|| underlay.as_ref().map(|(ifindex, _, _)| *ifindex))
-        .flatten()
+    let neighbours = packet_tx_device
         .map(|ifindex| tokio::spawn(watch_neighbours(netlink.clone(), ifindex, shared.clone())));
     let (calls_tx, calls) = mpsc::channel(16);
     let accept = tokio::spawn(control::accept_loop(listener, calls_tx));
@@ -656,10 +654,7 @@ fn status(routes: &RouteManager, device: &Device) -> control::Status {
             control::NodeStatus {
                 node,
                 blocks,
-                path_mtu: shared
-                    .pmtu
-                    .lookup(node)
-                    .map_or(tunnel_mtu, |m| m.min(tunnel_mtu)),
+                path_mtu: shared.pmtu.toward(node, tunnel_mtu),
                 tx_packets: t.tx_packets,
                 tx_bytes: t.tx_bytes,
                 rx_packets: t.rx_packets,

@@ -9,9 +9,7 @@
 //!
 //! | metric | type | labels |
 //! | --- | --- | --- |
-//! | `tunl_rx_packets_total`, `tunl_rx_bytes_total`, `tunl_tx_packets_total`, `tunl_tx_bytes_total` | counter | |
-//! | `tunl_tx_errors_total`, `tunl_rx_tun_full_total`, `tunl_rx_truncated_total` | counter | |
-//! | `tunl_icmp_sent_total`, `tunl_icmp_rate_limited_total`, `tunl_underlay_icmp_total`, `tunl_pmtu_updates_total` | counter | |
+//! | `tunl_<counter>_total`, one per dataplane counter (`tx_packets`, `rx_bytes`, ...; see [`CounterSnapshot::descriptions`]) | counter | |
 //! | `tunl_drops_total` | counter | `reason` |
 //! | `tunl_refused_source_packets_total` | counter | `source` (at most 32, then `other`) |
 //! | `tunl_node_{rx,tx}_{packets,bytes}_total` | counter | `node` |
@@ -117,11 +115,7 @@ impl MetricsSource {
         }
         let pmtu = Family::<Labels, Gauge>::default();
         for node in &policy.vias {
-            let mtu = self
-                .shared
-                .pmtu
-                .lookup(*node)
-                .map_or(policy.settings.mtu, |m| m.min(policy.settings.mtu));
+            let mtu = self.shared.pmtu.toward(*node, policy.settings.mtu);
             pmtu.get_or_create(&labels("node", node))
                 .set(i64::from(mtu));
         }

@@ -91,6 +91,12 @@ impl PathMtu {
         if len as u64 <= u64::from(self.floor.load(Ordering::Relaxed)) {
             return tunnel_mtu;
         }
+        self.toward(node, tunnel_mtu)
+    }
+
+    /// The MTU toward `node`: the learned one while it holds, never above
+    /// `tunnel_mtu`.
+    pub fn toward(&self, node: Ipv4Addr, tunnel_mtu: u16) -> u16 {
         self.lookup(node)
             .map_or(tunnel_mtu, |learned| learned.min(tunnel_mtu))
     }
