@@ -105,6 +105,13 @@ fn udp_datagrams_cross_the_tunnel_intact() {
     }
 }
 
+/// The tunnel MTU as a pod sees it: tunl gives its device MTU 1480 (the
+/// underlay's 1500 minus the outer header), so a 1480-byte DF packet goes
+/// through tunl and arrives, and a 1481-byte one is answered with
+/// frag-needed 1480 by the node's forwarding path before the device, as
+/// with the kernel's tunl0. (tunl's own too-big answer, for MTUs learned
+/// from the underlay, is tested by
+/// `underlay_frag_needed_lowers_the_path_mtu_for_that_node`.)
 #[test]
 fn exactly_mtu_passes_and_one_more_gets_frag_needed_1480() {
     let tc = seed_cluster();
