@@ -1,8 +1,9 @@
 //! End to end with `[dataplane] busy_poll_us`: the workers keep polling for
 //! that long after their last packet instead of sleeping, then sleep again.
-//! Traffic crosses intact (ping TTL 62, 64 MiB of TCP byte for byte), the
-//! worker thread really burns CPU right after a packet, and it stops doing so
-//! once the window has passed. Needs root.
+//! Traffic crosses intact (ping TTL 62, 64 MiB of TCP byte for byte), a
+//! packet handled while polling restarts the window (the worker still polls
+//! after the first packet's window is over), and the worker sleeps again
+//! once the last window has passed. Needs root.
 
 mod common;
 
@@ -70,21 +71,33 @@ fn busy_polling_daemons_carry_traffic_and_go_back_to_sleep() {
     assert_eq!(tcp_transfer(&tc, PERF, SIT, 7501, 64 << 20), 64 << 20);
 
     let pid = tc.daemon("node1.sit").unwrap().pid;
-    // Right after a packet the worker polls instead of sleeping.
-    let sent = Instant::now();
-    let r = c.ping(PERF, to, 1, Duration::from_millis(100)).unwrap();
-    assert_eq!(r.received, 1, "{}", r.raw);
+    let window = Duration::from_micros(WINDOW_US.into());
+    // Quiet first: the transfer's window runs out.
+    std::thread::sleep(window + Duration::from_millis(300));
+    let ping = || {
+        let r = c.ping(PERF, to, 1, Duration::from_millis(100)).unwrap();
+        assert_eq!(r.received, 1, "{}", r.raw);
+        // The reply passed the worker before ping returned.
+        Instant::now()
+    };
+    let a = ping();
+    std::thread::sleep(window * 7 / 10);
+    ping();
+    // Past a's window, inside b's: only a window restarted by b, a packet
+    // handled while polling, keeps the worker polling now.
+    let since_a = a.elapsed();
+    std::thread::sleep((window * 11 / 10).saturating_sub(since_a));
     let spinning = cpu_during(pid, Duration::from_millis(400));
     assert!(
-        sent.elapsed() < Duration::from_micros(WINDOW_US.into()),
-        "the measurement must fit in the busy-poll window"
+        a.elapsed() < window * 17 / 10,
+        "the measurement must end inside the second ping's window"
     );
-    // Once the window is over (and nothing else arrived) it sleeps again.
-    std::thread::sleep(Duration::from_micros(WINDOW_US.into()));
+    // Once that window is over (and nothing else arrived) it sleeps again.
+    std::thread::sleep(window);
     let idle = cpu_during(pid, Duration::from_millis(400));
     assert!(
         spinning >= Duration::from_millis(40),
-        "worker used {spinning:?} of CPU in 400 ms right after a packet: not polling"
+        "worker used {spinning:?} of CPU in 400 ms after a packet: not polling"
     );
     assert!(
         idle < Duration::from_millis(40),

@@ -196,20 +196,26 @@ impl Worker {
         let mut events = Events::with_capacity(16);
         let (mut tun_ready, mut ipip_ready, mut icmp_ready) = (true, self.rx.is_some(), false);
         let mut last_work = Instant::now();
+        // Whether the per-node counts were published since the last work.
+        let mut flushed = false;
         loop {
             let busy = tun_ready || ipip_ready || icmp_ready;
             let timeout = if busy {
-                last_work = Instant::now();
-                Some(Duration::ZERO)
-            } else if !self.busy_poll.is_zero() && last_work.elapsed() < self.busy_poll {
-                // Busy polling: look again without sleeping, but let
-                // whatever else wants this core (the pods) run first.
-                std::thread::yield_now();
                 Some(Duration::ZERO)
             } else {
-                // About to sleep: publish the per-node counts.
-                self.flush_nodes();
-                None
+                if !flushed {
+                    // First idle pass: publish the per-node counts.
+                    self.flush_nodes();
+                    flushed = true;
+                }
+                if !self.busy_poll.is_zero() && last_work.elapsed() < self.busy_poll {
+                    // Busy polling: look again without sleeping, but let
+                    // whatever else wants this core (the pods) run first.
+                    std::thread::yield_now();
+                    Some(Duration::ZERO)
+                } else {
+                    None
+                }
             };
             if let Err(e) = self.poll.poll(&mut events, timeout) {
                 if e.kind() != io::ErrorKind::Interrupted {
@@ -218,9 +224,6 @@ impl Worker {
                     break;
                 }
             }
-            if timeout.is_none() {
-                last_work = Instant::now();
-            }
             for ev in events.iter() {
                 match ev.token() {
                     TUN => tun_ready = true,
@@ -228,6 +231,11 @@ impl Worker {
                     ICMP => icmp_ready = true,
                     _ => {}
                 }
+            }
+            if tun_ready || ipip_ready || icmp_ready {
+                // The busy-poll window runs from the last packet handled.
+                last_work = Instant::now();
+                flushed = false;
             }
             if self.shared.stop.load(Ordering::Relaxed) {
                 break;
