@@ -266,7 +266,6 @@ struct Device {
     mtu: u16,
     local: Ipv4Addr,
     address: Option<Ipv4Network>,
-    blocks: Vec<Ipv4Network>,
     workers: usize,
 }
 
@@ -452,7 +451,6 @@ async fn run_async(config: Config) -> Result<(), DaemonError> {
         mtu,
         local,
         address: config.tunnel.address,
-        blocks: config.tunnel.blocks.clone(),
         workers: router.workers(),
     };
     let mut config = config;
@@ -479,15 +477,20 @@ const NEIGHBOUR_MIN_INTERVAL: Duration = Duration::from_millis(20);
 
 /// Keeps [`Shared::neighbours`] in step with the kernel's neighbour table
 /// of the underlay device, for AF_PACKET transmit: every
-/// [`NEIGHBOUR_REFRESH`], and soon after a worker meets a next hop missing
-/// from it (that batch takes the raw socket, which resolves the next hop).
+/// [`NEIGHBOUR_REFRESH`], and soon after a worker meets a node missing from
+/// it (that batch takes the raw socket, whose ARP then resolves an on-link
+/// node; a node behind a router never shows up, so repeated misses back off
+/// to the regular interval).
 async fn watch_neighbours(netlink: Netlink, ifindex: u32, shared: Arc<Shared>) {
     let mut failing = false;
+    let mut pause = NEIGHBOUR_MIN_INTERVAL;
     loop {
+        let mut changed = false;
         match netlink.ipv4_neighbours(ifindex).await {
             Ok(entries) => {
                 failing = false;
-                if shared.neighbours.replace(entries) {
+                changed = shared.neighbours.replace(entries);
+                if changed {
                     debug!(
                         neighbours = shared.neighbours.load().len(),
                         "underlay neighbours changed"
@@ -500,12 +503,21 @@ async fn watch_neighbours(netlink: Netlink, ifindex: u32, shared: Arc<Shared>) {
             }
             Err(_) => {}
         }
-        tokio::time::sleep(NEIGHBOUR_MIN_INTERVAL).await;
-        let _ = tokio::time::timeout(
-            NEIGHBOUR_REFRESH - NEIGHBOUR_MIN_INTERVAL,
+        // After a miss that the last read did not resolve (a node behind
+        // a router is never in the table), wait twice as long before the
+        // next miss-driven read, up to the regular interval.
+        tokio::time::sleep(pause).await;
+        let missed = tokio::time::timeout(
+            NEIGHBOUR_REFRESH.saturating_sub(pause),
             shared.neighbours.missed(),
         )
-        .await;
+        .await
+        .is_ok();
+        pause = if missed && !changed {
+            (pause * 2).min(NEIGHBOUR_REFRESH)
+        } else {
+            NEIGHBOUR_MIN_INTERVAL
+        };
     }
 }
 
@@ -669,7 +681,7 @@ fn status(routes: &RouteManager, device: &Device) -> control::Status {
         mtu: device.mtu,
         local: device.local,
         address: device.address,
-        blocks: device.blocks.clone(),
+        blocks: shared.policy.load().blocks.clone(),
         workers: device.workers,
         routes: current.len(),
         now_unix_ms: control::unix_ms(std::time::SystemTime::now()),
