@@ -33,10 +33,10 @@ pub enum Command {
     ///
     /// Creates the TUN device, installs `BLOCK via NODE dev tunl0 onlink`
     /// routes tagged `proto 116`, and forwards until SIGINT/SIGTERM, which
-    /// remove both. SIGHUP re-reads the config and applies its routes, ttl,
-    /// blocks and security section; an invalid new config is logged and the
-    /// old one kept (device, address, MTU and the dataplane section need a
-    /// restart).
+    /// remove both. SIGHUP re-reads the config and applies its routes,
+    /// tunnel ttl, tos_inherit, pmtudisc and blocks, and security allow and
+    /// allow_nested; an invalid new config is logged and the old one kept
+    /// (every other key waits for a restart).
     Run {
         /// The TOML config file (see examples/tunl.toml).
         #[arg(short, long, value_name = "FILE")]

@@ -367,7 +367,8 @@ impl Config {
     }
 
     /// What a reload (SIGHUP) runs on when `new` was read from the file:
-    /// `new`'s routes, TTL, blocks and `[security]` policy over this
+    /// `new`'s routes, TTL, TOS, PMTU discovery, blocks and `[security]`
+    /// allow-lists over this
     /// config's keys that only take effect at start (`tunnel.name`, `local`,
     /// `address`, `mtu`, `[dataplane]`, `[control]`, `[metrics]`,
     /// `security.user`), validated as a whole. Also returns the keys that

@@ -366,7 +366,7 @@ async fn run_async(config: Config) -> Result<(), DaemonError> {
         shared: shared.clone(),
         count: route_count.clone(),
     };
-    remove_stale_routes(&netlink, ifindex, &wanted_routes(&config)).await;
+    remove_stale_routes(&netlink, ifindex, &wanted_routes(&config)).await?;
     let metrics_listener = match config.metrics.listen {
         Some(addr) => Some(
             crate::metrics::bind(addr)
@@ -728,7 +728,7 @@ async fn reload(config: &mut Config, routes: &mut RouteManager) {
     if !pending.is_empty() {
         warn!(
             keys = ?pending,
-            "SIGHUP: these changes take effect at the next restart; applying routes, ttl, blocks and [security]"
+            "SIGHUP: these changes take effect at the next restart; applying routes, ttl, tos_inherit, pmtudisc, blocks, allow and allow_nested"
         );
     }
     if let Err(e) = routes.apply(&wanted_routes(&new)).await {
@@ -745,31 +745,39 @@ async fn reload(config: &mut Config, routes: &mut RouteManager) {
 /// left by a daemon that was killed while its device persisted, or moved by
 /// hand. Routes on another TUN device are left alone: a non-persistent TUN
 /// device exists only while a process holds it, so they belong to another
-/// live tunl instance (another `tunnel.name`).
+/// live tunl instance (another `tunnel.name`); if that instance routes a
+/// prefix this config wants too, starting fails rather than take it over.
 async fn remove_stale_routes(
     netlink: &Netlink,
     ifindex: u32,
     wanted: &BTreeMap<Ipv4Network, Ipv4Addr>,
-) {
+) -> Result<(), DaemonError> {
     let existing = match netlink.routes_with_protocol(ROUTE_PROTOCOL).await {
         Ok(routes) => routes,
         Err(e) => {
             warn!(error = %e, "cannot list routes with tunl's tag; stale ones are not removed");
-            return;
+            return Ok(());
         }
     };
     for (prefix, _, oif) in existing {
         let Some(oif) = oif else { continue };
-        if wanted.contains_key(&prefix) {
-            // Installing it on our device replaces it.
+        if oif == ifindex && wanted.contains_key(&prefix) {
             continue;
         }
         if oif != ifindex {
             match netlink.link_name_and_tun(oif).await {
+                Ok(Some((dev, true))) if wanted.contains_key(&prefix) => {
+                    return Err(DaemonError::Setup(format!(
+                        "route {prefix} is already installed by tunl on the TUN device {dev} \
+                         (another tunl instance?); stop it or remove the route from one config"
+                    )));
+                }
                 Ok(Some((dev, true))) => {
                     info!(%prefix, device = %dev, "route with tunl's tag on another TUN device (another tunl instance?) left alone");
                     continue;
                 }
+                // Installing a wanted route on our device replaces it.
+                Ok(_) if wanted.contains_key(&prefix) => continue,
                 Ok(_) => {}
                 Err(e) => {
                     warn!(%prefix, error = %e, "cannot tell whose route this is; left alone");
@@ -782,6 +790,7 @@ async fn remove_stale_routes(
             Err(e) => warn!(%prefix, error = %e, "cannot remove stale tunl route"),
         }
     }
+    Ok(())
 }
 
 async fn shutdown(router: Router, mut routes: RouteManager, netlink: &Netlink, name: &str) {

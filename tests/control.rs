@@ -362,21 +362,53 @@ fn status_stats_and_metrics_show_known_traffic() {
     );
 }
 
-/// Kills (SIGTERM) and reaps a child on drop, so a failing test leaves no
-/// daemon behind.
-struct Child(std::process::Child);
+/// A daemon started by a test: stopped (SIGTERM, SIGKILL after 10 s) and
+/// reaped on drop, so a failing test leaves no daemon behind. Signals go
+/// only to a child not yet reaped, whose pid cannot have been reused.
+struct Child(Option<std::process::Child>);
+
+impl Child {
+    fn spawn(command: &mut Command) -> Child {
+        Child(Some(command.spawn().unwrap()))
+    }
+
+    fn id(&self) -> u32 {
+        self.0.as_ref().unwrap().id()
+    }
+
+    /// Stops the daemon with SIGTERM and returns how it exited.
+    fn terminate(mut self) -> Option<std::process::ExitStatus> {
+        self.stop()
+    }
+
+    fn stop(&mut self) -> Option<std::process::ExitStatus> {
+        let mut child = self.0.take()?;
+        if let Ok(Some(status)) = child.try_wait() {
+            return Some(status);
+        }
+        let _ = Command::new("kill")
+            .args(["-TERM", &child.id().to_string()])
+            .status();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if let Ok(Some(status)) = child.try_wait() {
+                return Some(status);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = child.kill();
+        child.wait().ok()
+    }
+}
 
 impl Drop for Child {
     fn drop(&mut self) {
-        let _ = Command::new("kill")
-            .args(["-TERM", &self.0.id().to_string()])
-            .status();
-        let _ = self.0.wait();
+        self.stop();
     }
 }
 
 #[test]
-fn a_second_instance_on_another_device_leaves_the_first_ones_routes_alone() {
+fn a_second_instance_on_another_device_leaves_the_first_ones_routes_alone_and_cannot_take_them() {
     let tc = cluster(ClusterSpec::seed(), "");
     let first = tc.kernel_routes(NODE1).unwrap();
     assert_eq!(first.len(), 1, "{first:?}");
@@ -393,16 +425,14 @@ fn a_second_instance_on_another_device_leaves_the_first_ones_routes_alone() {
     assert!(config.contains("tunl9") && config.contains("-second.sock"));
     let path = tc.dir().join("second.toml");
     std::fs::write(&path, config).unwrap();
-    let second = Child(
+    let second = Child::spawn(
         Command::new("ip")
             .args(["netns", "exec", &netns_of(&tc, NODE1)])
             .arg(tunl_bin())
             .args(["run", "--config"])
             .arg(&path)
             .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .unwrap(),
+            .stderr(std::process::Stdio::null()),
     );
     wait_until(
         || {
@@ -416,6 +446,28 @@ fn a_second_instance_on_another_device_leaves_the_first_ones_routes_alone() {
     let both = tc.kernel_routes(NODE1).unwrap();
     assert!(both.contains(&first[0]), "first route gone: {both:?}");
     drop(second);
+    assert_eq!(tc.kernel_routes(NODE1).unwrap(), first);
+    // A third instance that wants the first one's prefix refuses to start
+    // instead of taking the route over.
+    let config = tc
+        .config_text(NODE1)
+        .unwrap()
+        .replace("name = \"tunl0\"", "name = \"tunl8\"")
+        .replace(".sock\"", "-third.sock\"")
+        .lines()
+        .filter(|l| !l.starts_with("address"))
+        .collect::<Vec<_>>()
+        .join("\n");
+    let path = tc.dir().join("third.toml");
+    std::fs::write(&path, config).unwrap();
+    let third = run_to_exit(&tc, NODE1, &path);
+    assert!(!third.status.success());
+    assert!(
+        stderr(&third)
+            .contains("10.20.105.192/26 is already installed by tunl on the TUN device tunl0"),
+        "{}",
+        stderr(&third)
+    );
     assert_eq!(tc.kernel_routes(NODE1).unwrap(), first);
     let r = tc
         .cluster()
@@ -555,7 +607,7 @@ fn runs_with_only_net_admin_and_net_raw() {
     assert!(tc.stop(NODE1).unwrap().success(), "{}", tc.log(NODE1));
     let config = tc.daemon(NODE1).unwrap().config.clone();
     let log = tc.dir().join("restricted.log");
-    let daemon = Child(
+    let daemon = Child::spawn(
         Command::new("ip")
             .args(["netns", "exec", &netns_of(&tc, NODE1)])
             .args([
@@ -568,9 +620,7 @@ fn runs_with_only_net_admin_and_net_raw() {
             .args(["run", "--config"])
             .arg(&config)
             .stdout(std::process::Stdio::null())
-            .stderr(std::fs::File::create(&log).unwrap())
-            .spawn()
-            .unwrap(),
+            .stderr(std::fs::File::create(&log).unwrap()),
     );
     let read_log = || std::fs::read_to_string(&log).unwrap_or_default();
     wait_until(
@@ -578,7 +628,7 @@ fn runs_with_only_net_admin_and_net_raw() {
         "the daemon's route (or an error)",
     );
     assert_eq!(tc.kernel_routes(NODE1).unwrap().len(), 1, "{}", read_log());
-    let s = proc_status(daemon.0.id(), None);
+    let s = proc_status(daemon.id(), None);
     assert_eq!(field(&s, "CapEff"), NET_ADMIN, "{s:?}");
     assert_eq!(field(&s, "CapAmb"), "0000000000000000", "{s:?}");
     assert_eq!(field(&s, "NoNewPrivs"), "1");
@@ -587,12 +637,12 @@ fn runs_with_only_net_admin_and_net_raw() {
         .wait_reachable(SIT, tc.pod_ip(PERF).unwrap(), Duration::from_secs(10))
         .unwrap_or_else(|e| panic!("{e}\n{}", logs(&tc)));
     assert_eq!(r.ttls.last(), Some(&62));
-    let mut daemon = daemon;
-    Command::new("kill")
-        .args(["-TERM", &daemon.0.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(daemon.0.wait().unwrap().success(), "{}", read_log());
+    let exit = daemon.terminate();
+    assert!(
+        exit.is_some_and(|s| s.success()),
+        "{exit:?}\n{}",
+        read_log()
+    );
     assert!(tc.kernel_routes(NODE1).unwrap().is_empty());
 }
 
