@@ -23,6 +23,15 @@
 //!
 //! [metrics]
 //! listen = "127.0.0.1:9099"   # optional: serve Prometheus metrics at http://ADDR/metrics
+//!
+//! [dataplane]                 # optional, these are the defaults
+//! workers = 1                 # encap threads, one TUN queue each
+//! offload = true              # TUN TSO/GRO offloads
+//! tx_queue_len = 1000
+//! socket_buffer = 8388608     # raw socket buffers, bytes
+//! icmp_rate = 100             # ICMP errors per second
+//! packet_tx = false           # AF_PACKET transmit
+//! busy_poll_us = 0            # poll this long before sleeping
 //! ```
 //!
 //! Parsing is strict: unknown keys are errors, and every semantic error names

@@ -1,10 +1,11 @@
 //! `tunl run`: the standalone tunnel daemon's lifecycle.
 //!
 //! Start: validate the config, create the TUN device (MTU, address, up), open
-//! the raw sockets, install `BLOCK via NODE dev tunl0 onlink proto tunl` for
+//! the raw sockets, install `BLOCK via NODE dev tunl0 onlink proto 116` for
 //! every route, start the dataplane. SIGHUP re-reads the config and applies
-//! route changes; SIGINT/SIGTERM remove the routes and the device and log the
-//! counters.
+//! its routes and policy (ttl, tos_inherit, pmtudisc, blocks, allow,
+//! allow_nested); SIGINT/SIGTERM remove the routes and the device and log
+//! the counters.
 //!
 //! The control socket (`[control] socket`) is bound before anything is
 //! created, so a second daemon pointed at the same socket exits before it
