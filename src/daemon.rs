@@ -126,6 +126,16 @@ impl RouteManager {
         if added.is_empty() && removed.is_empty() {
             return Ok(change);
         }
+        let new = |p: &Ipv4Network| !current.contains_key(p) && wanted.contains_key(p);
+        if let Some((prefix, device)) =
+            routed_by_another_instance(&self.netlink, self.ifindex, new).await
+        {
+            return Err(DaemonError::Route(format!(
+                "route {prefix} is already installed by tunl on the TUN device {device} \
+                 (another tunl instance?); stop it or remove the route from one of them; \
+                 nothing was changed"
+            )));
+        }
         self.update_policy_vias(current.values().chain(wanted.values()).copied());
         self.writer
             .apply(added.iter().map(|(p, v)| RouteOp::Insert(*p, *v)));
@@ -367,7 +377,7 @@ async fn run_async(config: Config) -> Result<(), DaemonError> {
         shared: shared.clone(),
         count: route_count.clone(),
     };
-    remove_stale_routes(&netlink, ifindex, &wanted_routes(&config)).await?;
+    remove_stale_routes(&netlink, ifindex, &wanted_routes(&config)).await;
     let metrics_listener = match config.metrics.listen {
         Some(addr) => Some(
             crate::metrics::bind(addr)
@@ -413,6 +423,10 @@ async fn run_async(config: Config) -> Result<(), DaemonError> {
         return Err(DaemonError::Setup(e.to_string()));
     }
     let started = routes.apply(&wanted_routes(&config)).await;
+    if let Err(e) = started {
+        shutdown(router, routes, &netlink, &name).await;
+        return Err(e);
+    }
     info!(
         device = %name,
         %local,
@@ -428,10 +442,6 @@ async fn run_async(config: Config) -> Result<(), DaemonError> {
         capabilities = ?privileges::effective(),
         "tunl is up"
     );
-    if let Err(e) = started {
-        shutdown(router, routes, &netlink, &name).await;
-        return Err(e);
-    }
 
     let neighbours = packet_tx_device
         .map(|ifindex| tokio::spawn(watch_neighbours(netlink.clone(), ifindex, shared.clone())));
@@ -746,39 +756,32 @@ async fn reload(config: &mut Config, routes: &mut RouteManager) {
 /// left by a daemon that was killed while its device persisted, or moved by
 /// hand. Routes on another TUN device are left alone: a non-persistent TUN
 /// device exists only while a process holds it, so they belong to another
-/// live tunl instance (another `tunnel.name`); if that instance routes a
-/// prefix this config wants too, starting fails rather than take it over.
+/// live tunl instance (another `tunnel.name`). Wanted routes are left to
+/// [`RouteManager::apply`]: installing one on our device replaces it, unless
+/// another live instance holds it, which `apply` refuses.
 async fn remove_stale_routes(
     netlink: &Netlink,
     ifindex: u32,
     wanted: &BTreeMap<Ipv4Network, Ipv4Addr>,
-) -> Result<(), DaemonError> {
+) {
     let existing = match netlink.routes_with_protocol(ROUTE_PROTOCOL).await {
         Ok(routes) => routes,
         Err(e) => {
             warn!(error = %e, "cannot list routes with tunl's tag; stale ones are not removed");
-            return Ok(());
+            return;
         }
     };
     for (prefix, _, oif) in existing {
         let Some(oif) = oif else { continue };
-        if oif == ifindex && wanted.contains_key(&prefix) {
+        if wanted.contains_key(&prefix) {
             continue;
         }
         if oif != ifindex {
             match netlink.link_name_and_tun(oif).await {
-                Ok(Some((dev, true))) if wanted.contains_key(&prefix) => {
-                    return Err(DaemonError::Setup(format!(
-                        "route {prefix} is already installed by tunl on the TUN device {dev} \
-                         (another tunl instance?); stop it or remove the route from one config"
-                    )));
-                }
                 Ok(Some((dev, true))) => {
                     info!(%prefix, device = %dev, "route with tunl's tag on another TUN device (another tunl instance?) left alone");
                     continue;
                 }
-                // Installing a wanted route on our device replaces it.
-                Ok(_) if wanted.contains_key(&prefix) => continue,
                 Ok(_) => {}
                 Err(e) => {
                     warn!(%prefix, error = %e, "cannot tell whose route this is; left alone");
@@ -791,7 +794,36 @@ async fn remove_stale_routes(
             Err(e) => warn!(%prefix, error = %e, "cannot remove stale tunl route"),
         }
     }
-    Ok(())
+}
+
+/// The first route with tunl's tag whose prefix is `wanted` and which goes
+/// out of another TUN device that still exists: a TUN device lives only
+/// while a process holds it, so another tunl instance routes that prefix.
+/// Returns it with that device's name. A failed lookup is logged and
+/// counts as no conflict.
+async fn routed_by_another_instance(
+    netlink: &Netlink,
+    ifindex: u32,
+    wanted: impl Fn(&Ipv4Network) -> bool,
+) -> Option<(Ipv4Network, String)> {
+    let routes = match netlink.routes_with_protocol(ROUTE_PROTOCOL).await {
+        Ok(routes) => routes,
+        Err(e) => {
+            warn!(error = %e, "cannot list routes with tunl's tag to check for another instance");
+            return None;
+        }
+    };
+    for (prefix, _, oif) in routes {
+        match oif {
+            Some(oif) if oif != ifindex && wanted(&prefix) => {
+                if let Ok(Some((device, true))) = netlink.link_name_and_tun(oif).await {
+                    return Some((prefix, device));
+                }
+            }
+            _ => {}
+        }
+    }
+    None
 }
 
 async fn shutdown(router: Router, mut routes: RouteManager, netlink: &Netlink, name: &str) {

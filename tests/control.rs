@@ -407,24 +407,32 @@ impl Drop for Child {
     }
 }
 
+/// Writes node1's config for another instance beside the running one: on
+/// `device`, with its own control socket and no device address, the route
+/// prefix `10.20.105.192/26` replaced by `prefix`; returns its path.
+fn another_instance_config(tc: &TunlCluster, device: &str, prefix: &str) -> std::path::PathBuf {
+    let config = tc
+        .config_text(NODE1)
+        .unwrap()
+        .replace("name = \"tunl0\"", &format!("name = \"{device}\""))
+        .replace("10.20.105.192/26", prefix)
+        .replace(".sock\"", &format!("-{device}.sock\""))
+        .lines()
+        .filter(|l| !l.starts_with("address"))
+        .collect::<Vec<_>>()
+        .join("\n");
+    assert!(config.contains(&format!("-{device}.sock")), "{config}");
+    let path = tc.dir().join(format!("{device}.toml"));
+    std::fs::write(&path, config).unwrap();
+    path
+}
+
 #[test]
 fn a_second_instance_on_another_device_leaves_the_first_ones_routes_alone_and_cannot_take_them() {
     let tc = cluster(ClusterSpec::seed(), "");
     let first = tc.kernel_routes(NODE1).unwrap();
     assert_eq!(first.len(), 1, "{first:?}");
-    let config = tc
-        .config_text(NODE1)
-        .unwrap()
-        .replace("name = \"tunl0\"", "name = \"tunl9\"")
-        .replace("10.20.105.192/26", "10.97.0.0/26")
-        .replace(".sock\"", "-second.sock\"")
-        .lines()
-        .filter(|l| !l.starts_with("address"))
-        .collect::<Vec<_>>()
-        .join("\n");
-    assert!(config.contains("tunl9") && config.contains("-second.sock"));
-    let path = tc.dir().join("second.toml");
-    std::fs::write(&path, config).unwrap();
+    let path = another_instance_config(&tc, "tunl9", "10.97.0.0/26");
     let second = Child::spawn(
         Command::new("ip")
             .args(["netns", "exec", &netns_of(&tc, NODE1)])
@@ -445,21 +453,21 @@ fn a_second_instance_on_another_device_leaves_the_first_ones_routes_alone_and_ca
     );
     let both = tc.kernel_routes(NODE1).unwrap();
     assert!(both.contains(&first[0]), "first route gone: {both:?}");
+    // The first instance cannot take the second one's route over at runtime.
+    let via = tc.cluster().node(NODE2).unwrap().underlay.to_string();
+    let o = tunl(&tc, NODE1, &["route", "add", "10.97.0.0/26", "via", &via]);
+    assert!(!o.status.success());
+    assert!(
+        stderr(&o).contains("10.97.0.0/26 is already installed by tunl on the TUN device tunl9"),
+        "{}",
+        stderr(&o)
+    );
+    assert_eq!(tc.kernel_routes(NODE1).unwrap(), both);
     drop(second);
     assert_eq!(tc.kernel_routes(NODE1).unwrap(), first);
-    // A third instance that wants the first one's prefix refuses to start
-    // instead of taking the route over.
-    let config = tc
-        .config_text(NODE1)
-        .unwrap()
-        .replace("name = \"tunl0\"", "name = \"tunl8\"")
-        .replace(".sock\"", "-third.sock\"")
-        .lines()
-        .filter(|l| !l.starts_with("address"))
-        .collect::<Vec<_>>()
-        .join("\n");
-    let path = tc.dir().join("third.toml");
-    std::fs::write(&path, config).unwrap();
+    // Nor can a third instance that wants the first one's prefix: it
+    // refuses to start.
+    let path = another_instance_config(&tc, "tunl8", "10.20.105.192/26");
     let third = run_to_exit(&tc, NODE1, &path);
     assert!(!third.status.success());
     assert!(
