@@ -127,9 +127,15 @@ impl RouteManager {
             return Ok(change);
         }
         let new = |p: &Ipv4Network| !current.contains_key(p) && wanted.contains_key(p);
-        if let Some((prefix, device)) =
-            routed_by_another_instance(&self.netlink, self.ifindex, new).await
-        {
+        let held = routed_by_another_instance(&self.netlink, self.ifindex, new)
+            .await
+            .map_err(|e| {
+                DaemonError::Route(format!(
+                    "cannot check that no other tunl instance routes these prefixes: {e}; \
+                     nothing was changed"
+                ))
+            })?;
+        if let Some((prefix, device)) = held {
             return Err(DaemonError::Route(format!(
                 "route {prefix} is already installed by tunl on the TUN device {device} \
                  (another tunl instance?); stop it or remove the route from one of them; \
@@ -443,8 +449,18 @@ async fn run_async(config: Config) -> Result<(), DaemonError> {
         "tunl is up"
     );
 
-    let neighbours = packet_tx_device
-        .map(|ifindex| tokio::spawn(watch_neighbours(netlink.clone(), ifindex, shared.clone())));
+    // Its own netlink connection: the kernel runs one dump per socket at a
+    // time, and route changes must not meet a neighbour dump in progress.
+    let neighbours = match packet_tx_device.map(|ifindex| (ifindex, Netlink::new())) {
+        Some((ifindex, Ok(nl))) => {
+            Some(tokio::spawn(watch_neighbours(nl, ifindex, shared.clone())))
+        }
+        Some((_, Err(e))) => {
+            warn!(error = %e, "cannot open netlink for the neighbour table; packet_tx sends through the raw socket");
+            None
+        }
+        None => None,
+    };
     let (calls_tx, calls) = mpsc::channel(16);
     let accept = tokio::spawn(control::accept_loop(listener, calls_tx));
     let metrics = metrics_listener.map(|l| {
@@ -799,31 +815,24 @@ async fn remove_stale_routes(
 /// The first route with tunl's tag whose prefix is `wanted` and which goes
 /// out of another TUN device that still exists: a TUN device lives only
 /// while a process holds it, so another tunl instance routes that prefix.
-/// Returns it with that device's name. A failed lookup is logged and
-/// counts as no conflict.
+/// Returns it with that device's name. Fails closed: a failed lookup is an
+/// error, never taken for "no conflict".
 async fn routed_by_another_instance(
     netlink: &Netlink,
     ifindex: u32,
     wanted: impl Fn(&Ipv4Network) -> bool,
-) -> Option<(Ipv4Network, String)> {
-    let routes = match netlink.routes_with_protocol(ROUTE_PROTOCOL).await {
-        Ok(routes) => routes,
-        Err(e) => {
-            warn!(error = %e, "cannot list routes with tunl's tag to check for another instance");
-            return None;
-        }
-    };
-    for (prefix, _, oif) in routes {
+) -> Result<Option<(Ipv4Network, String)>, tunl_io::netlink::NetlinkError> {
+    for (prefix, _, oif) in netlink.routes_with_protocol(ROUTE_PROTOCOL).await? {
         match oif {
             Some(oif) if oif != ifindex && wanted(&prefix) => {
-                if let Ok(Some((device, true))) = netlink.link_name_and_tun(oif).await {
-                    return Some((prefix, device));
+                if let Some((device, true)) = netlink.link_name_and_tun(oif).await? {
+                    return Ok(Some((prefix, device)));
                 }
             }
             _ => {}
         }
     }
-    None
+    Ok(None)
 }
 
 async fn shutdown(router: Router, mut routes: RouteManager, netlink: &Netlink, name: &str) {

@@ -244,6 +244,15 @@ fn tso_bursts_of_tiny_segments_cross_intact() {
     )
     .unwrap();
     assert_eq!(tcp_transfer(&tc, PERF, SIT, 5202, 16 << 20), 16 << 20);
+    // The case is only meaningful with TSO bursts in the TUN device.
+    assert!(tc.log(NODE2).contains("offload=true"), "{}", tc.log(NODE2));
+    let link = c
+        .exec_ok(
+            &netns_of(&tc, NODE2),
+            &["ip", "-d", "link", "show", "tunl0"],
+        )
+        .unwrap();
+    assert!(link.contains("gso_max_segs 128 "), "{link}");
     assert_eq!(dropped_at_exit(&tc, "node2.perf", "malformed_inner"), 0);
 }
 

@@ -77,7 +77,8 @@ impl Router {
         options: WorkerOptions,
     ) -> io::Result<Router> {
         // One bucket for every worker: the limit holds for the daemon as a
-        // whole. ICMP errors are rare, so a lock per answer costs nothing.
+        // whole. A worker the bucket refused stays off it for a token's
+        // time, so a flood of bad packets does not contend on its lock.
         let rate = options.icmp_rate.max(1);
         let icmp_limit = Arc::new(Mutex::new(TokenBucket::new(rate, rate.min(10))));
         let mut rx = Some(RxPart {

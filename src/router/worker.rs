@@ -79,7 +79,7 @@ pub struct Worker {
     node_batches: u32,
     ids: IdentGenerator,
     /// The daemon's ICMP rate limit, shared by every worker.
-    icmp_limit: Arc<Mutex<TokenBucket>>,
+    icmp_limit: IcmpLimit,
     tx_bufs: Vec<PacketBuf>,
     tx_out: Vec<(usize, usize, Ipv4Addr)>,
     rx_bufs: Vec<PacketBuf>,
@@ -93,7 +93,44 @@ pub struct Worker {
     icmp_errors: ErrorStreak,
 }
 
-/// Receive errors in a row on one socket.
+/// A worker's handle on the daemon-wide ICMP token bucket. Once the bucket
+/// refuses, the worker refuses on its own for the time one token takes to
+/// come back, without taking the lock: under a flood of packets that each
+/// deserve an answer, the workers do not contend on the bucket per packet.
+/// It never allows more than the bucket does.
+#[derive(Debug)]
+struct IcmpLimit {
+    bucket: Arc<Mutex<TokenBucket>>,
+    /// One token's worth of time at the configured rate.
+    token_time: Duration,
+    quiet_until: Option<Instant>,
+}
+
+impl IcmpLimit {
+    fn new(bucket: Arc<Mutex<TokenBucket>>, rate_per_sec: u32) -> IcmpLimit {
+        IcmpLimit {
+            bucket,
+            token_time: Duration::from_secs(1) / rate_per_sec.max(1),
+            quiet_until: None,
+        }
+    }
+
+    fn allow(&mut self, now: Instant) -> bool {
+        if self.quiet_until.is_some_and(|until| now < until) {
+            return false;
+        }
+        let allowed = self
+            .bucket
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .allow(now);
+        self.quiet_until = (!allowed).then(|| now + self.token_time);
+        allowed
+    }
+}
+
+/// Receive errors in a row on one socket (a socket found drained ends the
+/// streak too).
 #[derive(Debug, Default)]
 struct ErrorStreak(u32);
 
@@ -140,7 +177,7 @@ impl Worker {
         let WorkerOptions {
             tunnel_mtu,
             busy_poll,
-            ..
+            icmp_rate,
         } = options;
         let poll = Poll::new()?;
         let waker = Arc::new(Waker::new(poll.registry(), WAKE)?);
@@ -174,7 +211,7 @@ impl Worker {
             nodes_policy: None,
             node_batches: 0,
             ids: IdentGenerator::new(seed(id)),
-            icmp_limit,
+            icmp_limit: IcmpLimit::new(icmp_limit, icmp_rate),
             tx_bufs: (0..TX_BATCH)
                 .map(|_| PacketBuf::with_capacity(tx_buf_len))
                 .collect(),
@@ -310,7 +347,7 @@ impl Worker {
             let Some(next_hop) = routes.lookup(dst) else {
                 self.local.drop(DropReason::NoRoute);
                 answer_icmp(
-                    &self.icmp_limit,
+                    &mut self.icmp_limit,
                     &mut self.queue,
                     &mut self.local,
                     &mut self.icmp_buf,
@@ -339,7 +376,7 @@ impl Worker {
                     self.local.drop(DropReason::TooBig);
                     let inner = &self.tx_bufs[i].as_ref()[HEADROOM..];
                     answer_icmp(
-                        &self.icmp_limit,
+                        &mut self.icmp_limit,
                         &mut self.queue,
                         &mut self.local,
                         &mut self.icmp_buf,
@@ -405,7 +442,10 @@ impl Worker {
             };
             let report = match rx.ipip.recv_batch(&mut self.rx_bufs) {
                 Ok(r) => r,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return true,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    self.rx_errors.clear();
+                    return true;
+                }
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(e) => {
                     // Edge-triggered: returning "drained" would leave
@@ -506,7 +546,10 @@ impl Worker {
             };
             let n = match rx.icmp.recv(&mut self.icmp_buf) {
                 Ok(n) => n,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return true,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    self.icmp_errors.clear();
+                    return true;
+                }
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(e) => {
                     if !self
@@ -579,17 +622,13 @@ fn load_policy(
 /// route back into the tunnel (strict rp_filter), which the inner
 /// destination does.
 fn answer_icmp(
-    limit: &Mutex<TokenBucket>,
+    limit: &mut IcmpLimit,
     queue: &mut TunQueue,
     local: &mut LocalCounters,
     out: &mut [u8],
     build: impl FnOnce(&mut [u8]) -> Option<usize>,
 ) {
-    let allowed = limit
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .allow(Instant::now());
-    if !allowed {
+    if !limit.allow(Instant::now()) {
         local.icmp_rate_limited += 1;
         return;
     }
@@ -606,4 +645,43 @@ fn seed(id: usize) -> u32 {
         .map(|d| d.subsec_nanos())
         .unwrap_or(0);
     t ^ (std::process::id() << 8) ^ (id as u32).wrapping_mul(0x9E37_79B9)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn icmp_limit_never_allows_more_than_the_shared_bucket() {
+        let bucket = Arc::new(Mutex::new(TokenBucket::new(100, 10)));
+        let mut workers = [
+            IcmpLimit::new(bucket.clone(), 100),
+            IcmpLimit::new(bucket.clone(), 100),
+        ];
+        let start = Instant::now();
+        let mut allowed = 0;
+        // Two workers asking every 50 µs for one second.
+        for step in 0..20_000u32 {
+            let now = start + Duration::from_micros(50) * step;
+            if workers[(step % 2) as usize].allow(now) {
+                allowed += 1;
+            }
+        }
+        // The burst of 10, then 100 per second.
+        assert!((100..=111).contains(&allowed), "{allowed}");
+    }
+
+    #[test]
+    fn icmp_limit_stays_off_the_lock_for_a_token_after_a_refusal() {
+        // The bucket refills every 1 ms, the worker's quiet time is 10 ms:
+        // a refusal at 5 ms comes from the worker alone.
+        let bucket = Arc::new(Mutex::new(TokenBucket::new(1000, 1)));
+        let mut limit = IcmpLimit::new(bucket.clone(), 100);
+        let t0 = Instant::now();
+        assert!(limit.allow(t0));
+        assert!(!limit.allow(t0));
+        assert!(!limit.allow(t0 + Duration::from_millis(5)));
+        assert!(bucket.lock().unwrap().allow(t0 + Duration::from_millis(5)));
+        assert!(limit.allow(t0 + Duration::from_millis(20)));
+    }
 }
