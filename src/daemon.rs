@@ -127,14 +127,18 @@ impl RouteManager {
             return Ok(change);
         }
         let new = |p: &Ipv4Network| !current.contains_key(p) && wanted.contains_key(p);
-        let held = routed_by_another_instance(&self.netlink, self.ifindex, new)
-            .await
-            .map_err(|e| {
-                DaemonError::Route(format!(
-                    "cannot check that no other tunl instance routes these prefixes: {e}; \
-                     nothing was changed"
-                ))
-            })?;
+        let held = if added.iter().any(|(p, _)| new(p)) {
+            routed_by_another_instance(&self.netlink, self.ifindex, new)
+                .await
+                .map_err(|e| {
+                    DaemonError::Route(format!(
+                        "cannot check that no other tunl instance routes these prefixes: {e}; \
+                         nothing was changed"
+                    ))
+                })?
+        } else {
+            None
+        };
         if let Some((prefix, device)) = held {
             return Err(DaemonError::Route(format!(
                 "route {prefix} is already installed by tunl on the TUN device {device} \
@@ -451,16 +455,13 @@ async fn run_async(config: Config) -> Result<(), DaemonError> {
 
     // Its own netlink connection: the kernel runs one dump per socket at a
     // time, and route changes must not meet a neighbour dump in progress.
-    let neighbours = match packet_tx_device.map(|ifindex| (ifindex, Netlink::new())) {
-        Some((ifindex, Ok(nl))) => {
-            Some(tokio::spawn(watch_neighbours(nl, ifindex, shared.clone())))
-        }
-        Some((_, Err(e))) => {
+    let neighbours = packet_tx_device.and_then(|ifindex| match Netlink::new() {
+        Ok(nl) => Some(tokio::spawn(watch_neighbours(nl, ifindex, shared.clone()))),
+        Err(e) => {
             warn!(error = %e, "cannot open netlink for the neighbour table; packet_tx sends through the raw socket");
             None
         }
-        None => None,
-    };
+    });
     let (calls_tx, calls) = mpsc::channel(16);
     let accept = tokio::spawn(control::accept_loop(listener, calls_tx));
     let metrics = metrics_listener.map(|l| {
@@ -685,7 +686,8 @@ fn status(routes: &RouteManager, device: &Device) -> control::Status {
         by_node.entry(*via).or_default().push(*prefix);
     }
     let traffic = shared.nodes.traffic();
-    let tunnel_mtu = shared.policy.load().settings.mtu;
+    let policy = shared.policy.load();
+    let tunnel_mtu = policy.settings.mtu;
     let nodes = by_node
         .into_iter()
         .map(|(node, blocks)| {
@@ -708,7 +710,7 @@ fn status(routes: &RouteManager, device: &Device) -> control::Status {
         mtu: device.mtu,
         local: device.local,
         address: device.address,
-        blocks: shared.policy.load().blocks.clone(),
+        blocks: policy.blocks.clone(),
         workers: device.workers,
         routes: current.len(),
         now_unix_ms: control::unix_ms(std::time::SystemTime::now()),

@@ -13,11 +13,13 @@ use std::path::Path;
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
-use common::{ipv4_packet, logs, netns_of, run_to_exit, send_raw_many, tunl_bin, wait_until};
+use common::{
+    ipv4_packet, logs, netns_of, run_to_exit, send_raw_many, stats, tunl_bin, wait_until,
+};
 use etherparse::PacketBuilder;
 use tunl::control::{Client, Request, Stats, Status};
 use tunl::testbed::{DaemonOptions, TunlCluster, in_netns};
-use tunl::topology::ClusterSpec;
+use tunl::topology::{ClusterSpec, ProcessOutput};
 
 const NODE1: &str = "node1.sit";
 const NODE2: &str = "node2.perf";
@@ -58,13 +60,6 @@ fn status(tc: &TunlCluster, node: &str) -> Status {
     Client::connect(&tc.control_socket(node))
         .unwrap()
         .call(&Request::Status {})
-        .unwrap()
-}
-
-fn stats(tc: &TunlCluster, node: &str) -> Stats {
-    Client::connect(&tc.control_socket(node))
-        .unwrap()
-        .call(&Request::Stats {})
         .unwrap()
 }
 
@@ -362,51 +357,6 @@ fn status_stats_and_metrics_show_known_traffic() {
     );
 }
 
-/// A daemon started by a test: stopped (SIGTERM, SIGKILL after 10 s) and
-/// reaped on drop, so a failing test leaves no daemon behind. Signals go
-/// only to a child not yet reaped, whose pid cannot have been reused.
-struct Child(Option<std::process::Child>);
-
-impl Child {
-    fn spawn(command: &mut Command) -> Child {
-        Child(Some(command.spawn().unwrap()))
-    }
-
-    fn id(&self) -> u32 {
-        self.0.as_ref().unwrap().id()
-    }
-
-    /// Stops the daemon with SIGTERM and returns how it exited.
-    fn terminate(mut self) -> Option<std::process::ExitStatus> {
-        self.stop()
-    }
-
-    fn stop(&mut self) -> Option<std::process::ExitStatus> {
-        let mut child = self.0.take()?;
-        if let Ok(Some(status)) = child.try_wait() {
-            return Some(status);
-        }
-        let _ = Command::new("kill")
-            .args(["-TERM", &child.id().to_string()])
-            .status();
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while Instant::now() < deadline {
-            if let Ok(Some(status)) = child.try_wait() {
-                return Some(status);
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        let _ = child.kill();
-        child.wait().ok()
-    }
-}
-
-impl Drop for Child {
-    fn drop(&mut self) {
-        self.stop();
-    }
-}
-
 /// Writes node1's config for another instance beside the running one: on
 /// `device`, with its own control socket and no device address, the route
 /// prefix `10.20.105.192/26` replaced by `prefix`; returns its path.
@@ -433,15 +383,20 @@ fn a_second_instance_on_another_device_leaves_the_first_ones_routes_alone_and_ca
     let first = tc.kernel_routes(NODE1).unwrap();
     assert_eq!(first.len(), 1, "{first:?}");
     let path = another_instance_config(&tc, "tunl9", "10.97.0.0/26");
-    let second = Child::spawn(
-        Command::new("ip")
-            .args(["netns", "exec", &netns_of(&tc, NODE1)])
-            .arg(tunl_bin())
-            .args(["run", "--config"])
-            .arg(&path)
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null()),
-    );
+    // Spawned through the cluster, which ends it if the test fails.
+    let second = tc
+        .cluster()
+        .spawn(
+            NODE1,
+            &[
+                tunl_bin().to_str().unwrap(),
+                "run",
+                "--config",
+                path.to_str().unwrap(),
+            ],
+            ProcessOutput::Null,
+        )
+        .unwrap();
     wait_until(
         || {
             tc.kernel_routes(NODE1)
@@ -463,7 +418,7 @@ fn a_second_instance_on_another_device_leaves_the_first_ones_routes_alone_and_ca
         stderr(&o)
     );
     assert_eq!(tc.kernel_routes(NODE1).unwrap(), both);
-    drop(second);
+    tc.cluster().terminate(second).unwrap();
     assert_eq!(tc.kernel_routes(NODE1).unwrap(), first);
     // Nor can a third instance that wants the first one's prefix: it
     // refuses to start.
@@ -615,28 +570,30 @@ fn runs_with_only_net_admin_and_net_raw() {
     assert!(tc.stop(NODE1).unwrap().success(), "{}", tc.log(NODE1));
     let config = tc.daemon(NODE1).unwrap().config.clone();
     let log = tc.dir().join("restricted.log");
-    let daemon = Child::spawn(
-        Command::new("ip")
-            .args(["netns", "exec", &netns_of(&tc, NODE1)])
-            .args([
+    let daemon = tc
+        .cluster()
+        .spawn(
+            NODE1,
+            &[
                 "setpriv",
                 "--securebits=+noroot,+noroot_locked",
                 "--inh-caps=-all,+net_admin,+net_raw",
                 "--ambient-caps=+net_admin,+net_raw",
-            ])
-            .arg(tunl_bin())
-            .args(["run", "--config"])
-            .arg(&config)
-            .stdout(std::process::Stdio::null())
-            .stderr(std::fs::File::create(&log).unwrap()),
-    );
+                tunl_bin().to_str().unwrap(),
+                "run",
+                "--config",
+                config.to_str().unwrap(),
+            ],
+            ProcessOutput::File(log.clone()),
+        )
+        .unwrap();
     let read_log = || std::fs::read_to_string(&log).unwrap_or_default();
     wait_until(
         || tc.kernel_routes(NODE1).unwrap().len() == 1 || read_log().contains("ERROR"),
         "the daemon's route (or an error)",
     );
     assert_eq!(tc.kernel_routes(NODE1).unwrap().len(), 1, "{}", read_log());
-    let s = proc_status(daemon.id(), None);
+    let s = proc_status(daemon, None);
     assert_eq!(field(&s, "CapEff"), NET_ADMIN, "{s:?}");
     assert_eq!(field(&s, "CapAmb"), "0000000000000000", "{s:?}");
     assert_eq!(field(&s, "NoNewPrivs"), "1");
@@ -645,12 +602,8 @@ fn runs_with_only_net_admin_and_net_raw() {
         .wait_reachable(SIT, tc.pod_ip(PERF).unwrap(), Duration::from_secs(10))
         .unwrap_or_else(|e| panic!("{e}\n{}", logs(&tc)));
     assert_eq!(r.ttls.last(), Some(&62));
-    let exit = daemon.terminate();
-    assert!(
-        exit.is_some_and(|s| s.success()),
-        "{exit:?}\n{}",
-        read_log()
-    );
+    let exit = tc.cluster().terminate(daemon).unwrap();
+    assert!(exit.success(), "{exit:?}\n{}", read_log());
     assert!(tc.kernel_routes(NODE1).unwrap().is_empty());
 }
 

@@ -252,7 +252,8 @@ fn tso_bursts_of_tiny_segments_cross_intact() {
             &["ip", "-d", "link", "show", "tunl0"],
         )
         .unwrap();
-    assert!(link.contains("gso_max_segs 128 "), "{link}");
+    let segs = tunl::router::worker::TX_READ_ROOM;
+    assert!(link.contains(&format!("gso_max_segs {segs} ")), "{link}");
     assert_eq!(dropped_at_exit(&tc, "node2.perf", "malformed_inner"), 0);
 }
 

@@ -8,8 +8,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{exit_counter, tcp_transfer, tunl_bin, wait_until};
-use tunl::control::{Client, Request, Stats};
+use common::{exit_counter, stats, tcp_transfer, tunl_bin, wait_until};
 use tunl::testbed::{DaemonOptions, TunlCluster};
 use tunl::topology::ClusterSpec;
 
@@ -50,11 +49,7 @@ fn tcp_64mib_with_packet_tx_arrives_byte_for_byte() {
         wait_until(
             || {
                 let _ = c.ping("demo-hello-perf", server_ip, 1, Duration::from_millis(10));
-                let stats: Stats = Client::connect(&tc.control_socket("node2.perf"))
-                    .unwrap()
-                    .call(&Request::Stats {})
-                    .unwrap();
-                stats.counter("tx_af_packet").unwrap() > 0
+                stats(&tc, "node2.perf").counter("tx_af_packet").unwrap() > 0
             },
             "node2's daemon to send through its packet socket",
         );

@@ -1,7 +1,7 @@
 //! A token bucket for ICMP errors and log lines; sans-IO, the caller passes
 //! the time.
 
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 const NANOS: u128 = 1_000_000_000;
 
@@ -26,6 +26,12 @@ impl TokenBucket {
             tokens: capacity,
             last: None,
         }
+    }
+
+    /// How long one token takes to come back (one second for a bucket that
+    /// never refills): after a refusal, asking again sooner is refused too.
+    pub fn token_interval(&self) -> Duration {
+        Duration::from_secs(1) / self.rate.max(1)
     }
 
     /// Takes one token if there is one at `now`. A `now` earlier than a

@@ -101,16 +101,13 @@ pub struct Worker {
 #[derive(Debug)]
 struct IcmpLimit {
     bucket: Arc<Mutex<TokenBucket>>,
-    /// One token's worth of time at the configured rate.
-    token_time: Duration,
     quiet_until: Option<Instant>,
 }
 
 impl IcmpLimit {
-    fn new(bucket: Arc<Mutex<TokenBucket>>, rate_per_sec: u32) -> IcmpLimit {
+    fn new(bucket: Arc<Mutex<TokenBucket>>) -> IcmpLimit {
         IcmpLimit {
             bucket,
-            token_time: Duration::from_secs(1) / rate_per_sec.max(1),
             quiet_until: None,
         }
     }
@@ -119,12 +116,9 @@ impl IcmpLimit {
         if self.quiet_until.is_some_and(|until| now < until) {
             return false;
         }
-        let allowed = self
-            .bucket
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .allow(now);
-        self.quiet_until = (!allowed).then(|| now + self.token_time);
+        let mut bucket = self.bucket.lock().unwrap_or_else(|e| e.into_inner());
+        let allowed = bucket.allow(now);
+        self.quiet_until = (!allowed).then(|| now + bucket.token_interval());
         allowed
     }
 }
@@ -177,7 +171,7 @@ impl Worker {
         let WorkerOptions {
             tunnel_mtu,
             busy_poll,
-            icmp_rate,
+            ..
         } = options;
         let poll = Poll::new()?;
         let waker = Arc::new(Waker::new(poll.registry(), WAKE)?);
@@ -211,7 +205,7 @@ impl Worker {
             nodes_policy: None,
             node_batches: 0,
             ids: IdentGenerator::new(seed(id)),
-            icmp_limit: IcmpLimit::new(icmp_limit, icmp_rate),
+            icmp_limit: IcmpLimit::new(icmp_limit),
             tx_bufs: (0..TX_BATCH)
                 .map(|_| PacketBuf::with_capacity(tx_buf_len))
                 .collect(),
@@ -654,10 +648,7 @@ mod tests {
     #[test]
     fn icmp_limit_never_allows_more_than_the_shared_bucket() {
         let bucket = Arc::new(Mutex::new(TokenBucket::new(100, 10)));
-        let mut workers = [
-            IcmpLimit::new(bucket.clone(), 100),
-            IcmpLimit::new(bucket.clone(), 100),
-        ];
+        let mut workers = [IcmpLimit::new(bucket.clone()), IcmpLimit::new(bucket)];
         let start = Instant::now();
         let mut allowed = 0;
         // Two workers asking every 50 µs for one second.
@@ -673,13 +664,15 @@ mod tests {
 
     #[test]
     fn icmp_limit_stays_off_the_lock_for_a_token_after_a_refusal() {
-        // The bucket refills every 1 ms, the worker's quiet time is 10 ms:
-        // a refusal at 5 ms comes from the worker alone.
-        let bucket = Arc::new(Mutex::new(TokenBucket::new(1000, 1)));
-        let mut limit = IcmpLimit::new(bucket.clone(), 100);
+        // 100 per second: one token every 10 ms.
+        let bucket = Arc::new(Mutex::new(TokenBucket::new(100, 1)));
+        let mut limit = IcmpLimit::new(bucket.clone());
         let t0 = Instant::now();
         assert!(limit.allow(t0));
         assert!(!limit.allow(t0));
+        // Refilled behind the worker's back: a refusal at 5 ms comes from
+        // the worker alone, which did not ask the bucket.
+        *bucket.lock().unwrap() = TokenBucket::new(100, 1);
         assert!(!limit.allow(t0 + Duration::from_millis(5)));
         assert!(bucket.lock().unwrap().allow(t0 + Duration::from_millis(5)));
         assert!(limit.allow(t0 + Duration::from_millis(20)));

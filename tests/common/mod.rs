@@ -7,6 +7,7 @@ use std::net::{SocketAddrV4, TcpListener, TcpStream};
 use std::path::Path;
 use std::time::{Duration, Instant};
 
+use tunl::control::{Client, Request, Stats};
 use tunl::testbed::{TunlCluster, in_netns};
 
 /// The `tunl` binary under test.
@@ -25,6 +26,14 @@ pub fn logs(tc: &TunlCluster) -> String {
         .iter()
         .map(|d| format!("--- {} ---\n{}", d.node, tc.log(&d.node)))
         .collect()
+}
+
+/// `tunl stats` of the daemon on `node`, over its control socket.
+pub fn stats(tc: &TunlCluster, node: &str) -> Stats {
+    Client::connect(&tc.control_socket(node))
+        .unwrap()
+        .call(&Request::Stats {})
+        .unwrap()
 }
 
 /// Waits up to 10 s for `cond`.
