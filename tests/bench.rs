@@ -3,7 +3,7 @@
 
 use std::path::Path;
 
-use tunl::bench::{self, BenchArgs, Datapath, Metric};
+use tunl_lab::bench::{self, BenchArgs, Datapath, Metric};
 
 #[test]
 fn quick_bench_measures_every_path_and_writes_json_and_svg() {

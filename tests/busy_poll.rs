@@ -10,8 +10,8 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::{logs, tcp_transfer, tunl_bin};
-use tunl::testbed::{DaemonOptions, TunlCluster};
-use tunl::topology::ClusterSpec;
+use tunl_lab::testbed::{DaemonOptions, TunlCluster};
+use tunl_lab::topology::ClusterSpec;
 
 const SIT: &str = "demo-hello-sit";
 const PERF: &str = "demo-hello-perf";

@@ -18,8 +18,8 @@ use common::{
 };
 use etherparse::PacketBuilder;
 use tunl::control::{Client, Request, Stats, Status};
-use tunl::testbed::{DaemonOptions, TunlCluster, in_netns};
-use tunl::topology::{ClusterSpec, ProcessOutput};
+use tunl_lab::testbed::{DaemonOptions, TunlCluster, in_netns};
+use tunl_lab::topology::{ClusterSpec, ProcessOutput};
 
 const NODE1: &str = "node1.sit";
 const NODE2: &str = "node2.perf";
@@ -665,7 +665,7 @@ fn spoofed_ipip_flood_is_refused_counted_and_shown() {
     assert!(text.contains("refused source: 172.16.200."), "{text}");
     assert_eq!(
         text.matches("refused source:").count(),
-        tunl::ctl::STATUS_REFUSED_LINES,
+        tunl_cli::commands::STATUS_REFUSED_LINES,
         "{text}"
     );
     assert!(text.contains("refused from other sources:"), "{text}");

@@ -11,8 +11,8 @@ use common::{
     ipv4_packet, logs, netns_of, run_to_exit, send_raw, tcp_transfer, tunl_bin, wait_until,
 };
 use etherparse::PacketBuilder;
-use tunl::testbed::{DaemonOptions, TunlCluster, in_netns};
-use tunl::topology::ClusterSpec;
+use tunl_lab::testbed::{DaemonOptions, TunlCluster, in_netns};
+use tunl_lab::topology::ClusterSpec;
 
 const NODE1: &str = "node1.sit";
 const NODE2: &str = "node2.perf";
@@ -252,7 +252,7 @@ fn tso_bursts_of_tiny_segments_cross_intact() {
             &["ip", "-d", "link", "show", "tunl0"],
         )
         .unwrap();
-    let segs = tunl::router::worker::TX_READ_ROOM;
+    let segs = tunl::dataplane::worker::TX_READ_ROOM;
     assert!(link.contains(&format!("gso_max_segs {segs} ")), "{link}");
     assert_eq!(dropped_at_exit(&tc, "node2.perf", "malformed_inner"), 0);
 }

@@ -9,8 +9,8 @@ mod common;
 use std::time::Duration;
 
 use common::{exit_counter, tcp_transfer, tunl_bin};
-use tunl::testbed::{DaemonOptions, TunlCluster};
-use tunl::topology::{Cluster, ClusterSpec};
+use tunl_lab::testbed::{DaemonOptions, TunlCluster};
+use tunl_lab::topology::{Cluster, ClusterSpec};
 
 const TOTAL: usize = 64 << 20;
 const PORT: u16 = 7400;

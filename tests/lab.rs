@@ -2,7 +2,7 @@
 
 use std::path::Path;
 
-use tunl::lab::{self, LabArgs};
+use tunl_lab::lab::{self, LabArgs};
 
 #[test]
 fn lab_walks_through_the_article() {
@@ -42,7 +42,8 @@ fn lab_walks_through_the_article() {
     let pcap = report.pcap.expect("a pcap file");
     assert!(text.contains(&pcap.display().to_string()));
     // The file outlives the teardown, and reads back as the same capture.
-    let reread = tunl::capture::read_pcap(&pcap).expect("the pcap file is readable after teardown");
+    let reread =
+        tunl_lab::capture::read_pcap(&pcap).expect("the pcap file is readable after teardown");
     assert!(reread.iter().filter(|p| p.is_ipip()).count() >= report.captured.len());
     let _ = std::fs::remove_file(&pcap);
     assert!(report.throughput.unwrap_or(0.0) > 0.0, "{text}");
@@ -52,7 +53,7 @@ fn lab_walks_through_the_article() {
     );
     assert!(text.contains("All lab namespaces removed"), "{text}");
     assert!(
-        tunl::topology::tagged_namespaces(&args.tag)
+        tunl_lab::topology::tagged_namespaces(&args.tag)
             .unwrap()
             .is_empty()
     );

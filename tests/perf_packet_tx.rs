@@ -9,8 +9,8 @@ mod common;
 use std::time::Duration;
 
 use common::{exit_counter, stats, tcp_transfer, tunl_bin, wait_until};
-use tunl::testbed::{DaemonOptions, TunlCluster};
-use tunl::topology::ClusterSpec;
+use tunl_lab::testbed::{DaemonOptions, TunlCluster};
+use tunl_lab::topology::ClusterSpec;
 
 const TOTAL: usize = 64 << 20;
 const PORT: u16 = 7401;

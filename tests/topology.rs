@@ -10,7 +10,7 @@ use std::process::{Command, Stdio};
 use std::thread;
 use std::time::Duration;
 
-use tunl::topology::{
+use tunl_lab::topology::{
     Cluster, ClusterSpec, Overlay, ProcessOutput, TopologyError, tagged_namespaces, teardown,
 };
 

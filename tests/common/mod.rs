@@ -8,7 +8,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use tunl::control::{Client, Request, Stats};
-use tunl::testbed::{TunlCluster, in_netns};
+use tunl_lab::testbed::{TunlCluster, in_netns};
 
 /// The `tunl` binary under test.
 pub fn tunl_bin() -> &'static Path {

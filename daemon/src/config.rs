@@ -624,7 +624,10 @@ allow = ["172.16.0.0/16"]
 
     #[test]
     fn shipped_example_parses() {
-        let path = Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/examples/tunl.toml"));
+        let path = Path::new(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../examples/tunl.toml"
+        ));
         let c = Config::load(path).unwrap();
         assert_eq!(c.routes.len(), 1);
         assert_eq!(c.tunnel.blocks.len(), 1);

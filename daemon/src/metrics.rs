@@ -32,7 +32,7 @@ use prometheus_client::registry::Registry;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
-use crate::router::{CounterSnapshot, Shared};
+use crate::dataplane::{CounterSnapshot, Shared};
 
 /// The longest request head read.
 const MAX_REQUEST_HEAD: usize = 8 * 1024;
@@ -245,8 +245,8 @@ mod tests {
     use tunl_encap::{DropReason, TunnelSettings};
 
     use super::*;
-    use crate::router::Policy;
-    use crate::router::counters::LocalCounters;
+    use crate::dataplane::Policy;
+    use crate::dataplane::counters::LocalCounters;
 
     #[test]
     fn renders_prometheus_names() {

@@ -9,8 +9,8 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use tunl::testbed::{DaemonOptions, TunlCluster};
-use tunl::topology::ClusterSpec;
+use tunl_lab::testbed::{DaemonOptions, TunlCluster};
+use tunl_lab::topology::ClusterSpec;
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     // Examples live in target/<profile>/examples/, the binary one level up.

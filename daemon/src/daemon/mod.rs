@@ -12,7 +12,7 @@
 //! touches the device or the routes. Requests on
 //! it are handled one at a time by the main loop, which owns the
 //! [`RouteManager`]. Privileges are dropped once the device and sockets are
-//! open (see [`crate::privileges`]).
+//! open (see [`crate::daemon::privileges`]).
 
 use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
@@ -32,8 +32,9 @@ use tunl_routing::{RouteOp, RouteTable, RouteWriter};
 use crate::config::{Config, ConfigError, RouteEntry};
 use crate::control::{self, Call, Request, Response, RouteChange};
 use crate::metrics::MetricsSource;
-use crate::privileges;
-use crate::router::{CounterSnapshot, Policy, Router, RouterIo, Shared, WorkerOptions};
+pub mod privileges;
+
+use crate::dataplane::{CounterSnapshot, Policy, Router, RouterIo, Shared, WorkerOptions};
 
 /// The routing protocol number tunl tags its kernel routes with
 /// (`ip route show proto 116`), so it can find and remove its own routes.
@@ -371,7 +372,7 @@ async fn run_async(config: Config) -> Result<(), DaemonError> {
     if offload {
         // One read must fit the worker's ring: the kernel segments longer
         // TSO bursts (tiny MSS) itself.
-        let segs = crate::router::worker::TX_READ_ROOM as u32;
+        let segs = crate::dataplane::worker::TX_READ_ROOM as u32;
         if let Err(e) = netlink.set_gso_max_segs(ifindex, segs).await {
             warn!(error = %e, "cannot cap the device's GSO segments; TSO bursts of more than {segs} segments will be dropped");
         }

@@ -5,8 +5,8 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
-use crate::config::Config;
-use crate::daemon;
+use tunl::config::Config;
+use tunl::daemon;
 
 /// tunl: a userspace IPIP tunnel router, a drop-in for Linux's tunl0 as
 /// Calico uses it, for hosts whose kernel has no ipip driver.
@@ -53,7 +53,7 @@ pub enum Command {
         #[command(subcommand)]
         action: Option<LabAction>,
         #[command(flatten)]
-        args: crate::lab::LabArgs,
+        args: tunl_lab::lab::LabArgs,
     },
     /// Measure tunl against plain veth and kernel VXLAN, in one run (needs root).
     ///
@@ -61,31 +61,31 @@ pub enum Command {
     /// kernel VXLAN, tunl), alternating the paths each round, and reports
     /// iperf3 TCP (1 and 4 streams), UDP packet rates, latency, CPU per
     /// Gbit/s and daemon memory, with the ratio tunl / VXLAN.
-    Bench(crate::bench::BenchArgs),
+    Bench(tunl_lab::bench::BenchArgs),
     /// Change or list a running daemon's routes (over its control socket).
     ///
     /// Routes changed here last until the daemon stops or reloads its
     /// config (SIGHUP); only the config's routes survive a restart.
     Route {
         #[command(subcommand)]
-        action: crate::ctl::RouteCommand,
+        action: crate::commands::RouteCommand,
         #[command(flatten)]
-        socket: crate::ctl::SocketArg,
+        socket: crate::commands::SocketArg,
     },
     /// Show the device and every remote node: blocks, path MTU, traffic
     /// both ways, last packet seen; and refused IPIP sources.
     Status {
         #[command(flatten)]
-        json: crate::ctl::JsonArg,
+        json: crate::commands::JsonArg,
         #[command(flatten)]
-        socket: crate::ctl::SocketArg,
+        socket: crate::commands::SocketArg,
     },
     /// Show every counter of a running daemon, with drops by reason.
     Stats {
         #[command(flatten)]
-        json: crate::ctl::JsonArg,
+        json: crate::commands::JsonArg,
         #[command(flatten)]
-        socket: crate::ctl::SocketArg,
+        socket: crate::commands::SocketArg,
     },
     /// Validate a config file and print what it would set up.
     Check {
@@ -121,10 +121,10 @@ pub fn main() -> ExitCode {
         Command::Lab { action, args } => {
             let mut out = std::io::stdout();
             let result = match action {
-                Some(LabAction::Down) => crate::lab::down(&args.tag, &mut out).map(|_| ()),
+                Some(LabAction::Down) => tunl_lab::lab::down(&args.tag, &mut out).map(|_| ()),
                 None => std::env::current_exe()
-                    .map_err(crate::lab::LabError::Output)
-                    .and_then(|exe| crate::lab::run(&args, &exe, &mut out).map(|_| ())),
+                    .map_err(tunl_lab::lab::LabError::Output)
+                    .and_then(|exe| tunl_lab::lab::run(&args, &exe, &mut out).map(|_| ())),
             };
             match result {
                 Ok(()) => ExitCode::SUCCESS,
@@ -137,7 +137,7 @@ pub fn main() -> ExitCode {
         Command::Bench(args) => {
             let result = std::env::current_exe()
                 .map_err(|e| e.to_string())
-                .and_then(|exe| crate::bench::run(&args, &exe).map_err(|e| e.to_string()));
+                .and_then(|exe| tunl_lab::bench::run(&args, &exe).map_err(|e| e.to_string()));
             match result {
                 Ok(_) => ExitCode::SUCCESS,
                 Err(e) => {
@@ -146,9 +146,9 @@ pub fn main() -> ExitCode {
                 }
             }
         }
-        Command::Route { action, socket } => crate::ctl::route(&socket.socket, action),
-        Command::Status { json, socket } => crate::ctl::status(&socket.socket, json.json),
-        Command::Stats { json, socket } => crate::ctl::stats(&socket.socket, json.json),
+        Command::Route { action, socket } => crate::commands::route(&socket.socket, action),
+        Command::Status { json, socket } => crate::commands::status(&socket.socket, json.json),
+        Command::Stats { json, socket } => crate::commands::stats(&socket.socket, json.json),
         Command::Check { config } => match Config::load(&config) {
             Ok(c) => {
                 println!(

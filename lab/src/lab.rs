@@ -15,9 +15,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use crate::capture;
-use crate::control::{Client, Request, Stats};
 use crate::testbed::{DaemonOptions, TunlCluster};
 use crate::topology::{self, ClusterSpec, ProcessOutput, TopologyError};
+use tunl::control::{Client, Request, Stats};
 
 /// The namespace tag of the lab's cluster (`tunl-lab-…`).
 pub const LAB_TAG: &str = "lab";

@@ -12,8 +12,8 @@ use std::time::Duration;
 use clap::{Args, Subcommand};
 use ipnetwork::Ipv4Network;
 
-use crate::config::DEFAULT_CONTROL_SOCKET;
-use crate::control::{Client, ClientError, Request, Route, RouteChange, RouteList, Stats, Status};
+use tunl::config::DEFAULT_CONTROL_SOCKET;
+use tunl::control::{Client, ClientError, Request, Route, RouteChange, RouteList, Stats, Status};
 
 /// Refused sources `tunl status` lists; the rest are summed in one line.
 pub const STATUS_REFUSED_LINES: usize = 8;
@@ -162,7 +162,7 @@ pub fn route(socket: &Path, command: RouteCommand) -> ExitCode {
                 Ok(r) => r,
                 Err(e) => {
                     eprintln!("tunl: {}: {e}", file.display());
-                    return ExitCode::from(crate::cli::EXIT_CONFIG);
+                    return ExitCode::from(crate::args::EXIT_CONFIG);
                 }
             };
             Request::RouteReplace { routes }

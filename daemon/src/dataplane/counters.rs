@@ -190,7 +190,7 @@ mod tests {
         for (name, text) in &d {
             assert!(text.len() > 10 && !text.contains('\n'), "{name}: {text:?}");
         }
-        let ops = include_str!("../../docs/operating.md");
+        let ops = include_str!("../../../docs/operating.md");
         for (name, _) in &d {
             assert!(
                 ops.contains(&format!("`{name}`")),

@@ -13,8 +13,8 @@ use std::time::{Duration, Instant};
 
 use ipnetwork::Ipv4Network;
 
-use crate::daemon::ROUTE_PROTOCOL;
 use crate::topology::{Cluster, ClusterSpec, Node, Overlay, ProcessOutput, TopologyError};
+use tunl::daemon::ROUTE_PROTOCOL;
 
 /// How long a daemon may take to come up.
 pub const START_TIMEOUT: Duration = Duration::from_secs(15);

@@ -35,9 +35,9 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use serde::Serialize;
 
-use crate::daemon::ROUTE_PROTOCOL;
 use crate::testbed::{DaemonOptions, TunlCluster, node_config};
 use crate::topology::{Cluster, ClusterSpec, Overlay, ProcessOutput, TopologyError};
+use tunl::daemon::ROUTE_PROTOCOL;
 
 /// The pod that sends (on `node1.sit`).
 const CLIENT_POD: &str = "demo-hello-sit";
@@ -77,7 +77,7 @@ pub struct BenchArgs {
     /// after their last packet instead of sleeping at once (lower latency,
     /// more CPU). 0 = the default, sleep at once.
     #[arg(long, value_name = "N", default_value_t = 0,
-          value_parser = clap::value_parser!(u32).range(0..=i64::from(crate::config::MAX_BUSY_POLL_US)))]
+          value_parser = clap::value_parser!(u32).range(0..=i64::from(tunl::config::MAX_BUSY_POLL_US)))]
     pub busy_poll_us: u32,
     /// Write every figure (each sample, median, min, max, units, machine)
     /// as JSON to FILE.
@@ -1721,7 +1721,7 @@ mod tests {
             "{base}{}",
             extra_routes(Ipv4Addr::new(172, 16, 36, 5), LARGE_TABLE_ROUTES)
         );
-        let config = crate::config::Config::parse(&text, Path::new("large.toml")).unwrap();
+        let config = tunl::config::Config::parse(&text, Path::new("large.toml")).unwrap();
         assert_eq!(config.routes.len(), LARGE_TABLE_ROUTES);
         let last = config.routes.last().unwrap();
         assert_eq!(last.prefix.to_string(), "10.73.195.192/26");

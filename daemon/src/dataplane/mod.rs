@@ -111,7 +111,7 @@ impl Router {
                 .name(format!("tunl-dp{id}"))
                 .spawn(move || {
                     // Workers only use open descriptors: no capability needed.
-                    crate::privileges::drop_thread_capabilities();
+                    crate::daemon::privileges::drop_thread_capabilities();
                     worker.run()
                 })?;
             router.workers.push((handle, waker));
