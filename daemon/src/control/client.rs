@@ -1,0 +1,162 @@
+//! The client side of the control socket: what `tunl route`, `tunl status`
+//! and `tunl stats` (and the lab) use to talk to a daemon.
+
+use std::io::{self, BufRead, BufReader, Write};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use super::wire::{Request, Response};
+
+/// How long the client waits for a reply.
+pub const CLIENT_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Why a client call failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    /// No daemon listens on the socket.
+    #[error("no tunl daemon is running: cannot connect to {path}: {source}")]
+    NotRunning {
+        /// The socket path.
+        path: PathBuf,
+        /// The connect error.
+        source: io::Error,
+    },
+    /// The connection broke or the reply was not understood.
+    #[error("control socket {path}: {message}")]
+    Protocol {
+        /// The socket path.
+        path: PathBuf,
+        /// What went wrong.
+        message: String,
+    },
+    /// The daemon refused the request.
+    #[error("{0}")]
+    Refused(String),
+}
+
+/// A connection to a daemon's control socket.
+#[derive(Debug)]
+pub struct Client {
+    path: PathBuf,
+    reader: BufReader<std::os::unix::net::UnixStream>,
+}
+
+impl Client {
+    /// Connects to the socket at `path`.
+    pub fn connect(path: &Path) -> Result<Client, ClientError> {
+        let stream = std::os::unix::net::UnixStream::connect(path).map_err(|source| {
+            ClientError::NotRunning {
+                path: path.to_owned(),
+                source,
+            }
+        })?;
+        let _ = stream.set_read_timeout(Some(CLIENT_TIMEOUT));
+        let _ = stream.set_write_timeout(Some(CLIENT_TIMEOUT));
+        Ok(Client {
+            path: path.to_owned(),
+            reader: BufReader::new(stream),
+        })
+    }
+
+    fn protocol(&self, message: impl Into<String>) -> ClientError {
+        ClientError::Protocol {
+            path: self.path.clone(),
+            message: message.into(),
+        }
+    }
+
+    /// Sends a request and returns the raw reply.
+    pub fn call_raw(&mut self, request: &Request) -> Result<Response, ClientError> {
+        let mut line = serde_json::to_vec(request).map_err(|e| self.protocol(e.to_string()))?;
+        line.push(b'\n');
+        self.reader
+            .get_mut()
+            .write_all(&line)
+            .map_err(|e| self.protocol(format!("write: {e}")))?;
+        let mut reply = String::new();
+        let n = self
+            .reader
+            .read_line(&mut reply)
+            .map_err(|e| self.protocol(format!("read: {e}")))?;
+        if n == 0 {
+            return Err(self.protocol("the daemon closed the connection"));
+        }
+        serde_json::from_str(&reply).map_err(|e| self.protocol(format!("bad reply: {e}")))
+    }
+
+    /// Sends a request and decodes a successful result as `T`.
+    pub fn call<T: serde::de::DeserializeOwned>(
+        &mut self,
+        request: &Request,
+    ) -> Result<T, ClientError> {
+        let r = self.call_raw(request)?;
+        if !r.ok {
+            return Err(ClientError::Refused(
+                r.error.unwrap_or_else(|| "request failed".to_owned()),
+            ));
+        }
+        serde_json::from_value(r.result.unwrap_or(serde_json::Value::Null))
+            .map_err(|e| self.protocol(format!("bad result: {e}")))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::net::UnixListener;
+
+    use super::*;
+    use crate::control::RouteList;
+
+    /// A one-connection server that answers every line with `reply`.
+    fn answering(name: &str, reply: &'static str) -> (PathBuf, std::thread::JoinHandle<()>) {
+        let dir = std::env::temp_dir().join(format!("tunl-client-{name}-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("c.sock");
+        let _ = std::fs::remove_file(&path);
+        let listener = UnixListener::bind(&path).unwrap();
+        let server = std::thread::spawn(move || {
+            let (stream, _) = listener.accept().unwrap();
+            let mut reader = BufReader::new(stream);
+            let mut line = String::new();
+            while reader.read_line(&mut line).unwrap_or(0) > 0 {
+                reader.get_mut().write_all(reply.as_bytes()).unwrap();
+                line.clear();
+            }
+        });
+        (path, server)
+    }
+
+    #[test]
+    fn a_refusal_carries_the_daemons_message() {
+        let (path, server) = answering("refused", "{\"ok\":false,\"error\":\"no such thing\"}\n");
+        let mut c = Client::connect(&path).unwrap();
+        match c.call::<RouteList>(&Request::RouteList {}) {
+            Err(ClientError::Refused(m)) => assert_eq!(m, "no such thing"),
+            other => panic!("expected a refusal, got {other:?}"),
+        }
+        drop(c);
+        server.join().unwrap();
+        let _ = std::fs::remove_dir_all(path.parent().unwrap());
+    }
+
+    #[test]
+    fn a_reply_that_is_not_the_protocol_is_a_protocol_error() {
+        let (path, server) = answering("garbage", "hello\n");
+        let mut c = Client::connect(&path).unwrap();
+        let e = c.call::<RouteList>(&Request::RouteList {}).unwrap_err();
+        assert!(matches!(e, ClientError::Protocol { .. }), "{e:?}");
+        assert!(e.to_string().contains("bad reply"), "{e}");
+        drop(c);
+        server.join().unwrap();
+        let _ = std::fs::remove_dir_all(path.parent().unwrap());
+    }
+
+    #[test]
+    fn no_daemon_says_so() {
+        let path =
+            std::env::temp_dir().join(format!("tunl-client-none-{}.sock", std::process::id()));
+        let e = Client::connect(&path).unwrap_err();
+        assert!(matches!(e, ClientError::NotRunning { .. }), "{e:?}");
+        assert!(e.to_string().contains("no tunl daemon is running"), "{e}");
+    }
+}

@@ -1,0 +1,226 @@
+//! The daemon's side of the control socket: bind it, accept connections,
+//! read request lines, hand each request to the main loop and write its reply.
+//!
+//! [`bind`] creates the socket with mode 0600, so only root (its owner) may
+//! connect. Each connection is served by its own task ([`serve_connection`]),
+//! which reads one request per line (at most [`MAX_REQUEST`] bytes, each
+//! within [`READ_TIMEOUT`]), parses it, hands it to the daemon's main loop
+//! over a channel as a [`Call`] and writes the reply as one line. The main
+//! loop handles calls one at a time, so route changes never interleave.
+
+use std::io;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt};
+use tokio::net::{UnixListener, UnixStream};
+use tokio::sync::{mpsc, oneshot};
+
+use super::wire::{MAX_REQUEST, READ_TIMEOUT, Request, Response, parse_request};
+
+/// A parsed request and where its reply goes.
+#[derive(Debug)]
+pub struct Call {
+    /// The request.
+    pub request: Request,
+    /// The daemon's reply.
+    pub reply: oneshot::Sender<Response>,
+}
+
+/// Why the control socket could not be bound.
+#[derive(Debug, thiserror::Error)]
+pub enum BindError {
+    /// A daemon answers on the socket already.
+    #[error(
+        "another tunl daemon is serving the control socket {0}; stop it, or set another [control] socket"
+    )]
+    InUse(PathBuf),
+    /// Creating the folder, binding or setting the mode failed.
+    #[error("cannot bind the control socket {path}: {source}")]
+    Io {
+        /// The socket path.
+        path: PathBuf,
+        /// The error.
+        source: io::Error,
+    },
+}
+
+/// Binds the control socket at `path` (mode 0600): fails when a daemon
+/// answers there, replaces a stale socket file a dead daemon left.
+pub fn bind(path: &Path) -> Result<UnixListener, BindError> {
+    let io_err = |source| BindError::Io {
+        path: path.to_owned(),
+        source,
+    };
+    if std::os::unix::net::UnixStream::connect(path).is_ok() {
+        return Err(BindError::InUse(path.to_owned()));
+    }
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).map_err(io_err)?;
+    }
+    match std::fs::symlink_metadata(path) {
+        Ok(m) if std::os::unix::fs::FileTypeExt::is_socket(&m.file_type()) => {
+            std::fs::remove_file(path).map_err(io_err)?;
+        }
+        Ok(_) => {
+            return Err(io_err(io::Error::new(
+                io::ErrorKind::AlreadyExists,
+                "a file that is not a socket is in the way",
+            )));
+        }
+        Err(_) => {}
+    }
+    // Bind with a umask that leaves no window where others could connect.
+    let old = nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o177));
+    let listener = UnixListener::bind(path);
+    nix::sys::stat::umask(old);
+    let listener = listener.map_err(io_err)?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).map_err(io_err)?;
+    Ok(listener)
+}
+
+/// Accepts connections until the channel closes, one task each.
+pub async fn accept_loop(listener: UnixListener, calls: mpsc::Sender<Call>) {
+    loop {
+        match listener.accept().await {
+            Ok((stream, _)) => {
+                tokio::spawn(serve_connection(stream, calls.clone()));
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "control socket accept failed");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+        if calls.is_closed() {
+            return;
+        }
+    }
+}
+
+enum Line {
+    Request(Vec<u8>),
+    TooLong,
+    Eof,
+}
+
+async fn read_line<R: tokio::io::AsyncBufRead + Unpin>(
+    reader: &mut R,
+    buf: &mut Vec<u8>,
+) -> io::Result<Line> {
+    buf.clear();
+    let n = reader
+        .take(MAX_REQUEST as u64 + 1)
+        .read_until(b'\n', buf)
+        .await?;
+    if n == 0 {
+        return Ok(Line::Eof);
+    }
+    if buf.len() > MAX_REQUEST {
+        return Ok(Line::TooLong);
+    }
+    Ok(Line::Request(std::mem::take(buf)))
+}
+
+/// Serves one connection: request lines in, reply lines out, until EOF, an
+/// over-long line, a read timeout or a write error.
+pub async fn serve_connection(stream: UnixStream, calls: mpsc::Sender<Call>) {
+    let (read, mut write) = stream.into_split();
+    let mut reader = tokio::io::BufReader::new(read);
+    let mut buf = Vec::new();
+    loop {
+        let line = match tokio::time::timeout(READ_TIMEOUT, read_line(&mut reader, &mut buf)).await
+        {
+            Err(_) => {
+                let _ = reply(&mut write, &Response::error("read timeout")).await;
+                return;
+            }
+            Ok(Err(_)) | Ok(Ok(Line::Eof)) => return,
+            Ok(Ok(Line::TooLong)) => {
+                let msg = format!("request longer than {MAX_REQUEST} bytes");
+                let _ = reply(&mut write, &Response::error(msg)).await;
+                return;
+            }
+            Ok(Ok(Line::Request(line))) => line,
+        };
+        let response = match parse_request(&line) {
+            Err(e) => Response::error(e),
+            Ok(request) => {
+                let (tx, rx) = oneshot::channel();
+                if calls.send(Call { request, reply: tx }).await.is_err() {
+                    Response::error("the daemon is stopping")
+                } else {
+                    rx.await
+                        .unwrap_or_else(|_| Response::error("the daemon is stopping"))
+                }
+            }
+        };
+        if reply(&mut write, &response).await.is_err() {
+            return;
+        }
+    }
+}
+
+async fn reply(w: &mut tokio::net::unix::OwnedWriteHalf, r: &Response) -> io::Result<()> {
+    let mut line = serde_json::to_vec(r).map_err(io::Error::other)?;
+    line.push(b'\n');
+    w.write_all(&line).await?;
+    w.flush().await
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::{BufRead, BufReader, Write};
+
+    use super::*;
+    use crate::control::{Client, RouteList};
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn server_answers_garbage_and_survives() {
+        let dir = std::env::temp_dir().join(format!("tunl-ctl-unit-{}", std::process::id()));
+        let path = dir.join("t.sock");
+        let listener = bind(&path).unwrap();
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600);
+        assert!(matches!(bind(&path), Err(BindError::InUse(_))));
+        let (tx, mut rx) = mpsc::channel::<Call>(4);
+        tokio::spawn(accept_loop(listener, tx));
+        tokio::spawn(async move {
+            while let Some(call) = rx.recv().await {
+                let _ = call.reply.send(Response::ok(RouteList::default()));
+            }
+        });
+        let p = path.clone();
+        tokio::task::spawn_blocking(move || {
+            let mut c = Client::connect(&p).unwrap();
+            let r: RouteList = c.call(&Request::RouteList {}).unwrap();
+            assert!(r.routes.is_empty());
+            // Garbage on one connection gets an error, then it goes on.
+            let mut raw = BufReader::new(std::os::unix::net::UnixStream::connect(&p).unwrap());
+            let mut line = String::new();
+            raw.get_mut().write_all(b"nonsense\n").unwrap();
+            raw.read_line(&mut line).unwrap();
+            let resp: Response = serde_json::from_str(&line).unwrap();
+            assert!(!resp.ok && resp.error.unwrap().contains("not JSON"));
+            line.clear();
+            raw.get_mut()
+                .write_all(b"{\"cmd\":\"route_list\"}\n")
+                .unwrap();
+            raw.read_line(&mut line).unwrap();
+            let resp: Response = serde_json::from_str(&line).unwrap();
+            assert!(resp.ok, "{line}");
+            // An over-long line: an error, then the connection closes.
+            let mut raw = BufReader::new(std::os::unix::net::UnixStream::connect(&p).unwrap());
+            let big = vec![b'x'; MAX_REQUEST + 10];
+            let _ = raw.get_mut().write_all(&big);
+            let mut line = String::new();
+            raw.read_line(&mut line).unwrap();
+            assert!(line.contains("longer than"), "{line}");
+            line.clear();
+            assert_eq!(raw.read_line(&mut line).unwrap(), 0, "closed: {line}");
+        })
+        .await
+        .unwrap();
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}
