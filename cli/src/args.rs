@@ -33,10 +33,10 @@ pub enum Command {
     ///
     /// Creates the TUN device, installs `BLOCK via NODE dev tunl0 onlink`
     /// routes tagged `proto 116`, and forwards until SIGINT/SIGTERM, which
-    /// remove both. SIGHUP re-reads the config and applies its routes,
-    /// tunnel ttl, tos_inherit, pmtudisc and blocks, and security allow and
-    /// allow_nested; an invalid new config is logged and the old one kept
-    /// (every other key waits for a restart).
+    /// remove both. SIGHUP re-reads the config and applies it, except the
+    /// keys that shape the device and the process (see docs/operating.md),
+    /// which wait for a restart; an invalid new config is logged and the old
+    /// one kept.
     Run {
         /// The TOML config file (see examples/tunl.toml).
         #[arg(short, long, value_name = "FILE")]
@@ -158,7 +158,7 @@ pub fn main() -> ExitCode {
                     c.tunnel.local,
                     c.routes.len(),
                     c.tunnel.blocks.len(),
-                    c.tunnel.ttl
+                    tunl::config::ttl_text(c.tunnel.ttl)
                 );
                 for r in &c.routes {
                     println!("  {} via {} dev {} onlink", r.prefix, r.via, c.tunnel.name);

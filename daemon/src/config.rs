@@ -35,7 +35,8 @@
 //! ```
 //!
 //! Parsing is strict: unknown keys are errors, and every semantic error names
-//! the key it is about (`route[1].prefix: ...`).
+//! the key it is about (`route[1].prefix: ...`). A reload (SIGHUP) applies
+//! every key but the [`START_ONLY_KEYS`], which wait for a restart.
 
 use std::collections::HashMap;
 use std::fmt;
@@ -49,7 +50,9 @@ use tunl_encap::{Ttl, TunnelSettings};
 
 /// Default TUN device name, as Calico's kernel device.
 pub const DEFAULT_DEVICE: &str = "tunl0";
-/// The smallest MTU IPv4 allows (RFC 791).
+/// The smallest MTU IPv4 allows (RFC 791): the floor of `tunnel.mtu`,
+/// configured or derived from the underlay.
+// After the merge with the encap branch: `pub use tunl_encap::MIN_MTU;`.
 pub const MIN_MTU: u16 = 68;
 /// The largest tunnel MTU: an outer packet must fit in 65535 bytes.
 pub const MAX_MTU: u16 = 65535 - 20;
@@ -87,48 +90,39 @@ pub enum ConfigError {
     },
 }
 
-/// TTL of outer packets: `"inherit"` (from the inner packet) or a fixed 1..=255.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum TtlSetting {
-    /// Copy the inner TTL, as `ttl inherit` on tunl0.
-    #[default]
-    Inherit,
-    /// A fixed TTL.
-    Fixed(NonZeroU8),
-}
-
-impl<'de> Deserialize<'de> for TtlSetting {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        #[derive(Deserialize)]
-        #[serde(untagged)]
-        enum Raw {
-            Word(String),
-            Number(i64),
-        }
-        match Raw::deserialize(d)? {
-            Raw::Word(w) if w == "inherit" => Ok(TtlSetting::Inherit),
-            Raw::Word(w) => Err(serde::de::Error::custom(format!(
-                "ttl must be \"inherit\" or a number 1..=255, not {w:?}"
-            ))),
-            Raw::Number(n) => u8::try_from(n)
-                .ok()
-                .and_then(NonZeroU8::new)
-                .map(TtlSetting::Fixed)
-                .ok_or_else(|| {
-                    serde::de::Error::custom(format!(
-                        "ttl must be \"inherit\" or a number 1..=255, not {n}"
-                    ))
-                }),
-        }
+/// Reads `tunnel.ttl` straight into [`Ttl`]: `"inherit"` (copy the inner
+/// TTL) or a fixed 1..=255. (`tunl-encap` has no serde.)
+fn deserialize_ttl<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Ttl, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Raw {
+        Word(String),
+        Number(i64),
+    }
+    match Raw::deserialize(d)? {
+        Raw::Word(w) if w == "inherit" => Ok(Ttl::Inherit),
+        Raw::Word(w) => Err(serde::de::Error::custom(format!(
+            "ttl must be \"inherit\" or a number 1..=255, not {w:?}"
+        ))),
+        Raw::Number(n) => u8::try_from(n)
+            .ok()
+            .and_then(NonZeroU8::new)
+            .map(Ttl::Fixed)
+            .ok_or_else(|| {
+                serde::de::Error::custom(format!(
+                    "ttl must be \"inherit\" or a number 1..=255, not {n}"
+                ))
+            }),
     }
 }
 
-impl fmt::Display for TtlSetting {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            TtlSetting::Inherit => f.write_str("inherit"),
-            TtlSetting::Fixed(n) => write!(f, "{n}"),
-        }
+/// `tunnel.ttl` as the config file spells it (`inherit`, `64`).
+// Remove after the merge with the encap branch, which gives `Ttl` a Display.
+pub fn ttl_text(ttl: Ttl) -> String {
+    match ttl {
+        Ttl::Inherit => "inherit".to_owned(),
+        Ttl::Fixed(n) => n.to_string(),
+        other => format!("{other:?}"),
     }
 }
 
@@ -146,8 +140,8 @@ pub struct TunnelSection {
     /// Address (with prefix length) put on the tunnel device.
     pub address: Option<Ipv4Network>,
     /// Outer TTL.
-    #[serde(default)]
-    pub ttl: TtlSetting,
+    #[serde(default, deserialize_with = "deserialize_ttl")]
+    pub ttl: Ttl,
     /// Copy the inner DSCP to the outer header (`tos inherit`).
     #[serde(default)]
     pub tos_inherit: bool,
@@ -323,8 +317,55 @@ pub struct Config {
     pub metrics: MetricsSection,
 }
 
+/// A key that takes effect only when the daemon starts: a reload (SIGHUP)
+/// keeps its running value and logs that the file changed it. Every key not
+/// listed in [`START_ONLY_KEYS`] is applied by a reload.
+#[derive(Clone, Copy)]
+pub struct StartOnlyKey {
+    /// The key as the docs and the log name it: `tunnel.mtu`, or
+    /// `[dataplane]` for a whole section.
+    pub name: &'static str,
+    changed: fn(&Config, &Config) -> bool,
+    keep: fn(&mut Config, &Config),
+}
+
+impl fmt::Debug for StartOnlyKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_tuple("StartOnlyKey").field(&self.name).finish()
+    }
+}
+
+macro_rules! start_only {
+    ($name:literal, $($field:ident).+) => {
+        StartOnlyKey {
+            name: $name,
+            changed: |a, b| a.$($field).+ != b.$($field).+,
+            keep: |new, old| new.$($field).+ = Clone::clone(&old.$($field).+),
+        }
+    };
+}
+
+/// The keys that shape the device and the process: they take effect at the
+/// next start, a reload keeps the running ones. The one list of them: the
+/// reload, its log line and `tunl run --help` use it, and a test keeps
+/// docs/operating.md naming each.
+pub const START_ONLY_KEYS: &[StartOnlyKey] = &[
+    start_only!("tunnel.name", tunnel.name),
+    start_only!("tunnel.local", tunnel.local),
+    start_only!("tunnel.address", tunnel.address),
+    start_only!("tunnel.mtu", tunnel.mtu),
+    start_only!("security.user", security.user),
+    start_only!("[dataplane]", dataplane),
+    start_only!("[control]", control),
+    start_only!("[metrics]", metrics),
+];
+
 impl Config {
     /// Reads, parses and validates a config file.
+    ///
+    /// # Errors
+    /// [`ConfigError::Read`] when the file cannot be read,
+    /// [`ConfigError::Parse`] and [`ConfigError::Invalid`] as [`Config::parse`].
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
         let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
             path: path.to_owned(),
@@ -334,6 +375,11 @@ impl Config {
     }
 
     /// Parses and validates config text; `path` is used in messages.
+    ///
+    /// # Errors
+    /// [`ConfigError::Parse`] when the text is not valid TOML or a key is
+    /// unknown or of the wrong type; [`ConfigError::Invalid`] naming the
+    /// first key whose value is not acceptable.
     pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
         let raw: RawConfig = toml::from_str(text).map_err(|e| ConfigError::Parse {
             path: path.to_owned(),
@@ -348,86 +394,59 @@ impl Config {
             control: raw.control,
             metrics: raw.metrics,
         };
-        config
-            .validate()
-            .map_err(|(key, problem)| ConfigError::Invalid {
-                path: path.to_owned(),
-                key,
-                problem,
-            })?;
+        config.validate()?;
         Ok(config)
     }
 
     /// This config with its routes replaced by `routes`, validated as if the
     /// file had named them (the control socket's route commands use it).
+    ///
+    /// # Errors
+    /// [`ConfigError::Invalid`] naming the first route (`route[i]`) that
+    /// breaks a rule.
     pub fn with_routes(&self, routes: Vec<RouteEntry>) -> Result<Config, ConfigError> {
         let config = Config {
             routes,
             ..self.clone()
         };
-        config
-            .validate()
-            .map_err(|(key, problem)| ConfigError::Invalid {
-                path: self.path.clone(),
-                key,
-                problem,
-            })?;
+        config.validate()?;
         Ok(config)
     }
 
     /// What a reload (SIGHUP) runs on when `new` was read from the file:
-    /// `new`'s routes, TTL, TOS, PMTU discovery, blocks and `[security]`
-    /// allow-lists over this
-    /// config's keys that only take effect at start (`tunnel.name`, `local`,
-    /// `address`, `mtu`, `[dataplane]`, `[control]`, `[metrics]`,
-    /// `security.user`), validated as a whole. Also returns the keys that
-    /// changed in the file but wait for a restart.
-    pub fn reloaded(&self, new: Config) -> Result<(Config, Vec<&'static str>), ConfigError> {
-        let (old, t) = (self, &new.tunnel);
-        let pending: Vec<&'static str> = [
-            ("tunnel.name", t.name != old.tunnel.name),
-            ("tunnel.local", t.local != old.tunnel.local),
-            ("tunnel.address", t.address != old.tunnel.address),
-            ("tunnel.mtu", t.mtu != old.tunnel.mtu),
-            ("[dataplane]", new.dataplane != old.dataplane),
-            ("[control]", new.control != old.control),
-            ("[metrics]", new.metrics != old.metrics),
-            ("security.user", new.security.user != old.security.user),
-        ]
-        .into_iter()
-        .filter_map(|(key, changed)| changed.then_some(key))
-        .collect();
-        let config = Config {
-            path: old.path.clone(),
-            tunnel: TunnelSection {
-                name: old.tunnel.name.clone(),
-                local: old.tunnel.local,
-                address: old.tunnel.address,
-                mtu: old.tunnel.mtu,
-                ..new.tunnel
-            },
-            routes: new.routes,
-            security: SecuritySection {
-                user: old.security.user.clone(),
-                ..new.security
-            },
-            dataplane: old.dataplane.clone(),
-            control: old.control.clone(),
-            metrics: old.metrics.clone(),
-        };
-        config
-            .validate()
-            .map_err(|(key, problem)| ConfigError::Invalid {
-                path: old.path.clone(),
-                key,
-                problem,
-            })?;
-        Ok((config, pending))
+    /// `new`, except for the [`START_ONLY_KEYS`], which keep this config's
+    /// values; validated as a whole. Also returns the start-only keys that
+    /// changed in the file and wait for a restart.
+    ///
+    /// # Errors
+    /// [`ConfigError::Invalid`] when `new` does not hold together with the
+    /// running start-only keys (a route via the `tunnel.local` in use).
+    pub fn reloaded(&self, mut new: Config) -> Result<(Config, Vec<&'static str>), ConfigError> {
+        let mut pending = Vec::new();
+        for key in START_ONLY_KEYS {
+            if (key.changed)(self, &new) {
+                pending.push(key.name);
+            }
+            (key.keep)(&mut new, self);
+        }
+        new.path.clone_from(&self.path);
+        new.validate()?;
+        Ok((new, pending))
     }
 
-    fn validate(&self) -> Result<(), (String, String)> {
+    /// The error for `key` of this config: its value is not acceptable, in
+    /// itself or on this host (the daemon's start checks use it too).
+    pub fn invalid(&self, key: impl Into<String>, problem: impl Into<String>) -> ConfigError {
+        ConfigError::Invalid {
+            path: self.path.clone(),
+            key: key.into(),
+            problem: problem.into(),
+        }
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
         let t = &self.tunnel;
-        let bad = |key: &str, problem: String| Err((key.to_owned(), problem));
+        let bad = |key: &str, problem: String| Err(self.invalid(key, problem));
         if t.name.is_empty()
             || t.name.len() > 15
             || !t
@@ -458,12 +477,12 @@ impl Config {
             }
         }
         for (i, block) in t.blocks.iter().enumerate() {
-            check_network(&format!("tunnel.blocks[{i}]"), block)?;
+            self.check_network(&format!("tunnel.blocks[{i}]"), block)?;
         }
         let mut seen: HashMap<Ipv4Network, usize> = HashMap::new();
         for (i, r) in self.routes.iter().enumerate() {
             let key = format!("route[{i}]");
-            check_network(&format!("{key}.prefix"), &r.prefix)?;
+            self.check_network(&format!("{key}.prefix"), &r.prefix)?;
             if let Some(j) = seen.insert(r.prefix, i) {
                 return bad(
                     &format!("{key}.prefix"),
@@ -508,7 +527,7 @@ impl Config {
             }
         }
         for (i, a) in self.security.allow.iter().enumerate() {
-            check_network(&format!("security.allow[{i}]"), a)?;
+            self.check_network(&format!("security.allow[{i}]"), a)?;
         }
         let d = &self.dataplane;
         if !(1..=64).contains(&d.workers) {
@@ -543,14 +562,15 @@ impl Config {
         Ok(())
     }
 
+    fn check_network(&self, key: &str, n: &Ipv4Network) -> Result<(), ConfigError> {
+        check_prefix(n).map_err(|e| self.invalid(key, e.to_string()))
+    }
+
     /// The encapsulation settings for a tunnel MTU.
     pub fn tunnel_settings(&self, mtu: u16) -> TunnelSettings {
         TunnelSettings {
             local: self.tunnel.local,
-            ttl: match self.tunnel.ttl {
-                TtlSetting::Inherit => Ttl::Inherit,
-                TtlSetting::Fixed(n) => Ttl::Fixed(n),
-            },
+            ttl: self.tunnel.ttl,
             tos_inherit: self.tunnel.tos_inherit,
             pmtudisc: self.tunnel.pmtudisc,
             mtu,
@@ -562,16 +582,28 @@ fn is_unicast(a: Ipv4Addr) -> bool {
     !(a.is_unspecified() || a.is_multicast() || a.is_broadcast() || a.is_loopback())
 }
 
-fn check_network(key: &str, n: &Ipv4Network) -> Result<(), (String, String)> {
-    check_prefix(n).map_err(|problem| (key.to_owned(), problem))
+/// A prefix with host bits set (`10.20.105.193/26`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("{prefix} has host bits set (did you mean {network}?)")]
+pub struct HostBitsError {
+    /// The prefix as given.
+    pub prefix: Ipv4Network,
+    /// The network it probably meant.
+    pub network: Ipv4Network,
 }
 
 /// Refuses a prefix with host bits set (`10.20.105.193/26`), naming the
 /// network it probably meant.
-pub fn check_prefix(n: &Ipv4Network) -> Result<(), String> {
+///
+/// # Errors
+/// [`HostBitsError`] when an address bit past the prefix length is set.
+pub fn check_prefix(n: &Ipv4Network) -> Result<(), HostBitsError> {
     let network = Ipv4Network::new(n.network(), n.prefix()).unwrap_or(*n);
     if network.ip() != n.ip() {
-        return Err(format!("{n} has host bits set (did you mean {network}?)"));
+        return Err(HostBitsError {
+            prefix: *n,
+            network,
+        });
     }
     Ok(())
 }
@@ -614,7 +646,7 @@ allow = ["172.16.0.0/16"]
         assert_eq!(c.tunnel.name, "tunl0");
         assert_eq!(c.tunnel.local, Ipv4Addr::new(172, 16, 35, 4));
         assert_eq!(c.tunnel.mtu, Some(1480));
-        assert_eq!(c.tunnel.ttl, TtlSetting::Inherit);
+        assert_eq!(c.tunnel.ttl, Ttl::Inherit);
         assert_eq!(c.tunnel.blocks, vec!["10.20.42.0/26".parse().unwrap()]);
         assert_eq!(c.routes.len(), 1);
         assert_eq!(c.routes[0].via, Ipv4Addr::new(172, 16, 36, 5));
@@ -671,7 +703,7 @@ allow = ["172.16.0.0/16"]
     #[test]
     fn fixed_ttl() {
         let c = parse("[tunnel]\nlocal = \"172.16.35.4\"\nttl = 64\n").unwrap();
-        assert_eq!(c.tunnel.ttl, TtlSetting::Fixed(NonZeroU8::new(64).unwrap()));
+        assert_eq!(c.tunnel.ttl, Ttl::Fixed(NonZeroU8::new(64).unwrap()));
         for bad in ["0", "256", "\"always\"", "-1"] {
             let text = format!("[tunnel]\nlocal = \"172.16.35.4\"\nttl = {bad}\n");
             let err = parse(&text).unwrap_err().to_string();
@@ -749,10 +781,7 @@ allow = ["172.16.0.0/16"]
         assert_eq!(running.tunnel.mtu, Some(1480));
         assert_eq!(running.dataplane.workers, 1);
         assert_eq!(running.routes[0].prefix, "10.20.106.0/26".parse().unwrap());
-        assert_eq!(
-            running.tunnel.ttl,
-            TtlSetting::Fixed(NonZeroU8::new(64).unwrap())
-        );
+        assert_eq!(running.tunnel.ttl, Ttl::Fixed(NonZeroU8::new(64).unwrap()));
         // Validated against the address still in use: a route via it is refused.
         let via_self = parse(
             &SEED
@@ -806,6 +835,84 @@ allow = ["172.16.0.0/16"]
                 parse(&SEED.replace(from, to)),
                 Err(ConfigError::Parse { .. })
             ));
+        }
+    }
+    #[test]
+    fn ttl_reads_into_the_encap_ttl_and_prints_as_written() {
+        assert_eq!(parse(SEED).unwrap().tunnel.ttl, Ttl::Inherit);
+        assert_eq!(ttl_text(Ttl::Inherit), "inherit");
+        let c = parse("[tunnel]\nlocal = \"172.16.35.4\"\nttl = 255\n").unwrap();
+        assert_eq!(ttl_text(c.tunnel.ttl), "255");
+        assert_eq!(
+            c.tunnel_settings(1480).ttl,
+            Ttl::Fixed(NonZeroU8::new(255).unwrap())
+        );
+    }
+
+    /// A config in which every key differs from SEED's.
+    const EVERY_KEY_CHANGED: &str = r#"
+[tunnel]
+name = "tunl7"
+local = "172.16.35.9"
+mtu = 1400
+address = "10.20.43.0/32"
+ttl = 64
+tos_inherit = true
+pmtudisc = true
+blocks = ["10.20.43.0/26"]
+
+[[route]]
+prefix = "10.20.106.0/26"
+via = "172.16.37.6"
+
+[security]
+allow = ["172.17.0.0/16"]
+allow_nested = true
+user = "tunl"
+
+[control]
+socket = "/run/tunl/other.sock"
+
+[metrics]
+listen = "127.0.0.1:9100"
+
+[dataplane]
+workers = 2
+"#;
+
+    #[test]
+    fn a_reload_keeps_exactly_the_start_only_keys() {
+        let old = parse(SEED).unwrap();
+        let new = parse(EVERY_KEY_CHANGED).unwrap();
+        let (running, pending) = old.reloaded(new.clone()).unwrap();
+        let names: Vec<&str> = START_ONLY_KEYS.iter().map(|k| k.name).collect();
+        assert_eq!(pending, names, "every start-only key changed");
+        for key in START_ONLY_KEYS {
+            assert!(!(key.changed)(&old, &running), "{} was applied", key.name);
+        }
+        // Everything else is the new file's.
+        let (t, n) = (&running.tunnel, &new.tunnel);
+        assert_eq!(t.ttl, n.ttl);
+        assert_eq!(t.tos_inherit, n.tos_inherit);
+        assert_eq!(t.pmtudisc, n.pmtudisc);
+        assert_eq!(t.blocks, n.blocks);
+        assert_eq!(running.routes, new.routes);
+        assert_eq!(running.security.allow, new.security.allow);
+        assert_eq!(running.security.allow_nested, new.security.allow_nested);
+        let (unchanged, none) = old.reloaded(parse(SEED).unwrap()).unwrap();
+        assert!(none.is_empty(), "{none:?}");
+        assert_eq!(unchanged.tunnel.name, old.tunnel.name);
+    }
+
+    #[test]
+    fn operating_md_names_every_start_only_key() {
+        let doc = include_str!("../../docs/operating.md");
+        for key in START_ONLY_KEYS {
+            assert!(
+                doc.contains(&format!("`{}`", key.name)),
+                "docs/operating.md does not name {}",
+                key.name
+            );
         }
     }
 }

@@ -346,7 +346,8 @@ async fn run_async(config: Config) -> Result<(), DaemonError> {
     }
     if mtu < crate::config::MIN_MTU {
         return Err(DaemonError::Setup(format!(
-            "the underlay MTU leaves a tunnel MTU of {mtu}, below the IPv4 minimum of 68"
+            "the underlay MTU leaves a tunnel MTU of {mtu}, below the IPv4 minimum of {}",
+            crate::config::MIN_MTU
         )));
     }
 
@@ -443,7 +444,7 @@ async fn run_async(config: Config) -> Result<(), DaemonError> {
         %local,
         mtu,
         address = ?config.tunnel.address.map(|a| a.to_string()),
-        ttl = %config.tunnel.ttl,
+        ttl = %crate::config::ttl_text(config.tunnel.ttl),
         blocks = ?config.tunnel.blocks.iter().map(|b| b.to_string()).collect::<Vec<_>>(),
         routes = config.routes.len(),
         workers,
@@ -758,7 +759,7 @@ async fn reload(config: &mut Config, routes: &mut RouteManager) {
     if !pending.is_empty() {
         warn!(
             keys = ?pending,
-            "SIGHUP: these changes take effect at the next restart; applying routes, ttl, tos_inherit, pmtudisc, blocks, allow and allow_nested"
+            "SIGHUP: these keys take effect at the next restart; the rest of the file is applied"
         );
     }
     if let Err(e) = routes.apply(&wanted_routes(&new)).await {
