@@ -552,9 +552,8 @@ async fn watch_neighbours(netlink: Netlink, ifindex: u32, shared: Arc<Shared>) {
 }
 
 /// The signals the daemon handles, caught from the very start so that one
-/// arriving during setup (a SIGHUP, or the SIGTERM of
-/// [`Shared::fail`]) is acted on once setup is done instead of killing the
-/// process with its device and routes in place.
+/// arriving during setup (a SIGHUP or a SIGTERM) is acted on once setup is
+/// done instead of killing the process with its device and routes in place.
 struct Signals {
     term: tokio::signal::unix::Signal,
     int: tokio::signal::unix::Signal,
@@ -584,11 +583,14 @@ async fn wait_for_signals(
         mut int,
         mut hup,
     } = signals;
+    let shared = routes.shared.clone();
     loop {
         tokio::select! {
             _ = term.recv() => { info!("SIGTERM: stopping"); return Ok(()) }
             _ = int.recv() => { info!("SIGINT: stopping"); return Ok(()) }
             _ = hup.recv() => reload(config, routes).await,
+            // The caller reports the failure after shutting down.
+            _ = shared.failed() => return Ok(()),
             Some(call) = calls.recv() => {
                 let response = handle(call.request, config, routes, device).await;
                 let _ = call.reply.send(response);

@@ -245,7 +245,8 @@ pub struct Shared {
     /// Next-hop MACs for AF_PACKET transmit.
     pub neighbours: NeighbourTable,
     counters: Mutex<Vec<Arc<Counters>>>,
-    failure: Mutex<Option<String>>,
+    /// The first failure a worker reported; the main loop waits on it.
+    failure: tokio::sync::watch::Sender<Option<String>>,
 }
 
 impl Shared {
@@ -258,29 +259,40 @@ impl Shared {
             nodes: NodeCounters::default(),
             neighbours: NeighbourTable::default(),
             counters: Mutex::new(Vec::new()),
-            failure: Mutex::new(None),
+            failure: tokio::sync::watch::Sender::new(None),
         }
     }
 
     /// A worker hit an error it cannot go on from (the TUN device is gone):
-    /// records it, stops the workers and asks the daemon to shut down (it
-    /// reports the failure and exits non-zero).
+    /// records it, stops the workers and wakes the daemon's main loop
+    /// ([`Shared::failed`]), which shuts down, reports the failure and exits
+    /// non-zero. Only the first failure is kept.
     pub fn fail(&self, reason: String) {
         tracing::error!("dataplane: {reason}; stopping");
-        let mut failure = self.failure.lock().unwrap_or_else(|e| e.into_inner());
-        if failure.is_none() {
-            *failure = Some(reason);
-            let _ = nix::sys::signal::raise(nix::sys::signal::Signal::SIGTERM);
-        }
+        self.failure.send_if_modified(|failure| {
+            let first = failure.is_none();
+            if first {
+                *failure = Some(reason);
+            }
+            first
+        });
         self.stop.store(true, Ordering::Relaxed);
     }
 
     /// The failure recorded by [`Shared::fail`], if any.
     pub fn failure(&self) -> Option<String> {
-        self.failure
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()
+        self.failure.borrow().clone()
+    }
+
+    /// Waits until a worker calls [`Shared::fail`] (at once if one did
+    /// already) and returns its reason. Cancel-safe.
+    pub async fn failed(&self) -> String {
+        let mut failure = self.failure.subscribe();
+        match failure.wait_for(Option::is_some).await {
+            Ok(reason) => reason.clone().unwrap_or_default(),
+            // The sender lives in `self`: it cannot be gone.
+            Err(_) => std::future::pending().await,
+        }
     }
 
     /// A new set of counters for one worker, included in [`Shared::counters`].
