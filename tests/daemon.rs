@@ -471,6 +471,65 @@ fn a_bad_config_exits_with_code_2_and_names_the_key() {
         .unwrap();
     assert_eq!(out.status.code(), Some(2));
     let _ = std::fs::remove_dir_all(&dir);
+
+    // Keys that parse but do not fit the host exit 2 too, naming the key,
+    // and leave nothing behind: a second instance on node1 (its own device
+    // name and socket) with an MTU the underlay cannot carry, a local
+    // address on no interface (so no MTU to derive), a user that does not
+    // exist.
+    let tc = seed_cluster();
+    let base = tc
+        .config_text(NODE1)
+        .unwrap()
+        .replace("name = \"tunl0\"", "name = \"tunl9\"")
+        .replace(".sock\"", "-tunl9.sock\"");
+    assert!(
+        base.contains("-tunl9.sock") && !base.contains("mtu"),
+        "{base}"
+    );
+    let local = format!("local = \"{}\"", tc.cluster().node(NODE1).unwrap().underlay);
+    assert!(base.contains(&local), "{base}");
+    let cases = [
+        (
+            base.replace("[tunnel]\n", "[tunnel]\nmtu = 65515\n"),
+            "tunnel.mtu: 65515 does not fit the underlay",
+        ),
+        (
+            base.replace(&local, "local = \"192.0.2.1\""),
+            "tunnel.local: 192.0.2.1 is not an address of any interface",
+        ),
+        (
+            format!("{base}\n[security]\nuser = \"tunl-no-such-user\"\n"),
+            "security.user: no user \"tunl-no-such-user\"",
+        ),
+    ];
+    for (i, (text, want)) in cases.iter().enumerate() {
+        let path = tc.dir().join(format!("host{i}.toml"));
+        std::fs::write(&path, text).unwrap();
+        let out = run_to_exit(&tc, NODE1, &path);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{want}: {stderr}");
+        assert!(stderr.contains(want), "{want} not in: {stderr}");
+        let link = tc
+            .cluster()
+            .exec(NODE1, &["ip", "link", "show", "tunl9"])
+            .unwrap();
+        assert!(!link.status.success(), "{want}: tunl9 was created");
+        let socket = tc
+            .control_socket(NODE1)
+            .with_extension("")
+            .display()
+            .to_string();
+        assert!(
+            !std::path::Path::new(&format!("{socket}-tunl9.sock")).exists(),
+            "{want}: the control socket was left behind"
+        );
+    }
+    assert_eq!(
+        tc.kernel_routes(NODE1).unwrap().len(),
+        1,
+        "the first instance's route"
+    );
 }
 
 #[test]

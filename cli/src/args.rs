@@ -3,10 +3,12 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 
-use tunl::config::Config;
+use tunl::config::{Config, START_ONLY_KEYS, ttl_text};
 use tunl::daemon;
+
+use crate::exit::{Exit, ExitStatus, report};
 
 /// tunl: a userspace IPIP tunnel router, a drop-in for Linux's tunl0 as
 /// Calico uses it, for hosts whose kernel has no ipip driver.
@@ -34,9 +36,9 @@ pub enum Command {
     /// Creates the TUN device, installs `BLOCK via NODE dev tunl0 onlink`
     /// routes tagged `proto 116`, and forwards until SIGINT/SIGTERM, which
     /// remove both. SIGHUP re-reads the config and applies it, except the
-    /// keys that shape the device and the process (see docs/operating.md),
-    /// which wait for a restart; an invalid new config is logged and the old
-    /// one kept.
+    /// keys listed below; an invalid new config is logged and the old one
+    /// kept. Exit codes: 0 stopped by a signal, 1 a runtime error, 2 an
+    /// invalid config (also a key that does not fit this host).
     Run {
         /// The TOML config file (see examples/tunl.toml).
         #[arg(short, long, value_name = "FILE")]
@@ -102,20 +104,36 @@ pub enum LabAction {
     Down,
 }
 
-/// Exit code for a usage or configuration error.
-pub const EXIT_CONFIG: u8 = 2;
+/// The command line's definition, with `tunl run --help` naming the keys a
+/// reload does not apply (from [`START_ONLY_KEYS`]).
+pub fn command() -> clap::Command {
+    let keys: Vec<&str> = START_ONLY_KEYS.iter().map(|k| k.name).collect();
+    let text = format!(
+        "Keys a SIGHUP does not apply (they take effect at the next start): {}.",
+        keys.join(", ")
+    );
+    Cli::command().mut_subcommand("run", |run| run.after_long_help(text))
+}
 
 /// Parses the command line and runs the command.
 pub fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = match command()
+        .try_get_matches()
+        .and_then(|m| Cli::from_arg_matches(&m))
+    {
+        Ok(cli) => cli,
+        Err(e) => {
+            let _ = e.print();
+            return e.exits_with().into();
+        }
+    };
     init_logging(&cli.log);
     match cli.command {
         Command::Run { config } => match daemon::run(&config) {
-            Ok(()) => ExitCode::SUCCESS,
+            Ok(()) => Exit::Ok.into(),
             Err(e) => {
                 tracing::error!("{e}");
-                eprintln!("tunl: {e}");
-                ExitCode::from(e.exit_code() as u8)
+                report("tunl", &e)
             }
         },
         Command::Lab { action, args } => {
@@ -127,25 +145,17 @@ pub fn main() -> ExitCode {
                     .and_then(|exe| tunl_lab::lab::run(&args, &exe, &mut out).map(|_| ())),
             };
             match result {
-                Ok(()) => ExitCode::SUCCESS,
-                Err(e) => {
-                    eprintln!("tunl lab: {e}");
-                    ExitCode::FAILURE
-                }
+                Ok(()) => Exit::Ok.into(),
+                Err(e) => report("tunl lab", &e),
             }
         }
-        Command::Bench(args) => {
-            let result = std::env::current_exe()
-                .map_err(|e| e.to_string())
-                .and_then(|exe| tunl_lab::bench::run(&args, &exe).map_err(|e| e.to_string()));
-            match result {
-                Ok(_) => ExitCode::SUCCESS,
-                Err(e) => {
-                    eprintln!("tunl bench: {e}");
-                    ExitCode::FAILURE
-                }
-            }
-        }
+        Command::Bench(args) => match std::env::current_exe() {
+            Err(e) => report("tunl bench", &e),
+            Ok(exe) => match tunl_lab::bench::run(&args, &exe) {
+                Ok(_) => Exit::Ok.into(),
+                Err(e) => report("tunl bench", &e),
+            },
+        },
         Command::Route { action, socket } => crate::commands::route(&socket.socket, action),
         Command::Status { json, socket } => crate::commands::status(&socket.socket, json.json),
         Command::Stats { json, socket } => crate::commands::stats(&socket.socket, json.json),
@@ -158,17 +168,14 @@ pub fn main() -> ExitCode {
                     c.tunnel.local,
                     c.routes.len(),
                     c.tunnel.blocks.len(),
-                    tunl::config::ttl_text(c.tunnel.ttl)
+                    ttl_text(c.tunnel.ttl)
                 );
                 for r in &c.routes {
                     println!("  {} via {} dev {} onlink", r.prefix, r.via, c.tunnel.name);
                 }
-                ExitCode::SUCCESS
+                Exit::Ok.into()
             }
-            Err(e) => {
-                eprintln!("tunl: {e}");
-                ExitCode::from(EXIT_CONFIG)
-            }
+            Err(e) => report("tunl", &e),
         },
     }
 }
@@ -182,4 +189,27 @@ fn init_logging(default: &str) {
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_writer(std::io::stderr)
         .try_init();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_command_line_is_consistent() {
+        command().debug_assert();
+    }
+
+    #[test]
+    fn run_help_names_every_start_only_key() {
+        let mut cmd = command();
+        let help = cmd
+            .find_subcommand_mut("run")
+            .unwrap()
+            .render_long_help()
+            .to_string();
+        for key in START_ONLY_KEYS {
+            assert!(help.contains(key.name), "{} not in:\n{help}", key.name);
+        }
+    }
 }

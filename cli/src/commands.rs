@@ -1,7 +1,8 @@
 //! `tunl route`, `tunl status`, `tunl stats`: clients of the control socket.
 //!
-//! Exit codes: 0 done, 1 a runtime error (no daemon, the daemon refused the
-//! request), 2 a usage error (a routes file that does not parse).
+//! Exit codes as [`crate::exit`]: 0 done, 1 a runtime error (no daemon, the
+//! daemon refused the request), 2 a usage error (a routes file that does
+//! not parse).
 
 use std::fmt::Write as _;
 use std::net::Ipv4Addr;
@@ -14,6 +15,8 @@ use ipnetwork::Ipv4Network;
 
 use tunl::config::DEFAULT_CONTROL_SOCKET;
 use tunl::control::{Client, ClientError, Request, Route, RouteChange, RouteList, Stats, Status};
+
+use crate::exit::{Exit, report};
 
 /// Refused sources `tunl status` lists; the rest are summed in one line.
 pub const STATUS_REFUSED_LINES: usize = 8;
@@ -67,9 +70,47 @@ pub struct JsonArg {
     pub json: bool,
 }
 
-fn fail(e: impl std::fmt::Display) -> ExitCode {
-    eprintln!("tunl: {e}");
-    ExitCode::FAILURE
+/// Why `tunl route replace --file` could not use its file.
+#[derive(Debug, thiserror::Error)]
+pub enum RoutesFileError {
+    /// The file could not be read.
+    #[error("{}: {source}", path.display())]
+    Read {
+        /// The path given (`-` for stdin).
+        path: PathBuf,
+        /// The I/O error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The file is neither routes JSON nor `PREFIX via NODE` lines.
+    #[error("{}: {message}", path.display())]
+    Parse {
+        /// The path given.
+        path: PathBuf,
+        /// What is wrong, with the line.
+        message: String,
+    },
+}
+
+fn fail(e: &ClientError) -> ExitCode {
+    report("tunl", e)
+}
+
+/// Reads and parses a routes file; `-` reads stdin.
+fn read_routes(file: &Path) -> Result<Vec<Route>, RoutesFileError> {
+    let text = if file.as_os_str() == "-" {
+        std::io::read_to_string(std::io::stdin())
+    } else {
+        std::fs::read_to_string(file)
+    };
+    let text = text.map_err(|source| RoutesFileError::Read {
+        path: file.to_owned(),
+        source,
+    })?;
+    parse_routes(&text).map_err(|message| RoutesFileError::Parse {
+        path: file.to_owned(),
+        message,
+    })
 }
 
 fn call<T: serde::de::DeserializeOwned>(
@@ -144,36 +185,22 @@ pub fn route(socket: &Path, command: RouteCommand) -> ExitCode {
                     for r in list.routes {
                         println!("{} via {}", r.prefix, r.via);
                     }
-                    ExitCode::SUCCESS
+                    Exit::Ok.into()
                 }
-                Err(e) => fail(e),
+                Err(e) => fail(&e),
             };
         }
-        RouteCommand::Replace { file } => {
-            let text = if file.as_os_str() == "-" {
-                std::io::read_to_string(std::io::stdin())
-            } else {
-                std::fs::read_to_string(&file)
-            };
-            let routes = match text
-                .map_err(|e| e.to_string())
-                .and_then(|t| parse_routes(&t))
-            {
-                Ok(r) => r,
-                Err(e) => {
-                    eprintln!("tunl: {}: {e}", file.display());
-                    return ExitCode::from(crate::args::EXIT_CONFIG);
-                }
-            };
-            Request::RouteReplace { routes }
-        }
+        RouteCommand::Replace { file } => match read_routes(&file) {
+            Ok(routes) => Request::RouteReplace { routes },
+            Err(e) => return report("tunl", &e),
+        },
     };
     match call::<RouteChange>(socket, &request) {
         Ok(change) => {
             println!("{}", describe(&change));
-            ExitCode::SUCCESS
+            Exit::Ok.into()
         }
-        Err(e) => fail(e),
+        Err(e) => fail(&e),
     }
 }
 
@@ -271,14 +298,17 @@ fn show<T: serde::de::DeserializeOwned + serde::Serialize>(
             if json {
                 match serde_json::to_string_pretty(&v) {
                     Ok(s) => println!("{s}"),
-                    Err(e) => return fail(e),
+                    Err(e) => {
+                        eprintln!("tunl: cannot encode the reply: {e}");
+                        return Exit::Runtime.into();
+                    }
                 }
             } else {
                 print!("{}", text(&v));
             }
-            ExitCode::SUCCESS
+            Exit::Ok.into()
         }
-        Err(e) => fail(e),
+        Err(e) => fail(&e),
     }
 }
 

@@ -8,5 +8,6 @@
 
 pub mod args;
 pub mod commands;
+pub mod exit;
 
 pub use args::main;

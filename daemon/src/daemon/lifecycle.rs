@@ -1,0 +1,273 @@
+//! The daemon's life: the startup steps in order, the main loop, shutdown.
+
+use std::sync::Arc;
+use std::sync::atomic::AtomicUsize;
+
+use tokio::net::{TcpListener, UnixListener};
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+use tracing::{info, warn};
+use tunl_io::netlink::Netlink;
+use tunl_routing::RouteTable;
+
+use super::error::DaemonError;
+use super::neighbours::watch_neighbours;
+use super::requests::{DeviceInfo, handle};
+use super::routes::{KernelRoutes, NetlinkRoutes, RouteManager, wanted_routes};
+use super::signals::{Asked, Signals};
+use super::startup::{self, DataplaneParts};
+use super::{privileges, reload};
+use crate::config::{Config, ttl_text};
+use crate::control::{self, Call};
+use crate::dataplane::{CounterSnapshot, Router, Shared};
+use crate::metrics::MetricsSource;
+
+/// Runs the daemon on `config` until SIGINT or SIGTERM, or until the
+/// dataplane fails.
+pub(super) async fn run(config: Config) -> Result<(), DaemonError> {
+    let signals = Signals::catch()?;
+    let user = startup::look_up_user(&config)?;
+    let netlink = startup::open_netlink()?;
+    startup::check_device_free(&netlink, &config).await?;
+    // Before anything is created: a second daemon on the same socket stops
+    // without touching the device or the routes.
+    let (listener, _socket_file) = startup::bind_control(&config)?;
+    let underlay = startup::find_underlay(&netlink, &config).await?;
+    let mtu = startup::tunnel_mtu(&config, underlay.as_ref())?;
+    let device = startup::create_device(&netlink, &config, mtu).await?;
+    let offload = device.tun.offload();
+    let receivers = startup::open_receivers(&config)?;
+
+    let shared = Arc::new(Shared::new(startup::policy_for(&config, mtu)));
+    let (writer, reader) = RouteTable::new();
+    let kernel = NetlinkRoutes::new(netlink.clone(), device.ifindex);
+    let mut routes = RouteManager::new(writer, kernel, shared.clone());
+    routes.remove_stale(&wanted_routes(&config)).await;
+    let metrics_listener = startup::bind_metrics(&config).await?;
+
+    let packet_tx = startup::packet_tx_device(&config, underlay.as_ref());
+    let parts = DataplaneParts {
+        device,
+        receivers,
+        routes: &reader,
+        shared: shared.clone(),
+        mtu,
+        packet_tx,
+    };
+    let router = startup::start_dataplane(&config, user.as_ref(), parts)?;
+    let mut running = Running {
+        router,
+        routes,
+        netlink: netlink.clone(),
+        name: config.tunnel.name.clone(),
+    };
+    if let Err(e) = running.finish_start(&config).await {
+        running.stop().await;
+        return Err(e);
+    }
+    let device = DeviceInfo {
+        name: config.tunnel.name.clone(),
+        mtu,
+        local: config.tunnel.local,
+        address: config.tunnel.address,
+        workers: running.router.workers(),
+    };
+    log_up(&config, &device, offload);
+
+    let (calls_tx, calls) = mpsc::channel(16);
+    let tasks = Tasks::spawn(
+        listener,
+        calls_tx,
+        metrics_listener,
+        packet_tx,
+        &shared,
+        running.routes.count(),
+        device.workers,
+    );
+    let mut config = config;
+    let served = serve(signals, &mut config, &mut running.routes, calls, &device).await;
+    tasks.abort();
+    running.stop().await;
+    match shared.failure() {
+        Some(reason) => Err(DaemonError::DataplaneStopped { reason }),
+        None => served,
+    }
+}
+
+/// The main loop: signals, control requests one at a time, and the
+/// dataplane's failure, until a stop.
+async fn serve<K: KernelRoutes>(
+    mut signals: Signals,
+    config: &mut Config,
+    routes: &mut RouteManager<K>,
+    mut calls: mpsc::Receiver<Call>,
+    device: &DeviceInfo,
+) -> Result<(), DaemonError> {
+    let shared = routes.shared().clone();
+    loop {
+        tokio::select! {
+            asked = signals.next() => match asked {
+                Asked::Stop(signal) => {
+                    info!("{signal}: stopping");
+                    return Ok(());
+                }
+                Asked::Reload => reload::reload(config, routes).await,
+            },
+            reason = shared.failed() => return Err(DaemonError::DataplaneStopped { reason }),
+            Some(call) = calls.recv() => {
+                let response = handle(call.request, config, routes, device).await;
+                let _ = call.reply.send(response);
+            }
+        }
+    }
+}
+
+fn log_up(config: &Config, device: &DeviceInfo, offload: bool) {
+    info!(
+        device = %device.name,
+        local = %device.local,
+        mtu = device.mtu,
+        address = ?device.address.map(|a| a.to_string()),
+        ttl = %ttl_text(config.tunnel.ttl),
+        blocks = ?config.tunnel.blocks.iter().map(|b| b.to_string()).collect::<Vec<_>>(),
+        routes = config.routes.len(),
+        workers = device.workers,
+        offload,
+        control = %config.control.socket.display(),
+        metrics = ?config.metrics.listen.map(|a| a.to_string()),
+        capabilities = ?privileges::effective(),
+        "tunl is up"
+    );
+}
+
+/// The control plane's tasks beside the main loop: the control socket's
+/// accept loop, the metrics endpoint, the neighbour watcher.
+struct Tasks(Vec<JoinHandle<()>>);
+
+impl Tasks {
+    fn spawn(
+        control: UnixListener,
+        calls: mpsc::Sender<Call>,
+        metrics: Option<TcpListener>,
+        packet_tx: Option<u32>,
+        shared: &Arc<Shared>,
+        route_count: Arc<AtomicUsize>,
+        workers: usize,
+    ) -> Tasks {
+        let mut tasks = vec![tokio::spawn(control::accept_loop(control, calls))];
+        if let Some(listener) = metrics {
+            let source = MetricsSource {
+                shared: shared.clone(),
+                routes: route_count,
+                workers,
+            };
+            tasks.push(tokio::spawn(crate::metrics::serve(
+                listener,
+                Arc::new(source),
+            )));
+        }
+        // Its own netlink connection: the kernel runs one dump per socket at
+        // a time, and route changes must not meet a neighbour dump in
+        // progress.
+        if let Some(ifindex) = packet_tx {
+            match Netlink::new() {
+                Ok(nl) => tasks.push(tokio::spawn(watch_neighbours(nl, ifindex, shared.clone()))),
+                Err(e) => {
+                    warn!(error = %e, "cannot open netlink for the neighbour table; packet_tx sends through the raw socket");
+                }
+            }
+        }
+        Tasks(tasks)
+    }
+
+    fn abort(self) {
+        for task in self.0 {
+            task.abort();
+        }
+    }
+}
+
+/// What stopping takes down: routes, dataplane, device.
+struct Running {
+    router: Router,
+    routes: RouteManager<NetlinkRoutes>,
+    netlink: Netlink,
+    name: String,
+}
+
+impl Running {
+    /// The last steps of the start: the control plane keeps only
+    /// CAP_NET_ADMIN, then the config's routes go in.
+    async fn finish_start(&mut self, config: &Config) -> Result<(), DaemonError> {
+        privileges::keep_control_plane_only()?;
+        self.routes.apply(&wanted_routes(config)).await?;
+        Ok(())
+    }
+
+    /// Removes the routes (the kernel stops sending into the device), stops
+    /// the workers, deletes the device and logs the counters.
+    async fn stop(mut self) {
+        self.routes.remove_all().await;
+        let shared = self.router.shared().clone();
+        self.router.stop();
+        if let Err(e) = self.netlink.delete_link(&self.name).await {
+            warn!(device = %self.name, error = %e, "cannot remove the device");
+        }
+        log_counters(&shared.counters());
+    }
+}
+
+fn log_counters(c: &CounterSnapshot) {
+    info!(
+        "counters at exit: {} drops={}",
+        c.to_line(),
+        c.total_drops()
+    );
+    for (reason, n) in c.drops_by_reason().filter(|(_, n)| *n > 0) {
+        info!(reason = reason.as_str(), packets = n, "dropped");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::Ipv4Addr;
+    use std::sync::atomic::Ordering;
+
+    use tunl_encap::TunnelSettings;
+
+    use super::*;
+    use crate::dataplane::Policy;
+
+    #[test]
+    fn a_dataplane_failure_reaches_the_main_loop_over_the_channel() {
+        let shared = Arc::new(Shared::new(Policy {
+            settings: TunnelSettings::new(Ipv4Addr::new(172, 16, 35, 4)),
+            vias: Vec::new(),
+            allow: Vec::new(),
+            blocks: Vec::new(),
+            allow_nested: false,
+        }));
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        let worker_shared = shared.clone();
+        let reason = rt.block_on(async {
+            // A worker thread fails while the main loop waits.
+            let worker = std::thread::spawn(move || {
+                worker_shared.fail("TUN read failed: gone".to_owned());
+                worker_shared.fail("a second failure".to_owned());
+            });
+            let reason = shared.failed().await;
+            worker.join().unwrap();
+            reason
+        });
+        assert_eq!(reason, "TUN read failed: gone");
+        assert!(
+            shared.stop.load(Ordering::Relaxed),
+            "the workers are told to stop"
+        );
+        assert_eq!(shared.failure().as_deref(), Some("TUN read failed: gone"));
+        // A failure before the loop waits (during setup) is not lost.
+        assert_eq!(rt.block_on(shared.failed()), "TUN read failed: gone");
+    }
+}

@@ -1,0 +1,409 @@
+//! Control requests: what the main loop does with each request from the
+//! control socket (`docs/control-protocol.md`), one at a time.
+//!
+//! Route changes are validated like the config file (the running config
+//! with its routes replaced), then applied by the [`RouteManager`]; `status`
+//! and `stats` read the dataplane's shared state.
+
+use std::collections::BTreeMap;
+use std::net::Ipv4Addr;
+
+use ipnetwork::Ipv4Network;
+
+use super::routes::{KernelRoutes, RouteManager, Routes};
+use crate::config::{Config, ConfigError, RouteEntry};
+use crate::control::{self, Request, Response};
+use crate::dataplane::CounterSnapshot;
+
+/// What `status` reports that does not change at runtime.
+#[derive(Debug, Clone)]
+pub(super) struct DeviceInfo {
+    /// The TUN device's name.
+    pub name: String,
+    /// The tunnel MTU.
+    pub mtu: u16,
+    /// `tunnel.local`.
+    pub local: Ipv4Addr,
+    /// `tunnel.address`.
+    pub address: Option<Ipv4Network>,
+    /// Dataplane worker threads.
+    pub workers: usize,
+}
+
+/// Carries out one control request.
+pub(super) async fn handle<K: KernelRoutes>(
+    request: Request,
+    config: &Config,
+    routes: &mut RouteManager<K>,
+    device: &DeviceInfo,
+) -> Response {
+    let current = routes.routes();
+    let wanted = match request {
+        Request::RouteList {} => {
+            return Response::ok(control::RouteList {
+                routes: current
+                    .iter()
+                    .map(|(p, v)| control::Route {
+                        prefix: *p,
+                        via: *v,
+                    })
+                    .collect(),
+            });
+        }
+        Request::Status {} => return Response::ok(status(routes, device)),
+        Request::Stats {} => return Response::ok(stats(&routes.shared().counters())),
+        Request::RouteAdd { prefix, via } => {
+            let mut wanted = current.clone();
+            wanted.insert(prefix, via);
+            if let Err(problem) = validate(config, &wanted) {
+                return Response::error(format!("cannot add {prefix} via {via}: {problem}"));
+            }
+            wanted
+        }
+        Request::RouteDel { prefix } => {
+            if let Err(e) = crate::config::check_prefix(&prefix) {
+                return Response::error(format!("cannot delete {prefix}: {e}"));
+            }
+            let mut wanted = current.clone();
+            wanted.remove(&prefix);
+            wanted
+        }
+        Request::RouteReplace { routes: list } => {
+            let entries: Vec<RouteEntry> = list
+                .iter()
+                .map(|r| RouteEntry {
+                    prefix: r.prefix,
+                    via: r.via,
+                })
+                .collect();
+            if let Err(e) = config.with_routes(entries) {
+                let e = match e {
+                    ConfigError::Invalid { key, problem, .. } => {
+                        format!("{}: {problem}", key.replace("route[", "routes["))
+                    }
+                    other => other.to_string(),
+                };
+                return Response::error(format!("route set refused, nothing changed: {e}"));
+            }
+            list.iter().map(|r| (r.prefix, r.via)).collect()
+        }
+    };
+    match routes.apply(&wanted).await {
+        Ok(change) => Response::ok(change),
+        Err(e) => Response::error(e.to_string()),
+    }
+}
+
+/// Checks a route set against the config's rules (own blocks, local
+/// address, host bits); returns the problem.
+fn validate(config: &Config, routes: &Routes) -> Result<(), String> {
+    let entries = routes
+        .iter()
+        .map(|(p, v)| RouteEntry {
+            prefix: *p,
+            via: *v,
+        })
+        .collect();
+    config
+        .with_routes(entries)
+        .map(|_| ())
+        .map_err(|e| match e {
+            ConfigError::Invalid { problem, .. } => problem,
+            other => other.to_string(),
+        })
+}
+
+fn status<K: KernelRoutes>(routes: &RouteManager<K>, device: &DeviceInfo) -> control::Status {
+    let shared = routes.shared();
+    let current = routes.routes();
+    let mut by_node: BTreeMap<Ipv4Addr, Vec<Ipv4Network>> = BTreeMap::new();
+    for (prefix, via) in &current {
+        by_node.entry(*via).or_default().push(*prefix);
+    }
+    let traffic = shared.nodes.traffic();
+    let policy = shared.policy.load();
+    let tunnel_mtu = policy.settings.mtu;
+    let nodes = by_node
+        .into_iter()
+        .map(|(node, blocks)| {
+            let t = traffic.get(&node).copied().unwrap_or_default();
+            control::NodeStatus {
+                node,
+                blocks,
+                path_mtu: shared.pmtu.toward(node, tunnel_mtu),
+                tx_packets: t.tx_packets,
+                tx_bytes: t.tx_bytes,
+                rx_packets: t.rx_packets,
+                rx_bytes: t.rx_bytes,
+                last_seen_unix_ms: t.last_seen.map(control::unix_ms),
+            }
+        })
+        .collect();
+    let refused = shared.nodes.refused();
+    control::Status {
+        device: device.name.clone(),
+        mtu: device.mtu,
+        local: device.local,
+        address: device.address,
+        blocks: policy.blocks.clone(),
+        workers: device.workers,
+        routes: current.len(),
+        now_unix_ms: control::unix_ms(std::time::SystemTime::now()),
+        nodes,
+        refused: refused
+            .sources
+            .iter()
+            .map(|r| control::RefusedStatus {
+                source: r.source,
+                packets: r.packets,
+                last_seen_unix_ms: control::unix_ms(r.last_seen),
+            })
+            .collect(),
+        refused_other_packets: refused.other_packets,
+    }
+}
+
+/// The `stats` reply for a counter snapshot.
+pub fn stats(c: &CounterSnapshot) -> control::Stats {
+    control::Stats {
+        counters: c
+            .fields()
+            .into_iter()
+            .map(|(n, v)| (n.to_owned(), v))
+            .collect(),
+        drops: c
+            .drops_by_reason()
+            .map(|(r, n)| (r.as_str().to_owned(), n))
+            .collect(),
+        drops_total: c.total_drops(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use super::super::routes::fake::{FakeKernel, KernelCall};
+    use super::super::routes::tests::{manager, net, node, routes};
+    use super::*;
+    use crate::control::{RouteChange, RouteList, Status};
+
+    /// The seed node: its own block 10.20.42.0/26, local 172.16.35.4.
+    fn config() -> Config {
+        let text = "[tunnel]\nlocal = \"172.16.35.4\"\nmtu = 1480\nblocks = [\"10.20.42.0/26\"]\n";
+        Config::parse(text, Path::new("t.toml")).unwrap()
+    }
+
+    fn device() -> DeviceInfo {
+        DeviceInfo {
+            name: "tunl0".to_owned(),
+            mtu: 1480,
+            local: Ipv4Addr::new(172, 16, 35, 4),
+            address: None,
+            workers: 1,
+        }
+    }
+
+    fn run<F: std::future::Future>(f: F) -> F::Output {
+        tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap()
+            .block_on(f)
+    }
+
+    /// Handles `request` and returns the reply's result or error.
+    fn call<T: serde::de::DeserializeOwned>(
+        m: &mut RouteManager<FakeKernel>,
+        request: Request,
+    ) -> Result<T, String> {
+        let r = run(handle(request, &config(), m, &device()));
+        match (r.ok, r.result, r.error) {
+            (true, Some(v), None) => Ok(serde_json::from_value(v).unwrap()),
+            (false, None, Some(e)) => Err(e),
+            other => panic!("not a protocol reply: {other:?}"),
+        }
+    }
+
+    fn add(prefix: &str, via: Ipv4Addr) -> Request {
+        Request::RouteAdd {
+            prefix: net(prefix),
+            via,
+        }
+    }
+
+    #[test]
+    fn route_add_is_validated_like_the_config() {
+        let (mut m, _) = manager();
+        let cases = [
+            (
+                add("10.20.42.0/27", node(5)),
+                "cannot add 10.20.42.0/27 via 172.16.36.5: 10.20.42.0/27 overlaps this node's own block 10.20.42.0/26",
+            ),
+            (
+                add("10.20.1.0/26", Ipv4Addr::new(172, 16, 35, 4)),
+                "cannot add 10.20.1.0/26 via 172.16.35.4: 172.16.35.4 is this node's own address (tunnel.local)",
+            ),
+            (
+                add("10.20.1.1/26", node(5)),
+                "cannot add 10.20.1.1/26 via 172.16.36.5: 10.20.1.1/26 has host bits set (did you mean 10.20.1.0/26?)",
+            ),
+            (
+                add("10.20.1.0/26", Ipv4Addr::new(10, 20, 42, 7)),
+                "cannot add 10.20.1.0/26 via 10.20.42.7: 10.20.42.7 is inside the pod block 10.20.42.0/26; \
+                 `via` must be a node's underlay address",
+            ),
+            (
+                add("10.20.1.0/26", Ipv4Addr::BROADCAST),
+                "cannot add 10.20.1.0/26 via 255.255.255.255: 255.255.255.255 is not a unicast host address",
+            ),
+        ];
+        for (request, want) in cases {
+            assert_eq!(call::<RouteChange>(&mut m, request).unwrap_err(), want);
+        }
+        assert!(m.routes().is_empty());
+        assert!(
+            m.kernel().call_list().is_empty(),
+            "a refused request touches nothing"
+        );
+    }
+
+    #[test]
+    fn route_add_then_again_then_moved() {
+        let (mut m, _) = manager();
+        let change: RouteChange = call(&mut m, add("10.20.1.0/26", node(5))).unwrap();
+        assert_eq!(change.added.len(), 1);
+        let again: RouteChange = call(&mut m, add("10.20.1.0/26", node(5))).unwrap();
+        assert_eq!(
+            again,
+            RouteChange {
+                unchanged: 1,
+                ..RouteChange::default()
+            }
+        );
+        let moved: RouteChange = call(&mut m, add("10.20.1.0/26", node(6))).unwrap();
+        assert_eq!(moved.added[0].via, node(6));
+        assert_eq!(moved.unchanged, 0);
+        assert_eq!(m.routes(), routes(&[("10.20.1.0/26", 6)]));
+    }
+
+    #[test]
+    fn route_del_of_an_absent_route_succeeds_and_changes_nothing() {
+        let (mut m, _) = manager();
+        call::<RouteChange>(&mut m, add("10.20.1.0/26", node(5))).unwrap();
+        m.kernel_mut().calls.clear();
+        let change: RouteChange = call(
+            &mut m,
+            Request::RouteDel {
+                prefix: net("10.20.2.0/26"),
+            },
+        )
+        .unwrap();
+        assert_eq!(
+            change,
+            RouteChange {
+                unchanged: 1,
+                ..RouteChange::default()
+            }
+        );
+        assert!(m.kernel().call_list().is_empty());
+        let e = call::<RouteChange>(
+            &mut m,
+            Request::RouteDel {
+                prefix: net("10.20.1.1/26"),
+            },
+        )
+        .unwrap_err();
+        assert_eq!(
+            e,
+            "cannot delete 10.20.1.1/26: 10.20.1.1/26 has host bits set (did you mean 10.20.1.0/26?)"
+        );
+        let change: RouteChange = call(
+            &mut m,
+            Request::RouteDel {
+                prefix: net("10.20.1.0/26"),
+            },
+        )
+        .unwrap();
+        assert_eq!(change.removed, vec![net("10.20.1.0/26")]);
+        assert!(m.routes().is_empty());
+    }
+
+    #[test]
+    fn route_replace_applies_only_the_difference() {
+        let (mut m, _) = manager();
+        let list = |r: &[(&str, u8)]| Request::RouteReplace {
+            routes: r
+                .iter()
+                .map(|(p, n)| control::Route {
+                    prefix: net(p),
+                    via: node(*n),
+                })
+                .collect(),
+        };
+        call::<RouteChange>(&mut m, list(&[("10.20.1.0/26", 5), ("10.20.2.0/26", 6)])).unwrap();
+        m.kernel_mut().calls.clear();
+        let change: RouteChange =
+            call(&mut m, list(&[("10.20.1.0/26", 5), ("10.20.3.0/26", 7)])).unwrap();
+        assert_eq!(change.added.len(), 1);
+        assert_eq!(change.removed, vec![net("10.20.2.0/26")]);
+        assert_eq!(change.unchanged, 1);
+        assert!(
+            !m.kernel().call_list()
+                .iter()
+                .any(|c| matches!(c, KernelCall::Add(p, _) | KernelCall::Del(p, _) if *p == net("10.20.1.0/26"))),
+            "the unchanged route was touched: {:?}",
+            m.kernel().call_list()
+        );
+        let e = call::<RouteChange>(&mut m, list(&[("10.20.4.0/26", 5), ("10.20.4.0/26", 6)]))
+            .unwrap_err();
+        assert_eq!(
+            e,
+            "route set refused, nothing changed: routes[1].prefix: duplicate prefix 10.20.4.0/26: also route[0]"
+        );
+        let listed: RouteList = call(&mut m, Request::RouteList {}).unwrap();
+        let listed: Routes = listed.routes.iter().map(|r| (r.prefix, r.via)).collect();
+        assert_eq!(listed, routes(&[("10.20.1.0/26", 5), ("10.20.3.0/26", 7)]));
+    }
+
+    #[test]
+    fn a_kernel_refusal_is_the_reply() {
+        let (mut m, _) = manager();
+        m.kernel_mut()
+            .refuse
+            .push(KernelCall::Add(net("10.20.1.0/26"), node(5)));
+        let e = call::<RouteChange>(&mut m, add("10.20.1.0/26", node(5))).unwrap_err();
+        assert!(
+            e.starts_with("cannot install route 10.20.1.0/26 via 172.16.36.5"),
+            "{e}"
+        );
+        assert!(e.ends_with("nothing was changed"), "{e}");
+        assert!(m.routes().is_empty());
+    }
+
+    #[test]
+    fn status_groups_blocks_by_node() {
+        let (mut m, _) = manager();
+        for (p, n) in [
+            ("10.20.1.0/26", 5),
+            ("10.20.2.0/26", 6),
+            ("10.20.3.0/26", 5),
+        ] {
+            call::<RouteChange>(&mut m, add(p, node(n))).unwrap();
+        }
+        let s: Status = call(&mut m, Request::Status {}).unwrap();
+        assert_eq!((s.device.as_str(), s.mtu, s.routes), ("tunl0", 1480, 3));
+        let nodes: Vec<(Ipv4Addr, Vec<Ipv4Network>)> =
+            s.nodes.iter().map(|n| (n.node, n.blocks.clone())).collect();
+        assert_eq!(
+            nodes,
+            vec![
+                (node(5), vec![net("10.20.1.0/26"), net("10.20.3.0/26")]),
+                (node(6), vec![net("10.20.2.0/26")]),
+            ]
+        );
+        assert!(s.nodes.iter().all(|n| n.last_seen_unix_ms.is_none()));
+        let stats: control::Stats = call(&mut m, Request::Stats {}).unwrap();
+        assert_eq!(stats.drops_total, 0);
+        assert!(stats.counter("tx_packets").is_some());
+    }
+}

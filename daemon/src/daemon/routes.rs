@@ -1,0 +1,722 @@
+//! The routes: [`RouteManager`] keeps the kernel's routes and the
+//! dataplane's LPM table in step, over a [`KernelRoutes`] (netlink in the
+//! daemon, a fake in the tests).
+//!
+//! Every route is `BLOCK via NODE dev tunl0 onlink proto 116` in the kernel
+//! and `BLOCK -> NODE` in the LPM. A change is all or nothing: the LPM learns
+//! a route before the kernel sends packets for it and forgets it after the
+//! kernel stopped, and a change the kernel refuses midway is undone on both
+//! sides.
+
+use std::collections::BTreeMap;
+use std::net::Ipv4Addr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use ipnetwork::Ipv4Network;
+use tracing::{error, info, warn};
+use tunl_io::netlink::{Netlink, NetlinkError};
+use tunl_routing::{RouteOp, RouteWriter};
+
+use super::ROUTE_PROTOCOL;
+use super::error::RouteError;
+use crate::config::Config;
+use crate::control::{self, RouteChange};
+use crate::dataplane::{Policy, Shared};
+
+/// A route set: block to next hop.
+pub type Routes = BTreeMap<Ipv4Network, Ipv4Addr>;
+
+/// The config's routes as a route set.
+pub fn wanted_routes(config: &Config) -> Routes {
+    config.routes.iter().map(|r| (r.prefix, r.via)).collect()
+}
+
+/// The kernel's side of tunl's routes: what [`RouteManager`] needs of
+/// netlink. Every route it adds or lists carries tunl's tag
+/// ([`ROUTE_PROTOCOL`]) and is in the main table.
+// Native async fn: the route manager runs on the daemon's current-thread
+// runtime and is never moved to another thread, so its futures need not
+// be `Send`.
+#[allow(async_fn_in_trait)]
+pub trait KernelRoutes {
+    /// The index of this instance's TUN device.
+    fn device(&self) -> u32;
+
+    /// Installs `prefix via via dev DEVICE onlink`, replacing a route for
+    /// the same prefix (so it is idempotent).
+    async fn add(&mut self, prefix: Ipv4Network, via: Ipv4Addr) -> Result<(), NetlinkError>;
+
+    /// Removes tunl's route for `prefix` out of device `oif`; succeeds when
+    /// there is none.
+    async fn del(&mut self, prefix: Ipv4Network, oif: u32) -> Result<(), NetlinkError>;
+
+    /// Every route with tunl's tag that goes out of a device: `(prefix, oif)`.
+    async fn tagged(&mut self) -> Result<Vec<(Ipv4Network, u32)>, NetlinkError>;
+
+    /// The name of device `oif` if it exists and is a TUN device.
+    async fn tun_name(&mut self, oif: u32) -> Result<Option<String>, NetlinkError>;
+}
+
+/// [`KernelRoutes`] over netlink, for the TUN device `device`.
+#[derive(Debug, Clone)]
+pub struct NetlinkRoutes {
+    netlink: Netlink,
+    device: u32,
+}
+
+impl NetlinkRoutes {
+    /// The routes of device `device` over this connection.
+    pub fn new(netlink: Netlink, device: u32) -> Self {
+        NetlinkRoutes { netlink, device }
+    }
+}
+
+impl KernelRoutes for NetlinkRoutes {
+    fn device(&self) -> u32 {
+        self.device
+    }
+
+    async fn add(&mut self, prefix: Ipv4Network, via: Ipv4Addr) -> Result<(), NetlinkError> {
+        self.netlink
+            .add_route(prefix, via, self.device, ROUTE_PROTOCOL)
+            .await
+    }
+
+    async fn del(&mut self, prefix: Ipv4Network, oif: u32) -> Result<(), NetlinkError> {
+        self.netlink.del_route(prefix, oif, ROUTE_PROTOCOL).await
+    }
+
+    async fn tagged(&mut self) -> Result<Vec<(Ipv4Network, u32)>, NetlinkError> {
+        let routes = self.netlink.routes_with_protocol(ROUTE_PROTOCOL).await?;
+        Ok(routes
+            .into_iter()
+            .filter_map(|(prefix, _, oif)| Some((prefix, oif?)))
+            .collect())
+    }
+
+    async fn tun_name(&mut self, oif: u32) -> Result<Option<String>, NetlinkError> {
+        Ok(match self.netlink.link_name_and_tun(oif).await? {
+            Some((name, true)) => Some(name),
+            _ => None,
+        })
+    }
+}
+
+/// Keeps the kernel's routes and the dataplane's LPM table in step.
+pub struct RouteManager<K> {
+    writer: RouteWriter<Ipv4Addr>,
+    kernel: K,
+    shared: Arc<Shared>,
+    count: Arc<AtomicUsize>,
+}
+
+impl<K: KernelRoutes> RouteManager<K> {
+    /// A manager of the (empty) LPM table behind `writer` and of `kernel`,
+    /// keeping the policy's accepted next hops in `shared` in step.
+    pub fn new(writer: RouteWriter<Ipv4Addr>, kernel: K, shared: Arc<Shared>) -> Self {
+        RouteManager {
+            writer,
+            kernel,
+            shared,
+            count: Arc::new(AtomicUsize::new(0)),
+        }
+    }
+
+    /// Current routes, block to next hop.
+    pub fn routes(&self) -> Routes {
+        self.writer.snapshot().into_iter().collect()
+    }
+
+    /// The number of routes, kept for the metrics endpoint.
+    pub fn count(&self) -> Arc<AtomicUsize> {
+        self.count.clone()
+    }
+
+    /// The state shared with the dataplane.
+    pub fn shared(&self) -> &Arc<Shared> {
+        &self.shared
+    }
+
+    /// The kernel side (tests look at the fake's record).
+    #[cfg(test)]
+    pub(crate) fn kernel(&self) -> &K {
+        &self.kernel
+    }
+
+    /// The kernel side, to set up the fake.
+    #[cfg(test)]
+    pub(crate) fn kernel_mut(&mut self) -> &mut K {
+        &mut self.kernel
+    }
+
+    /// Makes the route set equal to `wanted`, all or nothing: the dataplane
+    /// learns new routes before the kernel sends packets for them, and forgets
+    /// old ones after the kernel stopped. Unchanged routes are not touched, so
+    /// they carry packets throughout. When the kernel refuses a change, the
+    /// changes made so far are undone (kernel and LPM) and the error returned.
+    ///
+    /// # Errors
+    /// [`RouteError`]: a prefix another live tunl instance routes, a failed
+    /// check for one, or a kernel refusal; in each case nothing was changed.
+    pub async fn apply(&mut self, wanted: &Routes) -> Result<RouteChange, RouteError> {
+        let current = self.routes();
+        let added: Vec<(Ipv4Network, Ipv4Addr)> = wanted
+            .iter()
+            .filter(|(p, v)| current.get(p) != Some(v))
+            .map(|(p, v)| (*p, *v))
+            .collect();
+        let removed: Vec<Ipv4Network> = current
+            .keys()
+            .filter(|p| !wanted.contains_key(p))
+            .copied()
+            .collect();
+        let change = RouteChange {
+            added: added
+                .iter()
+                .map(|(prefix, via)| control::Route {
+                    prefix: *prefix,
+                    via: *via,
+                })
+                .collect(),
+            removed: removed.clone(),
+            unchanged: wanted.len() - added.len(),
+        };
+        if added.is_empty() && removed.is_empty() {
+            return Ok(change);
+        }
+        let new = |p: &Ipv4Network| !current.contains_key(p) && wanted.contains_key(p);
+        if added.iter().any(|(p, _)| new(p)) {
+            let held = self
+                .routed_by_another_instance(new)
+                .await
+                .map_err(|source| RouteError::OtherInstanceCheck { source })?;
+            if let Some((prefix, device)) = held {
+                return Err(RouteError::HeldByAnotherInstance { prefix, device });
+            }
+        }
+        self.update_policy_vias(current.values().chain(wanted.values()).copied());
+        self.writer
+            .apply(added.iter().map(|(p, v)| RouteOp::Insert(*p, *v)));
+        let mut installed = Vec::new();
+        let mut deleted = Vec::new();
+        let result = self
+            .change_kernel(&added, &removed, &mut installed, &mut deleted)
+            .await;
+        if let Err(e) = result {
+            self.roll_back(&current, &added, &installed, &deleted).await;
+            return Err(e);
+        }
+        self.writer
+            .apply(removed.iter().map(|p| RouteOp::Remove(*p)));
+        self.update_policy_vias(wanted.values().copied());
+        self.count.store(wanted.len(), Ordering::Relaxed);
+        Ok(change)
+    }
+
+    /// Installs `added`, then removes `removed`, until the kernel refuses
+    /// one; records what it did in `installed` and `deleted`.
+    async fn change_kernel(
+        &mut self,
+        added: &[(Ipv4Network, Ipv4Addr)],
+        removed: &[Ipv4Network],
+        installed: &mut Vec<Ipv4Network>,
+        deleted: &mut Vec<Ipv4Network>,
+    ) -> Result<(), RouteError> {
+        for &(prefix, via) in added {
+            self.kernel
+                .add(prefix, via)
+                .await
+                .map_err(|source| RouteError::Install {
+                    prefix,
+                    via,
+                    source,
+                })?;
+            info!(%prefix, %via, "route installed");
+            installed.push(prefix);
+        }
+        let device = self.kernel.device();
+        for &prefix in removed {
+            self.kernel
+                .del(prefix, device)
+                .await
+                .map_err(|source| RouteError::Remove { prefix, source })?;
+            info!(%prefix, "route removed");
+            deleted.push(prefix);
+        }
+        Ok(())
+    }
+
+    /// Undoes a partly applied change: kernel routes first, then the LPM.
+    async fn roll_back(
+        &mut self,
+        before: &Routes,
+        added: &[(Ipv4Network, Ipv4Addr)],
+        installed: &[Ipv4Network],
+        deleted: &[Ipv4Network],
+    ) {
+        let device = self.kernel.device();
+        for prefix in deleted.iter().chain(installed) {
+            let result = match before.get(prefix) {
+                Some(via) => self.kernel.add(*prefix, *via).await,
+                None => self.kernel.del(*prefix, device).await,
+            };
+            if let Err(e) = result {
+                error!(%prefix, error = %e, "cannot roll back a kernel route");
+            }
+        }
+        self.writer
+            .apply(added.iter().map(|(p, _)| match before.get(p) {
+                Some(via) => RouteOp::Insert(*p, *via),
+                None => RouteOp::Remove(*p),
+            }));
+        self.update_policy_vias(before.values().copied());
+        warn!("route change rolled back");
+    }
+
+    fn update_policy_vias(&self, vias: impl Iterator<Item = Ipv4Addr>) {
+        let mut policy = Policy::clone(&self.shared.policy.load());
+        policy.set_vias(vias);
+        self.shared.policy.store(Arc::new(policy));
+    }
+
+    /// Removes every kernel route this instance installed, and empties the
+    /// LPM (the daemon is stopping).
+    pub async fn remove_all(&mut self) {
+        let device = self.kernel.device();
+        for (prefix, _) in self.writer.snapshot() {
+            if let Err(e) = self.kernel.del(prefix, device).await {
+                warn!(%prefix, error = %e, "cannot remove kernel route");
+            }
+        }
+        self.writer.replace_all(std::iter::empty());
+        self.count.store(0, Ordering::Relaxed);
+    }
+
+    /// Removes kernel routes with tunl's tag that `wanted` does not name:
+    /// left by a daemon that was killed while its device persisted, or moved
+    /// by hand. Routes on another TUN device are left alone: a
+    /// non-persistent TUN device exists only while a process holds it, so
+    /// they belong to another live tunl instance (another `tunnel.name`).
+    /// Wanted routes are left to [`RouteManager::apply`]: installing one on
+    /// our device replaces it, unless another live instance holds it, which
+    /// `apply` refuses.
+    pub async fn remove_stale(&mut self, wanted: &Routes) {
+        let existing = match self.kernel.tagged().await {
+            Ok(routes) => routes,
+            Err(e) => {
+                warn!(error = %e, "cannot list routes with tunl's tag; stale ones are not removed");
+                return;
+            }
+        };
+        let device = self.kernel.device();
+        for (prefix, oif) in existing {
+            if wanted.contains_key(&prefix) {
+                continue;
+            }
+            if oif != device {
+                match self.kernel.tun_name(oif).await {
+                    Ok(Some(dev)) => {
+                        info!(%prefix, device = %dev, "route with tunl's tag on another TUN device (another tunl instance?) left alone");
+                        continue;
+                    }
+                    Ok(None) => {}
+                    Err(e) => {
+                        warn!(%prefix, error = %e, "cannot tell whose route this is; left alone");
+                        continue;
+                    }
+                }
+            }
+            match self.kernel.del(prefix, oif).await {
+                Ok(()) => info!(%prefix, "stale tunl route removed"),
+                Err(e) => warn!(%prefix, error = %e, "cannot remove stale tunl route"),
+            }
+        }
+    }
+
+    /// The first route with tunl's tag whose prefix is `wanted` and which
+    /// goes out of another TUN device that still exists: a TUN device lives
+    /// only while a process holds it, so another tunl instance routes that
+    /// prefix. Returns it with that device's name. Fails closed: a failed
+    /// lookup is an error, never taken for "no conflict".
+    async fn routed_by_another_instance(
+        &mut self,
+        wanted: impl Fn(&Ipv4Network) -> bool,
+    ) -> Result<Option<(Ipv4Network, String)>, NetlinkError> {
+        let device = self.kernel.device();
+        for (prefix, oif) in self.kernel.tagged().await? {
+            if oif != device && wanted(&prefix) {
+                if let Some(name) = self.kernel.tun_name(oif).await? {
+                    return Ok(Some((prefix, name)));
+                }
+            }
+        }
+        Ok(None)
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod fake {
+    //! A kernel routing table in memory, for tests without root.
+
+    use std::collections::BTreeMap;
+    use std::io;
+    use std::net::Ipv4Addr;
+
+    use ipnetwork::Ipv4Network;
+    use tunl_io::netlink::NetlinkError;
+    use tunl_routing::RouteReader;
+
+    use super::{KernelRoutes, Routes};
+
+    /// A call the route manager made, as the fake saw it.
+    #[derive(Debug, Clone, PartialEq, Eq)]
+    pub enum KernelCall {
+        /// `add(prefix, via)`.
+        Add(Ipv4Network, Ipv4Addr),
+        /// `del(prefix, oif)`.
+        Del(Ipv4Network, u32),
+        /// `tagged()`.
+        Tagged,
+        /// `tun_name(oif)`.
+        TunName(u32),
+    }
+
+    /// tunl's routes in a kernel that refuses what it is told to.
+    pub struct FakeKernel {
+        /// Our TUN device's index.
+        pub device: u32,
+        /// The kernel's routes with tunl's tag: prefix to (via, oif).
+        pub routes: BTreeMap<Ipv4Network, (Ipv4Addr, u32)>,
+        /// The TUN devices that exist, by index (ours included).
+        pub tun_devices: BTreeMap<u32, String>,
+        /// Calls that fail with EPERM, as the kernel refusing them.
+        pub refuse: Vec<KernelCall>,
+        /// Every call made, with the LPM table as the dataplane saw it then.
+        pub calls: Vec<(KernelCall, Routes)>,
+        lpm: RouteReader<Ipv4Addr>,
+    }
+
+    impl FakeKernel {
+        /// An empty kernel whose calls record the table behind `lpm`.
+        pub fn new(device: u32, lpm: RouteReader<Ipv4Addr>) -> Self {
+            FakeKernel {
+                device,
+                routes: BTreeMap::new(),
+                tun_devices: BTreeMap::from([(device, "tunl0".to_owned())]),
+                refuse: Vec::new(),
+                calls: Vec::new(),
+                lpm,
+            }
+        }
+
+        /// Our routes in the kernel: block to next hop.
+        pub fn ours(&self) -> Routes {
+            self.routes
+                .iter()
+                .filter(|(_, (_, oif))| *oif == self.device)
+                .map(|(p, (via, _))| (*p, *via))
+                .collect()
+        }
+
+        /// Just the calls, without the LPM states.
+        pub fn call_list(&self) -> Vec<KernelCall> {
+            self.calls.iter().map(|(c, _)| c.clone()).collect()
+        }
+
+        fn call(&mut self, call: KernelCall) -> Result<(), NetlinkError> {
+            let lpm = self.lpm.load().iter().collect();
+            let refused = self.refuse.contains(&call);
+            self.calls.push((call.clone(), lpm));
+            if refused {
+                return Err(NetlinkError::Kernel {
+                    op: format!("{call:?}"),
+                    source: io::Error::from_raw_os_error(nix::errno::Errno::EPERM as i32),
+                });
+            }
+            Ok(())
+        }
+    }
+
+    impl KernelRoutes for FakeKernel {
+        fn device(&self) -> u32 {
+            self.device
+        }
+
+        async fn add(&mut self, prefix: Ipv4Network, via: Ipv4Addr) -> Result<(), NetlinkError> {
+            self.call(KernelCall::Add(prefix, via))?;
+            self.routes.insert(prefix, (via, self.device));
+            Ok(())
+        }
+
+        async fn del(&mut self, prefix: Ipv4Network, oif: u32) -> Result<(), NetlinkError> {
+            self.call(KernelCall::Del(prefix, oif))?;
+            if self.routes.get(&prefix).is_some_and(|(_, o)| *o == oif) {
+                self.routes.remove(&prefix);
+            }
+            Ok(())
+        }
+
+        async fn tagged(&mut self) -> Result<Vec<(Ipv4Network, u32)>, NetlinkError> {
+            self.call(KernelCall::Tagged)?;
+            Ok(self.routes.iter().map(|(p, (_, oif))| (*p, *oif)).collect())
+        }
+
+        async fn tun_name(&mut self, oif: u32) -> Result<Option<String>, NetlinkError> {
+            self.call(KernelCall::TunName(oif))?;
+            Ok(self.tun_devices.get(&oif).cloned())
+        }
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use tunl_encap::TunnelSettings;
+    use tunl_routing::{RouteReader, RouteTable};
+
+    use super::fake::{FakeKernel, KernelCall};
+    use super::*;
+
+    pub(crate) const DEVICE: u32 = 7;
+
+    pub(crate) fn net(s: &str) -> Ipv4Network {
+        s.parse().unwrap()
+    }
+
+    pub(crate) fn node(last: u8) -> Ipv4Addr {
+        Ipv4Addr::new(172, 16, 36, last)
+    }
+
+    pub(crate) fn routes(list: &[(&str, u8)]) -> Routes {
+        list.iter().map(|(p, n)| (net(p), node(*n))).collect()
+    }
+
+    /// A manager over a fake kernel, with the LPM reader the fake records.
+    pub(crate) fn manager() -> (RouteManager<FakeKernel>, RouteReader<Ipv4Addr>) {
+        let (writer, reader) = RouteTable::new();
+        let shared = Arc::new(Shared::new(Policy {
+            settings: TunnelSettings::new(Ipv4Addr::new(172, 16, 35, 4)),
+            vias: Vec::new(),
+            allow: Vec::new(),
+            blocks: Vec::new(),
+            allow_nested: false,
+        }));
+        let kernel = FakeKernel::new(DEVICE, reader.clone());
+        (RouteManager::new(writer, kernel, shared), reader)
+    }
+
+    fn lpm(reader: &RouteReader<Ipv4Addr>) -> Routes {
+        reader.load().iter().collect()
+    }
+
+    fn vias(m: &RouteManager<FakeKernel>) -> Vec<Ipv4Addr> {
+        m.shared.policy.load().vias.clone()
+    }
+
+    fn run<F: std::future::Future>(f: F) -> F::Output {
+        tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap()
+            .block_on(f)
+    }
+
+    #[test]
+    fn the_lpm_learns_a_route_before_the_kernel_and_forgets_it_after() {
+        let (mut m, reader) = manager();
+        let first = routes(&[("10.20.1.0/26", 5), ("10.20.2.0/26", 6)]);
+        let change = run(m.apply(&first)).unwrap();
+        assert_eq!(change.added.len(), 2);
+        assert_eq!((change.removed.len(), change.unchanged), (0, 0));
+        assert_eq!(m.kernel.ours(), first);
+        assert_eq!(lpm(&reader), first);
+        assert_eq!(vias(&m), vec![node(5), node(6)]);
+        assert_eq!(m.count.load(Ordering::Relaxed), 2);
+        // New prefixes: the other-instance check, then the adds, each
+        // with the route already in the LPM.
+        assert_eq!(m.kernel.calls[0].0, KernelCall::Tagged);
+        for (call, lpm_then) in &m.kernel.calls[1..] {
+            let KernelCall::Add(prefix, via) = call else {
+                panic!("unexpected call {call:?}");
+            };
+            assert_eq!(lpm_then.get(prefix), Some(via), "{call:?}: {lpm_then:?}");
+        }
+
+        m.kernel.calls.clear();
+        let second = routes(&[("10.20.1.0/26", 5)]);
+        let change = run(m.apply(&second)).unwrap();
+        assert_eq!(change.removed, vec![net("10.20.2.0/26")]);
+        assert_eq!(change.unchanged, 1);
+        let [(call, lpm_then)] = &m.kernel.calls[..] else {
+            panic!("one delete expected: {:?}", m.kernel.call_list());
+        };
+        assert_eq!(*call, KernelCall::Del(net("10.20.2.0/26"), DEVICE));
+        assert!(
+            lpm_then.contains_key(&net("10.20.2.0/26")),
+            "the LPM forgot the route before the kernel did"
+        );
+        assert_eq!(lpm(&reader), second);
+        assert_eq!(m.kernel.ours(), second);
+        assert_eq!(vias(&m), vec![node(5)]);
+        assert_eq!(m.count.load(Ordering::Relaxed), 1);
+    }
+
+    #[test]
+    fn an_add_refused_after_others_succeeded_changes_nothing() {
+        let (mut m, reader) = manager();
+        let before = routes(&[("10.20.1.0/26", 5), ("10.20.2.0/26", 5)]);
+        run(m.apply(&before)).unwrap();
+        // 10.20.2.0/26 moves to node 6, 10.20.3.0/26 is new, 10.20.4.0/26
+        // is new and refused: the first two were done by then.
+        let wanted = routes(&[
+            ("10.20.1.0/26", 5),
+            ("10.20.2.0/26", 6),
+            ("10.20.3.0/26", 6),
+            ("10.20.4.0/26", 7),
+        ]);
+        m.kernel.refuse = vec![KernelCall::Add(net("10.20.4.0/26"), node(7))];
+        m.kernel.calls.clear();
+        let e = run(m.apply(&wanted)).unwrap_err();
+        assert!(
+            matches!(&e, RouteError::Install { prefix, .. } if *prefix == net("10.20.4.0/26")),
+            "{e:?}"
+        );
+        let text = e.to_string();
+        assert!(
+            text.contains("cannot install route 10.20.4.0/26 via 172.16.36.7"),
+            "{text}"
+        );
+        assert!(text.ends_with("nothing was changed"), "{text}");
+        assert!(
+            m.kernel
+                .call_list()
+                .contains(&KernelCall::Add(net("10.20.3.0/26"), node(6))),
+            "the refusal came after other adds: {:?}",
+            m.kernel.call_list()
+        );
+        assert_eq!(m.kernel.ours(), before, "kernel as before");
+        assert_eq!(lpm(&reader), before, "LPM as before");
+        assert_eq!(m.routes(), before);
+        assert_eq!(vias(&m), vec![node(5)]);
+        assert_eq!(m.count.load(Ordering::Relaxed), 2);
+    }
+
+    #[test]
+    fn a_delete_refused_changes_nothing() {
+        let (mut m, reader) = manager();
+        let before = routes(&[
+            ("10.20.1.0/26", 5),
+            ("10.20.2.0/26", 6),
+            ("10.20.3.0/26", 6),
+        ]);
+        run(m.apply(&before)).unwrap();
+        // Add one, remove two; the second removal is refused.
+        let wanted = routes(&[("10.20.1.0/26", 5), ("10.20.9.0/26", 8)]);
+        m.kernel.refuse = vec![KernelCall::Del(net("10.20.3.0/26"), DEVICE)];
+        m.kernel.calls.clear();
+        let e = run(m.apply(&wanted)).unwrap_err();
+        assert!(matches!(e, RouteError::Remove { .. }), "{e:?}");
+        let text = e.to_string();
+        assert!(text.contains("cannot remove route 10.20.3.0/26"), "{text}");
+        assert!(text.ends_with("nothing was changed"), "{text}");
+        let calls = m.kernel.call_list();
+        assert!(
+            calls.contains(&KernelCall::Del(net("10.20.2.0/26"), DEVICE)),
+            "{calls:?}"
+        );
+        assert_eq!(m.kernel.ours(), before, "kernel as before: {calls:?}");
+        assert_eq!(lpm(&reader), before, "LPM as before");
+        assert_eq!(vias(&m), vec![node(5), node(6)]);
+        // The rollback put the deleted route back before the LPM dropped
+        // the added one: the kernel never had a route the LPM lacked.
+        for (call, lpm_then) in &m.kernel.calls {
+            if let KernelCall::Add(prefix, via) = call {
+                assert_eq!(lpm_then.get(prefix), Some(via), "{call:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn a_prefix_another_instance_routes_is_refused_before_anything_changes() {
+        let (mut m, reader) = manager();
+        m.kernel.routes.insert(net("10.97.0.0/26"), (node(5), 9));
+        m.kernel.tun_devices.insert(9, "tunl9".to_owned());
+        // A route on a device that is not TUN (moved by hand) is no conflict.
+        m.kernel.routes.insert(net("10.98.0.0/26"), (node(5), 2));
+        let e = run(m.apply(&routes(&[("10.20.1.0/26", 5), ("10.97.0.0/26", 6)]))).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "route 10.97.0.0/26 is already installed by tunl on the TUN device tunl9 \
+             (another tunl instance?); stop it or remove the route from one of them; \
+             nothing was changed"
+        );
+        assert!(
+            !m.kernel
+                .call_list()
+                .iter()
+                .any(|c| matches!(c, KernelCall::Add(..) | KernelCall::Del(..))),
+            "{:?}",
+            m.kernel.call_list()
+        );
+        assert!(lpm(&reader).is_empty());
+        run(m.apply(&routes(&[("10.98.0.0/26", 6)]))).unwrap();
+        assert_eq!(m.kernel.ours(), routes(&[("10.98.0.0/26", 6)]));
+    }
+
+    #[test]
+    fn the_other_instance_check_fails_closed() {
+        let (mut m, reader) = manager();
+        m.kernel.refuse = vec![KernelCall::Tagged];
+        let e = run(m.apply(&routes(&[("10.20.1.0/26", 5)]))).unwrap_err();
+        assert!(matches!(e, RouteError::OtherInstanceCheck { .. }), "{e:?}");
+        assert!(e.to_string().ends_with("nothing was changed"), "{e}");
+        assert!(lpm(&reader).is_empty());
+        assert!(m.kernel.routes.is_empty());
+    }
+
+    #[test]
+    fn moving_a_route_needs_no_other_instance_check() {
+        let (mut m, _) = manager();
+        run(m.apply(&routes(&[("10.20.1.0/26", 5)]))).unwrap();
+        m.kernel.calls.clear();
+        let change = run(m.apply(&routes(&[("10.20.1.0/26", 6)]))).unwrap();
+        assert_eq!(change.added.len(), 1);
+        assert_eq!(
+            m.kernel.call_list(),
+            vec![KernelCall::Add(net("10.20.1.0/26"), node(6))]
+        );
+        m.kernel.calls.clear();
+        let change = run(m.apply(&routes(&[("10.20.1.0/26", 6)]))).unwrap();
+        assert_eq!((change.added.len(), change.unchanged), (0, 1));
+        assert!(m.kernel.calls.is_empty(), "nothing to do, nothing done");
+    }
+
+    #[test]
+    fn stale_routes_go_and_other_instances_routes_stay() {
+        let (mut m, _) = manager();
+        let k = &mut m.kernel;
+        k.routes.insert(net("10.20.1.0/26"), (node(5), DEVICE)); // wanted
+        k.routes.insert(net("10.20.2.0/26"), (node(5), DEVICE)); // stale, ours
+        k.routes.insert(net("10.20.3.0/26"), (node(5), 2)); // moved by hand
+        k.routes.insert(net("10.97.0.0/26"), (node(5), 9)); // another instance
+        k.tun_devices.insert(9, "tunl9".to_owned());
+        run(m.remove_stale(&routes(&[("10.20.1.0/26", 6)])));
+        let left: Vec<_> = m.kernel.routes.keys().copied().collect();
+        assert_eq!(left, vec![net("10.20.1.0/26"), net("10.97.0.0/26")]);
+    }
+
+    #[test]
+    fn remove_all_empties_kernel_and_lpm() {
+        let (mut m, reader) = manager();
+        m.kernel.routes.insert(net("10.97.0.0/26"), (node(5), 9));
+        m.kernel.tun_devices.insert(9, "tunl9".to_owned());
+        run(m.apply(&routes(&[("10.20.1.0/26", 5), ("10.20.2.0/26", 6)]))).unwrap();
+        run(m.remove_all());
+        assert!(m.kernel.ours().is_empty());
+        assert!(lpm(&reader).is_empty());
+        assert_eq!(m.count.load(Ordering::Relaxed), 0);
+        assert!(
+            m.kernel.routes.contains_key(&net("10.97.0.0/26")),
+            "another instance's route stays"
+        );
+    }
+}

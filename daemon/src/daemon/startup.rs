@@ -1,0 +1,402 @@
+//! The steps of `tunl run` up to a running dataplane, each a function with
+//! its own error, called in order by [`super::lifecycle`]:
+//!
+//! 1. look up `security.user` (a config error if there is none);
+//! 2. open netlink and check that the device name is free;
+//! 3. bind the control socket, before anything is created, so a second
+//!    daemon on the same socket stops without touching the device or routes;
+//! 4. find the underlay interface (the one holding `tunnel.local`) and
+//!    derive the tunnel MTU from it ([`tunnel_mtu`], config errors naming the
+//!    key when the host cannot carry it);
+//! 5. create the TUN device and open the raw receive sockets;
+//! 6. bind the metrics listener;
+//! 7. drop privileges and start the dataplane ([`start_dataplane`]): see
+//!    [`super::privileges`] for the order.
+
+use std::net::Ipv4Addr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use nix::unistd::User;
+use tokio::net::{TcpListener, UnixListener};
+use tracing::warn;
+use tunl_io::netlink::Netlink;
+use tunl_io::{IcmpReceiver, IpipReceiver, Tun, TunConfig};
+use tunl_routing::RouteReader;
+
+use super::error::DaemonError;
+use super::privileges;
+use crate::config::{Config, ConfigError, MAX_MTU, MIN_MTU};
+use crate::control;
+use crate::dataplane::{Policy, Router, RouterIo, Shared, WorkerOptions};
+
+/// The outer IPv4 header each tunnel packet carries on the underlay.
+const OUTER_HEADER: u32 = 20;
+
+/// The interface holding `tunnel.local`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) struct Underlay {
+    /// Its index.
+    pub ifindex: u32,
+    /// Its name.
+    pub name: String,
+    /// Its MTU.
+    pub mtu: u32,
+}
+
+/// Step 1: the user to switch to (`security.user`), looked up before
+/// anything is set up.
+pub(super) fn look_up_user(config: &Config) -> Result<Option<User>, ConfigError> {
+    config
+        .security
+        .user
+        .as_deref()
+        .map(|name| {
+            privileges::look_up_user(name)
+                .map_err(|e| config.invalid("security.user", e.to_string()))
+        })
+        .transpose()
+}
+
+/// Step 2: the netlink connection of the control plane.
+pub(super) fn open_netlink() -> Result<Netlink, DaemonError> {
+    Netlink::new().map_err(|source| DaemonError::NetlinkOpen { source })
+}
+
+/// Step 2: refuses a `tunnel.name` another device holds.
+pub(super) async fn check_device_free(
+    netlink: &Netlink,
+    config: &Config,
+) -> Result<(), DaemonError> {
+    let name = &config.tunnel.name;
+    if netlink.link_index(name).await?.is_some() {
+        return Err(DaemonError::DeviceExists { name: name.clone() });
+    }
+    Ok(())
+}
+
+/// The control socket file, removed when the daemon stops.
+pub(super) struct SocketFile(PathBuf);
+
+impl Drop for SocketFile {
+    fn drop(&mut self) {
+        // Best effort: after a user switch the folder may not be writable.
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+/// Step 3: the control socket, and the guard that removes its file.
+pub(super) fn bind_control(config: &Config) -> Result<(UnixListener, SocketFile), DaemonError> {
+    let listener = control::bind(&config.control.socket)?;
+    Ok((listener, SocketFile(config.control.socket.clone())))
+}
+
+/// Step 4: the interface holding `tunnel.local`, if any.
+pub(super) async fn find_underlay(
+    netlink: &Netlink,
+    config: &Config,
+) -> Result<Option<Underlay>, DaemonError> {
+    let found = netlink.interface_with_address(config.tunnel.local).await?;
+    Ok(found.map(|(ifindex, name, mtu)| Underlay { ifindex, name, mtu }))
+}
+
+/// Step 4: the tunnel MTU: `tunnel.mtu`, which must fit the underlay, or
+/// the underlay's MTU less the outer header. A host that cannot carry the
+/// config is a config error naming the key. Without an underlay (allowed
+/// with `tunnel.mtu`) it warns: IPIP addressed to `tunnel.local` will not
+/// arrive.
+pub(super) fn tunnel_mtu(config: &Config, underlay: Option<&Underlay>) -> Result<u16, ConfigError> {
+    let local = config.tunnel.local;
+    let mtu = match (config.tunnel.mtu, underlay) {
+        (Some(mtu), Some(u)) if u32::from(mtu) + OUTER_HEADER > u.mtu => {
+            return Err(config.invalid(
+                "tunnel.mtu",
+                format!(
+                    "{mtu} does not fit the underlay: {} has MTU {}, so the tunnel MTU can be at most {}",
+                    u.name,
+                    u.mtu,
+                    u.mtu.saturating_sub(OUTER_HEADER)
+                ),
+            ));
+        }
+        (Some(mtu), Some(_)) => mtu,
+        (Some(mtu), None) => {
+            warn!(%local, "tunnel.local is not an address of any interface: IPIP addressed to it will not arrive");
+            mtu
+        }
+        (None, Some(u)) => {
+            let derived = u.mtu.saturating_sub(OUTER_HEADER).min(u32::from(MAX_MTU));
+            let derived = u16::try_from(derived).unwrap_or(MAX_MTU);
+            if derived < MIN_MTU {
+                return Err(config.invalid(
+                    "tunnel.local",
+                    format!(
+                        "{local} is on {}, whose MTU {} leaves a tunnel MTU of {derived}, \
+                         below the IPv4 minimum of {MIN_MTU}",
+                        u.name, u.mtu
+                    ),
+                ));
+            }
+            derived
+        }
+        (None, None) => {
+            return Err(config.invalid(
+                "tunnel.local",
+                format!(
+                    "{local} is not an address of any interface here, so the MTU \
+                     cannot be derived; add the address or set tunnel.mtu"
+                ),
+            ));
+        }
+    };
+    Ok(mtu)
+}
+
+/// The TUN device, created.
+pub(super) struct Device {
+    /// The device and its queues.
+    pub tun: Tun,
+    /// Its index.
+    pub ifindex: u32,
+}
+
+/// Step 5: creates the TUN device (MTU, address, up, one queue per worker)
+/// and, with offloads, caps its GSO segments to what a worker reads at once.
+pub(super) async fn create_device(
+    netlink: &Netlink,
+    config: &Config,
+    mtu: u16,
+) -> Result<Device, DaemonError> {
+    let name = &config.tunnel.name;
+    let tun = Tun::create(&TunConfig {
+        name: name.clone(),
+        mtu,
+        ipv4: config.tunnel.address.map(|a| (a.ip(), a.prefix())),
+        offload: config.dataplane.offload,
+        queues: config.dataplane.workers,
+        tx_queue_len: config.dataplane.tx_queue_len,
+    })
+    .map_err(|source| DaemonError::Device {
+        name: name.clone(),
+        source,
+    })?;
+    let ifindex = netlink
+        .link_index(name)
+        .await?
+        .ok_or_else(|| DaemonError::DeviceVanished { name: name.clone() })?;
+    if tun.offload() {
+        // One read must fit the worker's ring: the kernel segments longer
+        // TSO bursts (tiny MSS) itself.
+        let segs = crate::dataplane::worker::TX_READ_ROOM as u32;
+        if let Err(e) = netlink.set_gso_max_segs(ifindex, segs).await {
+            warn!(error = %e, "cannot cap the device's GSO segments; TSO bursts of more than {segs} segments will be dropped");
+        }
+    }
+    Ok(Device { tun, ifindex })
+}
+
+/// The raw receive sockets: IPIP from the nodes, ICMP errors from the
+/// underlay.
+pub(super) struct Receivers {
+    ipip: IpipReceiver,
+    icmp: IcmpReceiver,
+}
+
+/// Step 5: opens the raw receive sockets.
+pub(super) fn open_receivers(config: &Config) -> Result<Receivers, DaemonError> {
+    let ipip = IpipReceiver::open(config.dataplane.socket_buffer).map_err(|source| {
+        DaemonError::Socket {
+            kind: "IPIP",
+            source,
+        }
+    })?;
+    let icmp = IcmpReceiver::open().map_err(|source| DaemonError::Socket {
+        kind: "ICMP",
+        source,
+    })?;
+    Ok(Receivers { ipip, icmp })
+}
+
+/// Step 6: the metrics listener, if `metrics.listen` is set.
+pub(super) async fn bind_metrics(config: &Config) -> Result<Option<TcpListener>, DaemonError> {
+    let Some(addr) = config.metrics.listen else {
+        return Ok(None);
+    };
+    crate::metrics::bind(addr)
+        .await
+        .map(Some)
+        .map_err(|source| DaemonError::Metrics { addr, source })
+}
+
+/// What the dataplane needs of the config, at a tunnel MTU.
+pub(super) fn policy_for(config: &Config, mtu: u16) -> Policy {
+    let mut policy = Policy {
+        settings: config.tunnel_settings(mtu),
+        vias: Vec::new(),
+        allow: config.security.allow.clone(),
+        blocks: config.tunnel.blocks.clone(),
+        allow_nested: config.security.allow_nested,
+    };
+    policy.set_vias(config.routes.iter().map(|r| r.via));
+    policy
+}
+
+/// What [`start_dataplane`] starts the workers with.
+pub(super) struct DataplaneParts<'a> {
+    /// The TUN device.
+    pub device: Device,
+    /// The raw receive sockets.
+    pub receivers: Receivers,
+    /// The LPM the route manager writes.
+    pub routes: &'a RouteReader<Ipv4Addr>,
+    /// State shared with the control plane.
+    pub shared: Arc<Shared>,
+    /// The tunnel MTU.
+    pub mtu: u16,
+    /// The underlay device for AF_PACKET transmit ([`packet_tx_device`]).
+    pub packet_tx: Option<u32>,
+}
+
+/// The device AF_PACKET transmit goes out of, with `[dataplane] packet_tx`:
+/// the one holding `tunnel.local`.
+pub(super) fn packet_tx_device(config: &Config, underlay: Option<&Underlay>) -> Option<u32> {
+    config
+        .dataplane
+        .packet_tx
+        .then(|| underlay.map(|u| u.ifindex))
+        .flatten()
+}
+
+/// Step 7: everything privileged is open: drops to [`privileges::DATAPLANE_START`]
+/// (and to `user`), then starts the workers, which drop every capability
+/// themselves. The caller then keeps only [`privileges::CONTROL_PLANE`]
+/// ([`privileges::keep_control_plane_only`]).
+pub(super) fn start_dataplane(
+    config: &Config,
+    user: Option<&User>,
+    parts: DataplaneParts<'_>,
+) -> Result<Router, DaemonError> {
+    privileges::drop_to(user, privileges::DATAPLANE_START)?;
+    Router::start(
+        RouterIo {
+            queues: parts.device.tun.into_queues(),
+            ipip: parts.receivers.ipip,
+            icmp: parts.receivers.icmp,
+            socket_buffer: config.dataplane.socket_buffer,
+            packet_tx: parts.packet_tx,
+        },
+        parts.routes,
+        parts.shared,
+        WorkerOptions {
+            tunnel_mtu: parts.mtu,
+            icmp_rate: config.dataplane.icmp_rate,
+            busy_poll: Duration::from_micros(config.dataplane.busy_poll_us.into()),
+        },
+    )
+    .map_err(|source| DaemonError::DataplaneStart { source })
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use super::*;
+
+    fn config(extra: &str) -> Config {
+        let text = format!("[tunnel]\nlocal = \"172.16.35.4\"\n{extra}");
+        Config::parse(&text, Path::new("t.toml")).unwrap()
+    }
+
+    fn eth0(mtu: u32) -> Underlay {
+        Underlay {
+            ifindex: 2,
+            name: "eth0".to_owned(),
+            mtu,
+        }
+    }
+
+    fn key_and_problem(e: ConfigError) -> (String, String) {
+        match e {
+            ConfigError::Invalid { key, problem, .. } => (key, problem),
+            other => panic!("expected an invalid key, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn the_mtu_is_derived_from_the_underlay() {
+        assert_eq!(tunnel_mtu(&config(""), Some(&eth0(1500))).unwrap(), 1480);
+        assert_eq!(tunnel_mtu(&config(""), Some(&eth0(9000))).unwrap(), 8980);
+        assert_eq!(
+            tunnel_mtu(&config(""), Some(&eth0(65536 + 100))).unwrap(),
+            MAX_MTU
+        );
+        assert_eq!(
+            tunnel_mtu(&config(""), Some(&eth0(88))).unwrap(),
+            MIN_MTU,
+            "the smallest underlay that carries IPv4 through the tunnel"
+        );
+    }
+
+    #[test]
+    fn a_configured_mtu_must_fit_the_underlay() {
+        let c = config("mtu = 1400\n");
+        assert_eq!(tunnel_mtu(&c, Some(&eth0(1500))).unwrap(), 1400);
+        assert_eq!(tunnel_mtu(&c, Some(&eth0(1420))).unwrap(), 1400);
+        assert_eq!(tunnel_mtu(&c, None).unwrap(), 1400, "no underlay to check");
+        let (key, problem) = key_and_problem(tunnel_mtu(&c, Some(&eth0(1419))).unwrap_err());
+        assert_eq!(key, "tunnel.mtu");
+        assert_eq!(
+            problem,
+            "1400 does not fit the underlay: eth0 has MTU 1419, so the tunnel MTU can be at most 1399"
+        );
+    }
+
+    #[test]
+    fn an_underlay_the_host_cannot_use_names_tunnel_local() {
+        let (key, problem) = key_and_problem(tunnel_mtu(&config(""), None).unwrap_err());
+        assert_eq!(key, "tunnel.local");
+        assert!(
+            problem.contains("not an address of any interface"),
+            "{problem}"
+        );
+        let (key, problem) = key_and_problem(tunnel_mtu(&config(""), Some(&eth0(87))).unwrap_err());
+        assert_eq!(key, "tunnel.local");
+        assert!(
+            problem.contains(&format!(
+                "tunnel MTU of 67, below the IPv4 minimum of {MIN_MTU}"
+            )),
+            "{problem}"
+        );
+    }
+
+    #[test]
+    fn a_missing_user_is_a_config_error() {
+        let c = config("[security]\nuser = \"tunl-no-such-user\"\n");
+        let (key, problem) = key_and_problem(look_up_user(&c).unwrap_err());
+        assert_eq!(key, "security.user");
+        assert!(
+            problem.contains("no user \"tunl-no-such-user\""),
+            "{problem}"
+        );
+        assert!(look_up_user(&config("")).unwrap().is_none());
+        let root = look_up_user(&config("[security]\nuser = \"root\"\n")).unwrap();
+        assert_eq!(root.map(|u| u.uid.as_raw()), Some(0));
+    }
+
+    #[test]
+    fn the_policy_accepts_every_routes_node() {
+        let c = config(
+            "blocks = [\"10.20.42.0/26\"]\n[[route]]\nprefix = \"10.20.1.0/26\"\nvia = \"172.16.36.6\"\n\
+             [[route]]\nprefix = \"10.20.2.0/26\"\nvia = \"172.16.36.5\"\n\
+             [[route]]\nprefix = \"10.20.3.0/26\"\nvia = \"172.16.36.6\"\n",
+        );
+        let p = policy_for(&c, 1400);
+        assert_eq!(
+            p.vias,
+            vec![Ipv4Addr::new(172, 16, 36, 5), Ipv4Addr::new(172, 16, 36, 6)]
+        );
+        assert_eq!(p.settings.mtu, 1400);
+        assert_eq!(p.blocks, c.tunnel.blocks);
+    }
+}
