@@ -36,7 +36,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use serde::Serialize;
 
 use crate::testbed::{DaemonOptions, TunlCluster, node_config};
-use crate::topology::{Cluster, ClusterSpec, Overlay, ProcessOutput, TopologyError};
+use crate::topology::{self, Cluster, ClusterSpec, Overlay, ProcessOutput, TopologyError};
 use tunl::daemon::ROUTE_PROTOCOL;
 
 /// The pod that sends (on `node1.sit`).
@@ -583,18 +583,7 @@ fn write_file(path: &Path, text: &str) -> Result<(), BenchError> {
 
 /// Root, tools and binary, checked before anything is built.
 fn preflight(tunl_binary: &Path) -> Result<(), BenchError> {
-    const CAP_NET_ADMIN: u32 = 12;
-    const CAP_SYS_ADMIN: u32 = 21;
-    let caps = read_status_field(
-        &std::fs::read_to_string("/proc/self/status").unwrap_or_default(),
-        "CapEff",
-    )
-    .and_then(|hex| u64::from_str_radix(&hex, 16).ok())
-    .unwrap_or(0);
-    let needed = (1u64 << CAP_NET_ADMIN) | (1u64 << CAP_SYS_ADMIN);
-    if caps & needed != needed {
-        return Err(BenchError::NotPrivileged);
-    }
+    topology::check_privileges().map_err(|_| BenchError::NotPrivileged)?;
     for (tool, package) in [
         ("iperf3", "iperf3"),
         ("ping", "iputils-ping"),

@@ -72,7 +72,7 @@ pub use vxlan::{VXLAN_DEVICE, VXLAN_OVERHEAD, VXLAN_PORT, VXLAN_VNI};
 pub use wiring::{CALI_MAC, POD_GATEWAY};
 
 use spec::{node_plan, ns_name};
-use wiring::check_privileges;
+pub(crate) use wiring::check_privileges;
 
 /// Counter that makes automatic tags unique within this process.
 static NEXT_TAG: AtomicU32 = AtomicU32::new(0);

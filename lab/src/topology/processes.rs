@@ -11,6 +11,8 @@ use std::process::{Child, Command, ExitStatus, Stdio};
 use std::thread;
 use std::time::{Duration, Instant};
 
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
 use tracing::{debug, warn};
 
 use super::{Cluster, TopologyError, checked, command_line, ip, ns_name};
@@ -303,11 +305,24 @@ fn stop_child(child: &mut Child) -> io::Result<ExitStatus> {
     child.wait()
 }
 
-/// Sends a signal with the shell's kill (this crate keeps `unsafe` out of `src/`).
+/// Sends `signal` (a number such as `libc::SIGTERM`; 0 only checks that the
+/// process exists) to the process `pid` with kill(2).
 fn send_signal(pid: u32, signal: i32) -> Result<(), TopologyError> {
-    // The shell's builtin, so no procps is needed; both are integers.
-    let script = format!("kill -{signal} {pid}");
-    checked(Command::new("sh").args(["-c", &script])).map(drop)
+    let failed = |source: io::Error| TopologyError::Io {
+        context: format!("sending signal {signal} to pid {pid}"),
+        source,
+    };
+    // 0, or a pid that wraps to a negative pid_t, would name a process group.
+    let pid = i32::try_from(pid)
+        .ok()
+        .filter(|&p| p > 0)
+        .map(Pid::from_raw)
+        .ok_or_else(|| failed(io::ErrorKind::InvalidInput.into()))?;
+    let signal = match signal {
+        0 => None,
+        n => Some(Signal::try_from(n).map_err(|e| failed(e.into()))?),
+    };
+    kill(pid, signal).map_err(|e| failed(e.into()))
 }
 
 fn open_log(path: &Path) -> Result<File, TopologyError> {
@@ -325,5 +340,37 @@ fn not_found_pid(pid: u32) -> TopologyError {
     TopologyError::NotFound {
         kind: "process",
         name: pid.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::process::ExitStatusExt;
+
+    use super::*;
+
+    #[test]
+    fn send_signal_reaches_the_process() {
+        let mut child = Command::new("sleep").arg("30").spawn().unwrap();
+        send_signal(child.id(), 0).expect("signal 0 finds a live process");
+        send_signal(child.id(), libc::SIGTERM).unwrap();
+        let status = child.wait().unwrap();
+        assert_eq!(status.signal(), Some(libc::SIGTERM), "{status}");
+        // Reaped: no such process any more.
+        assert!(send_signal(child.id(), 0).is_err());
+    }
+
+    #[test]
+    fn send_signal_never_names_a_process_group() {
+        // Signal 0 only probes, so a broken check cannot hurt the test run.
+        for pid in [0, u32::MAX, 1 << 31] {
+            let err = send_signal(pid, 0).unwrap_err();
+            assert!(
+                matches!(&err, TopologyError::Io { source, .. }
+                    if source.kind() == io::ErrorKind::InvalidInput),
+                "{pid}: {err}"
+            );
+        }
+        assert!(send_signal(std::process::id(), 1000).is_err());
     }
 }

@@ -8,6 +8,8 @@ use std::fmt::Write as _;
 use std::net::Ipv4Addr;
 use std::process::Command;
 
+use caps::{CapSet, Capability};
+
 use super::{Cluster, Overlay, TopologyError, UNDERLAY_PREFIX_LEN, checked, ip};
 
 /// The pods' default gateway, answered by proxy ARP on the node's `cali*` veth.
@@ -170,18 +172,11 @@ impl Cluster {
     }
 }
 
-/// Checks for CAP_NET_ADMIN and CAP_SYS_ADMIN in the effective set.
-pub(super) fn check_privileges() -> Result<(), TopologyError> {
-    const CAP_NET_ADMIN: u32 = 12;
-    const CAP_SYS_ADMIN: u32 = 21;
-    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    let caps = status
-        .lines()
-        .find_map(|l| l.strip_prefix("CapEff:"))
-        .and_then(|hex| u64::from_str_radix(hex.trim(), 16).ok())
-        .unwrap_or(0);
-    let needed = (1 << CAP_NET_ADMIN) | (1 << CAP_SYS_ADMIN);
-    if caps & needed == needed {
+/// Checks for CAP_NET_ADMIN and CAP_SYS_ADMIN in the effective set (an
+/// unreadable set counts as lacking them).
+pub(crate) fn check_privileges() -> Result<(), TopologyError> {
+    let has = |cap| caps::has_cap(None, CapSet::Effective, cap).unwrap_or(false);
+    if has(Capability::CAP_NET_ADMIN) && has(Capability::CAP_SYS_ADMIN) {
         Ok(())
     } else {
         Err(TopologyError::NotPrivileged)
