@@ -1,5 +1,7 @@
 //! `tunl bench`: encapsulation throughput, packet rate, latency, CPU and
-//! memory of tunl against the kernel on the same machine, in one run.
+//! memory of tunl against the kernel on the same machine, in one run, on
+//! [`crate::topology`] clusters (the kernel's paths) and a [`crate::testbed`]
+//! (tunl's).
 //!
 //! Three **paths** between the two pods of the seed cluster are measured,
 //! alternating within every round (round 1: direct, vxlan, tunl; round 2:

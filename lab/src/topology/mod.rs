@@ -1,6 +1,7 @@
-//! Network-namespace topologies: the seed article's Calico IPIP cluster, built
-//! in network namespaces for tunl's end-to-end tests, `tunl lab` and
-//! `tunl bench`.
+//! Building clusters: the seed article's Calico IPIP cluster in network
+//! namespaces, the bottom layer of the tooling. It knows nothing of tunl:
+//! [`crate::testbed`] starts the daemons on it, and the end-to-end tests,
+//! `tunl lab` and `tunl bench` use both.
 //!
 //! A [`Cluster`] is a set of **node** namespaces on one L2 underlay segment
 //! (a veth pair for two nodes, otherwise a bridge in a separate "switch"
