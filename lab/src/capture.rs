@@ -1,8 +1,9 @@
 //! Decoding a packet capture of the underlay: both IP layers of IPIP.
 //!
-//! The lab captures node1's underlay with `tcpdump -w` and prints each IPIP
-//! packet the way the seed article's Wireshark screenshot shows it: the outer
-//! header (node to node, protocol 4) and the inner one (pod to pod).
+//! [`crate::lab`] captures node1's underlay with `tcpdump -w` and prints
+//! each IPIP packet the way the seed article's Wireshark screenshot shows it:
+//! the outer header (node to node, protocol 4) and the inner one (pod to
+//! pod).
 
 use std::fmt;
 use std::fs::File;

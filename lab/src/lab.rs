@@ -1,11 +1,11 @@
 //! `tunl lab`: the seed article's Calico IPIP cluster, live, in one command.
 //!
-//! It builds the article's two nodes and two pods in network namespaces,
-//! starts a tunl daemon on each node in place of the kernel's tunl0, and
-//! walks through the article in its order: the routing tables, a ping between
-//! pods (ttl=62), a capture of the underlay showing both IP layers, a
-//! throughput figure, and the daemons' counters. Then it tears everything
-//! down, unless `--keep`.
+//! It builds the article's two nodes and two pods as a [`crate::testbed`]
+//! (a tunl daemon on each node in place of the kernel's tunl0) and walks
+//! through the article in its order: the routing tables, a ping between pods
+//! (ttl=62), a capture of the underlay showing both IP layers (decoded by
+//! [`crate::capture`]), a throughput figure, and the daemons' counters. Then
+//! it tears everything down, unless `--keep`.
 
 use std::io::Write;
 use std::net::Ipv4Addr;

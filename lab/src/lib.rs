@@ -1,15 +1,23 @@
 //! tunl's namespace tooling: the seed article's Calico IPIP cluster in
 //! network namespaces, for the end-to-end tests, `tunl lab` and `tunl bench`.
 //!
-//! - [`topology`]: builds clusters of node and pod namespaces (no overlay,
-//!   direct routes, or kernel VXLAN) and tears them down on drop;
-//! - [`testbed`]: a cluster with a tunl daemon on every node;
-//! - [`lab`]: `tunl lab`, the article walked through live;
-//! - [`bench`]: `tunl bench`, tunl against veth and kernel VXLAN in one run;
-//! - [`capture`]: decodes an underlay capture, both IP layers.
+//! One family, in layers; each module builds on the ones above it:
 //!
-//! Everything here needs root (network namespaces) and drives `ip`, `ping`,
-//! `iperf3` and `tcpdump` as subprocesses.
+//! - [`topology`]: building a cluster: node and pod namespaces on an
+//!   underlay, pods wired as Calico wires them, and between blocks nothing,
+//!   direct routes or kernel VXLAN; running and measuring inside it
+//!   (`ping`, `iperf3`); removing it all on drop. No tunl in it.
+//! - [`testbed`]: a topology cluster with a tunl daemon on every node
+//!   ([`testbed::TunlCluster`]), what the end-to-end tests in `tests/` run on.
+//! - [`lab`]: `tunl lab`, the article walked through live on a testbed.
+//! - [`bench`](mod@bench): `tunl bench`, tunl (on a testbed) against plain
+//!   veth and kernel VXLAN (topology clusters) in one run.
+//! - [`capture`]: decoding the underlay capture that `tunl lab` takes, both
+//!   IP layers of IPIP.
+//!
+//! Everything that builds namespaces needs root (`CAP_NET_ADMIN` and
+//! `CAP_SYS_ADMIN`) and drives `ip`, `ping`, `iperf3` and `tcpdump` as
+//! subprocesses; the parsers, the report and the capture decoder do not.
 
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]

@@ -1,4 +1,4 @@
-//! A namespace cluster with a tunl daemon on every node.
+//! A testbed: a [`crate::topology`] cluster with a tunl daemon on every node.
 //!
 //! [`TunlCluster`] builds a [`Cluster`] without an overlay, writes one config
 //! per node (its block, the routes to every other node's block), starts
