@@ -463,6 +463,7 @@ async fn run_async(config: Config) -> Result<(), DaemonError> {
             None
         }
     });
+    let pmtu = tokio::spawn(crate::dataplane::maintain_path_mtu(shared.clone()));
     let (calls_tx, calls) = mpsc::channel(16);
     let accept = tokio::spawn(control::accept_loop(listener, calls_tx));
     let metrics = metrics_listener.map(|l| {
@@ -485,7 +486,7 @@ async fn run_async(config: Config) -> Result<(), DaemonError> {
     let mut config = config;
     let wait = wait_for_signals(signals, &mut config, &mut routes, calls, &device).await;
     accept.abort();
-    for task in metrics.into_iter().chain(neighbours) {
+    for task in metrics.into_iter().chain(neighbours).chain([pmtu]) {
         task.abort();
     }
     let shared = router.shared().clone();
@@ -696,7 +697,9 @@ fn status(routes: &RouteManager, device: &Device) -> control::Status {
             control::NodeStatus {
                 node,
                 blocks,
-                path_mtu: shared.pmtu.toward(node, tunnel_mtu),
+                path_mtu: shared
+                    .pmtu
+                    .toward(node, tunnel_mtu, std::time::Instant::now()),
                 tx_packets: t.tx_packets,
                 tx_bytes: t.tx_bytes,
                 rx_packets: t.rx_packets,
