@@ -3,52 +3,31 @@
 //! Traffic crosses intact (ping TTL 62, 64 MiB of TCP byte for byte), a
 //! packet handled while polling restarts the window (the worker still polls
 //! after the first packet's window is over), and the worker sleeps again
-//! once the last window has passed. Needs root.
+//! once the last window has passed. The daemon's `busy_polls` counter (polls
+//! without sleep inside a window) says which: it grows while a worker
+//! polls and stands still while it sleeps. Needs root.
 
 mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{logs, tcp_transfer, tunl_bin};
+use common::{logs, stats, tcp_transfer, tunl_bin};
 use tunl_lab::testbed::{DaemonOptions, TunlCluster};
 use tunl_lab::topology::ClusterSpec;
 
 const SIT: &str = "demo-hello-sit";
 const PERF: &str = "demo-hello-perf";
-/// The longest window the config accepts: long enough to measure with the
-/// kernel's 10 ms CPU-time ticks on a shared machine.
+const NODE: &str = "node1.sit";
+/// The longest window the config accepts: room for the steps below on a
+/// shared machine.
 const WINDOW_US: u32 = 1_000_000;
 
-/// CPU time (user + system) of the daemon's first dataplane thread.
-fn worker_cpu(pid: u32) -> Duration {
-    let tasks = std::fs::read_dir(format!("/proc/{pid}/task")).expect("daemon tasks");
-    for task in tasks.flatten() {
-        let dir = task.path();
-        let comm = std::fs::read_to_string(dir.join("comm")).unwrap_or_default();
-        if comm.trim() != "tunl-dp0" {
-            continue;
-        }
-        let stat = std::fs::read_to_string(dir.join("stat")).expect("thread stat");
-        // Fields after the parenthesised name: state is field 3, utime 14,
-        // stime 15.
-        let rest = &stat[stat.rfind(')').expect("stat name") + 2..];
-        let f: Vec<u64> = rest
-            .split_whitespace()
-            .skip(11)
-            .take(2)
-            .map(|v| v.parse().expect("tick count"))
-            .collect();
-        // Linux reports these in USER_HZ ticks, 100 per second on x86 and
-        // arm64.
-        return Duration::from_millis((f[0] + f[1]) * 10);
-    }
-    panic!("no tunl-dp0 thread in daemon {pid}");
-}
-
-fn cpu_during(pid: u32, d: Duration) -> Duration {
-    let before = worker_cpu(pid);
+/// How much `busy_polls` of the daemon on [`NODE`] grows in `d`.
+fn polls_during(tc: &TunlCluster, d: Duration) -> u64 {
+    let count = || stats(tc, NODE).counter("busy_polls").expect("busy_polls");
+    let before = count();
     std::thread::sleep(d);
-    worker_cpu(pid) - before
+    count() - before
 }
 
 #[test]
@@ -70,7 +49,6 @@ fn busy_polling_daemons_carry_traffic_and_go_back_to_sleep() {
     assert_eq!(r.ttls.last(), Some(&62), "{}", r.raw);
     assert_eq!(tcp_transfer(&tc, PERF, SIT, 7501, 64 << 20), 64 << 20);
 
-    let pid = tc.daemon("node1.sit").unwrap().pid;
     let window = Duration::from_micros(WINDOW_US.into());
     // Quiet first: the transfer's window runs out.
     std::thread::sleep(window + Duration::from_millis(300));
@@ -90,20 +68,21 @@ fn busy_polling_daemons_carry_traffic_and_go_back_to_sleep() {
     // handled while polling, keeps the worker polling now.
     let since_a = a.elapsed();
     std::thread::sleep((window * 11 / 10).saturating_sub(since_a));
-    let spinning = cpu_during(pid, Duration::from_millis(400));
+    let spinning = polls_during(&tc, Duration::from_millis(400));
     assert!(
         b_sent.elapsed() < window,
         "the measurement must end inside the second ping's window"
     );
     // Once that window is over (and nothing else arrived) it sleeps again.
     std::thread::sleep(window);
-    let idle = cpu_during(pid, Duration::from_millis(400));
+    let idle = polls_during(&tc, Duration::from_millis(400));
     assert!(
-        spinning >= Duration::from_millis(40),
-        "worker used {spinning:?} of CPU in 400 ms after a packet: not polling"
+        spinning > 0,
+        "no busy polls in 400 ms inside a window: not polling\n{}",
+        logs(&tc)
     );
-    assert!(
-        idle < Duration::from_millis(40),
-        "worker used {idle:?} of CPU in 400 ms while idle: still polling (spinning {spinning:?})"
+    assert_eq!(
+        idle, 0,
+        "{idle} busy polls in 400 ms past the last window: still polling (inside one: {spinning})"
     );
 }

@@ -114,8 +114,9 @@ impl MetricsSource {
             r.register(*name, *h, f);
         }
         let pmtu = Family::<Labels, Gauge>::default();
+        let now = std::time::Instant::now();
         for node in &policy.vias {
-            let mtu = self.shared.pmtu.toward(*node, policy.settings.mtu);
+            let mtu = self.shared.pmtu.toward(*node, policy.settings.mtu, now);
             pmtu.get_or_create(&labels("node", node))
                 .set(i64::from(mtu));
         }
@@ -268,7 +269,7 @@ mod tests {
         };
         local.drop(DropReason::UnknownSource);
         c.flush(&mut local);
-        shared.pmtu.learn(node, 1380);
+        shared.pmtu.learn(node, 1380, std::time::Instant::now());
         let m = MetricsSource {
             shared,
             routes: Arc::new(AtomicUsize::new(3)),

@@ -15,12 +15,17 @@ use crate::{IoError, PacketBuf};
 /// are handled in several calls (send) or up to this many (receive).
 pub const MAX_BATCH: usize = 128;
 
-/// How many times [`IpipSender::send_batch`] waits for the socket to become
-/// writable when the send buffer is full, before it counts the rest of the
-/// batch as failed.
-const EAGAIN_WAITS: usize = 4;
-/// How long one such wait lasts at most, in milliseconds.
-const EAGAIN_WAIT_MS: libc::c_int = 1;
+/// How many times per call [`IpipSender::send_batch`] waits for the socket
+/// to become writable when the send buffer is full, before it counts the
+/// rest of the batch in [`SendMsgReport::buffer_full`].
+const EAGAIN_WAITS: usize = 1;
+/// How long one such wait lasts at most: short, so that a worker whose send
+/// buffer stays full goes back to its other sockets (decap) instead of
+/// stalling on this one.
+const EAGAIN_WAIT: libc::timespec = libc::timespec {
+    tv_sec: 0,
+    tv_nsec: 100_000,
+};
 /// How many times per call [`IpipSender::send_batch`] yields and resends a
 /// packet the device dropped (`ENOBUFS`) before it counts it as failed.
 const ENOBUFS_RETRIES: usize = 256;
@@ -231,6 +236,9 @@ pub struct SendMsgReport {
     pub failed: usize,
     /// The error of the last failed packet.
     pub last_error: Option<io::Error>,
+    /// Packets not sent because the send buffer stayed full (`EAGAIN`)
+    /// after the one short wait; not counted in `failed`.
+    pub buffer_full: usize,
     /// Packets the device dropped (`ENOBUFS`, e.g. a full veth ring) and
     /// that were sent again after a yield.
     pub nobufs_retries: usize,
@@ -279,9 +287,8 @@ impl IpipSender {
     /// nothing.
     ///
     /// When the send buffer is full (`EAGAIN`), it waits for writability
-    /// with `poll` at most 4 times per call, 1 ms each (so at most about
-    /// 4 ms per call), then counts the unsent rest as failed with
-    /// `WouldBlock`.
+    /// with `ppoll` once per call, for at most 100 µs, then counts the
+    /// unsent rest in [`SendMsgReport::buffer_full`].
     ///
     /// Errors: `InvalidInput` when the slices differ in length; fatal socket
     /// errors (`EBADF`, ...).
@@ -595,8 +602,7 @@ unsafe fn send_linked(
                 wait_writable(fd);
             }
             Some(libc::EAGAIN) => {
-                report.failed += n - start;
-                report.last_error = Some(e);
+                report.buffer_full += n - start;
                 return Ok(());
             }
             Some(libc::EBADF | libc::ENOTSOCK | libc::EFAULT) => return Err(e),
@@ -618,8 +624,9 @@ fn wait_writable(fd: RawFd) {
         events: libc::POLLOUT,
         revents: 0,
     };
-    // SAFETY: pfd is one valid pollfd for the duration of the call.
-    unsafe { libc::poll(&raw mut pfd, 1, EAGAIN_WAIT_MS) };
+    // SAFETY: pfd is one valid pollfd and EAGAIN_WAIT a valid timespec for
+    // the duration of the call; no signal mask is passed.
+    unsafe { libc::ppoll(&raw mut pfd, 1, &EAGAIN_WAIT, ptr::null()) };
 }
 
 impl AsRawFd for PacketSender {

@@ -154,7 +154,11 @@ impl Tasks {
         route_count: Arc<AtomicUsize>,
         workers: usize,
     ) -> Tasks {
-        let mut tasks = vec![tokio::spawn(control::accept_loop(control, calls))];
+        let mut tasks = vec![
+            tokio::spawn(control::accept_loop(control, calls)),
+            // Learned path MTUs: applied and pruned here, off the workers.
+            tokio::spawn(crate::dataplane::maintain_path_mtu(shared.clone())),
+        ];
         if let Some(listener) = metrics {
             let source = MetricsSource {
                 shared: shared.clone(),

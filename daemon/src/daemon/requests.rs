@@ -130,7 +130,9 @@ fn status<K: KernelRoutes>(routes: &RouteManager<K>, device: &DeviceInfo) -> con
             control::NodeStatus {
                 node,
                 blocks,
-                path_mtu: shared.pmtu.toward(node, tunnel_mtu),
+                path_mtu: shared
+                    .pmtu
+                    .toward(node, tunnel_mtu, std::time::Instant::now()),
                 tx_packets: t.tx_packets,
                 tx_bytes: t.tx_bytes,
                 rx_packets: t.rx_packets,

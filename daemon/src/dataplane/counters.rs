@@ -3,6 +3,18 @@
 //! A worker adds into a plain [`LocalCounters`] while it handles a batch and
 //! flushes it into its shared [`Counters`] once per batch, so the hot path
 //! touches no shared cache line per packet.
+//!
+//! Drops come in two kinds. The pipeline's decisions about a packet (no
+//! route, too big, unknown source, ...) are counted by [`DropReason`] in
+//! `drops`, and only those make up `drops_total`
+//! ([`CounterSnapshot::total_drops`]). Packets lost to I/O are counted
+//! apart, each in its own unit: `tx_errors`, `tx_buffer_full` (outer
+//! packets), `rx_tun_full`, `rx_oversize` (inner packets or super-packets),
+//! `rx_truncated` (outer packets), `tun_split_errors` (TUN reads, each of
+//! which may have held a whole TSO burst). Folding them into
+//! `drops_total` would add unlike units and make a reason-less share of
+//! the total, while the `reason` label of `tunl_drops_total` could not say
+//! which.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -109,7 +121,8 @@ counters! {
     icmp_rate_limited,
     /// ICMP errors from the underlay about our outer packets.
     underlay_icmp,
-    /// Path MTU reductions learned from underlay frag-needed messages.
+    /// Path MTU reductions learned from underlay frag-needed messages (as
+    /// the control plane applies them; the workers only offer them).
     pmtu_updates,
     /// Decapsulated super-packets (underlay GRO) written to TUN as one GSO
     /// frame each; their segments count in `rx_packets`.
@@ -124,6 +137,18 @@ counters! {
     /// packet_tx`); the rest of `tx_packets` took the raw IP socket (no
     /// `packet_tx`, or a next hop whose MAC was not known yet).
     tx_af_packet,
+    /// Outer packets not sent because the underlay socket's send buffer
+    /// stayed full after one short wait (at most 100 µs per batch); not
+    /// counted in `tx_errors`.
+    tx_buffer_full,
+    /// TUN reads that could not be split into packets (a malformed
+    /// virtio-net offload header from the kernel): whatever the read held
+    /// is lost, the queue stays usable.
+    tun_split_errors,
+    /// Polls a worker made without sleeping because it was inside its
+    /// busy-poll window after its last packet (`[dataplane]
+    /// busy_poll_us`); stays 0 with busy polling off.
+    busy_polls,
 }
 
 impl LocalCounters {
@@ -135,7 +160,9 @@ impl LocalCounters {
 }
 
 impl CounterSnapshot {
-    /// Total dropped packets over all reasons.
+    /// Total dropped packets over all reasons (`drops_total`): the
+    /// pipeline's drops only, not the I/O losses counted apart (see the
+    /// module documentation).
     pub fn total_drops(&self) -> u64 {
         self.drops.iter().sum()
     }

@@ -1,19 +1,25 @@
-//! The router: dataplane worker threads wiring TUN and the underlay sockets
-//! to encap and decap.
+//! The dataplane: worker threads wiring TUN and the underlay sockets to
+//! encap and decap.
 //!
 //! ```text
-//!  TUN queue i ──read/TSO split──▶ worker i ──LPM + encap──▶ sendmmsg ──▶ node
-//!  TUN queue 0 ◀──GRO write────── worker 0 ◀──decap──────── recvmmsg ◀── node
+//!  TUN queue i ──read/TSO split──▶ worker i ──pipeline: LPM + encap──▶ sendmmsg ──▶ node
+//!  TUN queue 0 ◀──GRO write────── worker 0 ◀──pipeline: decap──────── recvmmsg ◀── node
 //! ```
 //!
-//! Each worker owns one queue of a multi-queue TUN device and handles pod
-//! packets from it. Worker 0 also owns the single raw IPIP receive socket
-//! (several would each get a copy of every packet) and the underlay ICMP
-//! socket.
+//! Each worker ([`worker`]) owns one queue of a multi-queue TUN device and
+//! handles pod packets from it. Worker 0 also owns the single raw IPIP
+//! receive socket (several would each get a copy of every packet) and the
+//! underlay ICMP socket. The workers do the I/O; what to do with each
+//! packet is decided by the [`pipeline`], which does none. The control
+//! plane's side of the shared [`state`] includes [`maintain_path_mtu`], a
+//! task the daemon runs beside the workers.
 
 pub mod counters;
 pub mod nodes;
+pub mod pipeline;
+pub mod pmtu;
 pub mod state;
+pub mod stats;
 pub mod worker;
 
 use std::io;
@@ -21,7 +27,7 @@ use std::net::Ipv4Addr;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use mio::Waker;
 use tunl_encap::TokenBucket;
@@ -30,7 +36,10 @@ use tunl_routing::RouteReader;
 
 pub use counters::{CounterSnapshot, Counters};
 pub use nodes::{NodeCounters, NodeTraffic, RefusedSnapshot};
-pub use state::{Neighbour, NeighbourTable, PathMtu, Policy, Shared};
+pub use pipeline::Pipeline;
+pub use pmtu::PathMtu;
+pub use state::{Neighbour, NeighbourTable, Policy, Shared};
+pub use stats::Stats;
 pub use worker::{RxPart, Worker};
 
 /// Running dataplane threads.
@@ -66,6 +75,19 @@ pub struct WorkerOptions {
     /// How long a worker keeps polling without sleeping after its last
     /// packet (`[dataplane] busy_poll_us`); zero sleeps at once.
     pub busy_poll: Duration,
+}
+
+/// Applies the path MTUs the workers learned and prunes expired ones
+/// ([`PathMtu::maintain`]) every [`pmtu::MAINTAIN_INTERVAL`], forever:
+/// spawn it on the daemon's runtime while the dataplane runs (the interval
+/// explains why a timer and not a wakeup).
+pub async fn maintain_path_mtu(shared: Arc<Shared>) {
+    let mut tick = tokio::time::interval(pmtu::MAINTAIN_INTERVAL);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        shared.pmtu.maintain(Instant::now());
+    }
 }
 
 impl Router {

@@ -1,17 +1,32 @@
 //! State shared between the control plane and the dataplane workers.
 //!
-//! Workers read everything here without locks: the route table through its
-//! own snapshot ([`tunl_routing::RouteReader`]), the decap policy and tunnel
-//! settings through an atomically swapped [`Policy`] loaded once per batch,
-//! and learned path MTUs through [`PathMtu`], which costs one relaxed load per
-//! packet; only while the underlay has reported a lower MTU do packets longer
-//! than it also pay a map lookup.
+//! What a worker takes from here, per batch unless said otherwise:
+//! - the route table: one left-right read guard
+//!   ([`tunl_routing::RouteReader::load`], an epoch counter, no lock);
+//! - the decap policy and tunnel settings: one [`ArcSwap`] load of
+//!   [`Policy`];
+//! - learned path MTUs ([`PathMtu`]): one relaxed load per packet; only
+//!   while the underlay has reported a lower MTU do packets longer than it
+//!   also pay an `ArcSwap` load and a map lookup. Learning goes through
+//!   [`PathMtu::offer`] (atomic slots); the control plane applies it;
+//! - with `packet_tx`, the neighbour table: one `ArcSwap` load;
+//! - its [`Counters`]: relaxed `fetch_add`s, once per batch.
+//!
+//! Locks a worker does take, none per packet:
+//! - the [`NodeCounters`] mutexes, when it flushes its per-node counts
+//!   (every 64 batches, when it goes idle, when the policy changes);
+//! - the ICMP token bucket's mutex, shared by the workers: per ICMP answer,
+//!   and once the bucket refuses not again for a token's time (the
+//!   pipeline's [`IcmpLimit`](super::pipeline::IcmpLimit));
+//! - [`NeighbourTable::report_miss`], once per batch that met a next hop
+//!   without a known MAC: a tokio `Notify`, which locks its waiter list
+//!   and wakes the control-plane task waiting on it;
+//! - the failure mutex of [`Shared::fail`], and the counters list once at
+//!   start ([`Shared::register_counters`]).
 
-use std::collections::HashMap;
 use std::net::Ipv4Addr;
-use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
 use ipnetwork::Ipv4Network;
@@ -19,10 +34,7 @@ use tunl_encap::{DecapPolicy, TunnelSettings};
 
 use super::counters::{CounterSnapshot, Counters};
 use super::nodes::NodeCounters;
-
-/// How long a learned path MTU holds before it reverts (the kernel's
-/// `net.ipv4.route.mtu_expires` default).
-pub const PMTU_EXPIRES: Duration = Duration::from_secs(600);
+use super::pmtu::PathMtu;
 
 /// What the dataplane needs of the configuration, swapped as one piece.
 #[derive(Debug, Clone)]
@@ -61,115 +73,6 @@ impl DecapPolicy for Policy {
 
     fn allow_nested(&self) -> bool {
         self.allow_nested
-    }
-}
-
-/// Path MTUs learned from the underlay, per node (the tunnel MTU toward it).
-#[derive(Debug)]
-pub struct PathMtu {
-    /// The lowest learned MTU, or `u32::MAX` when none: packets no longer
-    /// than this skip the map entirely.
-    floor: AtomicU32,
-    map: ArcSwap<HashMap<Ipv4Addr, (u16, Instant)>>,
-    write: Mutex<()>,
-}
-
-impl Default for PathMtu {
-    fn default() -> Self {
-        PathMtu {
-            floor: AtomicU32::new(u32::MAX),
-            map: ArcSwap::from_pointee(HashMap::new()),
-            write: Mutex::new(()),
-        }
-    }
-}
-
-impl PathMtu {
-    /// The MTU to enforce for an inner packet of `len` bytes toward `node`.
-    #[inline]
-    pub fn effective(&self, node: Ipv4Addr, len: usize, tunnel_mtu: u16) -> u16 {
-        if len as u64 <= u64::from(self.floor.load(Ordering::Relaxed)) {
-            return tunnel_mtu;
-        }
-        self.toward(node, tunnel_mtu)
-    }
-
-    /// The MTU toward `node`: the learned one while it holds, never above
-    /// `tunnel_mtu`.
-    pub fn toward(&self, node: Ipv4Addr, tunnel_mtu: u16) -> u16 {
-        self.lookup(node)
-            .map_or(tunnel_mtu, |learned| learned.min(tunnel_mtu))
-    }
-
-    /// The learned MTU toward `node`, if one holds. Finding an expired
-    /// entry prunes the map, so once every learned MTU has expired packets
-    /// take the one-load fast path of [`PathMtu::effective`] again.
-    pub fn lookup(&self, node: Ipv4Addr) -> Option<u16> {
-        let map = self.map.load();
-        match map.get(&node) {
-            Some((mtu, expires)) if *expires > Instant::now() => Some(*mtu),
-            Some(_) => {
-                self.prune();
-                None
-            }
-            None => None,
-        }
-    }
-
-    /// Drops expired entries and recomputes the floor.
-    fn prune(&self) {
-        let _guard = self.write.lock().unwrap_or_else(|e| e.into_inner());
-        let now = Instant::now();
-        let next: HashMap<Ipv4Addr, (u16, Instant)> = self
-            .map
-            .load()
-            .iter()
-            .filter(|(_, (_, exp))| *exp > now)
-            .map(|(k, v)| (*k, *v))
-            .collect();
-        self.publish(next);
-    }
-
-    fn publish(&self, next: HashMap<Ipv4Addr, (u16, Instant)>) {
-        let floor = next.values().map(|(m, _)| u32::from(*m)).min();
-        self.map.store(Arc::new(next));
-        self.floor
-            .store(floor.unwrap_or(u32::MAX), Ordering::Relaxed);
-    }
-
-    /// Records that the tunnel MTU toward `node` is `mtu` (lower only).
-    /// Returns true when this lowered it.
-    pub fn learn(&self, node: Ipv4Addr, mtu: u16) -> bool {
-        let _guard = self.write.lock().unwrap_or_else(|e| e.into_inner());
-        let now = Instant::now();
-        let current = self.map.load();
-        if let Some((old, expires)) = current.get(&node) {
-            if *expires > now && *old <= mtu {
-                return false;
-            }
-        }
-        let mut next: HashMap<Ipv4Addr, (u16, Instant)> = current
-            .iter()
-            .filter(|(_, (_, exp))| *exp > now)
-            .map(|(k, v)| (*k, *v))
-            .collect();
-        next.insert(node, (mtu, now + PMTU_EXPIRES));
-        self.publish(next);
-        true
-    }
-
-    /// Every learned MTU still in force.
-    pub fn entries(&self) -> Vec<(Ipv4Addr, u16)> {
-        let now = Instant::now();
-        let mut v: Vec<_> = self
-            .map
-            .load()
-            .iter()
-            .filter(|(_, (_, exp))| *exp > now)
-            .map(|(k, (m, _))| (*k, *m))
-            .collect();
-        v.sort_unstable();
-        v
     }
 }
 
@@ -305,9 +208,13 @@ impl Shared {
         c
     }
 
-    /// The sum of every worker's counters.
+    /// The sum of every worker's counters, and the path MTU reductions the
+    /// control plane applied (`pmtu_updates`).
     pub fn counters(&self) -> CounterSnapshot {
-        let mut sum = CounterSnapshot::default();
+        let mut sum = CounterSnapshot {
+            pmtu_updates: self.pmtu.updates(),
+            ..CounterSnapshot::default()
+        };
         for c in self
             .counters
             .lock()
@@ -364,22 +271,5 @@ mod tests {
         assert!(!p.destination_local(Ipv4Addr::new(10, 20, 42, 64)));
         p.blocks.clear();
         assert!(p.destination_local(Ipv4Addr::new(10, 20, 42, 64)));
-    }
-
-    #[test]
-    fn path_mtu_lowers_only() {
-        let pm = PathMtu::default();
-        let node = Ipv4Addr::new(172, 16, 36, 5);
-        assert_eq!(pm.effective(node, 1480, 1480), 1480);
-        assert!(pm.learn(node, 1380));
-        assert_eq!(pm.effective(node, 1400, 1480), 1380);
-        assert_eq!(
-            pm.effective(Ipv4Addr::new(172, 16, 37, 6), 1400, 1480),
-            1480
-        );
-        assert!(!pm.learn(node, 1400), "a higher MTU does not raise it");
-        assert!(pm.learn(node, 1280));
-        assert_eq!(pm.lookup(node), Some(1280));
-        assert_eq!(pm.entries(), vec![(node, 1280)]);
     }
 }
