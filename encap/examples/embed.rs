@@ -10,7 +10,7 @@ use tunl_encap::{
     DecapPolicy, EncapError, HEADROOM, IdentGenerator, TunnelSettings, decapsulate, encapsulate,
     inner_destination,
 };
-use tunl_routing::{Ipv4Network, RouteTable};
+use tunl_routing::{Ipv4Network, RouteWriter};
 
 /// This node's view of who may send IPIP and which pods are local.
 struct Node2 {
@@ -49,8 +49,9 @@ fn main() {
     // would install `10.20.42.0/26 via 172.16.35.4 dev tunl0 onlink`.
     let node1 = Ipv4Addr::new(172, 16, 35, 4);
     let node2 = Ipv4Addr::new(172, 16, 36, 5);
-    let (mut routes, reader) = RouteTable::new();
+    let mut routes = RouteWriter::new();
     routes.insert("10.20.42.0/26".parse().unwrap(), node1);
+    let reader = routes.reader();
 
     // A pod packet: demo-hello-perf -> demo-hello-sit, TTL 63 after the
     // node forwarded it into the tunnel.

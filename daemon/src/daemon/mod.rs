@@ -27,7 +27,7 @@ use tokio::sync::mpsc;
 use tracing::{debug, error, info, warn};
 use tunl_io::netlink::Netlink;
 use tunl_io::{IcmpReceiver, IpipReceiver, Tun, TunConfig};
-use tunl_routing::{RouteOp, RouteTable, RouteWriter};
+use tunl_routing::{RouteOp, RouteWriter};
 
 use crate::config::{Config, ConfigError, RouteEntry};
 use crate::control::{self, Call, Request, Response, RouteChange};
@@ -378,7 +378,8 @@ async fn run_async(config: Config) -> Result<(), DaemonError> {
         }
     }
 
-    let (writer, reader) = RouteTable::new();
+    let writer = RouteWriter::new();
+    let reader = writer.reader();
     let shared = Arc::new(Shared::new(policy_for(&config, mtu)));
     let route_count = Arc::new(AtomicUsize::new(0));
     let mut routes = RouteManager {
