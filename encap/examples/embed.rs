@@ -7,8 +7,8 @@
 use std::net::Ipv4Addr;
 
 use tunl_encap::{
-    DecapPolicy, EncapError, HEADROOM, IdentGenerator, TunnelSettings, decapsulate, encapsulate,
-    inner_destination,
+    DecapPolicy, EncapError, HEADROOM, IdentGenerator, TunnelSettings, checksum, decapsulate,
+    encapsulate, inner_destination,
 };
 use tunl_routing::{Ipv4Network, RouteWriter};
 
@@ -33,10 +33,10 @@ fn pod_packet(src: Ipv4Addr, dst: Ipv4Addr, ttl: u8) -> Vec<u8> {
     let mut ip = vec![0x45, 0, 0, 28, 0x12, 0x34, 0x40, 0, ttl, 1, 0, 0];
     ip.extend_from_slice(&src.octets());
     ip.extend_from_slice(&dst.octets());
-    let sum = tunl_encap::checksum::checksum(&ip).to_be_bytes();
+    let sum = checksum::checksum(&ip).to_be_bytes();
     ip[10..12].copy_from_slice(&sum);
     let mut icmp = vec![8, 0, 0, 0, 0, 7, 0, 1];
-    let sum = tunl_encap::checksum::checksum(&icmp).to_be_bytes();
+    let sum = checksum::checksum(&icmp).to_be_bytes();
     icmp[2..4].copy_from_slice(&sum);
     let mut buf = vec![0u8; HEADROOM];
     buf.extend_from_slice(&ip);

@@ -161,13 +161,17 @@ impl std::error::Error for EncapError {}
 /// and the path MTU learned for the node; `settings.mtu` caps it too). An
 /// inner packet longer than it with DF set (the inner DF, or any packet with
 /// `pmtudisc`) is [`EncapError::TooBig`]; without DF it is encapsulated
-/// anyway and the underlay may fragment it. An inner packet longer than
-/// 65515 bytes cannot be carried at all and is `TooBig` too.
+/// anyway and the underlay may fragment it. Nested IPIP is not checked here.
 ///
-/// Errors: `Drop(MalformedInner)` unless the inner header has version 4,
-/// IHL ≥ 5 and a total length equal to the slice length (also when
-/// `inner_start` is below `HEADROOM` or past the end of `buf`);
-/// `Drop(TtlExpired)` for an inner TTL of 0. Nested IPIP is not checked here.
+/// # Errors
+/// Checked in this order:
+/// - `Drop(`[`DropReason::MalformedInner`]`)` unless the inner header has
+///   version 4, IHL ≥ 5 and a total length equal to the slice length (also
+///   when `inner_start` is below [`HEADROOM`] or past the end of `buf`);
+/// - `Drop(`[`DropReason::TtlExpired`]`)` for an inner TTL of 0;
+/// - [`EncapError::TooBig`] with the MTU to report when the inner packet is
+///   longer than `mtu` with DF set, or longer than [`MAX_INNER_LEN`] (which
+///   no outer packet can carry).
 #[inline]
 pub fn encapsulate(
     buf: &mut [u8],
@@ -188,7 +192,7 @@ pub fn encapsulate(
     let inner_len = inner.len();
     let h = inner.first_chunk::<HEADROOM>().ok_or(malformed)?;
     let header_len = usize::from(h[0] & 0x0f) * 4;
-    if h[0] >> 4 != 4 || header_len < ipv4::HEADER_LEN || header_len > inner_len {
+    if h[0] >> 4 != 4 || header_len < ipv4::IPV4_HEADER_LEN || header_len > inner_len {
         return Err(malformed);
     }
     if usize::from(u16::from_be_bytes([h[2], h[3]])) != inner_len {

@@ -7,6 +7,16 @@
 //! inner packet so [`encapsulate`] writes the outer header in place;
 //! [`decapsulate`] only returns the inner packet's range.
 //!
+//! Everything is at the crate root, except the Internet checksum functions
+//! in [`checksum`]:
+//! - encap and decap: [`encapsulate`] with [`TunnelSettings`] and an
+//!   [`IdentGenerator`], [`decapsulate`] with a [`DecapPolicy`]; a refused
+//!   packet has a [`DropReason`];
+//! - the IPv4 header view [`Ipv4Packet`] (its [`ParseError`], [`Ecn`]);
+//! - ICMP errors to send ([`frag_needed`], [`unreachable()`]) and to read
+//!   from the underlay ([`parse_underlay_error`]), and a [`TokenBucket`] to
+//!   limit them.
+//!
 //! ```
 //! use std::net::Ipv4Addr;
 //! use tunl_encap::{DecapPolicy, HEADROOM, IdentGenerator, TunnelSettings, decapsulate, encapsulate};
@@ -43,9 +53,9 @@ pub mod checksum;
 mod decap;
 mod drop;
 mod encap;
-pub mod icmp;
-pub mod ipv4;
-pub mod ratelimit;
+mod icmp;
+mod ipv4;
+mod ratelimit;
 
 pub use decap::{DecapPolicy, Decapsulated, decap_ecn, decapsulate};
 pub use drop::DropReason;
@@ -57,7 +67,9 @@ pub use icmp::{
     ICMP_ERROR_MAX_LEN, UnderlayError, UnderlayIcmp, Unreachable, frag_needed,
     parse_underlay_error, unreachable,
 };
-pub use ipv4::{Ecn, Ipv4Packet, inner_destination};
+pub use ipv4::{
+    Ecn, IPV4_HEADER_LEN, Ipv4Packet, PROTOCOL_ICMP, PROTOCOL_IPIP, ParseError, inner_destination,
+};
 pub use ratelimit::TokenBucket;
 
 #[cfg(test)]

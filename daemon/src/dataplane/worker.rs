@@ -15,10 +15,9 @@ use std::time::{Duration, Instant};
 use mio::unix::SourceFd;
 use mio::{Events, Interest, Poll, Token, Waker};
 use tracing::{debug, warn};
-use tunl_encap::icmp::{self, UnderlayError, Unreachable};
 use tunl_encap::{
-    DropReason, EncapError, HEADROOM, IdentGenerator, TokenBucket, decapsulate, encapsulate,
-    inner_destination,
+    DropReason, EncapError, HEADROOM, IdentGenerator, TokenBucket, UnderlayError, Unreachable,
+    decapsulate, encapsulate, frag_needed, inner_destination, parse_underlay_error, unreachable,
 };
 use tunl_io::{IcmpReceiver, IpipReceiver, IpipSender, PacketBuf, PacketSender, TunQueue};
 use tunl_routing::RouteReader;
@@ -345,7 +344,7 @@ impl Worker {
                     &mut self.queue,
                     &mut self.local,
                     &mut self.icmp_buf,
-                    |out| icmp::unreachable(&buf.as_ref()[HEADROOM..], Unreachable::Net, dst, out),
+                    |out| unreachable(&buf.as_ref()[HEADROOM..], Unreachable::Net, dst, out),
                 );
                 continue;
             };
@@ -374,7 +373,7 @@ impl Worker {
                         &mut self.queue,
                         &mut self.local,
                         &mut self.icmp_buf,
-                        |out| icmp::frag_needed(inner, mtu, dst, out),
+                        |out| frag_needed(inner, mtu, dst, out),
                     );
                 }
                 Err(e) => self.local.drop(e.reason()),
@@ -556,7 +555,7 @@ impl Worker {
                 }
             };
             self.icmp_errors.clear();
-            let Some(msg) = icmp::parse_underlay_error(&self.icmp_buf[..n]) else {
+            let Some(msg) = parse_underlay_error(&self.icmp_buf[..n]) else {
                 continue;
             };
             let policy = self.shared.policy.load();
