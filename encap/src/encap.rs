@@ -15,6 +15,10 @@ pub const HEADROOM: usize = 20;
 /// The default tunnel MTU: a 1500-byte underlay minus the outer header.
 pub const DEFAULT_MTU: u16 = 1480;
 
+/// The smallest MTU an IPv4 link may have (RFC 791: every module must
+/// forward a 68-byte datagram without fragmenting it).
+pub const MIN_MTU: u16 = 68;
+
 /// The longest inner packet an outer IPv4 packet can carry.
 pub const MAX_INNER_LEN: usize = 65_535 - HEADROOM;
 
@@ -27,6 +31,17 @@ pub enum Ttl {
     Inherit,
     /// A fixed outer TTL.
     Fixed(NonZeroU8),
+}
+
+impl fmt::Display for Ttl {
+    /// `inherit`, or the fixed TTL as a number (the spelling of `ip tunnel`
+    /// and of the configuration file).
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Inherit => f.write_str("inherit"),
+            Self::Fixed(ttl) => write!(f, "{ttl}"),
+        }
+    }
 }
 
 /// How the tunnel writes outer headers.
@@ -418,6 +433,14 @@ mod tests {
                 mtu: MAX_INNER_LEN as u16
             })
         );
+    }
+
+    #[test]
+    fn ttl_displays_as_configured() {
+        assert_eq!(Ttl::Inherit.to_string(), "inherit");
+        let fixed = Ttl::Fixed(NonZeroU8::new(64).expect("nonzero"));
+        assert_eq!(fixed.to_string(), "64");
+        assert_eq!(Ttl::Fixed(NonZeroU8::MAX).to_string(), "255");
     }
 
     #[test]

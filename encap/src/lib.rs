@@ -60,7 +60,7 @@ mod ratelimit;
 pub use decap::{DecapPolicy, Decapsulated, decap_ecn, decapsulate};
 pub use drop::DropReason;
 pub use encap::{
-    DEFAULT_MTU, EncapError, HEADROOM, IdentGenerator, MAX_INNER_LEN, Ttl, TunnelSettings,
+    DEFAULT_MTU, EncapError, HEADROOM, IdentGenerator, MAX_INNER_LEN, MIN_MTU, Ttl, TunnelSettings,
     encapsulate,
 };
 pub use icmp::{
