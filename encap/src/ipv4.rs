@@ -19,6 +19,9 @@ pub const PROTOCOL_IPIP: u8 = 4;
 /// IP protocol number of ICMP.
 pub const PROTOCOL_ICMP: u8 = 1;
 
+/// IP protocol number of TCP.
+pub(crate) const PROTOCOL_TCP: u8 = 6;
+
 mod field {
     use std::ops::Range;
 

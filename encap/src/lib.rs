@@ -15,7 +15,9 @@
 //! - the IPv4 header view [`Ipv4Packet`] (its [`ParseError`], [`Ecn`]);
 //! - ICMP errors to send ([`frag_needed`], [`unreachable()`]) and to read
 //!   from the underlay ([`parse_underlay_error`]), and a [`TokenBucket`] to
-//!   limit them.
+//!   limit them;
+//! - the virtio-net header of a TUN GSO write ([`tcp4_gso_header`],
+//!   [`gso_segments`]).
 //!
 //! ```
 //! use std::net::Ipv4Addr;
@@ -53,6 +55,7 @@ pub mod checksum;
 mod decap;
 mod drop;
 mod encap;
+mod gso;
 mod icmp;
 mod ipv4;
 mod ratelimit;
@@ -62,6 +65,10 @@ pub use drop::DropReason;
 pub use encap::{
     DEFAULT_MTU, EncapError, HEADROOM, IdentGenerator, MAX_INNER_LEN, MIN_MTU, Ttl, TunnelSettings,
     encapsulate,
+};
+pub use gso::{
+    VIRTIO_NET_HDR_F_NEEDS_CSUM, VIRTIO_NET_HDR_GSO_ECN, VIRTIO_NET_HDR_GSO_TCPV4,
+    VIRTIO_NET_HDR_LEN, gso_segments, tcp4_gso_header,
 };
 pub use icmp::{
     ICMP_ERROR_MAX_LEN, UnderlayError, UnderlayIcmp, Unreachable, frag_needed,

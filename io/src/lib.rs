@@ -12,6 +12,10 @@
 //! - routes and links over rtnetlink ([`netlink::Netlink`]);
 //! - helpers for tests in private network namespaces ([`ns`]).
 //!
+//! The bytes of the virtio-net header and the GSO arithmetic are sans-IO and
+//! live in `tunl-encap` ([`tunl_encap::tcp4_gso_header`],
+//! [`tunl_encap::gso_segments`]); this crate only writes them.
+//!
 //! Every packet buffer is a [`PacketBuf`]: a fixed-capacity byte buffer with
 //! a length, reused without re-zeroing. TUN reads place each packet
 //! [`HEADROOM`] bytes into its buffer so the outer IPv4 header can be written
@@ -34,12 +38,12 @@ pub use error::IoError;
 pub use raw::{
     IcmpReceiver, IpipReceiver, IpipSender, MAX_BATCH, PacketSender, RecvReport, SendMsgReport,
 };
-pub use tun::{SendReport, Tun, TunConfig, TunQueue, tcp4_gso_header};
+pub use tun::{SendReport, Tun, TunConfig, TunQueue};
 pub use tun_rs::VIRTIO_NET_HDR_LEN;
 
 /// Bytes reserved before the inner packet in every buffer: room for the
-/// 20-byte outer IPv4 header written in place by encap (same value as
-/// `tunl_encap::HEADROOM`).
+/// 20-byte outer IPv4 header written in place by encap (the value of
+/// [`tunl_encap::HEADROOM`], checked at compile time).
 pub const HEADROOM: usize = 20;
 
 /// The largest IPv4 packet (the total-length field is 16 bits).
@@ -52,6 +56,9 @@ pub const MAX_IP_PACKET: usize = 65535;
 pub const RX_BUF_CAPACITY: usize = MAX_IP_PACKET + 2 * HEADROOM;
 
 const _: () = assert!(HEADROOM >= VIRTIO_NET_HDR_LEN);
+const _: () = assert!(HEADROOM == tunl_encap::HEADROOM);
+// The header tunl-encap writes is the one tun-rs reads and writes.
+const _: () = assert!(VIRTIO_NET_HDR_LEN == tunl_encap::VIRTIO_NET_HDR_LEN);
 
 /// Everything a worker thread owns must move to it.
 const _: () = {
