@@ -10,6 +10,7 @@
 //!   `recvmmsg`/`sendmmsg` batching and no allocation per packet or batch;
 //! - the raw ICMP socket for underlay errors ([`IcmpReceiver`]);
 //! - routes and links over rtnetlink ([`netlink::Netlink`]);
+//! - an interface's link state and IPv4 address by ioctl ([`link`]);
 //! - helpers for tests in private network namespaces ([`ns`]).
 //!
 //! The bytes of the virtio-net header and the GSO arithmetic are sans-IO and
@@ -28,6 +29,7 @@
 
 mod buf;
 mod error;
+pub mod link;
 pub mod netlink;
 pub mod ns;
 mod raw;

@@ -7,7 +7,7 @@ use std::os::fd::{AsRawFd, RawFd};
 use tun_rs::{DeviceBuilder, GROTable, SyncDevice, VIRTIO_NET_HDR_LEN};
 use tunl_encap::{MIN_MTU, gso_segments, tcp4_gso_header};
 
-use crate::{HEADROOM, IoError, MAX_IP_PACKET, PacketBuf, ns};
+use crate::{HEADROOM, IoError, MAX_IP_PACKET, PacketBuf, link};
 
 /// How to create the TUN device.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -84,7 +84,7 @@ impl Tun {
             .set_tx_queue_len(cfg.tx_queue_len)
             .map_err(ctx("set tx queue length"))?;
         if let Some((addr, prefix)) = cfg.ipv4 {
-            ns::set_ipv4_address(name, addr, prefix).map_err(ctx("set IPv4 address"))?;
+            link::set_ipv4_address(name, addr, prefix).map_err(ctx("set IPv4 address"))?;
         }
         let offload = first.tcp_gso();
         let udp_gso = first.udp_gso();
