@@ -1,7 +1,9 @@
 //! Linux I/O for the tunl dataplane.
 //!
 //! This is the only crate of tunl that contains `unsafe` code; every `unsafe`
-//! block carries a `// SAFETY:` comment. It wraps:
+//! block carries a `// SAFETY:` comment (the crate denies
+//! `clippy::undocumented_unsafe_blocks`), and what socket2 offers safely is
+//! taken from socket2. It wraps:
 //!
 //! - the TUN device ([`Tun`], [`TunQueue`]) with `IFF_VNET_HDR` offloads:
 //!   TSO super-packets are split into MTU-sized segments on read, and
@@ -26,6 +28,7 @@
 
 #![cfg(target_os = "linux")]
 #![warn(missing_docs)]
+#![deny(clippy::undocumented_unsafe_blocks)]
 
 mod buf;
 mod error;

@@ -6,7 +6,9 @@
 
 use std::io;
 use std::net::Ipv4Addr;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::AsRawFd;
+
+use socket2::{Domain, Socket, Type};
 
 /// Brings the interface `name` up (`IFF_UP`), e.g. `lo` in a new namespace.
 ///
@@ -15,12 +17,13 @@ use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 /// NUL; otherwise the OS error of the socket or of an ioctl (`ENODEV` when
 /// there is no such interface, `EPERM` without `CAP_NET_ADMIN`).
 pub fn set_link_up(name: &str) -> io::Result<()> {
-    let fd = ioctl_socket()?;
+    let sock = ioctl_socket()?;
     let mut req = ifreq(name)?;
-    ioctl(&fd, libc::SIOCGIFFLAGS, &mut req)?;
-    // SAFETY: SIOCGIFFLAGS filled the ifru_flags member of the union.
+    ioctl(&sock, libc::SIOCGIFFLAGS, &mut req)?;
+    // SAFETY: SIOCGIFFLAGS filled the ifru_flags member of the union, and
+    // every bit pattern is a valid c_short.
     unsafe { req.ifr_ifru.ifru_flags |= libc::IFF_UP as libc::c_short };
-    ioctl(&fd, libc::SIOCSIFFLAGS, &mut req)
+    ioctl(&sock, libc::SIOCSIFFLAGS, &mut req)
 }
 
 /// Assigns `addr/prefix` to the interface `name` (replacing its primary
@@ -36,26 +39,20 @@ pub fn set_ipv4_address(name: &str, addr: Ipv4Addr, prefix: u8) -> io::Result<()
             format!("prefix length {prefix} is above 32"),
         ));
     }
-    let fd = ioctl_socket()?;
+    let sock = ioctl_socket()?;
     let mut req = ifreq(name)?;
     req.ifr_ifru.ifru_addr = sockaddr_in(addr);
-    ioctl(&fd, libc::SIOCSIFADDR, &mut req)?;
+    ioctl(&sock, libc::SIOCSIFADDR, &mut req)?;
     let mask = u32::MAX.checked_shl(32 - u32::from(prefix)).unwrap_or(0);
     let mut req = ifreq(name)?;
     req.ifr_ifru.ifru_netmask = sockaddr_in(Ipv4Addr::from(mask));
-    ioctl(&fd, libc::SIOCSIFNETMASK, &mut req)
+    ioctl(&sock, libc::SIOCSIFNETMASK, &mut req)
 }
 
 /// An `AF_INET` datagram socket for interface ioctls, in the calling
-/// thread's namespace.
-fn ioctl_socket() -> io::Result<OwnedFd> {
-    // SAFETY: plain socket(2) call; the result is checked before use.
-    let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
-    if fd < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: fd is a fresh, valid descriptor that nothing else owns.
-    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+/// thread's namespace (close-on-exec, as socket2 opens every socket).
+fn ioctl_socket() -> io::Result<Socket> {
+    Socket::new(Domain::IPV4, Type::DGRAM, None)
 }
 
 /// An `ifreq` with the name filled in.
@@ -75,24 +72,24 @@ fn ifreq(name: &str) -> io::Result<libc::ifreq> {
     Ok(req)
 }
 
+/// `addr` as the `sockaddr` of an `ifreq`: the bytes of a `sockaddr_in`
+/// (family, port 0, the address in network order, zero padding).
 fn sockaddr_in(addr: Ipv4Addr) -> libc::sockaddr {
-    let sin = libc::sockaddr_in {
-        sin_family: libc::AF_INET as libc::sa_family_t,
-        sin_port: 0,
-        sin_addr: libc::in_addr {
-            s_addr: u32::from(addr).to_be(),
-        },
-        sin_zero: [0; 8],
-    };
-    // SAFETY: sockaddr_in and sockaddr have the same size (16 bytes) and
-    // sockaddr is plain bytes; this is the C idiom for ifr_addr.
-    unsafe { std::mem::transmute::<libc::sockaddr_in, libc::sockaddr>(sin) }
+    let mut sa_data = [0 as libc::c_char; 14];
+    // sa_data[0..2] is sin_port, sa_data[2..6] is sin_addr.
+    for (dst, &octet) in sa_data[2..6].iter_mut().zip(&addr.octets()) {
+        *dst = octet as libc::c_char;
+    }
+    libc::sockaddr {
+        sa_family: libc::AF_INET as libc::sa_family_t,
+        sa_data,
+    }
 }
 
-fn ioctl(fd: &OwnedFd, request: libc::Ioctl, req: &mut libc::ifreq) -> io::Result<()> {
+fn ioctl(sock: &Socket, request: libc::Ioctl, req: &mut libc::ifreq) -> io::Result<()> {
     // SAFETY: every request used here (SIOC[GS]IF*) reads or writes one
     // ifreq, and req points to a valid, exclusively borrowed ifreq.
-    let rc = unsafe { libc::ioctl(fd.as_raw_fd(), request, req as *mut libc::ifreq) };
+    let rc = unsafe { libc::ioctl(sock.as_raw_fd(), request, req as *mut libc::ifreq) };
     if rc < 0 {
         return Err(io::Error::last_os_error());
     }
