@@ -2,13 +2,13 @@
 //! decapsulate pod packets with `tunl-routing` and `tunl-encap` alone, on
 //! your own buffers, without a TUN device, sockets or root.
 //!
-//! Run: `cargo run --example embed`
+//! Run: `cargo run -p tunl-encap --example embed`
 
 use std::net::Ipv4Addr;
 
 use tunl_encap::{
-    DecapPolicy, EncapError, HEADROOM, IdentGenerator, TunnelSettings, checksum, decapsulate,
-    encapsulate, inner_destination,
+    DecapPolicy, EncapError, HEADROOM, IdentGenerator, Ipv4Packet, TunnelSettings, checksum,
+    decapsulate, encapsulate, inner_destination,
 };
 use tunl_routing::{Ipv4Network, RouteWriter};
 
@@ -83,14 +83,16 @@ fn main() {
         let hex: Vec<String> = row.iter().map(|b| format!("{b:02x}")).collect();
         println!("  {}", hex.join(" "));
     }
+    let outer_header = Ipv4Packet::new_checked(wire).expect("an IPv4 packet");
+    let inner_header = Ipv4Packet::new_checked(outer_header.payload()).expect("an inner packet");
     println!(
         "outer {} -> {} protocol {} ttl {}; inner {} -> {}",
-        Ipv4Addr::from([wire[12], wire[13], wire[14], wire[15]]),
-        Ipv4Addr::from([wire[16], wire[17], wire[18], wire[19]]),
-        wire[9],
-        wire[8],
-        pod_perf,
-        pod_sit
+        outer_header.src(),
+        outer_header.dst(),
+        outer_header.protocol(),
+        outer_header.ttl(),
+        inner_header.src(),
+        inner_header.dst(),
     );
 
     // Decap on node1: check the source and the inner packet, get the inner
@@ -102,16 +104,20 @@ fn main() {
     let mut received = wire.to_vec();
     let d = decapsulate(&mut received, &policy).expect("accepted");
     assert_eq!(&received[d.inner.clone()], &buf[HEADROOM..]);
+    let inner = Ipv4Packet::new_checked(&received[d.inner.clone()]).expect("an IPv4 packet");
     println!(
-        "decapsulated {} bytes from {}: the inner packet, unchanged",
-        d.inner.len(),
-        d.outer_src
+        "decapsulated {} bytes from {}: the inner packet, unchanged ({} -> {}, ttl {})",
+        inner.total_len(),
+        d.outer_src,
+        inner.src(),
+        inner.dst(),
+        inner.ttl(),
     );
 
     // A stranger's IPIP is refused, with a reason to count.
     let mut spoofed = wire.to_vec();
     spoofed[12..16].copy_from_slice(&[172, 16, 99, 9]);
-    let mut header = tunl_encap::Ipv4Packet::new_checked(&mut spoofed[..]).expect("valid");
+    let mut header = Ipv4Packet::new_checked(&mut spoofed[..]).expect("valid");
     header.fill_checksum();
     match decapsulate(&mut spoofed, &policy) {
         Ok(_) => panic!("a stranger's packet was accepted"),
