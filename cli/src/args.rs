@@ -5,7 +5,7 @@ use std::process::ExitCode;
 
 use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 
-use tunl::config::{Config, START_ONLY_KEYS, ttl_text};
+use tunl::config::{Config, START_ONLY_KEYS};
 use tunl::daemon;
 
 use crate::exit::{Exit, ExitStatus, report};
@@ -168,7 +168,7 @@ pub fn main() -> ExitCode {
                     c.tunnel.local,
                     c.routes.len(),
                     c.tunnel.blocks.len(),
-                    ttl_text(c.tunnel.ttl)
+                    c.tunnel.ttl
                 );
                 for r in &c.routes {
                     println!("  {} via {} dev {} onlink", r.prefix, r.via, c.tunnel.name);

@@ -52,8 +52,7 @@ use tunl_encap::{Ttl, TunnelSettings};
 pub const DEFAULT_DEVICE: &str = "tunl0";
 /// The smallest MTU IPv4 allows (RFC 791): the floor of `tunnel.mtu`,
 /// configured or derived from the underlay.
-// After the merge with the encap branch: `pub use tunl_encap::MIN_MTU;`.
-pub const MIN_MTU: u16 = 68;
+pub use tunl_encap::MIN_MTU;
 /// The largest tunnel MTU: an outer packet must fit in 65535 bytes.
 pub const MAX_MTU: u16 = 65535 - 20;
 /// Default path of the control socket.
@@ -113,16 +112,6 @@ fn deserialize_ttl<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Ttl, D::Err
                     "ttl must be \"inherit\" or a number 1..=255, not {n}"
                 ))
             }),
-    }
-}
-
-/// `tunnel.ttl` as the config file spells it (`inherit`, `64`).
-// Remove after the merge with the encap branch, which gives `Ttl` a Display.
-pub fn ttl_text(ttl: Ttl) -> String {
-    match ttl {
-        Ttl::Inherit => "inherit".to_owned(),
-        Ttl::Fixed(n) => n.to_string(),
-        other => format!("{other:?}"),
     }
 }
 
@@ -840,9 +829,9 @@ allow = ["172.16.0.0/16"]
     #[test]
     fn ttl_reads_into_the_encap_ttl_and_prints_as_written() {
         assert_eq!(parse(SEED).unwrap().tunnel.ttl, Ttl::Inherit);
-        assert_eq!(ttl_text(Ttl::Inherit), "inherit");
+        assert_eq!(Ttl::Inherit.to_string(), "inherit");
         let c = parse("[tunnel]\nlocal = \"172.16.35.4\"\nttl = 255\n").unwrap();
-        assert_eq!(ttl_text(c.tunnel.ttl), "255");
+        assert_eq!(c.tunnel.ttl.to_string(), "255");
         assert_eq!(
             c.tunnel_settings(1480).ttl,
             Ttl::Fixed(NonZeroU8::new(255).unwrap())

@@ -7,7 +7,7 @@ use std::net::Ipv4Addr;
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use ipnetwork::Ipv4Network;
 use tunl_encap::{
-    DecapPolicy, HEADROOM, IdentGenerator, TunnelSettings, decapsulate, encapsulate,
+    DecapPolicy, HEADROOM, IdentGenerator, TunnelSettings, checksum, decapsulate, encapsulate,
     inner_destination,
 };
 use tunl_routing::Lpm;
@@ -45,7 +45,7 @@ fn packet(dst: Ipv4Addr) -> Vec<u8> {
     p[9] = 6;
     p[12..16].copy_from_slice(&Ipv4Addr::new(10, 255, 0, 1).octets());
     p[16..20].copy_from_slice(&dst.octets());
-    let sum = tunl_encap::checksum::checksum(&p[..20]).to_be_bytes();
+    let sum = checksum::checksum(&p[..20]).to_be_bytes();
     p[10..12].copy_from_slice(&sum);
     buf
 }

@@ -2,15 +2,15 @@
 //! decapsulate pod packets with `tunl-routing` and `tunl-encap` alone, on
 //! your own buffers, without a TUN device, sockets or root.
 //!
-//! Run: `cargo run --example embed`
+//! Run: `cargo run -p tunl-encap --example embed`
 
 use std::net::Ipv4Addr;
 
 use tunl_encap::{
-    DecapPolicy, EncapError, HEADROOM, IdentGenerator, TunnelSettings, decapsulate, encapsulate,
-    inner_destination,
+    DecapPolicy, EncapError, HEADROOM, IdentGenerator, Ipv4Packet, TunnelSettings, checksum,
+    decapsulate, encapsulate, inner_destination,
 };
-use tunl_routing::{Ipv4Network, RouteTable};
+use tunl_routing::{Ipv4Network, RouteWriter};
 
 /// This node's view of who may send IPIP and which pods are local.
 struct Node2 {
@@ -33,10 +33,10 @@ fn pod_packet(src: Ipv4Addr, dst: Ipv4Addr, ttl: u8) -> Vec<u8> {
     let mut ip = vec![0x45, 0, 0, 28, 0x12, 0x34, 0x40, 0, ttl, 1, 0, 0];
     ip.extend_from_slice(&src.octets());
     ip.extend_from_slice(&dst.octets());
-    let sum = tunl_encap::checksum::checksum(&ip).to_be_bytes();
+    let sum = checksum::checksum(&ip).to_be_bytes();
     ip[10..12].copy_from_slice(&sum);
     let mut icmp = vec![8, 0, 0, 0, 0, 7, 0, 1];
-    let sum = tunl_encap::checksum::checksum(&icmp).to_be_bytes();
+    let sum = checksum::checksum(&icmp).to_be_bytes();
     icmp[2..4].copy_from_slice(&sum);
     let mut buf = vec![0u8; HEADROOM];
     buf.extend_from_slice(&ip);
@@ -49,8 +49,9 @@ fn main() {
     // would install `10.20.42.0/26 via 172.16.35.4 dev tunl0 onlink`.
     let node1 = Ipv4Addr::new(172, 16, 35, 4);
     let node2 = Ipv4Addr::new(172, 16, 36, 5);
-    let (mut routes, reader) = RouteTable::new();
+    let mut routes = RouteWriter::new();
     routes.insert("10.20.42.0/26".parse().unwrap(), node1);
+    let reader = routes.reader();
 
     // A pod packet: demo-hello-perf -> demo-hello-sit, TTL 63 after the
     // node forwarded it into the tunnel.
@@ -82,14 +83,16 @@ fn main() {
         let hex: Vec<String> = row.iter().map(|b| format!("{b:02x}")).collect();
         println!("  {}", hex.join(" "));
     }
+    let outer_header = Ipv4Packet::new_checked(wire).expect("an IPv4 packet");
+    let inner_header = Ipv4Packet::new_checked(outer_header.payload()).expect("an inner packet");
     println!(
         "outer {} -> {} protocol {} ttl {}; inner {} -> {}",
-        Ipv4Addr::from([wire[12], wire[13], wire[14], wire[15]]),
-        Ipv4Addr::from([wire[16], wire[17], wire[18], wire[19]]),
-        wire[9],
-        wire[8],
-        pod_perf,
-        pod_sit
+        outer_header.src(),
+        outer_header.dst(),
+        outer_header.protocol(),
+        outer_header.ttl(),
+        inner_header.src(),
+        inner_header.dst(),
     );
 
     // Decap on node1: check the source and the inner packet, get the inner
@@ -101,16 +104,20 @@ fn main() {
     let mut received = wire.to_vec();
     let d = decapsulate(&mut received, &policy).expect("accepted");
     assert_eq!(&received[d.inner.clone()], &buf[HEADROOM..]);
+    let inner = Ipv4Packet::new_checked(&received[d.inner.clone()]).expect("an IPv4 packet");
     println!(
-        "decapsulated {} bytes from {}: the inner packet, unchanged",
-        d.inner.len(),
-        d.outer_src
+        "decapsulated {} bytes from {}: the inner packet, unchanged ({} -> {}, ttl {})",
+        inner.total_len(),
+        d.outer_src,
+        inner.src(),
+        inner.dst(),
+        inner.ttl(),
     );
 
     // A stranger's IPIP is refused, with a reason to count.
     let mut spoofed = wire.to_vec();
     spoofed[12..16].copy_from_slice(&[172, 16, 99, 9]);
-    let mut header = tunl_encap::Ipv4Packet::new_checked(&mut spoofed[..]).expect("valid");
+    let mut header = Ipv4Packet::new_checked(&mut spoofed[..]).expect("valid");
     header.fill_checksum();
     match decapsulate(&mut spoofed, &policy) {
         Ok(_) => panic!("a stranger's packet was accepted"),

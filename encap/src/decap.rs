@@ -59,18 +59,28 @@ pub fn decap_ecn(outer: Ecn, inner: Ecn) -> Option<Ecn> {
 ///
 /// `buf` is the whole outer packet as a raw socket delivers it, outer header
 /// included. May modify the inner header in place (ECN, with the checksum
-/// fixed incrementally). Returns the inner packet's range in `buf`.
+/// fixed incrementally). Returns the inner packet's range in `buf`; bytes
+/// after the inner packet's total length are trimmed like the kernel's
+/// `ip_rcv` does.
 ///
-/// Checks, in order: the outer header (version 4, IHL ≥ 5 and within `buf`,
-/// header checksum, total length equal to `buf.len()` or 0 on a GRO
-/// super-packet longer than 65535 bytes, protocol 4, not a fragment) else
-/// `MalformedOuter`; the source (`UnknownSource`); the inner header
-/// (version 4, IHL ≥ 5 and within the payload, checksum, total length
-/// between the header length and the bytes that follow, or 0 on a super-
-/// packet; trailing bytes beyond it are trimmed like the kernel's `ip_rcv`)
-/// else `MalformedInner`; ECN per RFC 6040 (`EcnDrop`); inner TTL 0
-/// (`TtlExpired`); inner protocol 4 unless allowed (`NestedIpip`); the inner
-/// destination (`NotLocal`).
+/// # Errors
+/// The reason to drop the packet, checked in this order:
+/// - [`DropReason::MalformedOuter`]: the outer header is not version 4 with
+///   IHL ≥ 5 within `buf`, a valid header checksum, a total length equal to
+///   `buf.len()` (or 0 on a GRO super-packet longer than 65535 bytes),
+///   protocol 4 and no fragmentation;
+/// - [`DropReason::UnknownSource`]: the policy does not allow the outer
+///   source;
+/// - [`DropReason::MalformedInner`]: the inner header is not version 4 with
+///   IHL ≥ 5 within the payload and a valid checksum, or its total length is
+///   not between the header length and the bytes that follow (0 is allowed
+///   on a super-packet);
+/// - [`DropReason::EcnDrop`]: inner Not-ECT under an outer CE (RFC 6040);
+/// - [`DropReason::TtlExpired`]: the inner TTL is 0;
+/// - [`DropReason::NestedIpip`]: the inner protocol is 4 and the policy does
+///   not allow nesting;
+/// - [`DropReason::NotLocal`]: the policy does not take the inner
+///   destination.
 #[inline]
 pub fn decapsulate(buf: &mut [u8], policy: &impl DecapPolicy) -> Result<Decapsulated, DropReason> {
     // The fixed outer header, read once as an array.

@@ -15,6 +15,10 @@ pub const HEADROOM: usize = 20;
 /// The default tunnel MTU: a 1500-byte underlay minus the outer header.
 pub const DEFAULT_MTU: u16 = 1480;
 
+/// The smallest MTU an IPv4 link may have (RFC 791: every module must
+/// forward a 68-byte datagram without fragmenting it).
+pub const MIN_MTU: u16 = 68;
+
 /// The longest inner packet an outer IPv4 packet can carry.
 pub const MAX_INNER_LEN: usize = 65_535 - HEADROOM;
 
@@ -27,6 +31,17 @@ pub enum Ttl {
     Inherit,
     /// A fixed outer TTL.
     Fixed(NonZeroU8),
+}
+
+impl fmt::Display for Ttl {
+    /// `inherit`, or the fixed TTL as a number (the spelling of `ip tunnel`
+    /// and of the configuration file).
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Inherit => f.write_str("inherit"),
+            Self::Fixed(ttl) => write!(f, "{ttl}"),
+        }
+    }
 }
 
 /// How the tunnel writes outer headers.
@@ -161,13 +176,17 @@ impl std::error::Error for EncapError {}
 /// and the path MTU learned for the node; `settings.mtu` caps it too). An
 /// inner packet longer than it with DF set (the inner DF, or any packet with
 /// `pmtudisc`) is [`EncapError::TooBig`]; without DF it is encapsulated
-/// anyway and the underlay may fragment it. An inner packet longer than
-/// 65515 bytes cannot be carried at all and is `TooBig` too.
+/// anyway and the underlay may fragment it. Nested IPIP is not checked here.
 ///
-/// Errors: `Drop(MalformedInner)` unless the inner header has version 4,
-/// IHL ≥ 5 and a total length equal to the slice length (also when
-/// `inner_start` is below `HEADROOM` or past the end of `buf`);
-/// `Drop(TtlExpired)` for an inner TTL of 0. Nested IPIP is not checked here.
+/// # Errors
+/// Checked in this order:
+/// - `Drop(`[`DropReason::MalformedInner`]`)` unless the inner header has
+///   version 4, IHL ≥ 5 and a total length equal to the slice length (also
+///   when `inner_start` is below [`HEADROOM`] or past the end of `buf`);
+/// - `Drop(`[`DropReason::TtlExpired`]`)` for an inner TTL of 0;
+/// - [`EncapError::TooBig`] with the MTU to report when the inner packet is
+///   longer than `mtu` with DF set, or longer than [`MAX_INNER_LEN`] (which
+///   no outer packet can carry).
 #[inline]
 pub fn encapsulate(
     buf: &mut [u8],
@@ -188,7 +207,7 @@ pub fn encapsulate(
     let inner_len = inner.len();
     let h = inner.first_chunk::<HEADROOM>().ok_or(malformed)?;
     let header_len = usize::from(h[0] & 0x0f) * 4;
-    if h[0] >> 4 != 4 || header_len < ipv4::HEADER_LEN || header_len > inner_len {
+    if h[0] >> 4 != 4 || header_len < ipv4::IPV4_HEADER_LEN || header_len > inner_len {
         return Err(malformed);
     }
     if usize::from(u16::from_be_bytes([h[2], h[3]])) != inner_len {
@@ -414,6 +433,14 @@ mod tests {
                 mtu: MAX_INNER_LEN as u16
             })
         );
+    }
+
+    #[test]
+    fn ttl_displays_as_configured() {
+        assert_eq!(Ttl::Inherit.to_string(), "inherit");
+        let fixed = Ttl::Fixed(NonZeroU8::new(64).expect("nonzero"));
+        assert_eq!(fixed.to_string(), "64");
+        assert_eq!(Ttl::Fixed(NonZeroU8::MAX).to_string(), "255");
     }
 
     #[test]

@@ -4,7 +4,7 @@
 use std::net::Ipv4Addr;
 
 use crate::checksum;
-use crate::ipv4::{self, HEADER_LEN, Ipv4Packet, PROTOCOL_ICMP, PROTOCOL_IPIP};
+use crate::ipv4::{self, IPV4_HEADER_LEN, Ipv4Packet, PROTOCOL_ICMP, PROTOCOL_IPIP};
 
 /// Length of an ICMP error header (type, code, checksum, four more bytes).
 const ICMP_HEADER_LEN: usize = 8;
@@ -14,7 +14,7 @@ const QUOTE_PAYLOAD_LEN: usize = 8;
 
 /// The longest error [`frag_needed`] and [`unreachable()`] write (20 + 8 +
 /// 60 + 8): an `out` of this size always suffices.
-pub const ICMP_ERROR_MAX_LEN: usize = HEADER_LEN + ICMP_HEADER_LEN + 60 + QUOTE_PAYLOAD_LEN;
+pub const ICMP_ERROR_MAX_LEN: usize = IPV4_HEADER_LEN + ICMP_HEADER_LEN + 60 + QUOTE_PAYLOAD_LEN;
 
 /// The TTL of the errors we send.
 const ICMP_TTL: u8 = 64;
@@ -116,10 +116,10 @@ fn build_error(
     let quote_len = inner.len().min(packet.header_len() + QUOTE_PAYLOAD_LEN);
     let quote = inner.get(..quote_len)?;
     let icmp_len = ICMP_HEADER_LEN + quote_len;
-    let total = HEADER_LEN + icmp_len;
+    let total = IPV4_HEADER_LEN + icmp_len;
     let out = out.get_mut(..total)?;
-    let (ip, icmp) = out.split_at_mut_checked(HEADER_LEN)?;
-    let ip: &mut [u8; HEADER_LEN] = ip.try_into().ok()?;
+    let (ip, icmp) = out.split_at_mut_checked(IPV4_HEADER_LEN)?;
+    let ip: &mut [u8; IPV4_HEADER_LEN] = ip.try_into().ok()?;
     // total <= ICMP_ERROR_MAX_LEN, far below u16::MAX.
     ipv4::write_header(
         ip,

@@ -11,13 +11,16 @@ use std::net::Ipv4Addr;
 use crate::checksum;
 
 /// Length of an IPv4 header without options.
-pub const HEADER_LEN: usize = 20;
+pub const IPV4_HEADER_LEN: usize = 20;
 
 /// IP protocol number of IPv4-in-IPv4 (IPIP).
 pub const PROTOCOL_IPIP: u8 = 4;
 
 /// IP protocol number of ICMP.
 pub const PROTOCOL_ICMP: u8 = 1;
+
+/// IP protocol number of TCP.
+pub(crate) const PROTOCOL_TCP: u8 = 6;
 
 mod field {
     use std::ops::Range;
@@ -111,6 +114,12 @@ impl<T: AsRef<[u8]>> Ipv4Packet<T> {
 
     /// Wraps a buffer after checking that it starts with a whole IPv4 header:
     /// at least 20 bytes, version 4, IHL ≥ 5 and IHL × 4 within the buffer.
+    ///
+    /// # Errors
+    /// Checked in this order: [`ParseError::Truncated`] for an empty buffer,
+    /// [`ParseError::Version`] when the version is not 4,
+    /// [`ParseError::HeaderLen`] when the IHL is below 5, and
+    /// [`ParseError::Truncated`] when the buffer is shorter than IHL × 4.
     #[inline]
     pub fn new_checked(buffer: T) -> Result<Self, ParseError> {
         let packet = Self { buffer };
@@ -127,7 +136,7 @@ impl<T: AsRef<[u8]>> Ipv4Packet<T> {
             return Err(ParseError::Version);
         }
         let header_len = usize::from(ver_ihl & 0x0f) * 4;
-        if header_len < HEADER_LEN {
+        if header_len < IPV4_HEADER_LEN {
             return Err(ParseError::HeaderLen);
         }
         if data.len() < header_len {
@@ -359,7 +368,7 @@ pub fn inner_destination(packet: &[u8]) -> Option<Ipv4Addr> {
 #[allow(clippy::too_many_arguments)]
 #[inline(always)]
 pub(crate) fn write_header(
-    out: &mut [u8; HEADER_LEN],
+    out: &mut [u8; IPV4_HEADER_LEN],
     tos: u8,
     total_len: u16,
     ident: u16,

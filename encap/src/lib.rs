@@ -7,6 +7,18 @@
 //! inner packet so [`encapsulate`] writes the outer header in place;
 //! [`decapsulate`] only returns the inner packet's range.
 //!
+//! Everything is at the crate root, except the Internet checksum functions
+//! in [`checksum`]:
+//! - encap and decap: [`encapsulate`] with [`TunnelSettings`] and an
+//!   [`IdentGenerator`], [`decapsulate`] with a [`DecapPolicy`]; a refused
+//!   packet has a [`DropReason`];
+//! - the IPv4 header view [`Ipv4Packet`] (its [`ParseError`], [`Ecn`]);
+//! - ICMP errors to send ([`frag_needed`], [`unreachable()`]) and to read
+//!   from the underlay ([`parse_underlay_error`]), and a [`TokenBucket`] to
+//!   limit them;
+//! - the virtio-net header of a TUN GSO write ([`tcp4_gso_header`],
+//!   [`gso_segments`]).
+//!
 //! ```
 //! use std::net::Ipv4Addr;
 //! use tunl_encap::{DecapPolicy, HEADROOM, IdentGenerator, TunnelSettings, decapsulate, encapsulate};
@@ -43,21 +55,28 @@ pub mod checksum;
 mod decap;
 mod drop;
 mod encap;
-pub mod icmp;
-pub mod ipv4;
-pub mod ratelimit;
+mod gso;
+mod icmp;
+mod ipv4;
+mod ratelimit;
 
 pub use decap::{DecapPolicy, Decapsulated, decap_ecn, decapsulate};
 pub use drop::DropReason;
 pub use encap::{
-    DEFAULT_MTU, EncapError, HEADROOM, IdentGenerator, MAX_INNER_LEN, Ttl, TunnelSettings,
+    DEFAULT_MTU, EncapError, HEADROOM, IdentGenerator, MAX_INNER_LEN, MIN_MTU, Ttl, TunnelSettings,
     encapsulate,
+};
+pub use gso::{
+    VIRTIO_NET_HDR_F_NEEDS_CSUM, VIRTIO_NET_HDR_GSO_ECN, VIRTIO_NET_HDR_GSO_TCPV4,
+    VIRTIO_NET_HDR_LEN, gso_segments, tcp4_gso_header,
 };
 pub use icmp::{
     ICMP_ERROR_MAX_LEN, UnderlayError, UnderlayIcmp, Unreachable, frag_needed,
     parse_underlay_error, unreachable,
 };
-pub use ipv4::{Ecn, Ipv4Packet, inner_destination};
+pub use ipv4::{
+    Ecn, IPV4_HEADER_LEN, Ipv4Packet, PROTOCOL_ICMP, PROTOCOL_IPIP, ParseError, inner_destination,
+};
 pub use ratelimit::TokenBucket;
 
 #[cfg(test)]

@@ -8,7 +8,8 @@ use proptest::prelude::*;
 use crate::testutil::{Inner, NODE_A, NODE_B, Policy, checksum_ok, outer};
 use crate::{
     DropReason, EncapError, HEADROOM, ICMP_ERROR_MAX_LEN, IdentGenerator, MAX_INNER_LEN, Ttl,
-    TunnelSettings, decapsulate, encapsulate, icmp,
+    TunnelSettings, Unreachable, decapsulate, encapsulate, frag_needed, parse_underlay_error,
+    unreachable,
 };
 
 fn open_policy() -> Policy {
@@ -255,11 +256,11 @@ proptest! {
     fn icmp_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..128), out_len in 0usize..=ICMP_ERROR_MAX_LEN) {
         let mut out = [0u8; ICMP_ERROR_MAX_LEN];
         let from = Ipv4Addr::new(169, 254, 1, 1);
-        if let Some(n) = icmp::frag_needed(&bytes, 1400, from, &mut out[..out_len]) {
+        if let Some(n) = frag_needed(&bytes, 1400, from, &mut out[..out_len]) {
             prop_assert!(n <= out_len);
             prop_assert!(checksum_ok(&out[..n]));
         }
-        let _ = icmp::unreachable(&bytes, icmp::Unreachable::Host, from, &mut out[..out_len]);
-        let _ = icmp::parse_underlay_error(&bytes);
+        let _ = unreachable(&bytes, Unreachable::Host, from, &mut out[..out_len]);
+        let _ = parse_underlay_error(&bytes);
     }
 }

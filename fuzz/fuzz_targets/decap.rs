@@ -6,7 +6,10 @@
 use std::net::Ipv4Addr;
 
 use libfuzzer_sys::fuzz_target;
-use tunl_encap::{DecapPolicy, Ipv4Packet, checksum, decapsulate, icmp};
+use tunl_encap::{
+    DecapPolicy, ICMP_ERROR_MAX_LEN, Ipv4Packet, checksum, decapsulate, frag_needed,
+    parse_underlay_error,
+};
 
 /// Allows sources and destinations by their last octet, so both outcomes occur.
 struct Policy;
@@ -54,9 +57,9 @@ fuzz_target!(|data: &[u8]| {
         assert!(checksum::verify(p.header()), "inner checksum after ECN fix");
         assert!(usize::from(p.total_len()) == inner.len() || p.total_len() == 0);
     }
-    let _ = icmp::parse_underlay_error(data);
-    let mut out = [0u8; icmp::ICMP_ERROR_MAX_LEN];
-    if let Some(n) = icmp::frag_needed(data, 1400, Ipv4Addr::new(169, 254, 1, 1), &mut out) {
+    let _ = parse_underlay_error(data);
+    let mut out = [0u8; ICMP_ERROR_MAX_LEN];
+    if let Some(n) = frag_needed(data, 1400, Ipv4Addr::new(169, 254, 1, 1), &mut out) {
         assert!(checksum::verify(&out[..20]));
         assert!(checksum::verify(&out[20..n]));
     }

@@ -1,7 +1,9 @@
 //! Linux I/O for the tunl dataplane.
 //!
 //! This is the only crate of tunl that contains `unsafe` code; every `unsafe`
-//! block carries a `// SAFETY:` comment. It wraps:
+//! block carries a `// SAFETY:` comment (the crate denies
+//! `clippy::undocumented_unsafe_blocks`), and what socket2 offers safely is
+//! taken from socket2. It wraps:
 //!
 //! - the TUN device ([`Tun`], [`TunQueue`]) with `IFF_VNET_HDR` offloads:
 //!   TSO super-packets are split into MTU-sized segments on read, and
@@ -10,7 +12,12 @@
 //!   `recvmmsg`/`sendmmsg` batching and no allocation per packet or batch;
 //! - the raw ICMP socket for underlay errors ([`IcmpReceiver`]);
 //! - routes and links over rtnetlink ([`netlink::Netlink`]);
+//! - an interface's link state and IPv4 address by ioctl ([`link`]);
 //! - helpers for tests in private network namespaces ([`ns`]).
+//!
+//! The bytes of the virtio-net header and the GSO arithmetic are sans-IO and
+//! live in `tunl-encap` ([`tunl_encap::tcp4_gso_header`],
+//! [`tunl_encap::gso_segments`]); this crate only writes them.
 //!
 //! Every packet buffer is a [`PacketBuf`]: a fixed-capacity byte buffer with
 //! a length, reused without re-zeroing. TUN reads place each packet
@@ -21,9 +28,11 @@
 
 #![cfg(target_os = "linux")]
 #![warn(missing_docs)]
+#![deny(clippy::undocumented_unsafe_blocks)]
 
 mod buf;
 mod error;
+pub mod link;
 pub mod netlink;
 pub mod ns;
 mod raw;
@@ -34,12 +43,12 @@ pub use error::IoError;
 pub use raw::{
     IcmpReceiver, IpipReceiver, IpipSender, MAX_BATCH, PacketSender, RecvReport, SendMsgReport,
 };
-pub use tun::{SendReport, Tun, TunConfig, TunQueue, tcp4_gso_header};
+pub use tun::{SendReport, Tun, TunConfig, TunQueue};
 pub use tun_rs::VIRTIO_NET_HDR_LEN;
 
 /// Bytes reserved before the inner packet in every buffer: room for the
-/// 20-byte outer IPv4 header written in place by encap (same value as
-/// `tunl_encap::HEADROOM`).
+/// 20-byte outer IPv4 header written in place by encap (the value of
+/// [`tunl_encap::HEADROOM`], checked at compile time).
 pub const HEADROOM: usize = 20;
 
 /// The largest IPv4 packet (the total-length field is 16 bits).
@@ -52,6 +61,9 @@ pub const MAX_IP_PACKET: usize = 65535;
 pub const RX_BUF_CAPACITY: usize = MAX_IP_PACKET + 2 * HEADROOM;
 
 const _: () = assert!(HEADROOM >= VIRTIO_NET_HDR_LEN);
+const _: () = assert!(HEADROOM == tunl_encap::HEADROOM);
+// The header tunl-encap writes is the one tun-rs reads and writes.
+const _: () = assert!(VIRTIO_NET_HDR_LEN == tunl_encap::VIRTIO_NET_HDR_LEN);
 
 /// Everything a worker thread owns must move to it.
 const _: () = {

@@ -1,7 +1,7 @@
 //! Raw IPv4 sockets: IPIP receive (`recvmmsg`), IPIP send (`sendmmsg`),
 //! ICMP errors from the underlay.
 
-use std::io;
+use std::io::{self, Read};
 use std::mem;
 use std::net::Ipv4Addr;
 use std::os::fd::{AsRawFd, RawFd};
@@ -346,22 +346,10 @@ impl IcmpReceiver {
     /// its length (truncated to `buf.len()`). `WouldBlock` when none.
     pub fn recv(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         loop {
-            // SAFETY: buf is a valid, exclusively borrowed buffer of
-            // buf.len() bytes for the duration of the call.
-            let rc = unsafe {
-                libc::recv(
-                    self.sock.as_raw_fd(),
-                    buf.as_mut_ptr().cast(),
-                    buf.len(),
-                    libc::MSG_DONTWAIT,
-                )
-            };
-            if rc >= 0 {
-                return Ok(rc as usize);
-            }
-            let e = io::Error::last_os_error();
-            if e.kind() != io::ErrorKind::Interrupted {
-                return Err(e);
+            // One recv(2) (socket2's `Read`); the socket is non-blocking.
+            match (&self.sock).read(buf) {
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                other => return other,
             }
         }
     }

@@ -5,8 +5,9 @@ use std::net::Ipv4Addr;
 use std::os::fd::{AsRawFd, RawFd};
 
 use tun_rs::{DeviceBuilder, GROTable, SyncDevice, VIRTIO_NET_HDR_LEN};
+use tunl_encap::{MIN_MTU, gso_segments, tcp4_gso_header};
 
-use crate::{HEADROOM, IoError, MAX_IP_PACKET, PacketBuf, ns};
+use crate::{HEADROOM, IoError, MAX_IP_PACKET, PacketBuf, link};
 
 /// How to create the TUN device.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -53,9 +54,9 @@ impl Tun {
         if cfg.queues == 0 {
             return Err(IoError::InvalidConfig("queues must be at least 1".into()));
         }
-        if cfg.mtu < 68 {
+        if cfg.mtu < MIN_MTU {
             return Err(IoError::InvalidConfig(format!(
-                "MTU {} is below the IPv4 minimum of 68",
+                "MTU {} is below the IPv4 minimum of {MIN_MTU}",
                 cfg.mtu
             )));
         }
@@ -83,7 +84,7 @@ impl Tun {
             .set_tx_queue_len(cfg.tx_queue_len)
             .map_err(ctx("set tx queue length"))?;
         if let Some((addr, prefix)) = cfg.ipv4 {
-            ns::set_ipv4_address(name, addr, prefix).map_err(ctx("set IPv4 address"))?;
+            link::set_ipv4_address(name, addr, prefix).map_err(ctx("set IPv4 address"))?;
         }
         let offload = first.tcp_gso();
         let udp_gso = first.udp_gso();
@@ -193,13 +194,6 @@ pub struct TunQueue {
 /// merged into another one: GRO writes a real header (gso_type 0, 1, 4, 5,
 /// maybe | 0x80) into every buffer it will write, and none other.
 const GRO_UNWRITTEN: u8 = 0xff;
-
-/// virtio_net.h: `flags` bit asking the kernel to complete the checksum.
-const VIRTIO_NET_HDR_F_NEEDS_CSUM: u8 = 1;
-/// virtio_net.h: `gso_type` of a TCP over IPv4 super-packet.
-const VIRTIO_NET_HDR_GSO_TCPV4: u8 = 1;
-/// virtio_net.h: `gso_type` flag for a super-packet with CWR set.
-const VIRTIO_NET_HDR_GSO_ECN: u8 = 0x80;
 
 /// Errors after which the fd is unusable: returned instead of counted.
 fn is_fatal(e: &io::Error) -> bool {
@@ -448,73 +442,6 @@ impl TunQueue {
             self.dev.send(packet)?;
         }
         Ok(())
-    }
-}
-
-/// Prepares an IPv4 TCP super-packet `pkt` (longer than `mtu`, e.g. coalesced
-/// by the underlay's GRO) for one GSO write to TUN: fills the virtio-net
-/// header `hdr` (TCPV4, NEEDS_CSUM, segments of at most `mtu` bytes), seeds
-/// the TCP checksum with the pseudo-header sum as `CHECKSUM_PARTIAL` wants,
-/// and fixes the IPv4 total length and header checksum. Returns the number
-/// of segments, or `None` when `pkt` is not an unfragmented IPv4 TCP packet
-/// whose headers leave room for payload within `mtu`.
-///
-/// The segment size is `mtu` minus the headers: the kernel does not tell a
-/// raw socket the original segment size, and TCP does not care how the
-/// stream is cut as long as every segment fits the path.
-pub fn tcp4_gso_header(pkt: &mut [u8], mtu: u16, hdr: &mut [u8]) -> Option<usize> {
-    if pkt.len() < 40 || pkt.len() > MAX_IP_PACKET || hdr.len() < VIRTIO_NET_HDR_LEN {
-        return None;
-    }
-    let ihl = usize::from(pkt[0] & 0x0f) * 4;
-    let frag = u16::from_be_bytes([pkt[6], pkt[7]]);
-    if pkt[0] >> 4 != 4 || ihl < 20 || pkt[9] != 6 || frag & 0x3fff != 0 {
-        return None;
-    }
-    let doff = usize::from(pkt.get(ihl + 12)? >> 4) * 4;
-    let hdr_len = ihl + doff;
-    if doff < 20 || pkt.len() <= hdr_len || usize::from(mtu) <= hdr_len {
-        return None;
-    }
-    let gso_size = usize::from(mtu) - hdr_len;
-    let payload = pkt.len() - hdr_len;
-    let len = pkt.len() as u16;
-    pkt[2..4].copy_from_slice(&len.to_be_bytes());
-    pkt[10..12].fill(0);
-    let ip_csum = !tun_rs::checksum(&pkt[..ihl], 0);
-    pkt[10..12].copy_from_slice(&ip_csum.to_be_bytes());
-    // Pseudo-header sum (source, destination, protocol, TCP length), folded
-    // and not complemented.
-    let tcp_len = (pkt.len() - ihl) as u64;
-    let psum = tun_rs::checksum_no_fold(&pkt[12..20], 6 + tcp_len);
-    let seed = tun_rs::checksum(&[], psum);
-    pkt[ihl + 16..ihl + 18].copy_from_slice(&seed.to_be_bytes());
-    // struct virtio_net_hdr, native endian (TUN's default on little-endian
-    // hosts; tun-rs does the same).
-    let cwr = pkt[ihl + 13] & 0x80 != 0;
-    hdr[0] = VIRTIO_NET_HDR_F_NEEDS_CSUM;
-    hdr[1] = VIRTIO_NET_HDR_GSO_TCPV4 | if cwr { VIRTIO_NET_HDR_GSO_ECN } else { 0 };
-    hdr[2..4].copy_from_slice(&(hdr_len as u16).to_ne_bytes());
-    hdr[4..6].copy_from_slice(&(gso_size as u16).to_ne_bytes());
-    hdr[6..8].copy_from_slice(&(ihl as u16).to_ne_bytes());
-    hdr[8..10].copy_from_slice(&16u16.to_ne_bytes());
-    Some(payload.div_ceil(gso_size))
-}
-
-/// How many wire packets a frame (virtio-net header + packet) written to TUN
-/// stands for: 1, or the segment count of a GSO super-packet.
-fn gso_segments(frame: &[u8]) -> usize {
-    let gso_type = frame[1] & 0x7f;
-    if gso_type == 0 {
-        return 1;
-    }
-    let hdr_len = u16::from_ne_bytes([frame[2], frame[3]]) as usize;
-    let gso_size = u16::from_ne_bytes([frame[4], frame[5]]) as usize;
-    let payload = (frame.len() - VIRTIO_NET_HDR_LEN).saturating_sub(hdr_len);
-    if gso_size == 0 {
-        1
-    } else {
-        payload.div_ceil(gso_size).max(1)
     }
 }
 

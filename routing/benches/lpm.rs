@@ -16,7 +16,7 @@ use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_m
 use ip_network_table::IpNetworkTable;
 use ipnet::Ipv4Net;
 use prefix_trie::PrefixMap;
-use tunl_routing::{Ipv4Network, Lpm, RouteTable};
+use tunl_routing::{Ipv4Network, Lpm, RouteWriter};
 
 const LOOKUPS: usize = 4096;
 const SIZES: [(&str, usize); 4] = [
@@ -104,7 +104,7 @@ fn lookups(c: &mut Criterion) {
 
         let lpm = build_tunl(&w);
         eprintln!(
-            "MEMORY tunl n={label}: {:.1} bytes/route in one copy ({} bytes, {} routes); RouteTable keeps 2 copies",
+            "MEMORY tunl n={label}: {:.1} bytes/route in one copy ({} bytes, {} routes); the concurrent table keeps 2 copies",
             lpm.memory_bytes() as f64 / lpm.len() as f64,
             lpm.memory_bytes(),
             lpm.len()
@@ -130,7 +130,8 @@ fn lookups(c: &mut Criterion) {
             },
         );
         // Through the concurrent table: one snapshot load per batch of 64 packets.
-        let (_writer, reader) = RouteTable::from_lpm(lpm);
+        let writer = RouteWriter::from_lpm(lpm);
+        let reader = writer.reader();
         group.bench_with_input(
             BenchmarkId::new("tunl-reader", label),
             &w.lookups,
@@ -147,7 +148,7 @@ fn lookups(c: &mut Criterion) {
                 })
             },
         );
-        drop((_writer, reader));
+        drop((writer, reader));
 
         let mut trie: PrefixMap<Ipv4Net, Ipv4Addr> = PrefixMap::new();
         for &(net, len, hop) in &w.routes {
@@ -199,7 +200,8 @@ fn lookups(c: &mut Criterion) {
 /// another thread sees the new value.
 fn updates(c: &mut Criterion) {
     let w = workload(100_000, 0x7570);
-    let (mut writer, reader) = RouteTable::from_lpm(build_tunl(&w));
+    let mut writer = RouteWriter::from_lpm(build_tunl(&w));
+    let reader = writer.reader();
     let probe: Ipv4Network = "10.255.255.192/26".parse().expect("prefix");
     let probe_addr = Ipv4Addr::new(10, 255, 255, 200);
 

@@ -20,7 +20,7 @@
 //! The tables use linear probing at a load factor of at most 1/2 and
 //! backward-shift deletion (no tombstones), so lookups never degrade after
 //! churn. Every operation is deterministic (no random hash state), which the
-//! two-copy [`RouteTable`](crate::RouteTable) relies on.
+//! two-copy table of [`RouteWriter`](crate::RouteWriter) relies on.
 
 use std::collections::BTreeMap;
 use std::mem::size_of;
@@ -252,8 +252,9 @@ impl<V: Copy> LenTable<V> {
 /// An IPv4 longest-prefix-match table mapping prefixes to small `Copy` values
 /// (tunl maps a block to its next hop's underlay address).
 ///
-/// Single-threaded; share it between threads through
-/// [`RouteTable`](crate::RouteTable). See the module doc for the layout.
+/// Single-threaded; share it between threads through a
+/// [`RouteWriter`](crate::RouteWriter) and its readers. See the module doc
+/// for the layout.
 #[derive(Clone, Debug)]
 pub struct Lpm<V> {
     tables: [LenTable<V>; 33],

@@ -21,7 +21,6 @@
 //!
 //! After the [`RouteWriter`] is dropped, readers see an empty table.
 
-use std::marker::PhantomData;
 use std::net::Ipv4Addr;
 use std::ops::Deref;
 
@@ -57,37 +56,29 @@ impl<V: Copy + PartialEq> Absorb<RouteOp<V>> for Lpm<V> {
     }
 }
 
-/// Builds the writer and readers of a concurrent route table.
-#[derive(Debug)]
-pub struct RouteTable<V> {
-    _value: PhantomData<fn() -> V>,
-}
-
-impl<V: Copy + PartialEq + Send + Sync + 'static> RouteTable<V> {
-    /// An empty table tuned for /26 blocks.
-    #[allow(clippy::new_ret_no_self)]
-    pub fn new() -> (RouteWriter<V>, RouteReader<V>) {
-        Self::from_lpm(Lpm::new())
-    }
-
-    /// A table starting with the routes (and block length) of `lpm`.
-    pub fn from_lpm(lpm: Lpm<V>) -> (RouteWriter<V>, RouteReader<V>) {
-        let (mut write, read) = left_right::new_from_empty(lpm);
-        // The first publish only swaps and the second syncs the copies by
-        // cloning; do both now so no later update pays for a clone.
-        write.publish();
-        write.publish();
-        (RouteWriter { write }, RouteReader::from_handle(read))
-    }
-}
-
-/// The single writer of a [`RouteTable`]. Every method publishes before it
-/// returns: readers see the change from then on.
+/// The single writer of the concurrent route table; [`RouteWriter::reader`]
+/// hands out its readers. Every method publishes before it returns: readers
+/// see the change from then on.
 pub struct RouteWriter<V: Copy + PartialEq> {
     write: WriteHandle<Lpm<V>, RouteOp<V>>,
 }
 
 impl<V: Copy + PartialEq + Send + Sync + 'static> RouteWriter<V> {
+    /// An empty table tuned for /26 blocks ([`Lpm::new`]).
+    pub fn new() -> Self {
+        Self::from_lpm(Lpm::new())
+    }
+
+    /// A table starting with the routes (and block length) of `lpm`.
+    pub fn from_lpm(lpm: Lpm<V>) -> Self {
+        let (mut write, _) = left_right::new_from_empty(lpm);
+        // The first publish only swaps and the second syncs the copies by
+        // cloning; do both now so no later update pays for a clone.
+        write.publish();
+        write.publish();
+        RouteWriter { write }
+    }
+
     /// Runs `f` on the published copy (which, since every method publishes, is current).
     fn with_current<R>(&self, f: impl FnOnce(&Lpm<V>) -> R) -> Option<R> {
         self.write.enter().map(|lpm| f(&lpm))
@@ -167,13 +158,20 @@ impl<V: Copy + PartialEq + Send + Sync + 'static> RouteWriter<V> {
     }
 }
 
+impl<V: Copy + PartialEq + Send + Sync + 'static> Default for RouteWriter<V> {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
 impl<V: Copy + PartialEq + std::fmt::Debug> std::fmt::Debug for RouteWriter<V> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("RouteWriter").finish_non_exhaustive()
     }
 }
 
-/// A reader of a [`RouteTable`]; clone one per dataplane thread.
+/// A reader of the table of a [`RouteWriter`]; clone one per dataplane
+/// thread.
 pub struct RouteReader<V> {
     read: ReadHandle<Lpm<V>>,
     /// What [`RouteReader::load`] shows once the writer is gone.
@@ -275,7 +273,8 @@ mod tests {
 
     #[test]
     fn writer_methods_publish() {
-        let (mut w, r) = RouteTable::<u32>::new();
+        let mut w = RouteWriter::<u32>::new();
+        let r = w.reader();
         assert!(w.is_empty());
         assert_eq!(w.insert(net("10.0.0.0/26"), 1), None);
         assert_eq!(r.lookup(addr("10.0.0.9")), Some(1));
@@ -300,7 +299,8 @@ mod tests {
     fn from_lpm_keeps_routes_and_drop_empties() {
         let mut lpm = Lpm::new();
         lpm.insert(net("10.1.0.0/26"), 7u32);
-        let (w, r) = RouteTable::from_lpm(lpm);
+        let w = RouteWriter::from_lpm(lpm);
+        let r = w.reader();
         assert_eq!(w.len(), 1);
         assert_eq!(r.lookup(addr("10.1.0.1")), Some(7));
         drop(w);
@@ -310,7 +310,8 @@ mod tests {
 
     #[test]
     fn update_is_seen_by_a_reader_after_insert_returns() {
-        let (mut w, r) = RouteTable::<u32>::new();
+        let mut w = RouteWriter::<u32>::new();
+        let r = w.reader();
         let (tx, rx) = mpsc::channel::<u32>();
         let (back_tx, back_rx) = mpsc::channel::<Option<u32>>();
         let reader = thread::spawn(move || {
@@ -337,7 +338,8 @@ mod tests {
             let p = Ipv4Network::new(Ipv4Addr::from((10 << 24) | (i << 6)), 26).expect("/26");
             lpm.insert(p, i);
         }
-        let (mut w, r) = RouteTable::from_lpm(lpm);
+        let mut w = RouteWriter::from_lpm(lpm);
+        let r = w.reader();
         let a = net("10.200.0.0/26");
         let b = net("10.201.0.0/24");
         let a_addr = addr("10.200.0.1");
@@ -397,7 +399,8 @@ mod tests {
             })
             .chain([(net("192.168.0.0/16"), 9999)])
             .collect();
-        let (mut w, r) = RouteTable::<u32>::new();
+        let mut w = RouteWriter::<u32>::new();
+        let r = w.reader();
         w.replace_all(stable.iter().copied());
         let done = Arc::new(AtomicBool::new(false));
         let probes: Vec<(Ipv4Addr, u32)> = stable

@@ -8,7 +8,7 @@ use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tracing::{info, warn};
 use tunl_io::netlink::Netlink;
-use tunl_routing::RouteTable;
+use tunl_routing::RouteWriter;
 
 use super::error::DaemonError;
 use super::neighbours::watch_neighbours;
@@ -17,7 +17,7 @@ use super::routes::{KernelRoutes, NetlinkRoutes, RouteManager, wanted_routes};
 use super::signals::{Asked, Signals};
 use super::startup::{self, DataplaneParts};
 use super::{privileges, reload};
-use crate::config::{Config, ttl_text};
+use crate::config::Config;
 use crate::control::{self, Call};
 use crate::dataplane::{CounterSnapshot, Router, Shared};
 use crate::metrics::MetricsSource;
@@ -39,7 +39,8 @@ pub(super) async fn run(config: Config) -> Result<(), DaemonError> {
     let receivers = startup::open_receivers(&config)?;
 
     let shared = Arc::new(Shared::new(startup::policy_for(&config, mtu)));
-    let (writer, reader) = RouteTable::new();
+    let writer = RouteWriter::new();
+    let reader = writer.reader();
     let kernel = NetlinkRoutes::new(netlink.clone(), device.ifindex);
     let mut routes = RouteManager::new(writer, kernel, shared.clone());
     routes.remove_stale(&wanted_routes(&config)).await;
@@ -128,7 +129,7 @@ fn log_up(config: &Config, device: &DeviceInfo, offload: bool) {
         local = %device.local,
         mtu = device.mtu,
         address = ?device.address.map(|a| a.to_string()),
-        ttl = %ttl_text(config.tunnel.ttl),
+        ttl = %config.tunnel.ttl,
         blocks = ?config.tunnel.blocks.iter().map(|b| b.to_string()).collect::<Vec<_>>(),
         routes = config.routes.len(),
         workers = device.workers,

@@ -472,7 +472,7 @@ pub(crate) mod fake {
 #[cfg(test)]
 pub(crate) mod tests {
     use tunl_encap::TunnelSettings;
-    use tunl_routing::{RouteReader, RouteTable};
+    use tunl_routing::{RouteReader, RouteWriter};
 
     use super::fake::{FakeKernel, KernelCall};
     use super::*;
@@ -493,7 +493,8 @@ pub(crate) mod tests {
 
     /// A manager over a fake kernel, with the LPM reader the fake records.
     pub(crate) fn manager() -> (RouteManager<FakeKernel>, RouteReader<Ipv4Addr>) {
-        let (writer, reader) = RouteTable::new();
+        let writer = RouteWriter::new();
+        let reader = writer.reader();
         let shared = Arc::new(Shared::new(Policy {
             settings: TunnelSettings::new(Ipv4Addr::new(172, 16, 35, 4)),
             vias: Vec::new(),

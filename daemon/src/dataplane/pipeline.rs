@@ -26,11 +26,11 @@ use std::net::Ipv4Addr;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
-use tunl_encap::icmp::{self, UnderlayError, Unreachable};
 use tunl_encap::{
     DropReason, EncapError, HEADROOM, ICMP_ERROR_MAX_LEN, IdentGenerator, TokenBucket,
     TunnelSettings, decapsulate, encapsulate, inner_destination,
 };
+use tunl_encap::{UnderlayError, Unreachable};
 use tunl_io::PacketBuf;
 use tunl_routing::Lpm;
 
@@ -396,7 +396,7 @@ impl Pipeline {
                 out.verdicts[i] = Verdict::Drop(DropReason::NoRoute);
                 let inner = &buf.as_ref()[HEADROOM..];
                 out.icmp.answer(icmp_limit, state.now, local, i, |o| {
-                    icmp::unreachable(inner, Unreachable::Net, dst, o)
+                    tunl_encap::unreachable(inner, Unreachable::Net, dst, o)
                 });
                 continue;
             };
@@ -423,7 +423,7 @@ impl Pipeline {
                     out.verdicts[i] = Verdict::Drop(DropReason::TooBig);
                     let inner = &buf.as_ref()[HEADROOM..];
                     out.icmp.answer(icmp_limit, state.now, local, i, |o| {
-                        icmp::frag_needed(inner, mtu, dst, o)
+                        tunl_encap::frag_needed(inner, mtu, dst, o)
                     });
                 }
                 Err(e) => {
@@ -541,7 +541,7 @@ pub fn underlay_icmp(
     now: Instant,
     local: &mut LocalCounters,
 ) -> UnderlayVerdict {
-    let Some(msg) = icmp::parse_underlay_error(packet) else {
+    let Some(msg) = tunl_encap::parse_underlay_error(packet) else {
         return UnderlayVerdict::Ignored;
     };
     if msg.outer_src != policy.settings.local || policy.vias.binary_search(&msg.node).is_err() {
@@ -579,7 +579,7 @@ mod tests {
     use std::time::Duration;
 
     use tunl_encap::checksum;
-    use tunl_routing::RouteTable;
+    use tunl_routing::RouteWriter;
 
     use super::*;
     use crate::dataplane::Shared;
@@ -659,7 +659,8 @@ mod tests {
                 allow_nested: false,
             };
             policy.set_vias([NODE_A, NODE_B]);
-            let (mut writer, routes) = RouteTable::new();
+            let mut writer = RouteWriter::new();
+            let routes = writer.reader();
             writer.insert("10.20.105.192/26".parse().unwrap(), NODE_A);
             writer.insert("10.20.7.0/26".parse().unwrap(), NODE_B);
             let bucket = Arc::new(Mutex::new(bucket));

@@ -15,7 +15,7 @@ pub fn in_netns<F: FnOnce() + Send + 'static>(f: F) {
     let h = std::thread::spawn(move || {
         tunl_io::ns::unshare_thread_netns()
             .expect("these tests need root: cannot create a network namespace");
-        tunl_io::ns::set_link_up("lo").expect("bring lo up");
+        tunl_io::link::set_link_up("lo").expect("bring lo up");
         f();
     });
     if let Err(panic) = h.join() {
