@@ -2,10 +2,12 @@
 # Installs what tunl's lab, tests and benchmarks need on a Debian/Ubuntu host:
 # iproute2 (ip netns, veth, vxlan), ping, iperf3, tcpdump, ethtool, setpriv
 # (util-linux, for the capability test), and a C
-# toolchain for crates with build scripts. Idempotent; run as root or with sudo.
+# toolchain for crates with build scripts, and clang with libbpf-dev for
+# the XDP program (io/bpf/, compiled by io/build.rs). Idempotent; run as
+# root or with sudo.
 set -euo pipefail
 
-packages=(iproute2 iputils-ping iperf3 tcpdump ethtool procps util-linux build-essential pkg-config)
+packages=(iproute2 iputils-ping iperf3 tcpdump ethtool procps util-linux build-essential pkg-config clang libbpf-dev)
 
 missing=()
 for p in "${packages[@]}"; do
