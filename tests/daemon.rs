@@ -25,6 +25,8 @@ fn seed_cluster() -> TunlCluster {
 }
 
 #[test]
+
+#[ignore = "needs root: scripts/test"]
 fn ping_between_pods_on_two_nodes_shows_ttl_62() {
     let tc = seed_cluster();
     let c = tc.cluster();
@@ -39,6 +41,8 @@ fn ping_between_pods_on_two_nodes_shows_ttl_62() {
 }
 
 #[test]
+
+#[ignore = "needs root: scripts/test"]
 fn tcp_64_mib_arrives_byte_for_byte() {
     let tc = seed_cluster();
     tc.cluster()
@@ -53,6 +57,8 @@ fn tcp_64_mib_arrives_byte_for_byte() {
 }
 
 #[test]
+
+#[ignore = "needs root: scripts/test"]
 fn udp_datagrams_cross_the_tunnel_intact() {
     let tc = seed_cluster();
     tc.cluster()
@@ -113,6 +119,7 @@ fn udp_datagrams_cross_the_tunnel_intact() {
 /// from the underlay, is tested by
 /// `underlay_frag_needed_lowers_the_path_mtu_for_that_node`.)
 #[test]
+#[ignore = "needs root: scripts/test"]
 fn exactly_mtu_passes_and_one_more_gets_frag_needed_1480() {
     let tc = seed_cluster();
     let c = tc.cluster();
@@ -219,6 +226,8 @@ fn dropped_at_exit(tc: &TunlCluster, node: &str, reason: &str) -> u64 {
 }
 
 #[test]
+
+#[ignore = "needs root: scripts/test"]
 fn tso_bursts_of_tiny_segments_cross_intact() {
     // The receiver advertises an MSS of 200, so the sender's 64 KiB TSO
     // bursts hold ~330 segments: more than tunl splits per read.
@@ -258,6 +267,8 @@ fn tso_bursts_of_tiny_segments_cross_intact() {
 }
 
 #[test]
+
+#[ignore = "needs root: scripts/test"]
 fn ipip_from_an_unknown_source_is_refused_and_from_a_node_accepted() {
     let tc = seed_cluster();
     let node1 = tc.cluster().node(NODE1).unwrap().underlay;
@@ -297,6 +308,8 @@ fn ipip_from_an_unknown_source_is_refused_and_from_a_node_accepted() {
 }
 
 #[test]
+
+#[ignore = "needs root: scripts/test"]
 fn inner_destination_outside_blocks_is_not_forwarded() {
     let tc = seed_cluster();
     let node1 = tc.cluster().node(NODE1).unwrap().underlay;
@@ -326,6 +339,8 @@ fn inner_destination_outside_blocks_is_not_forwarded() {
 }
 
 #[test]
+
+#[ignore = "needs root: scripts/test"]
 fn sigterm_removes_routes_and_device() {
     let tc = seed_cluster();
     assert_eq!(tc.kernel_routes(NODE1).unwrap().len(), 1);
@@ -347,6 +362,8 @@ fn sigterm_removes_routes_and_device() {
 }
 
 #[test]
+
+#[ignore = "needs root: scripts/test"]
 fn a_second_daemon_on_the_same_device_fails_clearly() {
     let tc = seed_cluster();
     let config = tc.daemon(NODE1).unwrap().config.clone();
@@ -361,6 +378,8 @@ fn a_second_daemon_on_the_same_device_fails_clearly() {
 }
 
 #[test]
+
+#[ignore = "needs root: scripts/test"]
 fn sighup_adds_a_route_while_a_transfer_runs() {
     let tc = TunlCluster::start(
         ClusterSpec::generated(3, 1),
@@ -420,6 +439,8 @@ fn sighup_adds_a_route_while_a_transfer_runs() {
 }
 
 #[test]
+
+#[ignore = "needs root: scripts/test"]
 fn sighup_with_a_bad_config_keeps_running() {
     let tc = seed_cluster();
     tc.write_config(NODE1, "[tunnel]\nname = \"tunl0\"\n")
@@ -440,6 +461,8 @@ fn sighup_with_a_bad_config_keeps_running() {
 }
 
 #[test]
+
+#[ignore = "needs root: scripts/test"]
 fn a_bad_config_exits_with_code_2_and_names_the_key() {
     let dir = std::env::temp_dir().join(format!("tunl-badconfig-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
@@ -533,6 +556,8 @@ fn a_bad_config_exits_with_code_2_and_names_the_key() {
 }
 
 #[test]
+
+#[ignore = "needs root: scripts/test"]
 fn no_route_in_tunl_answers_net_unreachable() {
     let tc = seed_cluster();
     let c = tc.cluster();
@@ -576,6 +601,8 @@ fn underlay_frag_needed(from_node: Ipv4Addr, to_node: Ipv4Addr, mtu: u16) -> Vec
 }
 
 #[test]
+
+#[ignore = "needs root: scripts/test"]
 fn underlay_frag_needed_lowers_the_path_mtu_for_that_node() {
     let tc = seed_cluster();
     let c = tc.cluster();
@@ -617,6 +644,8 @@ fn underlay_frag_needed_lowers_the_path_mtu_for_that_node() {
 }
 
 #[test]
+
+#[ignore = "needs root: scripts/test"]
 fn deleting_the_device_under_the_daemon_stops_it_with_an_error() {
     let tc = seed_cluster();
     let pid = tc.daemon(NODE1).unwrap().pid;

@@ -5,6 +5,8 @@ use std::path::Path;
 use tunl_lab::lab::{self, LabArgs};
 
 #[test]
+
+#[ignore = "needs root: scripts/test"]
 fn lab_walks_through_the_article() {
     let args = LabArgs {
         seconds: 1,
@@ -60,6 +62,8 @@ fn lab_walks_through_the_article() {
 }
 
 #[test]
+
+#[ignore = "needs root: scripts/test"]
 fn lab_all_to_all_on_a_generated_cluster() {
     let args = LabArgs {
         nodes: Some(3),

@@ -47,6 +47,8 @@ fn alive(pid: u32) -> bool {
 }
 
 #[test]
+
+#[ignore = "needs root: scripts/test"]
 fn seed_direct_pings_with_ttl_62() {
     let cluster = Cluster::build(ClusterSpec::seed().with_overlay(Overlay::Direct)).unwrap();
     let sit = pod_ip(&cluster, "demo-hello-sit");
@@ -90,6 +92,8 @@ fn seed_direct_pings_with_ttl_62() {
 }
 
 #[test]
+
+#[ignore = "needs root: scripts/test"]
 fn seed_vxlan_pings_with_ttl_62_and_carries_tcp_and_udp() {
     let cluster = Cluster::build(ClusterSpec::seed().with_overlay(Overlay::Vxlan)).unwrap();
     assert_eq!(cluster.pod_mtu(), 1450);
@@ -126,6 +130,8 @@ fn seed_vxlan_pings_with_ttl_62_and_carries_tcp_and_udp() {
 }
 
 #[test]
+
+#[ignore = "needs root: scripts/test"]
 fn generated_direct_cluster_pings_all_to_all() {
     let cluster =
         Cluster::build(ClusterSpec::generated(3, 2).with_overlay(Overlay::Direct)).unwrap();
@@ -166,6 +172,8 @@ fn generated_direct_cluster_pings_all_to_all() {
 }
 
 #[test]
+
+#[ignore = "needs root: scripts/test"]
 fn overlay_none_installs_nothing_between_blocks() {
     let cluster = Cluster::build(ClusterSpec::seed()).unwrap();
     let sit = pod_ip(&cluster, "demo-hello-sit");
@@ -209,6 +217,8 @@ fn overlay_none_installs_nothing_between_blocks() {
 }
 
 #[test]
+
+#[ignore = "needs root: scripts/test"]
 fn drop_removes_namespaces_and_processes() {
     let cluster = Cluster::build(ClusterSpec::generated(3, 1)).unwrap();
     let namespaces = cluster.namespaces().to_vec();
@@ -236,6 +246,8 @@ fn drop_removes_namespaces_and_processes() {
 }
 
 #[test]
+
+#[ignore = "needs root: scripts/test"]
 fn panic_unwinding_removes_namespaces() {
     let tag = test_tag("panic");
     let _guard = TagGuard(tag.clone());
@@ -251,6 +263,8 @@ fn panic_unwinding_removes_namespaces() {
 }
 
 #[test]
+
+#[ignore = "needs root: scripts/test"]
 fn fixed_tag_leftovers_fail_or_are_replaced() {
     let tag = test_tag("rep");
     let _guard = TagGuard(tag.clone());
@@ -290,6 +304,8 @@ fn fixed_tag_leftovers_fail_or_are_replaced() {
 }
 
 #[test]
+
+#[ignore = "needs root: scripts/test"]
 fn kept_cluster_survives_drop_until_teardown() {
     let tag = test_tag("keep");
     let _guard = TagGuard(tag.clone());
@@ -308,6 +324,8 @@ fn kept_cluster_survives_drop_until_teardown() {
 }
 
 #[test]
+
+#[ignore = "needs root: scripts/test"]
 fn spawned_processes_can_be_waited_and_logged() {
     let cluster = Cluster::build(ClusterSpec::seed()).unwrap();
     let log = std::env::temp_dir().join(format!("tunl-topology-{}.log", cluster.tag()));
@@ -353,6 +371,8 @@ fn ping_df(cluster: &Cluster, from: &str, to: Ipv4Addr, size: u16) -> bool {
 }
 
 #[test]
+
+#[ignore = "needs root: scripts/test"]
 fn pod_mtu_follows_underlay_and_overlay() {
     for (overlay, pod_mtu) in [(Overlay::Direct, 8980), (Overlay::Vxlan, 8950)] {
         let spec = ClusterSpec::seed()
@@ -387,6 +407,8 @@ fn pod_mtu_follows_underlay_and_overlay() {
 }
 
 #[test]
+
+#[ignore = "needs root: scripts/test"]
 fn adopted_commands_run_in_the_namespace_and_are_ended_on_drop() {
     let cluster = Cluster::build(ClusterSpec::seed()).unwrap();
     let mut cmd = cluster.command("node2.perf", "sh").unwrap();

@@ -39,6 +39,8 @@ fn receive(rx: &mut IpipReceiver, bufs: &mut [PacketBuf], want: usize) -> (Vec<V
 }
 
 #[test]
+
+#[ignore = "needs root: scripts/test"]
 fn ipip_batch_round_trips_byte_for_byte() {
     in_netns(|| {
         let mut rx = IpipReceiver::open(4 << 20).expect("open IPIP receiver");
@@ -78,6 +80,8 @@ fn ipip_batch_round_trips_byte_for_byte() {
 }
 
 #[test]
+
+#[ignore = "needs root: scripts/test"]
 fn a_failing_packet_is_skipped_and_the_batch_goes_on() {
     in_netns(|| {
         let mut rx = IpipReceiver::open(1 << 20).unwrap();
@@ -105,6 +109,8 @@ fn a_failing_packet_is_skipped_and_the_batch_goes_on() {
 }
 
 #[test]
+
+#[ignore = "needs root: scripts/test"]
 fn mismatched_slices_are_rejected() {
     in_netns(|| {
         let mut tx = IpipSender::open(1 << 20).unwrap();
@@ -114,6 +120,8 @@ fn mismatched_slices_are_rejected() {
 }
 
 #[test]
+
+#[ignore = "needs root: scripts/test"]
 fn a_packet_larger_than_its_buffer_is_counted_truncated() {
     in_netns(|| {
         let mut rx = IpipReceiver::open(1 << 20).unwrap();
@@ -135,6 +143,8 @@ fn a_packet_larger_than_its_buffer_is_counted_truncated() {
 }
 
 #[test]
+
+#[ignore = "needs root: scripts/test"]
 fn icmp_receiver_gets_errors_but_not_echoes() {
     in_netns(|| {
         let mut icmp = IcmpReceiver::open().expect("open ICMP receiver");

@@ -38,6 +38,8 @@ fn bound_udp(port: u16) -> UdpSocket {
 }
 
 #[test]
+
+#[ignore = "needs root: scripts/test"]
 fn create_reads_back_mtu_address_queues_and_offload() {
     in_netns_async(|| async {
         let tun = Tun::create(&config("tt0", true, 2)).expect("create TUN");
@@ -58,6 +60,8 @@ fn create_reads_back_mtu_address_queues_and_offload() {
 }
 
 #[test]
+
+#[ignore = "needs root: scripts/test"]
 fn second_create_of_a_held_device_says_busy() {
     in_netns(|| {
         let _held = Tun::create(&config("tt0", false, 1)).expect("create TUN");
@@ -68,6 +72,8 @@ fn second_create_of_a_held_device_says_busy() {
 }
 
 #[test]
+
+#[ignore = "needs root: scripts/test"]
 fn empty_queue_would_block() {
     in_netns(|| {
         let mut q = Tun::create(&config("tt0", true, 1)).unwrap().into_queues();
@@ -141,16 +147,22 @@ fn tun_to_stack(offload: bool) {
 }
 
 #[test]
+
+#[ignore = "needs root: scripts/test"]
 fn packets_written_to_tun_reach_a_local_socket_with_offload() {
     tun_to_stack(true);
 }
 
 #[test]
+
+#[ignore = "needs root: scripts/test"]
 fn packets_written_to_tun_reach_a_local_socket_without_offload() {
     tun_to_stack(false);
 }
 
 #[test]
+
+#[ignore = "needs root: scripts/test"]
 fn empty_buffers_in_a_batch_are_dropped_not_fatal() {
     in_netns(|| {
         let mut queues = Tun::create(&config("tt0", true, 1)).unwrap().into_queues();
@@ -245,11 +257,15 @@ fn stack_to_tun(offload: bool) {
 }
 
 #[test]
+
+#[ignore = "needs root: scripts/test"]
 fn stack_traffic_routed_into_tun_is_read_and_split_with_offload() {
     stack_to_tun(true);
 }
 
 #[test]
+
+#[ignore = "needs root: scripts/test"]
 fn stack_traffic_routed_into_tun_is_read_without_offload() {
     stack_to_tun(false);
 }
@@ -261,6 +277,8 @@ fn load(buf: &mut PacketBuf, pkt: &[u8]) {
 }
 
 #[test]
+
+#[ignore = "needs root: scripts/test"]
 fn tcp_segments_written_in_one_batch_are_coalesced_and_delivered() {
     in_netns(|| {
         let mut queues = Tun::create(&config("tt0", true, 1)).unwrap().into_queues();
@@ -310,6 +328,8 @@ fn tcp_segments_written_in_one_batch_are_coalesced_and_delivered() {
 }
 
 #[test]
+
+#[ignore = "needs root: scripts/test"]
 fn every_queue_of_a_multi_queue_device_carries_traffic() {
     in_netns(|| {
         let mut queues = Tun::create(&config("tt0", true, 2)).unwrap().into_queues();
@@ -400,6 +420,7 @@ fn handshake(q: &mut TunQueue, port: u16) -> u32 {
 /// Written in one batch between ordinary packets of the same flow, each is
 /// written as one GSO frame, in order, and the socket reads every byte.
 #[test]
+#[ignore = "needs root: scripts/test"]
 fn tcp_super_packets_longer_than_the_mtu_are_written_as_gso_and_delivered() {
     in_netns(|| {
         let mut queues = Tun::create(&config("tt0", true, 1)).unwrap().into_queues();
@@ -441,6 +462,7 @@ fn tcp_super_packets_longer_than_the_mtu_are_written_as_gso_and_delivered() {
 /// knowing its datagram boundaries: it is counted and dropped, and the
 /// batch goes on.
 #[test]
+#[ignore = "needs root: scripts/test"]
 fn oversize_non_tcp_packets_are_counted_not_written() {
     in_netns(|| {
         let mut queues = Tun::create(&config("tt0", true, 1)).unwrap().into_queues();
