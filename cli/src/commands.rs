@@ -215,6 +215,32 @@ fn ago(now_ms: u64, then_ms: u64) -> String {
     }
 }
 
+/// The `underlay:` line of `tunl status`: what runs, and as asked or not.
+fn underlay_line(u: &tunl::control::UnderlayStatus, workers: usize) -> String {
+    let mut line = u.running.clone();
+    if u.running == "xdp" {
+        let mode = u.xdp_mode.as_deref().unwrap_or("?");
+        let _ = write!(
+            line,
+            " ({mode}, {} socket{}",
+            u.xdp_sockets,
+            if u.xdp_sockets == 1 { "" } else { "s" }
+        );
+        if u.xdp_workers < workers {
+            let _ = write!(
+                line,
+                "; {} of {workers} workers, the others on packet",
+                u.xdp_workers
+            );
+        }
+        line.push(')');
+    }
+    if !u.requested.is_empty() && u.requested != u.running {
+        let _ = write!(line, " (asked for {})", u.requested);
+    }
+    line
+}
+
 /// The text `tunl status` prints.
 pub fn format_status(s: &Status) -> String {
     let mut o = String::new();
@@ -229,6 +255,10 @@ pub fn format_status(s: &Status) -> String {
         let _ = writeln!(o, "  blocks: {}", b.join(", "));
     }
     let _ = writeln!(o, "  workers: {}", s.workers);
+    let _ = writeln!(o, "  underlay: {}", underlay_line(&s.underlay, s.workers));
+    if let Some(why) = &s.underlay.fallback {
+        let _ = writeln!(o, "  underlay fallback: {why}");
+    }
     let _ = writeln!(o, "  routes: {}", s.routes);
     for n in &s.nodes {
         let b: Vec<String> = n.blocks.iter().map(ToString::to_string).collect();

@@ -30,7 +30,8 @@
 //! tx_queue_len = 1000
 //! socket_buffer = 8388608     # raw socket buffers, bytes
 //! icmp_rate = 100             # ICMP errors per second
-//! packet_tx = false           # AF_PACKET transmit
+//! underlay = "raw"            # "raw", "packet" (AF_PACKET transmit), "xdp" (AF_XDP) or "auto"
+//! xdp_mode = "auto"           # with underlay "xdp"/"auto": "auto", "generic" or "native"
 //! busy_poll_us = 0            # poll this long before sleeping
 //! ```
 //!
@@ -200,13 +201,19 @@ pub struct DataplaneSection {
     /// ICMP errors the daemon may send per second (frag-needed, unreachable).
     #[serde(default = "default_icmp_rate")]
     pub icmp_rate: u32,
-    /// Send outer packets with AF_PACKET straight to the underlay device
-    /// (the one holding `tunnel.local`), skipping the per-packet route
-    /// lookup, netfilter and qdisc; next-hop MACs come from the neighbour
-    /// table, unresolved ones go through the IP stack. Outer packets then
-    /// bypass the node's OUTPUT firewall rules. Default false.
+    /// How outer packets reach the underlay device (the one holding
+    /// `tunnel.local`): see [`Underlay`]. `None` (not in the file) is
+    /// [`Underlay::DEFAULT`], or what the deprecated `packet_tx` says.
     #[serde(default)]
-    pub packet_tx: bool,
+    pub underlay: Option<Underlay>,
+    /// How the XDP program runs on the underlay device with `underlay =
+    /// "xdp"` or `"auto"`.
+    #[serde(default)]
+    pub xdp_mode: XdpModeSetting,
+    /// Deprecated: `packet_tx = true` is `underlay = "packet"` (with a
+    /// warning); it cannot be combined with `underlay`.
+    #[serde(default)]
+    pub packet_tx: Option<bool>,
     /// Microseconds a worker keeps polling its queues without sleeping after
     /// the last packet it handled. Each sleep costs a thread wakeup on the
     /// next packet (tens of µs on a VM), so this cuts the latency tunl adds,
@@ -225,10 +232,98 @@ impl Default for DataplaneSection {
             tx_queue_len: default_txqueuelen(),
             socket_buffer: default_socket_buffer(),
             icmp_rate: default_icmp_rate(),
-            packet_tx: false,
+            underlay: None,
+            xdp_mode: XdpModeSetting::Auto,
+            packet_tx: None,
             busy_poll_us: 0,
         }
     }
+}
+
+impl DataplaneSection {
+    /// The underlay asked for: `underlay`, else the deprecated `packet_tx`,
+    /// else [`Underlay::DEFAULT`].
+    pub fn underlay(&self) -> Underlay {
+        match (self.underlay, self.packet_tx) {
+            (Some(u), _) => u,
+            (None, Some(true)) => Underlay::Packet,
+            (None, _) => Underlay::DEFAULT,
+        }
+    }
+}
+
+/// `[dataplane] underlay`: how outer packets leave for (and arrive from) the
+/// underlay device, the one holding `tunnel.local`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Underlay {
+    /// A raw IP socket both ways: the kernel routes each outer packet,
+    /// resolves its next hop (ARP) and runs netfilter and the qdisc.
+    Raw,
+    /// AF_PACKET transmit (`PACKET_QDISC_BYPASS`) with next-hop MACs from
+    /// the neighbour table (a batch with an unknown one takes the raw
+    /// socket); receive through the raw socket. Bypasses the OUTPUT and
+    /// POSTROUTING hooks for outer packets.
+    Packet,
+    /// AF_XDP both ways: an XDP program on the device hands IPIP frames for
+    /// tunl to AF_XDP sockets, and tunl transmits through them. Bypasses
+    /// netfilter both ways for outer IPIP packets; when it cannot be set
+    /// up, tunl logs why and runs on `packet`.
+    Xdp,
+    /// The fastest that works here: `xdp`, else `packet`, else `raw`.
+    Auto,
+}
+
+impl Underlay {
+    /// The underlay without an `underlay` key.
+    pub const DEFAULT: Underlay = Underlay::Raw;
+
+    /// The name as the config spells it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Underlay::Raw => "raw",
+            Underlay::Packet => "packet",
+            Underlay::Xdp => "xdp",
+            Underlay::Auto => "auto",
+        }
+    }
+}
+
+impl fmt::Display for Underlay {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl std::str::FromStr for Underlay {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Underlay, String> {
+        match s {
+            "raw" => Ok(Underlay::Raw),
+            "packet" => Ok(Underlay::Packet),
+            "xdp" => Ok(Underlay::Xdp),
+            "auto" => Ok(Underlay::Auto),
+            other => Err(format!(
+                "unknown underlay {other:?}: raw, packet, xdp or auto"
+            )),
+        }
+    }
+}
+
+/// `[dataplane] xdp_mode`: how the XDP program runs on the underlay device.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum XdpModeSetting {
+    /// Generic on veth (measured faster there: native mode copies every
+    /// frame and turns TSO off on the peer), native elsewhere, falling back
+    /// to generic when the driver has no native XDP.
+    #[default]
+    Auto,
+    /// Generic (skb) mode, on any device.
+    Generic,
+    /// Native (driver) mode only.
+    Native,
 }
 
 /// The longest `dataplane.busy_poll_us` accepted: one second.
@@ -384,6 +479,13 @@ impl Config {
             metrics: raw.metrics,
         };
         config.validate()?;
+        if let Some(packet_tx) = config.dataplane.packet_tx {
+            tracing::warn!(
+                "{}: dataplane.packet_tx is deprecated: write underlay = \"{}\" instead",
+                path.display(),
+                if packet_tx { "packet" } else { "raw" }
+            );
+        }
         Ok(config)
     }
 
@@ -537,6 +639,15 @@ impl Config {
             return bad(
                 "dataplane.icmp_rate",
                 "must be at least 1 (per second)".to_owned(),
+            );
+        }
+        if let (Some(packet_tx), Some(underlay)) = (d.packet_tx, d.underlay) {
+            return bad(
+                "dataplane.packet_tx",
+                format!(
+                    "packet_tx = {packet_tx} is the deprecated spelling of underlay = \"packet\" \
+                     and cannot be combined with underlay = \"{underlay}\": remove packet_tx"
+                ),
             );
         }
         if d.busy_poll_us > MAX_BUSY_POLL_US {
@@ -783,6 +894,40 @@ allow = ["172.16.0.0/16"]
             other => panic!("expected an invalid-config error, got {other:?}"),
         };
         assert_eq!(key, "route[0].via");
+    }
+
+    #[test]
+    fn underlay_and_its_deprecated_spelling() {
+        let with = |extra: &str| parse(&format!("{SEED}\n[dataplane]\n{extra}\n"));
+        assert_eq!(parse(SEED).unwrap().dataplane.underlay(), Underlay::DEFAULT);
+        assert_eq!(Underlay::DEFAULT, Underlay::Raw);
+        for (text, want) in [
+            ("underlay = \"raw\"", Underlay::Raw),
+            ("underlay = \"packet\"", Underlay::Packet),
+            ("underlay = \"xdp\"", Underlay::Xdp),
+            ("underlay = \"auto\"", Underlay::Auto),
+            ("packet_tx = true", Underlay::Packet),
+            ("packet_tx = false", Underlay::Raw),
+        ] {
+            assert_eq!(with(text).unwrap().dataplane.underlay(), want, "{text}");
+            assert_eq!(want.as_str().parse::<Underlay>(), Ok(want));
+        }
+        assert!(matches!(
+            with("underlay = \"dpdk\""),
+            Err(ConfigError::Parse { .. })
+        ));
+        let (key, problem) = invalid_key(&format!(
+            "{SEED}\n[dataplane]\npacket_tx = true\nunderlay = \"xdp\"\n"
+        ));
+        assert_eq!(key, "dataplane.packet_tx");
+        assert!(problem.contains("remove packet_tx"), "{problem}");
+        let c = with("underlay = \"xdp\"\nxdp_mode = \"native\"").unwrap();
+        assert_eq!(c.dataplane.xdp_mode, XdpModeSetting::Native);
+        assert_eq!(
+            parse(SEED).unwrap().dataplane.xdp_mode,
+            XdpModeSetting::Auto
+        );
+        assert!(with("xdp_mode = \"offload\"").is_err());
     }
 
     #[test]

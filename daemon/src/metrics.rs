@@ -16,6 +16,9 @@
 //! | `tunl_routes` | gauge | |
 //! | `tunl_path_mtu_bytes` | gauge | `node` |
 //! | `tunl_dataplane_workers` | gauge | |
+//! | `tunl_underlay_info` | info | `underlay` (running), `requested`, `xdp_mode` |
+//! | `tunl_xdp_{redirected,no_socket,passed}_frames_total` (the XDP program's counters) | counter | |
+//! | `tunl_xsk_<statistic>_total` (each AF_XDP socket's `XDP_STATISTICS`) | counter | `queue` |
 //! | `tunl_build_info` | info | `version` |
 
 use std::net::SocketAddr;
@@ -32,6 +35,9 @@ use prometheus_client::registry::Registry;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
+use tunl_io::xdp::{ProgramStatsReader, XskStatistics, XskStatsReader};
+
+use crate::control::UnderlayStatus;
 use crate::dataplane::{CounterSnapshot, Shared};
 
 /// The longest request head read.
@@ -50,6 +56,20 @@ pub struct MetricsSource {
     pub routes: Arc<AtomicUsize>,
     /// Dataplane worker threads.
     pub workers: usize,
+    /// The underlay running.
+    pub underlay: UnderlayStatus,
+    /// The XDP underlay's counters, when it runs.
+    pub xdp: Option<XdpReaders>,
+}
+
+/// Readers of the XDP underlay's counters (the program's and each
+/// socket's); reading them needs no capability.
+#[derive(Debug, Clone)]
+pub struct XdpReaders {
+    /// The program's counters.
+    pub program: ProgramStatsReader,
+    /// Each AF_XDP socket's statistics.
+    pub sockets: Vec<XskStatsReader>,
 }
 
 fn counter(v: u64) -> Counter {
@@ -131,6 +151,17 @@ impl MetricsSource {
         let workers = Gauge::<i64>::default();
         workers.set(self.workers as i64);
         r.register("dataplane_workers", "Dataplane worker threads", workers);
+        let mut info = vec![
+            ("underlay".to_owned(), self.underlay.running.clone()),
+            ("requested".to_owned(), self.underlay.requested.clone()),
+        ];
+        if let Some(mode) = &self.underlay.xdp_mode {
+            info.push(("xdp_mode".to_owned(), mode.clone()));
+        }
+        r.register("underlay", "The underlay running", Info::new(info));
+        if let Some(xdp) = &self.xdp {
+            self.register_xdp(&mut r, xdp);
+        }
         r.register(
             "build",
             "tunl build information",
@@ -144,6 +175,77 @@ impl MetricsSource {
             out.clear();
         }
         out
+    }
+}
+
+/// One `XDP_STATISTICS` field.
+type XskField = fn(&XskStatistics) -> u64;
+
+impl MetricsSource {
+    fn register_xdp(&self, r: &mut Registry, xdp: &XdpReaders) {
+        if let Ok(p) = xdp.program.read() {
+            for (name, help, v) in [
+                (
+                    "xdp_redirected_frames",
+                    "IPIP frames for tunl the XDP program handed to an AF_XDP socket",
+                    p.redirected,
+                ),
+                (
+                    "xdp_no_socket_frames",
+                    "IPIP frames for tunl on a queue without an AF_XDP socket, passed to the stack",
+                    p.no_socket,
+                ),
+                (
+                    "xdp_passed_frames",
+                    "Other frames the XDP program passed to the stack",
+                    p.passed,
+                ),
+            ] {
+                r.register(name, help, counter(v));
+            }
+        }
+        let families: [(&str, &str, XskField); 6] = [
+            (
+                "xsk_rx_dropped",
+                "Frames an AF_XDP socket dropped (too long, ...)",
+                |s| s.rx_dropped,
+            ),
+            (
+                "xsk_rx_ring_full",
+                "Frames dropped: the RX ring was full",
+                |s| s.rx_ring_full,
+            ),
+            (
+                "xsk_rx_fill_ring_empty",
+                "Frames dropped: the fill ring was empty",
+                |s| s.rx_fill_ring_empty_descs,
+            ),
+            (
+                "xsk_rx_invalid_descs",
+                "Invalid fill ring descriptors",
+                |s| s.rx_invalid_descs,
+            ),
+            ("xsk_tx_invalid_descs", "Invalid TX ring descriptors", |s| {
+                s.tx_invalid_descs
+            }),
+            (
+                "xsk_tx_ring_empty",
+                "TX kicks that found the ring empty",
+                |s| s.tx_ring_empty_descs,
+            ),
+        ];
+        let stats: Vec<(u32, XskStatistics)> = xdp
+            .sockets
+            .iter()
+            .filter_map(|s| Some((s.queue(), s.read().ok()?)))
+            .collect();
+        for (name, help, get) in families {
+            let f = Family::<Labels, Counter>::default();
+            for (queue, s) in &stats {
+                f.get_or_create(&labels("queue", queue)).inc_by(get(s));
+            }
+            r.register(name, help, f);
+        }
     }
 }
 
@@ -274,6 +376,13 @@ mod tests {
             shared,
             routes: Arc::new(AtomicUsize::new(3)),
             workers: 2,
+            underlay: UnderlayStatus {
+                requested: "xdp".to_owned(),
+                running: "xdp".to_owned(),
+                xdp_mode: Some("generic".to_owned()),
+                ..UnderlayStatus::default()
+            },
+            xdp: None,
         };
         let text = m.render();
         assert_eq!(
@@ -297,5 +406,11 @@ mod tests {
             Some(1380)
         );
         assert!(text.contains("tunl_build_info{version=\""), "{text}");
+        assert!(
+            text.contains(
+                "tunl_underlay_info{underlay=\"xdp\",requested=\"xdp\",xdp_mode=\"generic\"} 1"
+            ),
+            "{text}"
+        );
     }
 }

@@ -7,7 +7,7 @@ use std::os::fd::{AsRawFd, RawFd};
 use tun_rs::{DeviceBuilder, GROTable, SyncDevice, VIRTIO_NET_HDR_LEN};
 use tunl_encap::{MIN_MTU, gso_segments, tcp4_gso_header};
 
-use crate::{HEADROOM, IoError, MAX_IP_PACKET, PacketBuf, link};
+use crate::{Buffer, HEADROOM, IoError, MAX_IP_PACKET, PacketBuf, link};
 
 /// How to create the TUN device.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -239,7 +239,7 @@ impl TunQueue {
     /// packet read could not be split (malformed virtio-net header, too few
     /// or too small buffers): that packet is lost, the queue stays usable.
     /// Other errors are the OS error of `read()`.
-    pub fn recv_segments(&mut self, bufs: &mut [PacketBuf]) -> io::Result<usize> {
+    pub fn recv_segments<B: Buffer>(&mut self, bufs: &mut [B]) -> io::Result<usize> {
         if bufs.is_empty() {
             return Ok(0);
         }

@@ -113,6 +113,7 @@ fn ifindex(name: &str) -> u32 {
 }
 
 #[test]
+#[ignore = "needs root: scripts/test"]
 fn attach_and_detach_with_the_link() {
     let pair = Pair::new();
     in_ns(&pair.b, || {
@@ -146,6 +147,7 @@ fn attach_and_detach_with_the_link() {
 }
 
 #[test]
+#[ignore = "needs root: scripts/test"]
 fn a_second_attach_is_refused_and_nothing_is_replaced() {
     let pair = Pair::new();
     in_ns(&pair.b, || {
@@ -226,6 +228,7 @@ fn hold_an_attachment() {
 }
 
 #[test]
+#[ignore = "needs root: scripts/test"]
 fn kill_9_leaves_nothing_attached() {
     let pair = Pair::new();
     let mut child = Command::new(std::env::current_exe().unwrap())
@@ -271,6 +274,7 @@ fn send_raw(packets: &[Vec<u8>], to: Ipv4Addr) {
 }
 
 #[test]
+#[ignore = "needs root: scripts/test"]
 fn ipip_for_us_reaches_the_socket_and_the_rest_the_stack() {
     let pair = Pair::new();
     let packets: Vec<Vec<u8>> = (0..50u16)
@@ -344,6 +348,7 @@ fn ipip_for_us_reaches_the_socket_and_the_rest_the_stack() {
 }
 
 #[test]
+#[ignore = "needs root: scripts/test"]
 fn frames_sent_through_the_socket_arrive_intact() {
     let pair = Pair::new();
     let mac = |ns: &str, dev: &str| in_ns(ns, || tunl_io::link::hardware_address(dev).unwrap());

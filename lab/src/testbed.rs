@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 use ipnetwork::Ipv4Network;
 
 use crate::topology::{Cluster, ClusterSpec, Node, Overlay, ProcessOutput, TopologyError};
+use tunl::config::Underlay;
 use tunl::daemon::ROUTE_PROTOCOL;
 
 /// How long a daemon may take to come up.
@@ -26,8 +27,9 @@ pub struct DaemonOptions {
     pub workers: usize,
     /// Use TUN offloads.
     pub offload: bool,
-    /// Send outer packets with AF_PACKET (`[dataplane] packet_tx`).
-    pub packet_tx: bool,
+    /// `[dataplane] underlay`: how outer packets reach the underlay
+    /// (`raw`, `packet`, `xdp`, `auto`).
+    pub underlay: Underlay,
     /// `[dataplane] busy_poll_us`.
     pub busy_poll_us: u32,
     /// Set `tunnel.blocks` (the relay check).
@@ -45,7 +47,7 @@ impl Default for DaemonOptions {
         DaemonOptions {
             workers: 1,
             offload: true,
-            packet_tx: false,
+            underlay: Underlay::DEFAULT,
             busy_poll_us: 0,
             blocks: true,
             allow: Vec::new(),
@@ -113,8 +115,8 @@ pub fn node_config(cluster: &Cluster, node: &Node, options: &DaemonOptions) -> S
     }
     let _ = writeln!(
         s,
-        "\n[dataplane]\nworkers = {}\noffload = {}\npacket_tx = {}\nbusy_poll_us = {}",
-        options.workers, options.offload, options.packet_tx, options.busy_poll_us
+        "\n[dataplane]\nworkers = {}\noffload = {}\nunderlay = \"{}\"\nbusy_poll_us = {}",
+        options.workers, options.offload, options.underlay, options.busy_poll_us
     );
     let socket = control_socket(cluster, &node.name);
     let _ = writeln!(s, "\n[control]\nsocket = \"{}\"", socket.display());

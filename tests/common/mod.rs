@@ -68,11 +68,22 @@ pub fn tcp_transfer(
     total: usize,
 ) -> usize {
     let to = SocketAddrV4::new(tc.pod_ip(to_pod).unwrap(), port);
-    let (server_ns, client_ns) = (netns_of(tc, to_pod), netns_of(tc, from_pod));
+    tcp_transfer_between(&netns_of(tc, from_pod), &netns_of(tc, to_pod), to, total)
+}
+
+/// [`tcp_transfer`] between any two namespaces: from `client_ns` to a
+/// listener on `to` in `server_ns`.
+pub fn tcp_transfer_between(
+    client_ns: &str,
+    server_ns: &str,
+    to: SocketAddrV4,
+    total: usize,
+) -> usize {
+    let (server_ns, client_ns) = (server_ns.to_owned(), client_ns.to_owned());
     let (ready_tx, ready_rx) = std::sync::mpsc::channel();
     let server = std::thread::spawn(move || {
         in_netns(&server_ns, move || {
-            let listener = TcpListener::bind(to).expect("bind in the pod");
+            let listener = TcpListener::bind(to).expect("bind the listener");
             ready_tx.send(()).unwrap();
             let (mut s, _) = listener.accept().expect("accept");
             s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
@@ -98,8 +109,8 @@ pub fn tcp_transfer(
         .recv_timeout(Duration::from_secs(10))
         .expect("server listening");
     in_netns(&client_ns, move || {
-        let mut s = TcpStream::connect_timeout(&to.into(), Duration::from_secs(10))
-            .expect("connect across the tunnel");
+        let mut s =
+            TcpStream::connect_timeout(&to.into(), Duration::from_secs(10)).expect("connect");
         s.set_write_timeout(Some(Duration::from_secs(30))).unwrap();
         let mut buf = vec![0u8; 1 << 20];
         let mut at = 0;
@@ -112,6 +123,21 @@ pub fn tcp_transfer(
     })
     .unwrap();
     server.join().unwrap()
+}
+
+/// `tunl status` (the text) of the daemon on `node`.
+pub fn status_text(tc: &TunlCluster, node: &str) -> String {
+    let out = std::process::Command::new(tunl_bin())
+        .args(["status", "--socket"])
+        .arg(tc.control_socket(node))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
 /// A counter from the "counters at exit" line of a daemon's log.

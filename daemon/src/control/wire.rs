@@ -139,6 +139,29 @@ pub struct RefusedStatus {
     pub last_seen_unix_ms: u64,
 }
 
+/// The underlay in `status`: what was asked for, what runs, and why not
+/// the first choice.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UnderlayStatus {
+    /// `[dataplane] underlay` as configured: `raw`, `packet`, `xdp` or `auto`.
+    pub requested: String,
+    /// The underlay running: `raw`, `packet` or `xdp`.
+    pub running: String,
+    /// With `xdp`: the program's mode on the device, `generic` or `native`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub xdp_mode: Option<String>,
+    /// With `xdp`: the AF_XDP sockets (one per RX queue in use).
+    #[serde(default)]
+    pub xdp_sockets: usize,
+    /// With `xdp`: the workers holding one (the others transmit through
+    /// `packet`).
+    #[serde(default)]
+    pub xdp_workers: usize,
+    /// Why an underlay asked for (or tried by `auto`) is not running.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fallback: Option<String>,
+}
+
 /// Result of `status`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Status {
@@ -154,6 +177,9 @@ pub struct Status {
     pub blocks: Vec<Ipv4Network>,
     /// Dataplane worker threads.
     pub workers: usize,
+    /// The underlay in use.
+    #[serde(default)]
+    pub underlay: UnderlayStatus,
     /// Number of routes.
     pub routes: usize,
     /// Unix time in milliseconds when the reply was made.

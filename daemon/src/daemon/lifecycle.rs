@@ -1,7 +1,6 @@
 //! The daemon's life: the startup steps in order, the main loop, shutdown.
 
 use std::sync::Arc;
-use std::sync::atomic::AtomicUsize;
 
 use tokio::net::{TcpListener, UnixListener};
 use tokio::sync::mpsc;
@@ -16,11 +15,12 @@ use super::requests::{DeviceInfo, handle};
 use super::routes::{KernelRoutes, NetlinkRoutes, RouteManager, wanted_routes};
 use super::signals::{Asked, Signals};
 use super::startup::{self, DataplaneParts};
-use super::{privileges, reload};
+use super::{privileges, reload, underlay};
 use crate::config::Config;
 use crate::control::{self, Call};
-use crate::dataplane::{CounterSnapshot, Router, Shared};
-use crate::metrics::MetricsSource;
+use crate::dataplane::{CounterSnapshot, Router, RouterXdp, Shared};
+use crate::metrics::{MetricsSource, XdpReaders};
+use tunl_io::xdp::{XdpLink, XdpProgram};
 
 /// Runs the daemon on `config` until SIGINT or SIGTERM, or until the
 /// dataplane fails.
@@ -46,7 +46,24 @@ pub(super) async fn run(config: Config) -> Result<(), DaemonError> {
     routes.remove_stale(&wanted_routes(&config)).await;
     let metrics_listener = startup::bind_metrics(&config).await?;
 
-    let packet_tx = startup::packet_tx_device(&config, underlay.as_ref());
+    // Still privileged: the XDP program and its sockets are set up here.
+    let selected = underlay::select(&config, underlay.as_ref(), config.dataplane.workers);
+    let packet_tx = selected.packet_ifindex;
+    let underlay_status = selected.status.clone();
+    let (xdp, attachment, xdp_readers) = match selected.xdp {
+        Some(setup) => {
+            let readers = XdpReaders {
+                program: setup.program.stats_reader(),
+                sockets: setup.sockets.iter().map(|s| s.stats_reader()).collect(),
+            };
+            let xdp = RouterXdp {
+                sockets: setup.sockets,
+                src_mac: setup.src_mac,
+            };
+            (Some(xdp), Some((setup.program, setup.link)), Some(readers))
+        }
+        None => (None, None, None),
+    };
     let parts = DataplaneParts {
         device,
         receivers,
@@ -54,6 +71,7 @@ pub(super) async fn run(config: Config) -> Result<(), DaemonError> {
         shared: shared.clone(),
         mtu,
         packet_tx,
+        xdp,
     };
     let router = startup::start_dataplane(&config, user.as_ref(), parts)?;
     let mut running = Running {
@@ -61,6 +79,7 @@ pub(super) async fn run(config: Config) -> Result<(), DaemonError> {
         routes,
         netlink: netlink.clone(),
         name: config.tunnel.name.clone(),
+        xdp: attachment,
     };
     if let Err(e) = running.finish_start(&config).await {
         running.stop().await;
@@ -72,19 +91,22 @@ pub(super) async fn run(config: Config) -> Result<(), DaemonError> {
         local: config.tunnel.local,
         address: config.tunnel.address,
         workers: running.router.workers(),
+        underlay: underlay_status,
     };
     log_up(&config, &device, offload);
 
     let (calls_tx, calls) = mpsc::channel(16);
-    let tasks = Tasks::spawn(
-        listener,
-        calls_tx,
-        metrics_listener,
-        packet_tx,
-        &shared,
-        running.routes.count(),
-        device.workers,
-    );
+    let metrics = metrics_listener.map(|listener| {
+        let source = MetricsSource {
+            shared: shared.clone(),
+            routes: running.routes.count(),
+            workers: device.workers,
+            underlay: device.underlay.clone(),
+            xdp: xdp_readers,
+        };
+        (listener, source)
+    });
+    let tasks = Tasks::spawn(listener, calls_tx, metrics, packet_tx, &shared);
     let mut config = config;
     let served = serve(signals, &mut config, &mut running.routes, calls, &device).await;
     tasks.abort();
@@ -136,6 +158,7 @@ fn log_up(config: &Config, device: &DeviceInfo, offload: bool) {
         offload,
         control = %config.control.socket.display(),
         metrics = ?config.metrics.listen.map(|a| a.to_string()),
+        underlay = %device.underlay.running,
         capabilities = ?privileges::effective(),
         "tunl is up"
     );
@@ -149,23 +172,16 @@ impl Tasks {
     fn spawn(
         control: UnixListener,
         calls: mpsc::Sender<Call>,
-        metrics: Option<TcpListener>,
+        metrics: Option<(TcpListener, MetricsSource)>,
         packet_tx: Option<u32>,
         shared: &Arc<Shared>,
-        route_count: Arc<AtomicUsize>,
-        workers: usize,
     ) -> Tasks {
         let mut tasks = vec![
             tokio::spawn(control::accept_loop(control, calls)),
             // Learned path MTUs: applied and pruned here, off the workers.
             tokio::spawn(crate::dataplane::maintain_path_mtu(shared.clone())),
         ];
-        if let Some(listener) = metrics {
-            let source = MetricsSource {
-                shared: shared.clone(),
-                routes: route_count,
-                workers,
-            };
+        if let Some((listener, source)) = metrics {
             tasks.push(tokio::spawn(crate::metrics::serve(
                 listener,
                 Arc::new(source),
@@ -178,7 +194,7 @@ impl Tasks {
             match Netlink::new() {
                 Ok(nl) => tasks.push(tokio::spawn(watch_neighbours(nl, ifindex, shared.clone()))),
                 Err(e) => {
-                    warn!(error = %e, "cannot open netlink for the neighbour table; packet_tx sends through the raw socket");
+                    warn!(error = %e, "cannot open netlink for the neighbour table; outer packets take the raw socket");
                 }
             }
         }
@@ -198,6 +214,9 @@ struct Running {
     routes: RouteManager<NetlinkRoutes>,
     netlink: Netlink,
     name: String,
+    /// The XDP program and its attachment, detached when this goes (after
+    /// the workers and their sockets stopped).
+    xdp: Option<(XdpProgram, XdpLink)>,
 }
 
 impl Running {
@@ -215,6 +234,8 @@ impl Running {
         self.routes.remove_all().await;
         let shared = self.router.shared().clone();
         self.router.stop();
+        // Detach: the device's frames go up the stack again.
+        drop(self.xdp.take());
         if let Err(e) = self.netlink.delete_link(&self.name).await {
             warn!(device = %self.name, error = %e, "cannot remove the device");
         }

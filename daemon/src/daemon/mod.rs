@@ -18,7 +18,9 @@
 //!   stats), handled one at a time by the main loop, which owns the
 //!   [`RouteManager`];
 //! - `reload`: SIGHUP;
-//! - `neighbours`: the underlay's neighbour table for `packet_tx`;
+//! - `underlay`: choosing the underlay (`xdp`, `packet`, `raw`) and setting
+//!   up the XDP program and its sockets;
+//! - `neighbours`: the underlay's neighbour table for `packet` and `xdp`;
 //! - `signals`: the signals caught from the start;
 //! - [`privileges`]: the capability drop, in three steps;
 //! - `error`: [`DaemonError`] and [`RouteError`].
@@ -38,6 +40,7 @@ mod requests;
 pub mod routes;
 mod signals;
 mod startup;
+mod underlay;
 
 pub use error::{DaemonError, RouteError};
 pub use requests::stats;

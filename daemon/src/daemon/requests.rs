@@ -28,6 +28,8 @@ pub(super) struct DeviceInfo {
     pub address: Option<Ipv4Network>,
     /// Dataplane worker threads.
     pub workers: usize,
+    /// The underlay running and why.
+    pub underlay: control::UnderlayStatus,
 }
 
 /// Carries out one control request.
@@ -149,6 +151,7 @@ fn status<K: KernelRoutes>(routes: &RouteManager<K>, device: &DeviceInfo) -> con
         address: device.address,
         blocks: policy.blocks.clone(),
         workers: device.workers,
+        underlay: device.underlay.clone(),
         routes: current.len(),
         now_unix_ms: control::unix_ms(std::time::SystemTime::now()),
         nodes,
@@ -203,6 +206,12 @@ mod tests {
             local: Ipv4Addr::new(172, 16, 35, 4),
             address: None,
             workers: 1,
+            underlay: control::UnderlayStatus {
+                requested: "auto".to_owned(),
+                running: "packet".to_owned(),
+                fallback: Some("xdp: not permitted".to_owned()),
+                ..control::UnderlayStatus::default()
+            },
         }
     }
 
@@ -404,6 +413,7 @@ mod tests {
             ]
         );
         assert!(s.nodes.iter().all(|n| n.last_seen_unix_ms.is_none()));
+        assert_eq!(s.underlay, device().underlay, "the underlay as started");
         let stats: control::Stats = call(&mut m, Request::Stats {}).unwrap();
         assert_eq!(stats.drops_total, 0);
         assert!(stats.counter("tx_packets").is_some());

@@ -9,7 +9,8 @@
 //!    derive the tunnel MTU from it ([`tunnel_mtu`], config errors naming the
 //!    key when the host cannot carry it);
 //! 5. create the TUN device and open the raw receive sockets;
-//! 6. bind the metrics listener;
+//! 6. set up the underlay ([`super::underlay`]: the XDP program and its
+//!    sockets, or the next underlay), bind the metrics listener;
 //! 7. drop privileges and start the dataplane ([`start_dataplane`]): see
 //!    [`super::privileges`] for the order.
 
@@ -29,7 +30,7 @@ use super::error::DaemonError;
 use super::privileges;
 use crate::config::{Config, ConfigError, MAX_MTU, MIN_MTU};
 use crate::control;
-use crate::dataplane::{Policy, Router, RouterIo, Shared, WorkerOptions};
+use crate::dataplane::{Policy, Router, RouterIo, RouterXdp, Shared, WorkerOptions};
 
 /// The outer IPv4 header each tunnel packet carries on the underlay.
 const OUTER_HEADER: u32 = 20;
@@ -43,6 +44,9 @@ pub(super) struct Underlay {
     pub name: String,
     /// Its MTU.
     pub mtu: u32,
+    /// Whether it is an Ethernet device (it has a MAC): AF_PACKET and
+    /// AF_XDP frames need one.
+    pub ethernet: bool,
 }
 
 /// Step 1: the user to switch to (`security.user`), looked up before
@@ -98,7 +102,15 @@ pub(super) async fn find_underlay(
     config: &Config,
 ) -> Result<Option<Underlay>, DaemonError> {
     let found = netlink.interface_with_address(config.tunnel.local).await?;
-    Ok(found.map(|(ifindex, name, mtu)| Underlay { ifindex, name, mtu }))
+    Ok(found.map(|(ifindex, name, mtu)| {
+        let ethernet = tunl_io::link::hardware_address(&name).is_ok();
+        Underlay {
+            ifindex,
+            name,
+            mtu,
+            ethernet,
+        }
+    }))
 }
 
 /// Step 4: the tunnel MTU: `tunnel.mtu`, which must fit the underlay, or
@@ -254,18 +266,10 @@ pub(super) struct DataplaneParts<'a> {
     pub shared: Arc<Shared>,
     /// The tunnel MTU.
     pub mtu: u16,
-    /// The underlay device for AF_PACKET transmit ([`packet_tx_device`]).
+    /// The underlay device for AF_PACKET transmit, if the underlay uses it.
     pub packet_tx: Option<u32>,
-}
-
-/// The device AF_PACKET transmit goes out of, with `[dataplane] packet_tx`:
-/// the one holding `tunnel.local`.
-pub(super) fn packet_tx_device(config: &Config, underlay: Option<&Underlay>) -> Option<u32> {
-    config
-        .dataplane
-        .packet_tx
-        .then(|| underlay.map(|u| u.ifindex))
-        .flatten()
+    /// The AF_XDP sockets and the device's MAC, with the XDP underlay.
+    pub xdp: Option<RouterXdp>,
 }
 
 /// Step 7: everything privileged is open: drops to [`privileges::DATAPLANE_START`]
@@ -285,6 +289,7 @@ pub(super) fn start_dataplane(
             icmp: parts.receivers.icmp,
             socket_buffer: config.dataplane.socket_buffer,
             packet_tx: parts.packet_tx,
+            xdp: parts.xdp,
         },
         parts.routes,
         parts.shared,
@@ -313,6 +318,7 @@ mod tests {
             ifindex: 2,
             name: "eth0".to_owned(),
             mtu,
+            ethernet: true,
         }
     }
 

@@ -134,9 +134,16 @@ counters! {
     /// ring) and that were sent again.
     tx_retries,
     /// Outer packets sent through the AF_PACKET socket (`[dataplane]
-    /// packet_tx`); the rest of `tx_packets` took the raw IP socket (no
-    /// `packet_tx`, or a next hop whose MAC was not known yet).
+    /// underlay = "packet"`, or a worker without an AF_XDP socket under
+    /// `"xdp"`); the rest of `tx_packets` took the raw IP socket or AF_XDP.
     tx_af_packet,
+    /// Outer packets sent through an AF_XDP socket (`[dataplane] underlay
+    /// = "xdp"`); the rest of `tx_packets` took the raw IP socket (a next
+    /// hop whose MAC was not known yet) or AF_PACKET.
+    tx_xdp,
+    /// Outer packets received through an AF_XDP socket; the rest of the
+    /// received ones came through the raw IPIP socket.
+    rx_xdp,
     /// Outer packets not sent because the underlay socket's send buffer
     /// stayed full after one short wait (at most 100 µs per batch); not
     /// counted in `tx_errors`.

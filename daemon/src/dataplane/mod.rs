@@ -31,6 +31,7 @@ use std::time::{Duration, Instant};
 
 use mio::Waker;
 use tunl_encap::TokenBucket;
+use tunl_io::xdp::Xsk;
 use tunl_io::{IcmpReceiver, IpipReceiver, IpipSender, PacketSender, TunQueue};
 use tunl_routing::RouteReader;
 
@@ -40,7 +41,7 @@ pub use pipeline::Pipeline;
 pub use pmtu::PathMtu;
 pub use state::{Neighbour, NeighbourTable, Policy, Shared};
 pub use stats::Stats;
-pub use worker::{RxPart, Worker};
+pub use worker::{RxPart, Worker, XdpPart};
 
 /// Running dataplane threads.
 pub struct Router {
@@ -59,9 +60,22 @@ pub struct RouterIo {
     /// Send buffer size for each worker's underlay socket.
     pub socket_buffer: usize,
     /// The index of the underlay device to send outer packets on with
-    /// AF_PACKET (`[dataplane] packet_tx`), or `None` for the raw IP socket
-    /// only. The next hops' MACs come from [`Shared::neighbours`].
+    /// AF_PACKET (`[dataplane] underlay = "packet"`, and the workers
+    /// without an AF_XDP socket under `"xdp"`), or `None` for the raw IP
+    /// socket only. The next hops' MACs come from [`Shared::neighbours`].
     pub packet_tx: Option<u32>,
+    /// The AF_XDP sockets (`underlay = "xdp"`).
+    pub xdp: Option<RouterXdp>,
+}
+
+/// The AF_XDP sockets for the workers, one per RX queue.
+pub struct RouterXdp {
+    /// The sockets in queue order: socket `i` goes to worker `i % workers`,
+    /// so workers beyond the queues get none and transmit through
+    /// AF_PACKET.
+    pub sockets: Vec<Xsk>,
+    /// The underlay device's MAC.
+    pub src_mac: [u8; 6],
 }
 
 /// How the workers run.
@@ -111,10 +125,25 @@ impl Router {
             shared: shared.clone(),
             workers: Vec::new(),
         };
-        for (id, queue) in io_parts.queues.into_iter().enumerate() {
+        let workers = io_parts.queues.len().max(1);
+        let mut xdp_parts: Vec<Option<XdpPart>> = (0..workers).map(|_| None).collect();
+        if let Some(xdp) = io_parts.xdp {
+            for (i, socket) in xdp.sockets.into_iter().enumerate() {
+                xdp_parts[i % workers]
+                    .get_or_insert_with(|| XdpPart {
+                        sockets: Vec::new(),
+                        src_mac: xdp.src_mac,
+                    })
+                    .sockets
+                    .push(socket);
+            }
+        }
+        for ((id, queue), xdp) in io_parts.queues.into_iter().enumerate().zip(xdp_parts) {
             let sender = IpipSender::open(io_parts.socket_buffer).map_err(io::Error::other)?;
+            // A worker with an AF_XDP socket transmits through it instead.
             let packet_tx = io_parts
                 .packet_tx
+                .filter(|_| xdp.is_none())
                 .map(|ifindex| PacketSender::open(ifindex, io_parts.socket_buffer))
                 .transpose()
                 .map_err(io::Error::other)?;
@@ -123,6 +152,7 @@ impl Router {
                 queue,
                 sender,
                 packet_tx,
+                xdp,
                 rx.take(),
                 routes.clone(),
                 shared.clone(),

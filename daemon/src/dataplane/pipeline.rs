@@ -87,9 +87,12 @@ pub enum Sender {
     /// The raw IP socket: the kernel routes each packet and resolves its
     /// next hop (ARP).
     Raw,
-    /// The AF_PACKET socket (`[dataplane] packet_tx`), with every next
-    /// hop's MAC in [`EncapOutcome::macs`].
+    /// The AF_PACKET socket (`[dataplane] underlay = "packet"`), with every
+    /// next hop's MAC in [`EncapOutcome::macs`].
     Packet,
+    /// The worker's AF_XDP socket (`underlay = "xdp"`), with every next
+    /// hop's MAC in [`EncapOutcome::macs`].
+    Xdp,
 }
 
 /// One ICMP error to write into TUN, toward the inner source of a dropped
@@ -238,13 +241,14 @@ impl EncapOutcome {
     }
 
     /// The next hop's MAC of each transmit; meaningful with
-    /// [`Sender::Packet`] only.
+    /// [`Sender::Packet`] and [`Sender::Xdp`] only.
     pub fn macs(&self) -> &[[u8; 6]] {
         &self.macs[..self.sends]
     }
 
-    /// The socket the transmits leave through: [`Sender::Packet`] when the
-    /// neighbour table was given and holds every next hop's MAC.
+    /// The socket the transmits leave through: [`EncapState::direct`] when
+    /// the neighbour table was given and holds every next hop's MAC,
+    /// otherwise [`Sender::Raw`].
     pub fn sender(&self) -> Sender {
         self.sender
     }
@@ -293,9 +297,13 @@ pub struct EncapState<'a> {
     pub routes: &'a Lpm<Ipv4Addr>,
     /// The learned path MTUs.
     pub pmtu: &'a PathMtu,
-    /// The next hops' MACs, sorted by address, when the worker has an
-    /// AF_PACKET sender; `None` sends every batch through the raw socket.
+    /// The next hops' MACs, sorted by address, when the worker has a
+    /// link-layer sender (AF_PACKET or AF_XDP); `None` sends every batch
+    /// through the raw socket.
     pub neighbours: Option<&'a [Neighbour]>,
+    /// The link-layer sender a batch whose next hops' MACs are all known
+    /// goes through ([`Sender::Packet`] or [`Sender::Xdp`]).
+    pub direct: Sender,
     /// The time of the batch (ICMP rate limit, path MTU expiry).
     pub now: Instant,
 }
@@ -367,9 +375,9 @@ impl Pipeline {
     /// A packet without a route is dropped with a net-unreachable answer; a
     /// packet too big for the MTU toward its node (the learned path MTU
     /// when one holds) is dropped with a frag-needed carrying that MTU.
-    pub fn encap(
+    pub fn encap<B: AsRef<[u8]> + AsMut<[u8]>>(
         &mut self,
-        bufs: &mut [PacketBuf],
+        bufs: &mut [B],
         state: &EncapState<'_>,
         counts: &mut BatchCounts,
     ) -> &EncapOutcome {
@@ -385,7 +393,7 @@ impl Pipeline {
         let BatchCounts { local, nodes } = counts;
         for (i, buf) in bufs.iter_mut().take(TX_BATCH).enumerate() {
             out.packets = i + 1;
-            let inner_len = buf.len().saturating_sub(HEADROOM);
+            let inner_len = buf.as_ref().len().saturating_sub(HEADROOM);
             let Some(dst) = buf.as_ref().get(HEADROOM..).and_then(inner_destination) else {
                 local.drop(DropReason::MalformedInner);
                 out.verdicts[i] = Verdict::Drop(DropReason::MalformedInner);
@@ -432,12 +440,13 @@ impl Pipeline {
                 }
             }
         }
-        // AF_PACKET when every next hop's MAC is known; otherwise the batch
-        // goes through the IP stack, which resolves them (ARP).
+        // The link layer (AF_PACKET or AF_XDP) when every next hop's MAC is
+        // known; otherwise the batch goes through the IP stack, which
+        // resolves them (ARP).
         if let Some(table) = state.neighbours.filter(|_| out.sends > 0) {
             let n = out.sends;
             if resolve_macs(table, &out.nodes[..n], &mut out.macs[..n]).is_some() {
-                out.sender = Sender::Packet;
+                out.sender = state.direct;
             } else {
                 out.neighbour_miss = true;
             }
@@ -500,6 +509,27 @@ impl Pipeline {
         out.deliver = kept;
         out
     }
+}
+
+/// The outer IPv4 packet of an Ethernet frame from an AF_XDP socket, as the
+/// kernel's `ip_rcv` would have handed it to the raw socket: the frame is
+/// IPv4 (Ethernet type 0x0800) and its total length, at least a header, fits
+/// the frame, whose padding past it is trimmed. `None` for anything else
+/// (count it as [`DropReason::MalformedOuter`]). The rest of what `ip_rcv`
+/// checks (version, header length, checksum) [`Pipeline::decap`] checks;
+/// the XDP program only hands over frames addressed to `tunnel.local`
+/// without options or fragmentation.
+pub fn underlay_frame(frame: &[u8]) -> Option<&[u8]> {
+    const ETH: usize = tunl_io::xdp::ETH_HEADER_LEN;
+    let ip = frame.get(ETH..)?;
+    if frame.get(12..14)? != [0x08, 0x00] {
+        return None;
+    }
+    let total = usize::from(u16::from_be_bytes([*ip.get(2)?, *ip.get(3)?]));
+    if total < tunl_encap::IPV4_HEADER_LEN {
+        return None;
+    }
+    ip.get(..total)
 }
 
 /// What [`underlay_icmp`] made of an ICMP error from the underlay.
@@ -687,6 +717,7 @@ mod tests {
                 routes: &routes,
                 pmtu: &self.shared.pmtu,
                 neighbours,
+                direct: Sender::Packet,
                 now: self.now,
             };
             self.pipeline.encap(bufs, &state, &mut self.counts)
@@ -846,6 +877,63 @@ mod tests {
         let mut none = [pod_packet(NOWHERE, 100)];
         let out = f.encap(&mut none, Some(&[]));
         assert_eq!((out.sender(), out.neighbour_miss()), (Sender::Raw, false));
+    }
+
+    #[test]
+    fn the_link_layer_sender_is_the_states() {
+        let mut f = Fixture::new();
+        let both: &[Neighbour] = &[(NODE_A, [0xa; 6]), (NODE_B, [0xb; 6])];
+        let policy = f.shared.policy.load();
+        let routes = f.routes.load();
+        let state = EncapState {
+            policy: &policy,
+            routes: &routes,
+            pmtu: &f.shared.pmtu,
+            neighbours: Some(both),
+            direct: Sender::Xdp,
+            now: f.now,
+        };
+        let mut bufs = [pod_packet(POD_A, 100)];
+        let out = f.pipeline.encap(&mut bufs, &state, &mut f.counts);
+        assert_eq!(out.sender(), Sender::Xdp);
+        assert_eq!(out.macs(), [[0xa; 6]]);
+        let state = EncapState {
+            neighbours: Some(&both[1..]),
+            ..state
+        };
+        let out = f.pipeline.encap(&mut bufs, &state, &mut f.counts);
+        assert_eq!(out.sender(), Sender::Raw, "NODE_A's MAC unknown");
+        assert!(out.neighbour_miss());
+    }
+
+    #[test]
+    fn underlay_frames_are_trimmed_to_the_outer_total_length() {
+        let inner = ipv4(POD_A, POD, 28, 0, 63);
+        let packet = outer(NODE_A, 0, &inner);
+        let packet = packet.as_ref();
+        let mut frame = vec![0u8; 14];
+        frame[12..14].copy_from_slice(&[0x08, 0x00]);
+        frame.extend_from_slice(packet);
+        assert_eq!(underlay_frame(&frame), Some(packet));
+        // Ethernet padding (a 60-byte minimum frame) is not part of it.
+        let mut padded = frame.clone();
+        padded.resize(packet.len() + 14 + 12, 0xee);
+        assert_eq!(underlay_frame(&padded), Some(packet));
+        // A total length past the frame, below a header, or not IPv4.
+        let mut long = frame.clone();
+        long[16..18].copy_from_slice(&((packet.len() + 1) as u16).to_be_bytes());
+        assert_eq!(underlay_frame(&long), None);
+        let mut short = frame.clone();
+        short[16..18].copy_from_slice(&19u16.to_be_bytes());
+        assert_eq!(underlay_frame(&short), None);
+        let mut arp = frame.clone();
+        arp[12..14].copy_from_slice(&[0x08, 0x06]);
+        assert_eq!(underlay_frame(&arp), None);
+        assert_eq!(underlay_frame(&frame[..15]), None);
+        // What it returns goes through decap's own outer checks.
+        let mut f = Fixture::new();
+        let mut bufs = [buf_at(underlay_frame(&padded).unwrap(), 0)];
+        assert_eq!(f.decap(&mut bufs).deliver(), 1);
     }
 
     #[test]

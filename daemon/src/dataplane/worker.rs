@@ -10,6 +10,15 @@
 //! encap, `sendmmsg` to the underlay). The worker that owns the raw IPIP
 //! socket also receives from the underlay (`recvmmsg`, decap, GRO-coalesced
 //! write to its TUN queue) and reads underlay ICMP errors.
+//!
+//! With the AF_XDP underlay a worker may also own AF_XDP sockets
+//! ([`XdpPart`]): it receives the frames they take (copied out of the UMEM
+//! into its RX buffers, then decap and the TUN write as above) and
+//! transmits through the first one. Its TUN reads then go straight into
+//! UMEM transmit chunks ([`UmemFrame`]), where encap writes the outer
+//! header and the socket the Ethernet header: no copy on the way out. A
+//! batch with a next hop whose MAC is not known yet leaves through the raw
+//! socket from the same chunks.
 
 use std::io;
 use std::net::Ipv4Addr;
@@ -21,12 +30,15 @@ use mio::unix::SourceFd;
 use mio::{Events, Interest, Poll, Token, Waker};
 use tracing::{debug, warn};
 use tunl_encap::{HEADROOM, TokenBucket, UnderlayError};
-use tunl_io::{IcmpReceiver, IpipReceiver, IpipSender, PacketBuf, PacketSender, TunQueue};
+use tunl_io::xdp::{UmemFrame, Xsk};
+use tunl_io::{Buffer, IcmpReceiver, IpipReceiver, IpipSender, PacketBuf, PacketSender, TunQueue};
 use tunl_routing::RouteReader;
 
 use super::WorkerOptions;
+use super::counters::LocalCounters;
 use super::pipeline::{
-    EncapState, IcmpLimit, Pipeline, RX_BATCH, Sender, TX_BATCH, UnderlayVerdict, underlay_icmp,
+    EncapOutcome, EncapState, IcmpLimit, Pipeline, RX_BATCH, Sender, TX_BATCH, UnderlayVerdict,
+    underlay_frame, underlay_icmp,
 };
 use super::state::Shared;
 use super::stats::Stats;
@@ -47,6 +59,8 @@ const TUN: Token = Token(0);
 const IPIP: Token = Token(1);
 const ICMP: Token = Token(2);
 const WAKE: Token = Token(3);
+/// The first AF_XDP socket's token; the others follow.
+const XSK_BASE: usize = 4;
 
 /// The underlay receive side, owned by one worker.
 pub struct RxPart {
@@ -56,6 +70,23 @@ pub struct RxPart {
     pub icmp: IcmpReceiver,
 }
 
+/// A worker's AF_XDP sockets (`[dataplane] underlay = "xdp"`).
+pub struct XdpPart {
+    /// The sockets of the RX queues given to this worker (at least one);
+    /// it transmits through the first.
+    pub sockets: Vec<Xsk>,
+    /// The underlay device's MAC: the source of every frame sent.
+    pub src_mac: [u8; 6],
+}
+
+/// The AF_XDP side of a worker's I/O.
+struct WorkerXdp {
+    sockets: Vec<Xsk>,
+    /// UMEM chunks of `sockets[0]` lent as TUN read buffers.
+    frames: Vec<UmemFrame>,
+    src_mac: [u8; 6],
+}
+
 /// A worker's I/O: the poller, the descriptors it owns and the buffers it
 /// reads into.
 struct WorkerIo {
@@ -63,8 +94,10 @@ struct WorkerIo {
     queue: TunQueue,
     /// The raw IP sender.
     sender: IpipSender,
-    /// The AF_PACKET sender (`[dataplane] packet_tx`).
+    /// The AF_PACKET sender (`underlay = "packet"`, or `"xdp"` for a worker
+    /// without AF_XDP sockets).
     packet_tx: Option<PacketSender>,
+    xdp: Option<WorkerXdp>,
     rx: Option<RxPart>,
     tx_bufs: Vec<PacketBuf>,
     rx_bufs: Vec<PacketBuf>,
@@ -130,14 +163,16 @@ fn is_fatal_send_error(e: &io::Error) -> bool {
 
 impl Worker {
     /// A worker over its TUN queue and underlay sender; `rx` for the one
-    /// worker that receives from the underlay. Returns the worker and the
-    /// waker that interrupts its poll (used to stop it).
+    /// worker that receives from the underlay's raw sockets, `xdp` for each
+    /// worker given AF_XDP sockets. Returns the worker and the waker that
+    /// interrupts its poll (used to stop it).
     #[allow(clippy::too_many_arguments)]
     pub fn new(
         id: usize,
         queue: TunQueue,
         sender: IpipSender,
         packet_tx: Option<PacketSender>,
+        xdp: Option<XdpPart>,
         rx: Option<RxPart>,
         routes: RouteReader<Ipv4Addr>,
         shared: Arc<Shared>,
@@ -154,19 +189,45 @@ impl Worker {
         let fd = std::os::fd::AsRawFd::as_raw_fd(&queue);
         poll.registry()
             .register(&mut SourceFd(&fd), TUN, Interest::READABLE)?;
-        let rx_bufs = if let Some(rx) = &rx {
+        if let Some(rx) = &rx {
             let fd = std::os::fd::AsRawFd::as_raw_fd(&rx.ipip);
             poll.registry()
                 .register(&mut SourceFd(&fd), IPIP, Interest::READABLE)?;
             let fd = std::os::fd::AsRawFd::as_raw_fd(&rx.icmp);
             poll.registry()
                 .register(&mut SourceFd(&fd), ICMP, Interest::READABLE)?;
+        }
+        let xdp = match xdp {
+            Some(XdpPart {
+                mut sockets,
+                src_mac,
+            }) if !sockets.is_empty() => {
+                for (i, socket) in sockets.iter().enumerate() {
+                    let fd = std::os::fd::AsRawFd::as_raw_fd(socket);
+                    poll.registry().register(
+                        &mut SourceFd(&fd),
+                        Token(XSK_BASE + i),
+                        Interest::READABLE,
+                    )?;
+                }
+                let frames = sockets[0].tx_frames(TX_BATCH);
+                Some(WorkerXdp {
+                    sockets,
+                    frames,
+                    src_mac,
+                })
+            }
+            _ => None,
+        };
+        let rx_bufs = if rx.is_some() || xdp.is_some() {
             (0..RX_BATCH)
                 .map(|_| PacketBuf::with_capacity(RX_BUF_LEN))
                 .collect()
         } else {
             Vec::new()
         };
+        // A worker that reads TUN into UMEM chunks needs no heap buffers.
+        let tx_bufs = if xdp.is_some() { 0 } else { TX_BATCH };
         let tx_buf_len = HEADROOM + usize::from(tunnel_mtu).max(1500);
         let worker = Worker {
             id,
@@ -176,8 +237,9 @@ impl Worker {
                 queue,
                 sender,
                 packet_tx,
+                xdp,
                 rx,
-                tx_bufs: (0..TX_BATCH)
+                tx_bufs: (0..tx_bufs)
                     .map(|_| PacketBuf::with_capacity(tx_buf_len))
                     .collect(),
                 rx_bufs,
@@ -197,11 +259,12 @@ impl Worker {
     pub fn run(mut self) {
         let mut events = Events::with_capacity(16);
         let (mut tun_ready, mut ipip_ready, mut icmp_ready) = (true, self.io.rx.is_some(), false);
+        let mut xsk_ready = self.io.xdp.is_some();
         let mut last_work = Instant::now();
         // Whether the per-node counts were published since the last work.
         let mut flushed = false;
         loop {
-            let busy = tun_ready || ipip_ready || icmp_ready;
+            let busy = tun_ready || ipip_ready || icmp_ready || xsk_ready;
             let timeout = if busy {
                 Some(Duration::ZERO)
             } else {
@@ -232,10 +295,11 @@ impl Worker {
                     TUN => tun_ready = true,
                     IPIP => ipip_ready = true,
                     ICMP => icmp_ready = true,
+                    Token(t) if t >= XSK_BASE => xsk_ready = true,
                     _ => {}
                 }
             }
-            if tun_ready || ipip_ready || icmp_ready {
+            if tun_ready || ipip_ready || icmp_ready || xsk_ready {
                 // The busy-poll window runs from the last packet handled.
                 last_work = Instant::now();
                 flushed = false;
@@ -245,6 +309,9 @@ impl Worker {
             }
             if tun_ready {
                 tun_ready = !self.encap_from_tun();
+            }
+            if xsk_ready {
+                xsk_ready = !self.decap_from_xsk();
             }
             if ipip_ready {
                 ipip_ready = !self.decap_from_underlay();
@@ -264,121 +331,123 @@ impl Worker {
     /// send buffer stayed full: the worker turns to its other sources and
     /// comes back.
     fn encap_from_tun(&mut self) -> bool {
+        if self.io.xdp.is_some() {
+            return self.encap_from_tun_xdp();
+        }
         for _ in 0..BUDGET {
-            let mut filled = 0;
-            let mut drained = false;
-            while TX_BATCH - filled >= TX_READ_ROOM {
-                match self.io.queue.recv_segments(&mut self.io.tx_bufs[filled..]) {
-                    Ok(n) => filled += n,
-                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                        drained = true;
-                        break;
-                    }
-                    Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                    Err(e) if e.kind() == io::ErrorKind::InvalidData => {
-                        // A malformed offload header from the kernel: count
-                        // it and go on; the queue itself is fine.
-                        debug!(worker = self.id, error = %e, "TUN read could not be split");
-                        self.stats.counts.local.tun_split_errors += 1;
-                        break;
-                    }
-                    Err(e) => {
-                        // The device is gone or broken (EBADFD, EIO): stop
-                        // the daemon rather than spin on it.
-                        self.shared.fail(format!("TUN read failed: {e}"));
-                        return true;
-                    }
-                }
-            }
+            let (filled, end) = read_tun(
+                &mut self.io.queue,
+                &mut self.io.tx_bufs,
+                self.id,
+                &mut self.stats,
+                &self.shared,
+            );
             if filled > 0 {
-                match self.encap_batch(filled) {
+                let Worker {
+                    id,
+                    io,
+                    pipeline,
+                    stats,
+                    routes,
+                    shared,
+                    ..
+                } = self;
+                let direct = io.packet_tx.as_ref().map(|_| Sender::Packet);
+                let bufs = &mut io.tx_bufs[..filled];
+                let out = plan(pipeline, bufs, direct, &mut io.queue, stats, routes, shared);
+                let result = send_through_sockets(
+                    out,
+                    bufs,
+                    &mut io.sender,
+                    io.packet_tx.as_mut(),
+                    &mut stats.counts.local,
+                    shared,
+                    *id,
+                );
+                match result {
                     SendResult::Sent => {}
                     SendResult::BufferFull => return false,
                     SendResult::Fatal => return true,
                 }
             }
-            if drained {
+            if end != ReadEnd::More {
                 return true;
             }
         }
         false
     }
 
-    /// Hands `tx_bufs[..filled]` to the pipeline and performs its outcome.
-    fn encap_batch(&mut self, filled: usize) -> SendResult {
-        let Worker {
-            id,
-            io,
-            pipeline,
-            stats,
-            routes,
-            shared,
-            ..
-        } = self;
-        let policy = stats.load_policy(shared);
-        let routes = routes.load();
-        let neighbours = io.packet_tx.as_ref().map(|_| shared.neighbours.load());
-        let state = EncapState {
-            policy: &policy,
-            routes: &routes,
-            pmtu: &shared.pmtu,
-            neighbours: neighbours.as_deref().map(|n| n.as_slice()),
-            now: Instant::now(),
-        };
-        let out = pipeline.encap(&mut io.tx_bufs[..filled], &state, &mut stats.counts);
-        drop(routes);
-        stats.batch_done(shared);
-        if out.neighbour_miss() {
-            shared.neighbours.report_miss();
-        }
-        let local = &mut stats.counts.local;
-        for answer in out.icmp().iter() {
-            match io.queue.send_one(answer.packet()) {
-                Ok(()) => local.icmp_sent += 1,
-                Err(e) => debug!(error = %e, "ICMP write to TUN failed"),
+    /// [`Worker::encap_from_tun`] for a worker with AF_XDP sockets: TUN is
+    /// read into UMEM chunks, and a batch goes out through the first socket
+    /// when every next hop's MAC is known, through the raw socket otherwise.
+    fn encap_from_tun_xdp(&mut self) -> bool {
+        for _ in 0..BUDGET {
+            let Worker {
+                id,
+                io,
+                pipeline,
+                stats,
+                routes,
+                shared,
+                ..
+            } = self;
+            let Some(xdp) = io.xdp.as_mut() else {
+                return true;
+            };
+            // The chunks sent last time come back from the completion ring.
+            let ready = xdp.sockets[0].refill(&mut xdp.frames);
+            if ready < TX_READ_ROOM {
+                // Every chunk is still on its way out: come back later.
+                stats.counts.local.tx_buffer_full += 1;
+                return false;
             }
-        }
-        let n = out.transmits().len();
-        if n == 0 {
-            return SendResult::Sent;
-        }
-        let mut packets: [&[u8]; TX_BATCH] = [&[]; TX_BATCH];
-        for (p, t) in packets.iter_mut().zip(out.transmits()) {
-            *p = &io.tx_bufs[t.buf].as_ref()[t.start..];
-        }
-        let (result, via_packet_socket) = match (out.sender(), io.packet_tx.as_mut()) {
-            (Sender::Packet, Some(ptx)) => (ptx.send_batch(&packets[..n], out.macs()), true),
-            _ => (io.sender.send_batch(&packets[..n], out.nodes()), false),
-        };
-        match result {
-            Ok(report) => {
-                local.tx_packets += report.sent as u64;
-                if via_packet_socket {
-                    local.tx_af_packet += report.sent as u64;
-                }
-                local.tx_errors += report.failed as u64;
-                local.tx_retries += report.nobufs_retries as u64;
-                local.tx_buffer_full += report.buffer_full as u64;
-                if let Some(e) = report.last_error {
-                    debug!(worker = *id, error = %e, failed = report.failed, "underlay send errors");
-                }
-                if report.buffer_full > 0 {
-                    SendResult::BufferFull
+            let (filled, end) =
+                read_tun(&mut io.queue, &mut xdp.frames[..ready], *id, stats, shared);
+            if filled > 0 {
+                let frames = &mut xdp.frames[..filled];
+                let out = plan(
+                    pipeline,
+                    frames,
+                    Some(Sender::Xdp),
+                    &mut io.queue,
+                    stats,
+                    routes,
+                    shared,
+                );
+                if out.sender() == Sender::Xdp {
+                    let sends = out
+                        .transmits()
+                        .iter()
+                        .zip(out.macs())
+                        .map(|(t, mac)| (t.buf, t.start, *mac));
+                    let report = xdp.sockets[0].transmit(frames, sends, xdp.src_mac);
+                    let local = &mut stats.counts.local;
+                    local.tx_packets += report.sent as u64;
+                    local.tx_xdp += report.sent as u64;
+                    local.tx_buffer_full += report.skipped as u64;
+                    local.tx_retries += report.kick_retries as u64;
                 } else {
-                    SendResult::Sent
+                    let result = send_through_sockets(
+                        out,
+                        frames,
+                        &mut io.sender,
+                        None,
+                        &mut stats.counts.local,
+                        shared,
+                        *id,
+                    );
+                    match result {
+                        SendResult::Sent => {}
+                        SendResult::BufferFull => return false,
+                        SendResult::Fatal => return true,
+                    }
                 }
             }
-            Err(e) if is_fatal_send_error(&e) => {
-                local.tx_errors += n as u64;
-                shared.fail(format!("underlay send failed: {e}"));
-                SendResult::Fatal
-            }
-            Err(e) => {
-                local.tx_errors += n as u64;
-                debug!(worker = *id, error = %e, "underlay send failed");
-                SendResult::Sent
+            if end != ReadEnd::More {
+                return true;
             }
         }
+        false
     }
 
     /// Receives outer packets and writes them decapsulated to TUN. Returns
@@ -411,6 +480,49 @@ impl Worker {
             self.io.rx_errors.clear();
             self.stats.counts.local.rx_truncated += report.truncated as u64;
             self.decap_batch(report.received);
+        }
+        false
+    }
+
+    /// Receives the frames the AF_XDP sockets took and writes them
+    /// decapsulated to TUN: each frame's outer packet is copied out of the
+    /// UMEM into an RX buffer at offset 0, as the raw socket would have
+    /// received it (GRO then coalesces into those buffers). Returns true
+    /// when every socket is drained.
+    fn decap_from_xsk(&mut self) -> bool {
+        for _ in 0..BUDGET {
+            let mut got = 0;
+            let sockets = self.io.xdp.as_ref().map_or(0, |x| x.sockets.len());
+            for i in 0..sockets {
+                let WorkerIo { xdp, rx_bufs, .. } = &mut self.io;
+                let Some(xdp) = xdp.as_mut() else {
+                    return true;
+                };
+                let local = &mut self.stats.counts.local;
+                let mut filled = 0;
+                let n = xdp.sockets[i].receive(RX_BATCH as u32, |frame| {
+                    let Some(outer) = underlay_frame(frame) else {
+                        local.drop(tunl_encap::DropReason::MalformedOuter);
+                        return;
+                    };
+                    let buf = &mut rx_bufs[filled];
+                    let Some(room) = buf.full_mut().get_mut(..outer.len()) else {
+                        local.rx_truncated += 1;
+                        return;
+                    };
+                    room.copy_from_slice(outer);
+                    buf.set_len(outer.len());
+                    filled += 1;
+                });
+                local.rx_xdp += u64::from(n);
+                got += n;
+                if filled > 0 {
+                    self.decap_batch(filled);
+                }
+            }
+            if got == 0 {
+                return true;
+            }
         }
         false
     }
@@ -521,6 +633,145 @@ enum SendResult {
     BufferFull,
     /// The socket is unusable; the daemon is stopping.
     Fatal,
+}
+
+/// How a round of TUN reads ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum ReadEnd {
+    /// The buffers are full: there may be more to read.
+    More,
+    /// The queue is drained.
+    Drained,
+    /// The device is broken; the daemon is stopping.
+    Broken,
+}
+
+/// Reads pod packets into `bufs` while a whole read still fits
+/// ([`TX_READ_ROOM`]); returns how many buffers were filled and why it
+/// stopped.
+fn read_tun<B: Buffer>(
+    queue: &mut TunQueue,
+    bufs: &mut [B],
+    id: usize,
+    stats: &mut Stats,
+    shared: &Shared,
+) -> (usize, ReadEnd) {
+    let mut filled = 0;
+    while bufs.len() - filled >= TX_READ_ROOM {
+        match queue.recv_segments(&mut bufs[filled..]) {
+            Ok(n) => filled += n,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return (filled, ReadEnd::Drained),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) if e.kind() == io::ErrorKind::InvalidData => {
+                // A malformed offload header from the kernel: count it and
+                // go on; the queue itself is fine.
+                debug!(worker = id, error = %e, "TUN read could not be split");
+                stats.counts.local.tun_split_errors += 1;
+                break;
+            }
+            Err(e) => {
+                // The device is gone or broken (EBADFD, EIO): stop the
+                // daemon rather than spin on it.
+                shared.fail(format!("TUN read failed: {e}"));
+                return (filled, ReadEnd::Broken);
+            }
+        }
+    }
+    (filled, ReadEnd::More)
+}
+
+/// Hands a batch of pod packets to the pipeline and writes its ICMP answers
+/// into TUN; returns the outcome, whose transmits the caller sends.
+/// `direct` is the worker's link-layer sender, if it has one (the batch
+/// takes it when every next hop's MAC is known).
+fn plan<'p, B: AsRef<[u8]> + AsMut<[u8]>>(
+    pipeline: &'p mut Pipeline,
+    bufs: &mut [B],
+    direct: Option<Sender>,
+    queue: &mut TunQueue,
+    stats: &mut Stats,
+    routes: &RouteReader<Ipv4Addr>,
+    shared: &Shared,
+) -> &'p EncapOutcome {
+    let policy = stats.load_policy(shared);
+    let routes = routes.load();
+    let neighbours = direct.map(|_| shared.neighbours.load());
+    let state = EncapState {
+        policy: &policy,
+        routes: &routes,
+        pmtu: &shared.pmtu,
+        neighbours: neighbours.as_deref().map(|n| n.as_slice()),
+        direct: direct.unwrap_or(Sender::Raw),
+        now: Instant::now(),
+    };
+    let out = pipeline.encap(bufs, &state, &mut stats.counts);
+    drop(routes);
+    stats.batch_done(shared);
+    if out.neighbour_miss() {
+        shared.neighbours.report_miss();
+    }
+    let local = &mut stats.counts.local;
+    for answer in out.icmp().iter() {
+        match queue.send_one(answer.packet()) {
+            Ok(()) => local.icmp_sent += 1,
+            Err(e) => debug!(error = %e, "ICMP write to TUN failed"),
+        }
+    }
+    out
+}
+
+/// Sends an outcome's transmits through the raw socket, or the AF_PACKET
+/// socket when the pipeline chose it.
+fn send_through_sockets<B: AsRef<[u8]>>(
+    out: &EncapOutcome,
+    bufs: &[B],
+    sender: &mut IpipSender,
+    packet_tx: Option<&mut PacketSender>,
+    local: &mut LocalCounters,
+    shared: &Shared,
+    id: usize,
+) -> SendResult {
+    let n = out.transmits().len();
+    if n == 0 {
+        return SendResult::Sent;
+    }
+    let mut packets: [&[u8]; TX_BATCH] = [&[]; TX_BATCH];
+    for (p, t) in packets.iter_mut().zip(out.transmits()) {
+        *p = bufs[t.buf].as_ref().get(t.start..).unwrap_or_default();
+    }
+    let (result, via_packet_socket) = match (out.sender(), packet_tx) {
+        (Sender::Packet, Some(ptx)) => (ptx.send_batch(&packets[..n], out.macs()), true),
+        _ => (sender.send_batch(&packets[..n], out.nodes()), false),
+    };
+    match result {
+        Ok(report) => {
+            local.tx_packets += report.sent as u64;
+            if via_packet_socket {
+                local.tx_af_packet += report.sent as u64;
+            }
+            local.tx_errors += report.failed as u64;
+            local.tx_retries += report.nobufs_retries as u64;
+            local.tx_buffer_full += report.buffer_full as u64;
+            if let Some(e) = report.last_error {
+                debug!(worker = id, error = %e, failed = report.failed, "underlay send errors");
+            }
+            if report.buffer_full > 0 {
+                SendResult::BufferFull
+            } else {
+                SendResult::Sent
+            }
+        }
+        Err(e) if is_fatal_send_error(&e) => {
+            local.tx_errors += n as u64;
+            shared.fail(format!("underlay send failed: {e}"));
+            SendResult::Fatal
+        }
+        Err(e) => {
+            local.tx_errors += n as u64;
+            debug!(worker = id, error = %e, "underlay send failed");
+            SendResult::Sent
+        }
+    }
 }
 
 fn seed(id: usize) -> u32 {

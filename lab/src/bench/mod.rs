@@ -55,6 +55,8 @@ use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use tunl::config::Underlay;
+
 use crate::testbed::{DaemonOptions, TunlCluster};
 use crate::topology::{self, Cluster, ClusterSpec, Overlay, TopologyError};
 
@@ -93,10 +95,12 @@ pub struct BenchArgs {
     /// Dataplane worker threads of each tunl daemon.
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=256))]
     pub workers: u16,
-    /// Run tunl with `[dataplane] packet_tx = true` (AF_PACKET transmit,
-    /// which bypasses the node's OUTPUT firewall; see docs/operating.md).
-    #[arg(long)]
-    pub packet_tx: bool,
+    /// The daemons' `[dataplane] underlay`: raw (the default), packet
+    /// (AF_PACKET transmit, which bypasses the node's OUTPUT firewall),
+    /// xdp (AF_XDP both ways, which bypasses netfilter for IPIP; see
+    /// docs/operating.md) or auto (the fastest that works).
+    #[arg(long, value_name = "UNDERLAY", default_value_t = Underlay::DEFAULT)]
+    pub underlay: Underlay,
     /// Run tunl with `[dataplane] busy_poll_us = N`: workers poll for N µs
     /// after their last packet instead of sleeping at once (lower latency,
     /// more CPU). 0 = the default, sleep at once.
@@ -122,7 +126,7 @@ impl Default for BenchArgs {
             seconds: 5,
             rounds: 3,
             workers: 1,
-            packet_tx: false,
+            underlay: Underlay::DEFAULT,
             busy_poll_us: 0,
             json: None,
             svg: None,
@@ -206,7 +210,7 @@ pub fn run(args: &BenchArgs, tunl_binary: &Path) -> Result<BenchReport, BenchErr
         seconds,
         rounds,
         workers: args.workers,
-        packet_tx: args.packet_tx,
+        underlay: args.underlay.to_string(),
         busy_poll_us: args.busy_poll_us,
         tunl_binary: tunl_binary.to_owned(),
         pings,
@@ -226,7 +230,7 @@ pub fn run(args: &BenchArgs, tunl_binary: &Path) -> Result<BenchReport, BenchErr
                 pings,
                 daemon: DaemonOptions {
                     workers: usize::from(args.workers),
-                    packet_tx: args.packet_tx,
+                    underlay: args.underlay,
                     busy_poll_us: args.busy_poll_us,
                     log: "warn".to_owned(),
                     ..DaemonOptions::default()

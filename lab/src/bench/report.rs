@@ -190,8 +190,9 @@ pub struct Settings {
     pub rounds: u32,
     /// Dataplane workers per daemon.
     pub workers: u16,
-    /// Whether the daemons sent with AF_PACKET (`packet_tx`).
-    pub packet_tx: bool,
+    /// The daemons' `[dataplane] underlay` (as asked for: `tunl status`
+    /// of a daemon says what ran).
+    pub underlay: String,
     /// The daemons' `busy_poll_us` (0: sleep at once).
     pub busy_poll_us: u32,
     /// The tunl binary the daemons ran.
@@ -354,7 +355,7 @@ pub(super) fn sample_report() -> BenchReport {
         seconds: 5,
         rounds: 3,
         workers: 1,
-        packet_tx: false,
+        underlay: "raw".to_owned(),
         busy_poll_us: 0,
         tunl_binary: "/bin/tunl".into(),
         pings: 500,

@@ -102,10 +102,12 @@ pub fn format_table(report: &BenchReport) -> String {
         s,
         "tunl settings: {} worker(s), transmit via {}, {}",
         s_.workers,
-        if s_.packet_tx {
-            "AF_PACKET (packet_tx)"
-        } else {
-            "raw IP socket (default)"
+        match s_.underlay.as_str() {
+            "raw" => "raw IP socket (default)",
+            "packet" => "AF_PACKET (underlay packet)",
+            "xdp" => "AF_XDP (underlay xdp)",
+            "auto" => "the fastest underlay that works (auto)",
+            _ => "?",
         },
         if s_.busy_poll_us == 0 {
             "workers sleep when idle (default)".to_owned()
