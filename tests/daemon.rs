@@ -1,5 +1,7 @@
 //! End-to-end tests of `tunl run` on the seed article's cluster, in network
 //! namespaces (they need root, as under CI, and do not skip without it).
+//! The traffic and security tests run once per underlay
+//! ([`on_every_underlay`]): `raw::NAME` and `xdp::NAME`.
 
 mod common;
 
@@ -11,6 +13,8 @@ use common::{
     ipv4_packet, logs, netns_of, run_to_exit, send_raw, tcp_transfer, tunl_bin, wait_until,
 };
 use etherparse::PacketBuilder;
+use tunl::config::Underlay;
+use tunl::control::{Client, Request};
 use tunl_lab::testbed::{DaemonOptions, TunlCluster, in_netns};
 use tunl_lab::topology::ClusterSpec;
 
@@ -19,15 +23,85 @@ const NODE2: &str = "node2.perf";
 const SIT: &str = "demo-hello-sit";
 const PERF: &str = "demo-hello-perf";
 
-fn seed_cluster() -> TunlCluster {
-    TunlCluster::start(ClusterSpec::seed(), tunl_bin(), DaemonOptions::default())
-        .expect("start the seed cluster with tunl on both nodes")
+/// The seed cluster with tunl on both nodes on `underlay`; with `xdp`,
+/// checked to really run on it (not on the underlay it falls back to).
+fn seed_cluster(underlay: Underlay) -> TunlCluster {
+    let tc = TunlCluster::start(
+        ClusterSpec::seed(),
+        tunl_bin(),
+        DaemonOptions {
+            underlay,
+            ..DaemonOptions::default()
+        },
+    )
+    .expect("start the seed cluster with tunl on both nodes");
+    if underlay == Underlay::Xdp {
+        for node in [NODE1, NODE2] {
+            let status: tunl::control::Status = Client::connect(&tc.control_socket(node))
+                .unwrap()
+                .call(&Request::Status {})
+                .unwrap();
+            assert_eq!(
+                status.underlay.running, "xdp",
+                "{node}: {:?}",
+                status.underlay
+            );
+        }
+    }
+    tc
 }
 
-#[test]
-#[ignore = "needs root: scripts/test"]
-fn ping_between_pods_on_two_nodes_shows_ttl_62() {
-    let tc = seed_cluster();
+/// With `xdp`, checks that `node` received at least `n` outer packets
+/// through its AF_XDP socket: the path under test was the XDP one.
+fn assert_received_through_xdp(tc: &TunlCluster, underlay: Underlay, node: &str, n: u64) {
+    if underlay == Underlay::Xdp {
+        let got = common::stats(tc, node).counter("rx_xdp").unwrap();
+        assert!(
+            got >= n,
+            "{node}: {got} outer packets through AF_XDP, want {n}"
+        );
+    }
+}
+
+/// The tests above, once per underlay: `raw::NAME` and `xdp::NAME`.
+macro_rules! on_every_underlay {
+    ($($name:ident),* $(,)?) => {
+        mod raw {
+            $(
+                #[test]
+                #[ignore = "needs root: scripts/test"]
+                fn $name() {
+                    super::$name(tunl::config::Underlay::Raw)
+                }
+            )*
+        }
+        mod xdp {
+            $(
+                #[test]
+                #[ignore = "needs root: scripts/test"]
+                fn $name() {
+                    super::$name(tunl::config::Underlay::Xdp)
+                }
+            )*
+        }
+    };
+}
+
+on_every_underlay!(
+    ping_between_pods_on_two_nodes_shows_ttl_62,
+    tcp_64_mib_arrives_byte_for_byte,
+    udp_datagrams_cross_the_tunnel_intact,
+    exactly_mtu_passes_and_one_more_gets_frag_needed_1480,
+    tso_bursts_of_tiny_segments_cross_intact,
+    ipip_from_an_unknown_source_is_refused_and_from_a_node_accepted,
+    inner_destination_outside_blocks_is_not_forwarded,
+    sigterm_removes_routes_and_device,
+    no_route_in_tunl_answers_net_unreachable,
+    underlay_frag_needed_lowers_the_path_mtu_for_that_node,
+);
+
+fn ping_between_pods_on_two_nodes_shows_ttl_62(underlay: Underlay) {
+    let tc = seed_cluster(underlay);
     let c = tc.cluster();
     let to = tc.pod_ip(SIT).unwrap();
     let r = c
@@ -39,10 +113,8 @@ fn ping_between_pods_on_two_nodes_shows_ttl_62() {
     assert!(r.ttls.iter().all(|t| *t == 62), "{}", r.raw);
 }
 
-#[test]
-#[ignore = "needs root: scripts/test"]
-fn tcp_64_mib_arrives_byte_for_byte() {
-    let tc = seed_cluster();
+fn tcp_64_mib_arrives_byte_for_byte(underlay: Underlay) {
+    let tc = seed_cluster(underlay);
     tc.cluster()
         .wait_reachable(PERF, tc.pod_ip(SIT).unwrap(), Duration::from_secs(10))
         .unwrap_or_else(|e| panic!("{e}\n{}", logs(&tc)));
@@ -54,10 +126,8 @@ fn tcp_64_mib_arrives_byte_for_byte() {
     );
 }
 
-#[test]
-#[ignore = "needs root: scripts/test"]
-fn udp_datagrams_cross_the_tunnel_intact() {
-    let tc = seed_cluster();
+fn udp_datagrams_cross_the_tunnel_intact(underlay: Underlay) {
+    let tc = seed_cluster(underlay);
     tc.cluster()
         .wait_reachable(PERF, tc.pod_ip(SIT).unwrap(), Duration::from_secs(10))
         .unwrap();
@@ -115,10 +185,8 @@ fn udp_datagrams_cross_the_tunnel_intact() {
 /// with the kernel's tunl0. (tunl's own too-big answer, for MTUs learned
 /// from the underlay, is tested by
 /// `underlay_frag_needed_lowers_the_path_mtu_for_that_node`.)
-#[test]
-#[ignore = "needs root: scripts/test"]
-fn exactly_mtu_passes_and_one_more_gets_frag_needed_1480() {
-    let tc = seed_cluster();
+fn exactly_mtu_passes_and_one_more_gets_frag_needed_1480(underlay: Underlay) {
+    let tc = seed_cluster(underlay);
     let c = tc.cluster();
     let to = tc.pod_ip(SIT).unwrap().to_string();
     c.wait_reachable(PERF, tc.pod_ip(SIT).unwrap(), Duration::from_secs(10))
@@ -222,12 +290,10 @@ fn dropped_at_exit(tc: &TunlCluster, node: &str, reason: &str) -> u64 {
         .sum()
 }
 
-#[test]
-#[ignore = "needs root: scripts/test"]
-fn tso_bursts_of_tiny_segments_cross_intact() {
+fn tso_bursts_of_tiny_segments_cross_intact(underlay: Underlay) {
     // The receiver advertises an MSS of 200, so the sender's 64 KiB TSO
     // bursts hold ~330 segments: more than tunl splits per read.
-    let tc = seed_cluster();
+    let tc = seed_cluster(underlay);
     let c = tc.cluster();
     c.wait_reachable(PERF, tc.pod_ip(SIT).unwrap(), Duration::from_secs(10))
         .unwrap_or_else(|e| panic!("{e}\n{}", logs(&tc)));
@@ -262,10 +328,8 @@ fn tso_bursts_of_tiny_segments_cross_intact() {
     assert_eq!(dropped_at_exit(&tc, "node2.perf", "malformed_inner"), 0);
 }
 
-#[test]
-#[ignore = "needs root: scripts/test"]
-fn ipip_from_an_unknown_source_is_refused_and_from_a_node_accepted() {
-    let tc = seed_cluster();
+fn ipip_from_an_unknown_source_is_refused_and_from_a_node_accepted(underlay: Underlay) {
+    let tc = seed_cluster(underlay);
     let node1 = tc.cluster().node(NODE1).unwrap().underlay;
     let node2 = tc.cluster().node(NODE2).unwrap().underlay;
     let sit = tc.pod_ip(SIT).unwrap();
@@ -299,13 +363,12 @@ fn ipip_from_an_unknown_source_is_refused_and_from_a_node_accepted() {
         logs(&tc)
     );
 
+    assert_received_through_xdp(&tc, underlay, NODE1, 2);
     assert_eq!(dropped_at_exit(&tc, NODE1, "unknown_source"), 1);
 }
 
-#[test]
-#[ignore = "needs root: scripts/test"]
-fn inner_destination_outside_blocks_is_not_forwarded() {
-    let tc = seed_cluster();
+fn inner_destination_outside_blocks_is_not_forwarded(underlay: Underlay) {
+    let tc = seed_cluster(underlay);
     let node1 = tc.cluster().node(NODE1).unwrap().underlay;
     let node2 = tc.cluster().node(NODE2).unwrap().underlay;
     let sit = tc.pod_ip(SIT).unwrap();
@@ -329,13 +392,12 @@ fn inner_destination_outside_blocks_is_not_forwarded() {
     let control = listen_udp(&tc, SIT, 7005, Duration::from_millis(800));
     inject_ipip(&tc, NODE2, node2, node1, &inner_udp(sit, 7005, b"local"));
     assert_eq!(control.join().unwrap().len(), 1, "{}", logs(&tc));
+    assert_received_through_xdp(&tc, underlay, NODE1, 2);
     assert_eq!(dropped_at_exit(&tc, NODE1, "not_local"), 1);
 }
 
-#[test]
-#[ignore = "needs root: scripts/test"]
-fn sigterm_removes_routes_and_device() {
-    let tc = seed_cluster();
+fn sigterm_removes_routes_and_device(underlay: Underlay) {
+    let tc = seed_cluster(underlay);
     assert_eq!(tc.kernel_routes(NODE1).unwrap().len(), 1);
     let route = &tc.kernel_routes(NODE1).unwrap()[0];
     assert!(
@@ -357,7 +419,7 @@ fn sigterm_removes_routes_and_device() {
 #[test]
 #[ignore = "needs root: scripts/test"]
 fn a_second_daemon_on_the_same_device_fails_clearly() {
-    let tc = seed_cluster();
+    let tc = seed_cluster(Underlay::DEFAULT);
     let config = tc.daemon(NODE1).unwrap().config.clone();
     let out = run_to_exit(&tc, NODE1, &config);
     let stderr = String::from_utf8_lossy(&out.stderr);
@@ -432,7 +494,7 @@ fn sighup_adds_a_route_while_a_transfer_runs() {
 #[test]
 #[ignore = "needs root: scripts/test"]
 fn sighup_with_a_bad_config_keeps_running() {
-    let tc = seed_cluster();
+    let tc = seed_cluster(Underlay::DEFAULT);
     tc.write_config(NODE1, "[tunnel]\nname = \"tunl0\"\n")
         .unwrap();
     tc.reload(NODE1).unwrap();
@@ -489,7 +551,7 @@ fn a_bad_config_exits_with_code_2_and_names_the_key() {
     // name and socket) with an MTU the underlay cannot carry, a local
     // address on no interface (so no MTU to derive), a user that does not
     // exist.
-    let tc = seed_cluster();
+    let tc = seed_cluster(Underlay::DEFAULT);
     let base = tc
         .config_text(NODE1)
         .unwrap()
@@ -544,10 +606,8 @@ fn a_bad_config_exits_with_code_2_and_names_the_key() {
     );
 }
 
-#[test]
-#[ignore = "needs root: scripts/test"]
-fn no_route_in_tunl_answers_net_unreachable() {
-    let tc = seed_cluster();
+fn no_route_in_tunl_answers_net_unreachable(underlay: Underlay) {
+    let tc = seed_cluster(underlay);
     let c = tc.cluster();
     // A pool route into the tunnel wider than tunl's routes (as a node may
     // have for the whole IP pool): 10.20.200.0/26 has no owner in tunl.
@@ -588,10 +648,8 @@ fn underlay_frag_needed(from_node: Ipv4Addr, to_node: Ipv4Addr, mtu: u16) -> Vec
     ipv4_packet(to_node, from_node, etherparse::IpNumber::ICMP, &icmp)
 }
 
-#[test]
-#[ignore = "needs root: scripts/test"]
-fn underlay_frag_needed_lowers_the_path_mtu_for_that_node() {
-    let tc = seed_cluster();
+fn underlay_frag_needed_lowers_the_path_mtu_for_that_node(underlay: Underlay) {
+    let tc = seed_cluster(underlay);
     let c = tc.cluster();
     let node1 = c.node(NODE1).unwrap().underlay;
     let node2 = c.node(NODE2).unwrap().underlay;
@@ -633,7 +691,7 @@ fn underlay_frag_needed_lowers_the_path_mtu_for_that_node() {
 #[test]
 #[ignore = "needs root: scripts/test"]
 fn deleting_the_device_under_the_daemon_stops_it_with_an_error() {
-    let tc = seed_cluster();
+    let tc = seed_cluster(Underlay::DEFAULT);
     let pid = tc.daemon(NODE1).unwrap().pid;
     tc.cluster()
         .exec_ok(NODE1, &["ip", "link", "del", "tunl0"])
