@@ -70,6 +70,17 @@ pub(super) struct Selected {
 /// Sets up the underlay `config` asks for, stepping down (and logging why,
 /// once) when it cannot: see the module documentation.
 pub(super) fn select(config: &Config, device: Option<&UnderlayDevice>, workers: usize) -> Selected {
+    select_with(config, device, workers, probe_packet_socket)
+}
+
+/// [`select`] with the check that an AF_PACKET socket opens given (tests
+/// run without the privilege to open one).
+fn select_with(
+    config: &Config,
+    device: Option<&UnderlayDevice>,
+    workers: usize,
+    probe_packet: impl Fn(&UnderlayDevice) -> Result<(), String>,
+) -> Selected {
     let requested = config.dataplane.underlay();
     let mut status = UnderlayStatus {
         requested: requested.as_str().to_owned(),
@@ -109,14 +120,17 @@ pub(super) fn select(config: &Config, device: Option<&UnderlayDevice>, workers: 
             }
         }
     }
-    let running = match (requested, device) {
-        (Underlay::Raw, _) => Running::Raw,
-        (_, Some(d)) if d.ethernet => Running::Packet,
-        (_, d) => {
-            let why = match d {
-                Some(d) => format!("packet: {} is not an Ethernet device", d.name),
-                None => "packet: tunnel.local is on no interface".to_owned(),
-            };
+    let packet = match (requested, device) {
+        (Underlay::Raw, _) => None,
+        (_, Some(d)) if d.ethernet => Some(probe_packet(d)),
+        (_, Some(d)) => Some(Err(format!("{} is not an Ethernet device", d.name))),
+        (_, None) => Some(Err("tunnel.local is on no interface".to_owned())),
+    };
+    let running = match packet {
+        None => Running::Raw,
+        Some(Ok(())) => Running::Packet,
+        Some(Err(why)) => {
+            let why = format!("packet: {why}");
             warn!("underlay: {why}; using raw");
             fallback = Some(match fallback {
                 Some(f) => format!("{f}; {why}"),
@@ -134,6 +148,15 @@ pub(super) fn select(config: &Config, device: Option<&UnderlayDevice>, workers: 
             .flatten(),
         status,
     }
+}
+
+/// Whether an AF_PACKET socket can be opened on `device` (a sandbox may
+/// forbid the address family): the workers open theirs after the
+/// privilege drop, when stepping down would be too late.
+fn probe_packet_socket(device: &UnderlayDevice) -> Result<(), String> {
+    tunl_io::PacketSender::open(device.ifindex, 0)
+        .map(drop)
+        .map_err(|e| e.to_string())
 }
 
 /// The modes to try, in order, for `setting` on a device with `driver`:
@@ -249,6 +272,23 @@ mod tests {
             mtu,
             ethernet,
         }
+    }
+
+    fn select(config: &Config, device: Option<&UnderlayDevice>, workers: usize) -> Selected {
+        select_with(config, device, workers, |_| Ok(()))
+    }
+
+    #[test]
+    fn a_packet_socket_that_cannot_open_steps_down_to_raw() {
+        let s = select_with(
+            &config("underlay = \"packet\""),
+            Some(&device(true, 1500)),
+            1,
+            |_| Err("Address family not supported by protocol".to_owned()),
+        );
+        assert_eq!((s.status.running.as_str(), s.packet_ifindex), ("raw", None));
+        let why = s.status.fallback.unwrap();
+        assert_eq!(why, "packet: Address family not supported by protocol");
     }
 
     #[test]
