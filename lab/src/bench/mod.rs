@@ -342,6 +342,20 @@ impl Built {
         }
     }
 
+    /// The `tx_packets` counter of the daemon on the sending pod's node
+    /// (outer frames it put on the underlay), over its control socket.
+    fn sender_tx_packets(&self) -> Option<u64> {
+        let Built::Tunl(tc) = self else {
+            return None;
+        };
+        let node = tc.cluster().pod(CLIENT_POD)?.node.clone();
+        let stats: tunl::control::Stats = tunl::control::Client::connect(&tc.control_socket(&node))
+            .ok()?
+            .call(&tunl::control::Request::Stats {})
+            .ok()?;
+        stats.counter("tx_packets")
+    }
+
     /// The last lines of every daemon's log, to explain a failure.
     fn logs(&self) -> String {
         let Built::Tunl(tc) = self else {
@@ -468,7 +482,8 @@ fn measure_step(
     let secs = ctx.seconds;
     match step {
         Step::Tcp1 => {
-            let (result, cpu) = with_cpu_sampling(secs, &built.daemon_pids(), || {
+            let sent = || built.sender_tx_packets();
+            let (result, cpu) = with_cpu_sampling(secs, &built.daemon_pids(), sent, || {
                 cluster.iperf3_tcp(CLIENT_POD, SERVER_POD, secs, 1)
             });
             let result = result.map_err(topo)?;
@@ -482,6 +497,9 @@ fn measure_step(
                 out.push((Metric::CpuMachine, cpu.machine_percent / gbps));
                 if ctx.path == Datapath::Tunl {
                     out.push((Metric::CpuTunl, cpu.processes_percent / gbps));
+                }
+                if let Some(rate) = cpu.counter_per_second {
+                    out.push((Metric::UnderlayFrames, rate / 1e3));
                 }
             }
         }
