@@ -1,7 +1,6 @@
 //! The daemon's life: the startup steps in order, the main loop, shutdown.
 
 use std::sync::Arc;
-use std::sync::atomic::AtomicUsize;
 
 use tokio::net::{TcpListener, UnixListener};
 use tokio::sync::mpsc;
@@ -20,7 +19,7 @@ use super::{privileges, reload};
 use crate::config::{Config, ttl_text};
 use crate::control::{self, Call};
 use crate::dataplane::{CounterSnapshot, Router, Shared};
-use crate::metrics::MetricsSource;
+use crate::metrics::{DeviceLabels, MetricsSource};
 
 /// Runs the daemon on `config` until SIGINT or SIGTERM, or until the
 /// dataplane fails.
@@ -75,15 +74,21 @@ pub(super) async fn run(config: Config) -> Result<(), DaemonError> {
     log_up(&config, &device, offload);
 
     let (calls_tx, calls) = mpsc::channel(16);
-    let tasks = Tasks::spawn(
-        listener,
-        calls_tx,
-        metrics_listener,
-        packet_tx,
-        &shared,
-        running.routes.count(),
-        device.workers,
-    );
+    let metrics = metrics_listener.map(|listener| {
+        let source = MetricsSource {
+            shared: shared.clone(),
+            routes: running.routes.count(),
+            route_apply: running.routes.apply_metrics(),
+            workers: device.workers,
+            device: DeviceLabels {
+                name: device.name.clone(),
+                local: device.local,
+                mtu: device.mtu,
+            },
+        };
+        (listener, source)
+    });
+    let tasks = Tasks::spawn(listener, calls_tx, metrics, packet_tx, &shared);
     let mut config = config;
     let served = serve(signals, &mut config, &mut running.routes, calls, &device).await;
     tasks.abort();
@@ -148,19 +153,12 @@ impl Tasks {
     fn spawn(
         control: UnixListener,
         calls: mpsc::Sender<Call>,
-        metrics: Option<TcpListener>,
+        metrics: Option<(TcpListener, MetricsSource)>,
         packet_tx: Option<u32>,
         shared: &Arc<Shared>,
-        route_count: Arc<AtomicUsize>,
-        workers: usize,
     ) -> Tasks {
         let mut tasks = vec![tokio::spawn(control::accept_loop(control, calls))];
-        if let Some(listener) = metrics {
-            let source = MetricsSource {
-                shared: shared.clone(),
-                routes: route_count,
-                workers,
-            };
+        if let Some((listener, source)) = metrics {
             tasks.push(tokio::spawn(crate::metrics::serve(
                 listener,
                 Arc::new(source),
