@@ -4,12 +4,13 @@
 # and unshare (util-linux, for the capability tests), a C toolchain for
 # crates with build scripts, and the checkers the tests run: promtool
 # (package prometheus) and the Prometheus Python client's OpenMetrics parser
-# (python3-prometheus-client) for the metrics endpoint.
+# (python3-prometheus-client) for the metrics endpoint, systemd-analyze
+# (systemd) for the units.
 # Idempotent; run as root or with sudo.
 set -euo pipefail
 
 packages=(iproute2 iputils-ping iperf3 tcpdump ethtool procps util-linux build-essential pkg-config
-  prometheus python3-prometheus-client)
+  prometheus python3-prometheus-client systemd)
 
 missing=()
 for p in "${packages[@]}"; do

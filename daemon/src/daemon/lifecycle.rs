@@ -11,6 +11,7 @@ use tunl_routing::RouteTable;
 
 use super::error::DaemonError;
 use super::neighbours::watch_neighbours;
+use super::notify::Notifier;
 use super::requests::{DeviceInfo, handle};
 use super::routes::{KernelRoutes, NetlinkRoutes, RouteManager, wanted_routes};
 use super::signals::{Asked, Signals};
@@ -25,6 +26,7 @@ use crate::metrics::{DeviceLabels, MetricsSource};
 /// dataplane fails.
 pub(super) async fn run(config: Config) -> Result<(), DaemonError> {
     let signals = Signals::catch()?;
+    let notifier = Notifier::from_env();
     let user = startup::look_up_user(&config)?;
     let netlink = startup::open_netlink()?;
     startup::check_device_free(&netlink, &config).await?;
@@ -89,8 +91,14 @@ pub(super) async fn run(config: Config) -> Result<(), DaemonError> {
         (listener, source)
     });
     let tasks = Tasks::spawn(listener, calls_tx, metrics, packet_tx, &shared);
+    notifier.ready(&format!(
+        "routing {} routes on {}",
+        config.routes.len(),
+        device.name
+    ));
     let mut config = config;
     let served = serve(signals, &mut config, &mut running.routes, calls, &device).await;
+    notifier.stopping("removing the routes and the device");
     tasks.abort();
     running.stop().await;
     match shared.failure() {
