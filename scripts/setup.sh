@@ -5,12 +5,12 @@
 # crates with build scripts, and the checkers the tests run: promtool
 # (package prometheus) and the Prometheus Python client's OpenMetrics parser
 # (python3-prometheus-client) for the metrics endpoint, systemd-analyze
-# (systemd) for the units.
+# (systemd) for the units, cargo-deb and dpkg-deb for the .deb.
 # Idempotent; run as root or with sudo.
 set -euo pipefail
 
 packages=(iproute2 iputils-ping iperf3 tcpdump ethtool procps util-linux build-essential pkg-config
-  prometheus python3-prometheus-client systemd)
+  prometheus python3-prometheus-client systemd dpkg)
 
 missing=()
 for p in "${packages[@]}"; do
@@ -34,6 +34,11 @@ fi
 if ! command -v cargo >/dev/null 2>&1; then
   echo "setup: cargo not found: install Rust (https://rustup.rs) first" >&2
   exit 1
+fi
+# cargo-deb builds the .deb (scripts/deb, tests/deb.rs).
+if ! cargo deb --version >/dev/null 2>&1; then
+  echo "setup: installing cargo-deb" >&2
+  cargo install cargo-deb --locked
 fi
 [ -e /dev/net/tun ] || { echo "setup: /dev/net/tun is missing (TUN support is required)" >&2; exit 1; }
 echo "setup: ok" >&2
