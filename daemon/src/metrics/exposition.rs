@@ -147,7 +147,7 @@ impl Family {
         self
     }
 
-    /// Adds a series (builder form of [`Family::with`] for loops).
+    /// Adds a series in place (for loops; [`Family::with`] is the builder form).
     pub fn push(&mut self, labels: Vec<(&'static str, String)>, value: Value) {
         self.samples.push(Sample { labels, value });
     }

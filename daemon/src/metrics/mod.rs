@@ -21,7 +21,7 @@
 //! | `tunl_path_mtu_bytes` | gauge | `node` |
 //! | `tunl_routes` | gauge | |
 //! | `tunl_route_apply_duration_seconds` (route changes that reached the kernel, failed ones included) | histogram | |
-//! | `tunl_route_apply_failures_total` (route changes refused, each rolled back) | counter | |
+//! | `tunl_route_apply_failures_total` (route changes that failed and left the routes as they were) | counter | |
 //! | `tunl_dataplane_workers` | gauge | |
 //! | `tunl_device_info` | info | `device`, `local`, `mtu` |
 //! | `tunl_build_info` | info | `version` |
@@ -241,8 +241,8 @@ impl MetricsSource {
             Family::new(
                 "tunl_route_apply_failures",
                 Kind::Counter,
-                "Route changes that failed and were rolled back (from the config, a reload or \
-                 the control socket)",
+                "Route changes that failed (the kernel refused one, or another tunl instance \
+                 routes a prefix) and left the routes as they were",
             )
             .with(vec![], Value::Int(self.route_apply.failures())),
         );
