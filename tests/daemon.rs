@@ -25,7 +25,6 @@ fn seed_cluster() -> TunlCluster {
 }
 
 #[test]
-
 #[ignore = "needs root: scripts/test"]
 fn ping_between_pods_on_two_nodes_shows_ttl_62() {
     let tc = seed_cluster();
@@ -41,7 +40,6 @@ fn ping_between_pods_on_two_nodes_shows_ttl_62() {
 }
 
 #[test]
-
 #[ignore = "needs root: scripts/test"]
 fn tcp_64_mib_arrives_byte_for_byte() {
     let tc = seed_cluster();
@@ -57,7 +55,6 @@ fn tcp_64_mib_arrives_byte_for_byte() {
 }
 
 #[test]
-
 #[ignore = "needs root: scripts/test"]
 fn udp_datagrams_cross_the_tunnel_intact() {
     let tc = seed_cluster();
@@ -226,7 +223,6 @@ fn dropped_at_exit(tc: &TunlCluster, node: &str, reason: &str) -> u64 {
 }
 
 #[test]
-
 #[ignore = "needs root: scripts/test"]
 fn tso_bursts_of_tiny_segments_cross_intact() {
     // The receiver advertises an MSS of 200, so the sender's 64 KiB TSO
@@ -267,7 +263,6 @@ fn tso_bursts_of_tiny_segments_cross_intact() {
 }
 
 #[test]
-
 #[ignore = "needs root: scripts/test"]
 fn ipip_from_an_unknown_source_is_refused_and_from_a_node_accepted() {
     let tc = seed_cluster();
@@ -308,7 +303,6 @@ fn ipip_from_an_unknown_source_is_refused_and_from_a_node_accepted() {
 }
 
 #[test]
-
 #[ignore = "needs root: scripts/test"]
 fn inner_destination_outside_blocks_is_not_forwarded() {
     let tc = seed_cluster();
@@ -339,7 +333,6 @@ fn inner_destination_outside_blocks_is_not_forwarded() {
 }
 
 #[test]
-
 #[ignore = "needs root: scripts/test"]
 fn sigterm_removes_routes_and_device() {
     let tc = seed_cluster();
@@ -362,7 +355,6 @@ fn sigterm_removes_routes_and_device() {
 }
 
 #[test]
-
 #[ignore = "needs root: scripts/test"]
 fn a_second_daemon_on_the_same_device_fails_clearly() {
     let tc = seed_cluster();
@@ -378,7 +370,6 @@ fn a_second_daemon_on_the_same_device_fails_clearly() {
 }
 
 #[test]
-
 #[ignore = "needs root: scripts/test"]
 fn sighup_adds_a_route_while_a_transfer_runs() {
     let tc = TunlCluster::start(
@@ -439,7 +430,6 @@ fn sighup_adds_a_route_while_a_transfer_runs() {
 }
 
 #[test]
-
 #[ignore = "needs root: scripts/test"]
 fn sighup_with_a_bad_config_keeps_running() {
     let tc = seed_cluster();
@@ -461,7 +451,6 @@ fn sighup_with_a_bad_config_keeps_running() {
 }
 
 #[test]
-
 #[ignore = "needs root: scripts/test"]
 fn a_bad_config_exits_with_code_2_and_names_the_key() {
     let dir = std::env::temp_dir().join(format!("tunl-badconfig-{}", std::process::id()));
@@ -556,7 +545,6 @@ fn a_bad_config_exits_with_code_2_and_names_the_key() {
 }
 
 #[test]
-
 #[ignore = "needs root: scripts/test"]
 fn no_route_in_tunl_answers_net_unreachable() {
     let tc = seed_cluster();
@@ -601,7 +589,6 @@ fn underlay_frag_needed(from_node: Ipv4Addr, to_node: Ipv4Addr, mtu: u16) -> Vec
 }
 
 #[test]
-
 #[ignore = "needs root: scripts/test"]
 fn underlay_frag_needed_lowers_the_path_mtu_for_that_node() {
     let tc = seed_cluster();
@@ -644,7 +631,6 @@ fn underlay_frag_needed_lowers_the_path_mtu_for_that_node() {
 }
 
 #[test]
-
 #[ignore = "needs root: scripts/test"]
 fn deleting_the_device_under_the_daemon_stops_it_with_an_error() {
     let tc = seed_cluster();

@@ -28,7 +28,6 @@ fn tun() -> Tun {
 }
 
 #[test]
-
 #[ignore = "needs root: scripts/test"]
 fn routes_are_added_replaced_listed_and_deleted_by_protocol() {
     in_netns_async(|| async {
@@ -74,7 +73,6 @@ fn routes_are_added_replaced_listed_and_deleted_by_protocol() {
 }
 
 #[test]
-
 #[ignore = "needs root: scripts/test"]
 fn links_are_found_and_deleted() {
     in_netns_async(|| async {
@@ -98,7 +96,6 @@ fn links_are_found_and_deleted() {
 }
 
 #[test]
-
 #[ignore = "needs root: scripts/test"]
 fn netlink_outside_a_runtime_is_an_error_not_a_panic() {
     let err = Netlink::new().unwrap_err();

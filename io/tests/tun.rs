@@ -38,7 +38,6 @@ fn bound_udp(port: u16) -> UdpSocket {
 }
 
 #[test]
-
 #[ignore = "needs root: scripts/test"]
 fn create_reads_back_mtu_address_queues_and_offload() {
     in_netns_async(|| async {
@@ -60,7 +59,6 @@ fn create_reads_back_mtu_address_queues_and_offload() {
 }
 
 #[test]
-
 #[ignore = "needs root: scripts/test"]
 fn second_create_of_a_held_device_says_busy() {
     in_netns(|| {
@@ -72,7 +70,6 @@ fn second_create_of_a_held_device_says_busy() {
 }
 
 #[test]
-
 #[ignore = "needs root: scripts/test"]
 fn empty_queue_would_block() {
     in_netns(|| {
@@ -147,21 +144,18 @@ fn tun_to_stack(offload: bool) {
 }
 
 #[test]
-
 #[ignore = "needs root: scripts/test"]
 fn packets_written_to_tun_reach_a_local_socket_with_offload() {
     tun_to_stack(true);
 }
 
 #[test]
-
 #[ignore = "needs root: scripts/test"]
 fn packets_written_to_tun_reach_a_local_socket_without_offload() {
     tun_to_stack(false);
 }
 
 #[test]
-
 #[ignore = "needs root: scripts/test"]
 fn empty_buffers_in_a_batch_are_dropped_not_fatal() {
     in_netns(|| {
@@ -257,14 +251,12 @@ fn stack_to_tun(offload: bool) {
 }
 
 #[test]
-
 #[ignore = "needs root: scripts/test"]
 fn stack_traffic_routed_into_tun_is_read_and_split_with_offload() {
     stack_to_tun(true);
 }
 
 #[test]
-
 #[ignore = "needs root: scripts/test"]
 fn stack_traffic_routed_into_tun_is_read_without_offload() {
     stack_to_tun(false);
@@ -277,7 +269,6 @@ fn load(buf: &mut PacketBuf, pkt: &[u8]) {
 }
 
 #[test]
-
 #[ignore = "needs root: scripts/test"]
 fn tcp_segments_written_in_one_batch_are_coalesced_and_delivered() {
     in_netns(|| {
@@ -328,7 +319,6 @@ fn tcp_segments_written_in_one_batch_are_coalesced_and_delivered() {
 }
 
 #[test]
-
 #[ignore = "needs root: scripts/test"]
 fn every_queue_of_a_multi_queue_device_carries_traffic() {
     in_netns(|| {

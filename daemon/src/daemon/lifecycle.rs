@@ -1,7 +1,6 @@
 //! The daemon's life: the startup steps in order, the main loop, shutdown.
 
 use std::sync::Arc;
-use std::sync::atomic::AtomicUsize;
 
 use tokio::net::{TcpListener, UnixListener};
 use tokio::sync::mpsc;
@@ -12,6 +11,7 @@ use tunl_routing::RouteWriter;
 
 use super::error::DaemonError;
 use super::neighbours::watch_neighbours;
+use super::notify::Notifier;
 use super::requests::{DeviceInfo, handle};
 use super::routes::{KernelRoutes, NetlinkRoutes, RouteManager, wanted_routes};
 use super::signals::{Asked, Signals};
@@ -20,12 +20,13 @@ use super::{privileges, reload};
 use crate::config::Config;
 use crate::control::{self, Call};
 use crate::dataplane::{CounterSnapshot, Router, Shared};
-use crate::metrics::MetricsSource;
+use crate::metrics::{DeviceLabels, MetricsSource};
 
 /// Runs the daemon on `config` until SIGINT or SIGTERM, or until the
 /// dataplane fails.
 pub(super) async fn run(config: Config) -> Result<(), DaemonError> {
     let signals = Signals::catch()?;
+    let notifier = Notifier::from_env();
     let user = startup::look_up_user(&config)?;
     let netlink = startup::open_netlink()?;
     startup::check_device_free(&netlink, &config).await?;
@@ -76,17 +77,29 @@ pub(super) async fn run(config: Config) -> Result<(), DaemonError> {
     log_up(&config, &device, offload);
 
     let (calls_tx, calls) = mpsc::channel(16);
-    let tasks = Tasks::spawn(
-        listener,
-        calls_tx,
-        metrics_listener,
-        packet_tx,
-        &shared,
-        running.routes.count(),
-        device.workers,
-    );
+    let metrics = metrics_listener.map(|listener| {
+        let source = MetricsSource {
+            shared: shared.clone(),
+            routes: running.routes.count(),
+            route_apply: running.routes.apply_metrics(),
+            workers: device.workers,
+            device: DeviceLabels {
+                name: device.name.clone(),
+                local: device.local,
+                mtu: device.mtu,
+            },
+        };
+        (listener, source)
+    });
+    let tasks = Tasks::spawn(listener, calls_tx, metrics, packet_tx, &shared);
+    notifier.ready(&format!(
+        "routing {} routes on {}",
+        config.routes.len(),
+        device.name
+    ));
     let mut config = config;
     let served = serve(signals, &mut config, &mut running.routes, calls, &device).await;
+    notifier.stopping("removing the routes and the device");
     tasks.abort();
     running.stop().await;
     match shared.failure() {
@@ -149,23 +162,16 @@ impl Tasks {
     fn spawn(
         control: UnixListener,
         calls: mpsc::Sender<Call>,
-        metrics: Option<TcpListener>,
+        metrics: Option<(TcpListener, MetricsSource)>,
         packet_tx: Option<u32>,
         shared: &Arc<Shared>,
-        route_count: Arc<AtomicUsize>,
-        workers: usize,
     ) -> Tasks {
         let mut tasks = vec![
             tokio::spawn(control::accept_loop(control, calls)),
             // Learned path MTUs: applied and pruned here, off the workers.
             tokio::spawn(crate::dataplane::maintain_path_mtu(shared.clone())),
         ];
-        if let Some(listener) = metrics {
-            let source = MetricsSource {
-                shared: shared.clone(),
-                routes: route_count,
-                workers,
-            };
+        if let Some((listener, source)) = metrics {
             tasks.push(tokio::spawn(crate::metrics::serve(
                 listener,
                 Arc::new(source),

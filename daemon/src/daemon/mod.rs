@@ -19,6 +19,7 @@
 //!   [`RouteManager`];
 //! - `reload`: SIGHUP;
 //! - `neighbours`: the underlay's neighbour table for `packet_tx`;
+//! - `notify`: readiness for systemd (`READY=1` once the routes are in);
 //! - `signals`: the signals caught from the start;
 //! - [`privileges`]: the capability drop, in three steps;
 //! - `error`: [`DaemonError`] and [`RouteError`].
@@ -32,6 +33,7 @@ use std::path::Path;
 mod error;
 mod lifecycle;
 mod neighbours;
+mod notify;
 pub mod privileges;
 mod reload;
 mod requests;

@@ -12,6 +12,7 @@ use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Instant;
 
 use ipnetwork::Ipv4Network;
 use tracing::{error, info, warn};
@@ -23,6 +24,7 @@ use super::error::RouteError;
 use crate::config::Config;
 use crate::control::{self, RouteChange};
 use crate::dataplane::{Policy, Shared};
+use crate::metrics::RouteApplyMetrics;
 
 /// A route set: block to next hop.
 pub type Routes = BTreeMap<Ipv4Network, Ipv4Addr>;
@@ -109,6 +111,7 @@ pub struct RouteManager<K> {
     kernel: K,
     shared: Arc<Shared>,
     count: Arc<AtomicUsize>,
+    apply_metrics: Arc<RouteApplyMetrics>,
 }
 
 impl<K: KernelRoutes> RouteManager<K> {
@@ -120,6 +123,7 @@ impl<K: KernelRoutes> RouteManager<K> {
             kernel,
             shared,
             count: Arc::new(AtomicUsize::new(0)),
+            apply_metrics: Arc::default(),
         }
     }
 
@@ -131,6 +135,12 @@ impl<K: KernelRoutes> RouteManager<K> {
     /// The number of routes, kept for the metrics endpoint.
     pub fn count(&self) -> Arc<AtomicUsize> {
         self.count.clone()
+    }
+
+    /// How route changes went (durations, failures), kept for the metrics
+    /// endpoint.
+    pub fn apply_metrics(&self) -> Arc<RouteApplyMetrics> {
+        self.apply_metrics.clone()
     }
 
     /// The state shared with the dataplane.
@@ -185,6 +195,21 @@ impl<K: KernelRoutes> RouteManager<K> {
         if added.is_empty() && removed.is_empty() {
             return Ok(change);
         }
+        let started = Instant::now();
+        let result = self.change(&current, wanted, &added, &removed).await;
+        self.apply_metrics.record(started.elapsed(), result.is_ok());
+        result.map(|()| change)
+    }
+
+    /// The part of [`RouteManager::apply`] that changes something, timed
+    /// for the metrics.
+    async fn change(
+        &mut self,
+        current: &Routes,
+        wanted: &Routes,
+        added: &[(Ipv4Network, Ipv4Addr)],
+        removed: &[Ipv4Network],
+    ) -> Result<(), RouteError> {
         let new = |p: &Ipv4Network| !current.contains_key(p) && wanted.contains_key(p);
         if added.iter().any(|(p, _)| new(p)) {
             let held = self
@@ -201,17 +226,17 @@ impl<K: KernelRoutes> RouteManager<K> {
         let mut installed = Vec::new();
         let mut deleted = Vec::new();
         let result = self
-            .change_kernel(&added, &removed, &mut installed, &mut deleted)
+            .change_kernel(added, removed, &mut installed, &mut deleted)
             .await;
         if let Err(e) = result {
-            self.roll_back(&current, &added, &installed, &deleted).await;
+            self.roll_back(current, added, &installed, &deleted).await;
             return Err(e);
         }
         self.writer
             .apply(removed.iter().map(|p| RouteOp::Remove(*p)));
         self.update_policy_vias(wanted.values().copied());
         self.count.store(wanted.len(), Ordering::Relaxed);
-        Ok(change)
+        Ok(())
     }
 
     /// Installs `added`, then removes `removed`, until the kernel refuses
@@ -703,6 +728,24 @@ pub(crate) mod tests {
         run(m.remove_stale(&routes(&[("10.20.1.0/26", 6)])));
         let left: Vec<_> = m.kernel.routes.keys().copied().collect();
         assert_eq!(left, vec![net("10.20.1.0/26"), net("10.97.0.0/26")]);
+    }
+
+    #[test]
+    fn changes_are_timed_and_failures_counted_for_the_metrics() {
+        let (mut m, _) = manager();
+        let metrics = m.apply_metrics();
+        run(m.apply(&routes(&[("10.20.1.0/26", 5)]))).unwrap();
+        // Nothing to change: not a route change, not timed.
+        run(m.apply(&routes(&[("10.20.1.0/26", 5)]))).unwrap();
+        m.kernel.refuse = vec![KernelCall::Add(net("10.20.2.0/26"), node(6))];
+        run(m.apply(&routes(&[("10.20.1.0/26", 5), ("10.20.2.0/26", 6)]))).unwrap_err();
+        m.kernel.refuse = vec![KernelCall::Tagged];
+        run(m.apply(&routes(&[("10.20.3.0/26", 7)]))).unwrap_err();
+        let h = metrics.histogram();
+        assert_eq!(h.count, 3, "{h:?}");
+        // The fake kernel answers at once: all in the 10 s bucket.
+        assert_eq!(h.cumulative.last(), Some(&3), "{h:?}");
+        assert_eq!(metrics.failures(), 2);
     }
 
     #[test]
