@@ -223,6 +223,25 @@ fn route_add_del_replace_while_traffic_flows_lose_nothing_on_unchanged_routes() 
             &["route", "replace", "--file", file.to_str().unwrap()],
         );
         assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+        // An empty set would remove every route: refused without
+        // --allow-empty, by the CLI (exit 2) and by the daemon (exit 1).
+        std::fs::write(&file, "# nothing here\n").unwrap();
+        let o = tunl(
+            &tc,
+            &n1.name,
+            &["route", "replace", "--file", file.to_str().unwrap()],
+        );
+        assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+        assert!(stderr(&o).contains("--allow-empty"), "{}", stderr(&o));
+        let line = raw_request(
+            &tc.control_socket(&n1.name),
+            b"{\"cmd\":\"route_replace\",\"routes\":[]}\n",
+        );
+        assert!(
+            line.contains("\"ok\":false") && line.contains("allow_empty"),
+            "{line}"
+        );
+        assert_eq!(tc.kernel_routes(&n1.name).unwrap().len(), 2);
 
         let got = stream.join().unwrap();
         assert_eq!(
@@ -232,6 +251,26 @@ fn route_add_del_replace_while_traffic_flows_lose_nothing_on_unchanged_routes() 
             logs(&tc)
         );
     });
+    // With --allow-empty, the empty set removes every route.
+    let file = tc.dir().join("routes.txt");
+    let o = tunl(
+        &tc,
+        &n1.name,
+        &[
+            "route",
+            "replace",
+            "--allow-empty",
+            "--file",
+            file.to_str().unwrap(),
+        ],
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(
+        stdout(&o).contains("0 added or changed, 2 removed, 0 unchanged"),
+        "{}",
+        stdout(&o)
+    );
+    assert!(tc.kernel_routes(&n1.name).unwrap().is_empty());
 }
 
 fn scrape(tc: &TunlCluster, node: &str, port: u16) -> String {

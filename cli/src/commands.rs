@@ -55,10 +55,16 @@ pub enum RouteCommand {
     /// The file holds either JSON (`[{"prefix": "...", "via": "..."}]`, or
     /// `{"routes": [...]}`) or lines `PREFIX via NODE` (`#` starts a
     /// comment), as `tunl route list` prints them. `-` reads stdin.
+    ///
+    /// An empty set removes every route, the config's too, so it is refused
+    /// (exit 2) unless `--allow-empty` is given.
     Replace {
         /// The routes file.
         #[arg(long, value_name = "ROUTES")]
         file: PathBuf,
+        /// Accept an empty set: remove every route.
+        #[arg(long)]
+        allow_empty: bool,
     },
 }
 
@@ -89,6 +95,16 @@ pub enum RoutesFileError {
         path: PathBuf,
         /// What is wrong, with the line.
         message: String,
+    },
+    /// The file names no route, and `--allow-empty` was not given.
+    #[error(
+        "{}: no routes: replacing the route set with an empty one removes every route, \
+         the config's too; pass --allow-empty to mean it",
+        path.display()
+    )]
+    Empty {
+        /// The path given.
+        path: PathBuf,
     },
 }
 
@@ -190,8 +206,14 @@ pub fn route(socket: &Path, command: RouteCommand) -> ExitCode {
                 Err(e) => fail(&e),
             };
         }
-        RouteCommand::Replace { file } => match read_routes(&file) {
-            Ok(routes) => Request::RouteReplace { routes },
+        RouteCommand::Replace { file, allow_empty } => match read_routes(&file) {
+            Ok(routes) if routes.is_empty() && !allow_empty => {
+                return report("tunl", &RoutesFileError::Empty { path: file });
+            }
+            Ok(routes) => Request::RouteReplace {
+                routes,
+                allow_empty,
+            },
             Err(e) => return report("tunl", &e),
         },
     };

@@ -45,11 +45,19 @@ pub enum Request {
     RouteReplace {
         /// The whole new set.
         routes: Vec<Route>,
+        /// Whether an empty `routes` is meant: it removes every route, the
+        /// config's too, so it is refused unless this is `true`.
+        #[serde(default, skip_serializing_if = "is_false")]
+        allow_empty: bool,
     },
     /// Device, MTU, per-node traffic, refused sources.
     Status {},
     /// Every counter, with drops by reason.
     Stats {},
+}
+
+fn is_false(b: &bool) -> bool {
+    !*b
 }
 
 /// The reply to a request: `{"ok": true, "result": ...}` or
@@ -247,7 +255,17 @@ mod tests {
                 prefix: "10.20.105.192/26".parse().unwrap(),
             },
             Request::RouteList {},
-            Request::RouteReplace { routes: vec![] },
+            Request::RouteReplace {
+                routes: vec![],
+                allow_empty: true,
+            },
+            Request::RouteReplace {
+                routes: vec![Route {
+                    prefix: "10.20.105.192/26".parse().unwrap(),
+                    via: Ipv4Addr::new(172, 16, 36, 5),
+                }],
+                allow_empty: false,
+            },
             Request::Status {},
             Request::Stats {},
         ] {
@@ -257,6 +275,22 @@ mod tests {
         assert_eq!(
             serde_json::to_string(&Request::RouteList {}).unwrap(),
             r#"{"cmd":"route_list"}"#
+        );
+        // `allow_empty` is optional and false by default.
+        assert_eq!(
+            parse_request(br#"{"cmd":"route_replace","routes":[]}"#).unwrap(),
+            Request::RouteReplace {
+                routes: vec![],
+                allow_empty: false
+            }
+        );
+        let empty = Request::RouteReplace {
+            routes: vec![],
+            allow_empty: false,
+        };
+        assert_eq!(
+            serde_json::to_string(&empty).unwrap(),
+            r#"{"cmd":"route_replace","routes":[]}"#
         );
     }
 

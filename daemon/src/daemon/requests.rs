@@ -68,7 +68,17 @@ pub(super) async fn handle<K: KernelRoutes>(
             wanted.remove(&prefix);
             wanted
         }
-        Request::RouteReplace { routes: list } => {
+        Request::RouteReplace {
+            routes: list,
+            allow_empty,
+        } => {
+            if list.is_empty() && !allow_empty {
+                return Response::error(format!(
+                    "route set refused, nothing changed: an empty set would remove every route \
+                     ({} now, the config's included); send \"allow_empty\": true to mean it",
+                    current.len()
+                ));
+            }
             let entries: Vec<RouteEntry> = list
                 .iter()
                 .map(|r| RouteEntry {
@@ -339,6 +349,7 @@ mod tests {
                     via: node(*n),
                 })
                 .collect(),
+            allow_empty: false,
         };
         call::<RouteChange>(&mut m, list(&[("10.20.1.0/26", 5), ("10.20.2.0/26", 6)])).unwrap();
         m.kernel_mut().calls.clear();
@@ -363,6 +374,41 @@ mod tests {
         let listed: RouteList = call(&mut m, Request::RouteList {}).unwrap();
         let listed: Routes = listed.routes.iter().map(|r| (r.prefix, r.via)).collect();
         assert_eq!(listed, routes(&[("10.20.1.0/26", 5), ("10.20.3.0/26", 7)]));
+    }
+
+    #[test]
+    fn an_empty_replace_is_refused_unless_allowed() {
+        let (mut m, _) = manager();
+        call::<RouteChange>(&mut m, add("10.20.1.0/26", node(5))).unwrap();
+        call::<RouteChange>(&mut m, add("10.20.2.0/26", node(6))).unwrap();
+        m.kernel_mut().calls.clear();
+        let empty = |allow_empty| Request::RouteReplace {
+            routes: vec![],
+            allow_empty,
+        };
+        let e = call::<RouteChange>(&mut m, empty(false)).unwrap_err();
+        assert_eq!(
+            e,
+            "route set refused, nothing changed: an empty set would remove every route \
+             (2 now, the config's included); send \"allow_empty\": true to mean it"
+        );
+        assert_eq!(m.routes().len(), 2);
+        assert!(m.kernel().call_list().is_empty(), "nothing touched");
+        assert_eq!(m.kernel().ours().len(), 2);
+        let change: RouteChange = call(&mut m, empty(true)).unwrap();
+        assert_eq!(change.removed.len(), 2);
+        assert!(m.routes().is_empty());
+        assert!(m.kernel().ours().is_empty());
+        // `allow_empty` with a non-empty set is a plain replace.
+        let one = Request::RouteReplace {
+            routes: vec![control::Route {
+                prefix: net("10.20.3.0/26"),
+                via: node(7),
+            }],
+            allow_empty: true,
+        };
+        let change: RouteChange = call(&mut m, one).unwrap();
+        assert_eq!(change.added.len(), 1);
     }
 
     #[test]
