@@ -837,6 +837,30 @@ fn malformed_requests_get_errors_and_the_daemon_goes_on() {
     let o = tunl(&tc, NODE1, &["status"]);
     assert!(o.status.success(), "{}", stderr(&o));
 
+    // Another user than root, with the daemon running: permission denied,
+    // and what is needed, for every command.
+    for args in [&["status"][..], &["route", "list"], &["stats", "--json"]] {
+        let o = Command::new("setpriv")
+            .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+            .arg(tunl_bin())
+            .args(args)
+            .arg("--socket")
+            .arg(&path)
+            .output()
+            .unwrap();
+        assert_eq!(o.status.code(), Some(1), "{args:?}: {}", stderr(&o));
+        let err = stderr(&o);
+        assert!(
+            err.contains(&format!(
+                "permission denied on the control socket {}",
+                path.display()
+            )),
+            "{args:?}: {err}"
+        );
+        assert!(err.contains("run this as root"), "{err}");
+        assert!(!err.contains("no tunl daemon"), "{err}");
+    }
+
     // No daemon: a clear message, exit code 1.
     let o = Command::new(tunl_bin())
         .args(["route", "list", "--socket"])
