@@ -711,6 +711,16 @@ fn spoofed_ipip_flood_is_refused_counted_and_shown() {
     // One log line per remembered source, not one per packet.
     let warns = tc.log(NODE1).matches("refused IPIP").count();
     assert_eq!(warns, 32, "{}", tc.log(NODE1));
+    // A refused source that becomes a node is judged by the running policy.
+    let source = st.refused[0].source;
+    assert!(!st.refused[0].accepted_now);
+    let src = source.to_string();
+    let o = tunl(&tc, NODE1, &["route", "add", "10.99.0.0/26", "via", &src]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let st = status(&tc, NODE1);
+    for r in &st.refused {
+        assert_eq!(r.accepted_now, r.source == source, "{r:?}");
+    }
 }
 
 #[test]

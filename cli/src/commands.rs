@@ -265,11 +265,22 @@ pub fn format_status(s: &Status) -> String {
         let _ = writeln!(o, "  last seen: {seen}");
     }
     let mut refused = s.refused.clone();
-    refused.sort_by(|a, b| b.packets.cmp(&a.packets).then(a.source.cmp(&b.source)));
+    // Sources still refused first, the busiest first.
+    refused.sort_by(|a, b| {
+        a.accepted_now
+            .cmp(&b.accepted_now)
+            .then(b.packets.cmp(&a.packets))
+            .then(a.source.cmp(&b.source))
+    });
     for r in refused.iter().take(STATUS_REFUSED_LINES) {
+        let why = if r.accepted_now {
+            "accepted now: it became a node or was allowed after these packets"
+        } else {
+            "not a node, not allowed"
+        };
         let _ = writeln!(
             o,
-            "\nrefused source: {} (not a node, not allowed)\n  packets: {}\n  last seen: {}",
+            "\nrefused source: {} ({why})\n  packets: {}\n  last seen: {}",
             r.source,
             r.packets,
             ago(s.now_unix_ms, r.last_seen_unix_ms)
@@ -374,5 +385,45 @@ mod tests {
                 .contains("line 1")
         );
         assert!(parse_routes("10.20.105.192/33 via 172.16.36.5").is_err());
+    }
+
+    fn refused(last: u8, packets: u64, accepted_now: bool) -> tunl::control::RefusedStatus {
+        tunl::control::RefusedStatus {
+            source: Ipv4Addr::new(172, 16, 200, last),
+            packets,
+            last_seen_unix_ms: 1_000,
+            accepted_now,
+        }
+    }
+
+    fn status_with_refused(refused: Vec<tunl::control::RefusedStatus>) -> Status {
+        Status {
+            device: "tunl0".to_owned(),
+            mtu: 1480,
+            local: Ipv4Addr::new(172, 16, 35, 4),
+            address: None,
+            blocks: vec![],
+            workers: 1,
+            routes: 0,
+            now_unix_ms: 2_000,
+            nodes: vec![],
+            refused,
+            refused_other_packets: 0,
+        }
+    }
+
+    #[test]
+    fn a_refused_source_accepted_now_says_so_and_comes_after_the_others() {
+        let text = format_status(&status_with_refused(vec![
+            refused(1, 500, true),
+            refused(2, 3, false),
+        ]));
+        let still = text
+            .find("refused source: 172.16.200.2 (not a node, not allowed)")
+            .expect(&text);
+        let now = text
+            .find("refused source: 172.16.200.1 (accepted now: it became a node or was allowed after these packets)")
+            .expect(&text);
+        assert!(still < now, "{text}");
     }
 }

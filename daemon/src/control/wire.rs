@@ -145,6 +145,11 @@ pub struct RefusedStatus {
     pub packets: u64,
     /// Unix time in milliseconds of the last one.
     pub last_seen_unix_ms: u64,
+    /// Whether the running policy accepts this source now (a route via it
+    /// was added, or `security.allow` grew, after its packets were
+    /// refused). Absent in replies of older daemons: `false`.
+    #[serde(default)]
+    pub accepted_now: bool,
 }
 
 /// Result of `status`.

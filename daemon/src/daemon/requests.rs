@@ -9,6 +9,7 @@ use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
 
 use ipnetwork::Ipv4Network;
+use tunl_encap::DecapPolicy;
 
 use super::routes::{KernelRoutes, RouteManager, Routes};
 use crate::config::{Config, ConfigError, RouteEntry};
@@ -167,6 +168,7 @@ fn status<K: KernelRoutes>(routes: &RouteManager<K>, device: &DeviceInfo) -> con
                 source: r.source,
                 packets: r.packets,
                 last_seen_unix_ms: control::unix_ms(r.last_seen),
+                accepted_now: policy.source_allowed(r.source),
             })
             .collect(),
         refused_other_packets: refused.other_packets,
@@ -451,5 +453,45 @@ mod tests {
         let stats: control::Stats = call(&mut m, Request::Stats {}).unwrap();
         assert_eq!(stats.drops_total, 0);
         assert!(stats.counter("tx_packets").is_some());
+    }
+
+    #[test]
+    fn refused_sources_are_judged_against_the_running_policy() {
+        let (mut m, _) = manager();
+        // IPIP from two unknown sources, refused by the dataplane.
+        let mut local = crate::dataplane::nodes::LocalNodeCounters::default();
+        for source in [node(7), node(9), node(9)] {
+            local.refused(source);
+        }
+        local.flush(&[], &m.shared().nodes);
+        let judged = |m: &mut RouteManager<FakeKernel>| -> Vec<(Ipv4Addr, u64, bool)> {
+            let s: Status = call(m, Request::Status {}).unwrap();
+            s.refused
+                .iter()
+                .map(|r| (r.source, r.packets, r.accepted_now))
+                .collect()
+        };
+        assert_eq!(
+            judged(&mut m),
+            vec![(node(7), 1, false), (node(9), 2, false)]
+        );
+        // Then node 7 becomes a node: a route via it is added.
+        call::<RouteChange>(&mut m, add("10.20.1.0/26", node(7))).unwrap();
+        assert_eq!(
+            judged(&mut m),
+            vec![(node(7), 1, true), (node(9), 2, false)]
+        );
+        // And when the route goes, it is refused again.
+        call::<RouteChange>(
+            &mut m,
+            Request::RouteDel {
+                prefix: net("10.20.1.0/26"),
+            },
+        )
+        .unwrap();
+        assert_eq!(
+            judged(&mut m),
+            vec![(node(7), 1, false), (node(9), 2, false)]
+        );
     }
 }
