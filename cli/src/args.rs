@@ -5,7 +5,7 @@ use std::process::ExitCode;
 
 use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 
-use tunl::config::{Config, START_ONLY_KEYS, ttl_text};
+use tunl::config::{DEFAULT_CONFIG, START_ONLY_KEYS};
 use tunl::daemon;
 
 use crate::exit::{Exit, ExitStatus, report};
@@ -40,8 +40,9 @@ pub enum Command {
     /// kept. Exit codes: 0 stopped by a signal, 1 a runtime error, 2 an
     /// invalid config (also a key that does not fit this host).
     Run {
-        /// The TOML config file (see examples/tunl.toml).
-        #[arg(short, long, value_name = "FILE")]
+        /// The TOML config file (see examples/tunl.toml); a file, not `-`,
+        /// since SIGHUP re-reads it.
+        #[arg(short, long, value_name = "FILE", default_value = DEFAULT_CONFIG)]
         config: PathBuf,
     },
     /// The seed article's Calico IPIP cluster, live (needs root).
@@ -90,10 +91,19 @@ pub enum Command {
         socket: crate::commands::SocketArg,
     },
     /// Validate a config file and print what it would set up.
+    ///
+    /// Reports every problem of the file, one line each, and checks what it
+    /// needs of this host (that `security.user` exists). Exit codes: 0
+    /// valid, 2 not.
     Check {
-        /// The TOML config file.
+        /// The TOML config file; `-` reads stdin [default: /etc/tunl/tunl.toml].
+        #[arg(value_name = "FILE", conflicts_with = "config")]
+        file: Option<PathBuf>,
+        /// The same, as an option (as `tunl run` takes it).
         #[arg(short, long, value_name = "FILE")]
-        config: PathBuf,
+        config: Option<PathBuf>,
+        #[command(flatten)]
+        json: crate::commands::JsonArg,
     },
 }
 
@@ -129,6 +139,12 @@ pub fn main() -> ExitCode {
     };
     init_logging(&cli.log);
     match cli.command {
+        Command::Run { config } if config.as_os_str() == "-" => {
+            eprintln!(
+                "tunl: run --config -: the daemon re-reads its config on SIGHUP, so it needs a file"
+            );
+            Exit::Config.into()
+        }
         Command::Run { config } => match daemon::run(&config) {
             Ok(()) => Exit::Ok.into(),
             Err(e) => {
@@ -159,24 +175,9 @@ pub fn main() -> ExitCode {
         Command::Route { action, socket } => crate::commands::route(&socket.socket, action),
         Command::Status { json, socket } => crate::commands::status(&socket.socket, json.json),
         Command::Stats { json, socket } => crate::commands::stats(&socket.socket, json.json),
-        Command::Check { config } => match Config::load(&config) {
-            Ok(c) => {
-                println!(
-                    "{}: ok: device {}, local {}, {} route(s), {} local block(s), ttl {}",
-                    config.display(),
-                    c.tunnel.name,
-                    c.tunnel.local,
-                    c.routes.len(),
-                    c.tunnel.blocks.len(),
-                    ttl_text(c.tunnel.ttl)
-                );
-                for r in &c.routes {
-                    println!("  {} via {} dev {} onlink", r.prefix, r.via, c.tunnel.name);
-                }
-                Exit::Ok.into()
-            }
-            Err(e) => report("tunl", &e),
-        },
+        Command::Check { file, config, json } => {
+            crate::check::check(&crate::check::config_path(file, config), json.json)
+        }
     }
 }
 

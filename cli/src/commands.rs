@@ -34,7 +34,8 @@ pub struct SocketArg {
 pub enum RouteCommand {
     /// Add a route, or move a block to another node: `route add PREFIX via NODE`.
     Add {
-        /// The remote block, e.g. 10.20.105.192/26.
+        /// The remote block with its length, e.g. 10.20.105.192/26.
+        #[arg(value_parser = prefix_arg)]
         prefix: Ipv4Network,
         /// The word `via`.
         #[arg(value_parser = ["via"], hide_possible_values = true)]
@@ -44,7 +45,8 @@ pub enum RouteCommand {
     },
     /// Remove a route (removing an absent one succeeds).
     Del {
-        /// The block.
+        /// The block, with its length.
+        #[arg(value_parser = prefix_arg)]
         prefix: Ipv4Network,
     },
     /// List the routes.
@@ -66,6 +68,12 @@ pub enum RouteCommand {
         #[arg(long)]
         allow_empty: bool,
     },
+}
+
+/// A prefix argument: with its length (`10.20.105.192/26`), as the config
+/// wants it.
+fn prefix_arg(text: &str) -> Result<Ipv4Network, String> {
+    tunl::config::parse_prefix(text).map_err(|e| e.to_string())
 }
 
 /// Output of `status`/`stats`.
@@ -161,9 +169,8 @@ pub fn parse_routes(text: &str) -> Result<Vec<Route>, String> {
                 i + 1
             ));
         };
-        let prefix = prefix
-            .parse()
-            .map_err(|e| format!("line {}: prefix {prefix:?}: {e}", i + 1))?;
+        let prefix =
+            tunl::config::parse_prefix(prefix).map_err(|e| format!("line {}: {e}", i + 1))?;
         let via = via
             .parse()
             .map_err(|e| format!("line {}: node {via:?}: {e}", i + 1))?;
@@ -329,12 +336,8 @@ fn show<T: serde::de::DeserializeOwned + serde::Serialize>(
     match call::<T>(socket, &request) {
         Ok(v) => {
             if json {
-                match serde_json::to_string_pretty(&v) {
-                    Ok(s) => println!("{s}"),
-                    Err(e) => {
-                        eprintln!("tunl: cannot encode the reply: {e}");
-                        return Exit::Runtime.into();
-                    }
+                if !print_json(&v) {
+                    return Exit::Runtime.into();
                 }
             } else {
                 print!("{}", text(&v));
@@ -342,6 +345,21 @@ fn show<T: serde::de::DeserializeOwned + serde::Serialize>(
             Exit::Ok.into()
         }
         Err(e) => fail(&e),
+    }
+}
+
+/// Prints `value` as pretty JSON on stdout; `false` (after saying why on
+/// stderr) when it cannot be encoded.
+pub fn print_json<T: serde::Serialize + ?Sized>(value: &T) -> bool {
+    match serde_json::to_string_pretty(value) {
+        Ok(s) => {
+            println!("{s}");
+            true
+        }
+        Err(e) => {
+            eprintln!("tunl: cannot encode the output as JSON: {e}");
+            false
+        }
     }
 }
 
@@ -385,6 +403,46 @@ mod tests {
                 .contains("line 1")
         );
         assert!(parse_routes("10.20.105.192/33 via 172.16.36.5").is_err());
+        assert_eq!(
+            parse_routes("10.20.105.192/26 via 172.16.36.5\n10.20.106.0 via 172.16.36.5")
+                .unwrap_err(),
+            "line 2: \"10.20.106.0\" has no prefix length: write 10.20.106.0/32 for one \
+             address, or the block's length (e.g. 10.20.106.0/26)"
+        );
+        assert!(
+            parse_routes(r#"[{"prefix":"10.20.106.0","via":"172.16.36.5"}]"#)
+                .unwrap_err()
+                .contains("has no prefix length")
+        );
+    }
+
+    #[test]
+    fn route_add_wants_the_prefix_length() {
+        use clap::CommandFactory;
+        let e = crate::args::Cli::command()
+            .try_get_matches_from([
+                "tunl",
+                "route",
+                "add",
+                "10.20.105.192",
+                "via",
+                "172.16.36.5",
+            ])
+            .unwrap_err();
+        assert_eq!(e.kind(), clap::error::ErrorKind::ValueValidation);
+        assert!(e.to_string().contains("has no prefix length"), "{e}");
+        assert!(
+            crate::args::Cli::command()
+                .try_get_matches_from([
+                    "tunl",
+                    "route",
+                    "add",
+                    "10.20.105.192/26",
+                    "via",
+                    "172.16.36.5"
+                ])
+                .is_ok()
+        );
     }
 
     fn refused(last: u8, packets: u64, accepted_now: bool) -> tunl::control::RefusedStatus {

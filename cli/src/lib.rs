@@ -7,6 +7,7 @@
 #![forbid(unsafe_code)]
 
 pub mod args;
+pub mod check;
 pub mod commands;
 pub mod exit;
 

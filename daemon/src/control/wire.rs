@@ -17,7 +17,8 @@ pub const READ_TIMEOUT: Duration = Duration::from_secs(10);
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Route {
-    /// The remote block.
+    /// The remote block, with its length.
+    #[serde(deserialize_with = "crate::config::deserialize_prefix")]
     pub prefix: Ipv4Network,
     /// The node owning it.
     pub via: Ipv4Addr,
@@ -29,14 +30,16 @@ pub struct Route {
 pub enum Request {
     /// Add a route, or change its next hop (idempotent).
     RouteAdd {
-        /// The remote block.
+        /// The remote block, with its length.
+        #[serde(deserialize_with = "crate::config::deserialize_prefix")]
         prefix: Ipv4Network,
         /// The node owning it.
         via: Ipv4Addr,
     },
     /// Remove a route (idempotent: removing an absent route succeeds).
     RouteDel {
-        /// The block.
+        /// The block, with its length.
+        #[serde(deserialize_with = "crate::config::deserialize_prefix")]
         prefix: Ipv4Network,
     },
     /// List the routes.
@@ -301,7 +304,7 @@ mod tests {
 
     #[test]
     fn bad_requests_say_why() {
-        let cases: [(&[u8], &str); 7] = [
+        let cases: [(&[u8], &str); 8] = [
             (b"{", "not JSON"),
             (b"", "empty"),
             (b"\xff\xfe", "UTF-8"),
@@ -312,6 +315,10 @@ mod tests {
                 "bad request",
             ),
             (br#"{"cmd":"route_list","extra":1}"#, "bad request"),
+            (
+                br#"{"cmd":"route_del","prefix":"10.0.0.0"}"#,
+                "has no prefix length",
+            ),
         ];
         for (line, want) in cases {
             let e = parse_request(line).unwrap_err();

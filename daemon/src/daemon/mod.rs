@@ -43,11 +43,21 @@ pub use error::{DaemonError, RouteError};
 pub use requests::stats;
 pub use routes::{KernelRoutes, NetlinkRoutes, RouteManager};
 
-use crate::config::Config;
+use crate::config::{Config, ConfigError};
 
 /// The routing protocol number tunl tags its kernel routes with
 /// (`ip route show proto 116`), so it can find and remove its own routes.
 pub const ROUTE_PROTOCOL: u8 = 116;
+
+/// What `tunl check` checks of this host beyond the file itself: that
+/// `security.user` names a user. (The underlay MTU needs the device, and
+/// is checked at start.)
+///
+/// # Errors
+/// [`ConfigError::Invalid`] naming `security.user`.
+pub fn check_host(config: &Config) -> Result<(), ConfigError> {
+    startup::look_up_user(config).map(|_| ())
+}
 
 /// Runs the daemon until SIGINT or SIGTERM (or a dataplane failure).
 ///

@@ -12,7 +12,7 @@ use ipnetwork::Ipv4Network;
 use tunl_encap::DecapPolicy;
 
 use super::routes::{KernelRoutes, RouteManager, Routes};
-use crate::config::{Config, ConfigError, RouteEntry};
+use crate::config::{Config, RouteEntry};
 use crate::control::{self, Request, Response};
 use crate::dataplane::CounterSnapshot;
 
@@ -88,11 +88,13 @@ pub(super) async fn handle<K: KernelRoutes>(
                 })
                 .collect();
             if let Err(e) = config.with_routes(entries) {
-                let e = match e {
-                    ConfigError::Invalid { key, problem, .. } => {
-                        format!("{}: {problem}", key.replace("route[", "routes["))
-                    }
-                    other => other.to_string(),
+                let e = match e.problems() {
+                    [] => e.to_string(),
+                    problems => problems
+                        .iter()
+                        .map(|p| format!("{}: {}", p.key.replace("route[", "routes["), p.problem))
+                        .collect::<Vec<_>>()
+                        .join("; "),
                 };
                 return Response::error(format!("route set refused, nothing changed: {e}"));
             }
@@ -118,9 +120,13 @@ fn validate(config: &Config, routes: &Routes) -> Result<(), String> {
     config
         .with_routes(entries)
         .map(|_| ())
-        .map_err(|e| match e {
-            ConfigError::Invalid { problem, .. } => problem,
-            other => other.to_string(),
+        .map_err(|e| match e.problems() {
+            [] => e.to_string(),
+            problems => problems
+                .iter()
+                .map(|p| p.problem.as_str())
+                .collect::<Vec<_>>()
+                .join("; "),
         })
 }
 
