@@ -206,3 +206,64 @@ fn a_prefix_without_its_length_is_a_usage_error() {
         stderr(&o)
     );
 }
+
+#[test]
+fn an_invalid_log_filter_exits_2_and_says_why() {
+    let dir = Dir::new("log");
+    let good = dir.file("good.toml", GOOD);
+    for filter in ["verbose", "debugg", "info,verbose", "tunl=debugg"] {
+        let o = tunl(&["--log", filter, "check", good.as_str()]);
+        assert_eq!(o.status.code(), Some(2), "{filter}: {}", stderr(&o));
+        assert!(
+            stderr(&o).starts_with(&format!("tunl: --log {filter:?}: ")),
+            "{filter}: {}",
+            stderr(&o)
+        );
+        assert!(stdout(&o).is_empty(), "nothing ran: {}", stdout(&o));
+    }
+    let o = Command::new(tunl_bin())
+        .args(["check", good.as_str()])
+        .env("RUST_LOG", "verbose")
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    assert!(
+        stderr(&o).starts_with("tunl: RUST_LOG \"verbose\": \"verbose\" is neither a level"),
+        "{}",
+        stderr(&o)
+    );
+    for filter in ["debug", "tunl=debug,warn", "tunl::daemon", "mio=trace"] {
+        let o = tunl(&["--log", filter, "check", good.as_str()]);
+        assert!(o.status.success(), "{filter}: {}", stderr(&o));
+    }
+    let help = stdout(&tunl(&["--help"]));
+    assert!(help.contains("Any other bare word is refused"), "{help}");
+}
+
+#[test]
+fn log_format_json_writes_one_object_per_line() {
+    let o = tunl_with_input(
+        &[
+            "--log-format",
+            "json",
+            "run",
+            "--config",
+            "/nonexistent/tunl.toml",
+        ],
+        "",
+    );
+    assert_eq!(o.status.code(), Some(2));
+    let err = stderr(&o);
+    let first = err.lines().next().unwrap();
+    let event: serde_json::Value = serde_json::from_str(first).unwrap();
+    assert_eq!(event["level"], "ERROR");
+    assert!(
+        event["message"]
+            .as_str()
+            .unwrap()
+            .contains("cannot read config /nonexistent/tunl.toml"),
+        "{event}"
+    );
+    let o = tunl(&["--log-format", "xml", "check", "-"]);
+    assert_eq!(o.status.code(), Some(2));
+}

@@ -668,6 +668,108 @@ fn security_user_switches_user_and_keeps_only_net_admin() {
     assert!(tc.kernel_routes(NODE1).unwrap().is_empty());
 }
 
+#[test]
+fn json_logs_are_one_object_per_line_and_route_changes_say_where_they_came_from() {
+    let tc = cluster(ClusterSpec::seed(), "");
+    assert!(tc.stop(NODE1).unwrap().success(), "{}", tc.log(NODE1));
+    let config = tc.daemon(NODE1).unwrap().config.clone();
+    let original = std::fs::read_to_string(&config).unwrap();
+    let log = tc.dir().join("json.log");
+    let pid = tc
+        .cluster()
+        .spawn(
+            NODE1,
+            &[
+                tunl_bin().to_str().unwrap(),
+                "--log-format",
+                "json",
+                "--log",
+                "info,tunl::daemon=debug",
+                "run",
+                "--config",
+                config.to_str().unwrap(),
+            ],
+            ProcessOutput::File(log.clone()),
+        )
+        .unwrap();
+    let read_log = || std::fs::read_to_string(&log).unwrap_or_default();
+    wait_until(
+        || read_log().contains("tunl is up"),
+        "the daemon's start in its log",
+    );
+    // From the control socket: one accepted, one refused (debug).
+    let via = tc.cluster().node(NODE2).unwrap().underlay.to_string();
+    let o = tunl(&tc, NODE1, &["route", "add", "10.99.0.0/26", "via", &via]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let own = tc.cluster().node(NODE1).unwrap().block.to_string();
+    let o = tunl(&tc, NODE1, &["route", "add", &own, "via", &via]);
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    // SIGHUP with a file that is not TOML, then with one more route.
+    std::fs::write(&config, "[tunnel\nlocal = \n").unwrap();
+    tc.cluster().signal(pid, libc::SIGHUP).unwrap();
+    wait_until(
+        || read_log().contains("still running on the previous config"),
+        "the refused reload",
+    );
+    std::fs::write(
+        &config,
+        format!("{original}\n[[route]]\nprefix = \"10.98.0.0/26\"\nvia = \"{via}\"\n"),
+    )
+    .unwrap();
+    tc.cluster().signal(pid, libc::SIGHUP).unwrap();
+    wait_until(|| read_log().contains("config reloaded"), "the reload");
+    assert!(
+        tc.cluster().terminate(pid).unwrap().success(),
+        "{}",
+        read_log()
+    );
+    std::fs::write(&config, original).unwrap();
+
+    let events: Vec<serde_json::Value> = read_log()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not a JSON object ({e}): {l}")))
+        .collect();
+    let find = |message: &'static str| {
+        events
+            .iter()
+            .filter(move |e| e["message"].as_str().unwrap_or("").contains(message))
+    };
+    for e in &events {
+        assert!(e["level"].is_string() && e["timestamp"].is_string(), "{e}");
+        assert!(!e.to_string().contains("Some("), "Rust Debug in {e}");
+    }
+    let up = find("tunl is up").next().unwrap();
+    assert_eq!(up["device"], "tunl0", "{up}");
+    assert_eq!(up["metrics"], "none", "{up}");
+    assert_eq!(
+        up["blocks"],
+        tc.cluster().node(NODE1).unwrap().block.to_string(),
+        "{up}"
+    );
+    let origins: Vec<(&str, &str)> = find("route installed")
+        .map(|e| (e["prefix"].as_str().unwrap(), e["origin"].as_str().unwrap()))
+        .collect();
+    assert_eq!(
+        origins,
+        [
+            ("10.20.105.192/26", "config"),
+            ("10.99.0.0/26", "control socket"),
+            ("10.98.0.0/26", "SIGHUP"),
+        ]
+    );
+    let refused = find("control request refused").next().unwrap();
+    assert_eq!(refused["level"], "DEBUG");
+    assert_eq!(refused["request"], format!("route_add {own} via {via}"));
+    assert!(
+        refused["error"].as_str().unwrap().contains("own block"),
+        "{refused}"
+    );
+    let bad = find("still running on the previous config").next().unwrap();
+    let message = bad["message"].as_str().unwrap();
+    assert!(message.contains("not TOML"), "{message}");
+    assert!(!message.contains('\n'), "{message}");
+}
+
 fn ipip(outer_src: Ipv4Addr, outer_dst: Ipv4Addr, inner_dst: Ipv4Addr) -> Vec<u8> {
     let mut inner = Vec::new();
     PacketBuilder::ipv4([10, 20, 105, 215], inner_dst.octets(), 64)

@@ -9,6 +9,7 @@ use tunl::config::{DEFAULT_CONFIG, START_ONLY_KEYS};
 use tunl::daemon;
 
 use crate::exit::{Exit, ExitStatus, report};
+use crate::logging::LogFormat;
 
 /// tunl: a userspace IPIP tunnel router, a drop-in for Linux's tunl0 as
 /// Calico uses it, for hosts whose kernel has no ipip driver.
@@ -20,10 +21,17 @@ use crate::exit::{Exit, ExitStatus, report};
 #[derive(Debug, Parser)]
 #[command(name = "tunl", version, about, long_about)]
 pub struct Cli {
-    /// Log filter (error, warn, info, debug, trace, or a tracing
-    /// EnvFilter directive); RUST_LOG overrides it.
-    #[arg(long, global = true, default_value = "info")]
+    /// Log filter: comma-separated levels (off, error, warn, info, debug,
+    /// trace), tunl's own targets alone (tunl, tunl::daemon, tunl_io, ...),
+    /// or TARGET=LEVEL for any target (tunl=debug, mio=trace). Any other
+    /// bare word is refused (exit 2): a typo must not mute the log. RUST_LOG,
+    /// when set, is used instead and checked the same way.
+    #[arg(long, global = true, default_value = "info", value_name = "FILTER")]
     pub log: String,
+    /// Log format on stderr: text (one line per event) or json (one JSON
+    /// object per line).
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text, value_name = "FORMAT")]
+    pub log_format: LogFormat,
     #[command(subcommand)]
     pub command: Command,
 }
@@ -137,7 +145,13 @@ pub fn main() -> ExitCode {
             return e.exits_with().into();
         }
     };
-    init_logging(&cli.log);
+    match crate::logging::filter(&cli.log) {
+        Ok(filter) => crate::logging::init(filter, cli.log_format),
+        Err(e) => {
+            eprintln!("tunl: {e}");
+            return Exit::Config.into();
+        }
+    }
     match cli.command {
         Command::Run { config } if config.as_os_str() == "-" => {
             eprintln!(
@@ -179,17 +193,6 @@ pub fn main() -> ExitCode {
             crate::check::check(&crate::check::config_path(file, config), json.json)
         }
     }
-}
-
-fn init_logging(default: &str) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .or_else(|_| tracing_subscriber::EnvFilter::try_new(default))
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .with_writer(std::io::stderr)
-        .try_init();
 }
 
 #[cfg(test)]

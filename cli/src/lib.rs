@@ -10,5 +10,6 @@ pub mod args;
 pub mod check;
 pub mod commands;
 pub mod exit;
+pub mod logging;
 
 pub use args::main;

@@ -59,6 +59,30 @@ pub enum Request {
     Stats {},
 }
 
+impl std::fmt::Display for Request {
+    /// The request in a few words, for the log: `route_add 10.20.105.192/26
+    /// via 172.16.36.5`, `route_replace of 3 routes`.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Request::RouteAdd { prefix, via } => write!(f, "route_add {prefix} via {via}"),
+            Request::RouteDel { prefix } => write!(f, "route_del {prefix}"),
+            Request::RouteList {} => f.write_str("route_list"),
+            Request::RouteReplace {
+                routes,
+                allow_empty,
+            } => {
+                write!(f, "route_replace of {} routes", routes.len())?;
+                if *allow_empty {
+                    f.write_str(" (allow_empty)")?;
+                }
+                Ok(())
+            }
+            Request::Status {} => f.write_str("status"),
+            Request::Stats {} => f.write_str("stats"),
+        }
+    }
+}
+
 fn is_false(b: &bool) -> bool {
     !*b
 }
@@ -300,6 +324,27 @@ mod tests {
             serde_json::to_string(&empty).unwrap(),
             r#"{"cmd":"route_replace","routes":[]}"#
         );
+    }
+
+    #[test]
+    fn requests_in_a_few_words() {
+        let add = Request::RouteAdd {
+            prefix: "10.20.105.192/26".parse().unwrap(),
+            via: Ipv4Addr::new(172, 16, 36, 5),
+        };
+        assert_eq!(
+            add.to_string(),
+            "route_add 10.20.105.192/26 via 172.16.36.5"
+        );
+        let replace = Request::RouteReplace {
+            routes: vec![],
+            allow_empty: true,
+        };
+        assert_eq!(
+            replace.to_string(),
+            "route_replace of 0 routes (allow_empty)"
+        );
+        assert_eq!(Request::Status {}.to_string(), "status");
     }
 
     #[test]

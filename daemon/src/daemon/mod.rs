@@ -41,7 +41,7 @@ mod startup;
 
 pub use error::{DaemonError, RouteError};
 pub use requests::stats;
-pub use routes::{KernelRoutes, NetlinkRoutes, RouteManager};
+pub use routes::{KernelRoutes, NetlinkRoutes, RouteManager, RouteOrigin};
 
 use crate::config::{Config, ConfigError};
 

@@ -11,7 +11,7 @@ use std::net::Ipv4Addr;
 use ipnetwork::Ipv4Network;
 use tunl_encap::DecapPolicy;
 
-use super::routes::{KernelRoutes, RouteManager, Routes};
+use super::routes::{KernelRoutes, RouteManager, RouteOrigin, Routes};
 use crate::config::{Config, RouteEntry};
 use crate::control::{self, Request, Response};
 use crate::dataplane::CounterSnapshot;
@@ -101,7 +101,7 @@ pub(super) async fn handle<K: KernelRoutes>(
             list.iter().map(|r| (r.prefix, r.via)).collect()
         }
     };
-    match routes.apply(&wanted).await {
+    match routes.apply(&wanted, RouteOrigin::Control).await {
         Ok(change) => Response::ok(change),
         Err(e) => Response::error(e.to_string()),
     }
