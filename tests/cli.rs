@@ -267,3 +267,70 @@ fn log_format_json_writes_one_object_per_line() {
     let o = tunl(&["--log-format", "xml", "check", "-"]);
     assert_eq!(o.status.code(), Some(2));
 }
+
+#[test]
+fn version_names_the_git_commit() {
+    let commit = Command::new("git")
+        .args(["rev-parse", "--short", "HEAD"])
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned());
+    for args in [&["--version"][..], &["version"]] {
+        let o = tunl(args);
+        assert!(o.status.success(), "{args:?}");
+        let text = stdout(&o);
+        assert!(
+            text.starts_with(&format!("tunl {} (commit ", env!("CARGO_PKG_VERSION"))),
+            "{text}"
+        );
+        if let Some(commit) = &commit {
+            // Built from this checkout (cargo runs build.rs again when HEAD moves).
+            assert!(text.contains(&format!("(commit {commit})")), "{text}");
+        }
+    }
+    let o = tunl(&["version", "--json"]);
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v["version"], env!("CARGO_PKG_VERSION"));
+    assert!(!v["commit"].as_str().unwrap().is_empty());
+}
+
+#[test]
+fn completions_and_man_pages_come_from_the_command_line() {
+    for (shell, marker) in [
+        ("bash", "_tunl()"),
+        ("zsh", "#compdef tunl"),
+        ("fish", "complete -c tunl"),
+    ] {
+        let o = tunl(&["completions", shell]);
+        assert!(o.status.success(), "{shell}: {}", stderr(&o));
+        let script = stdout(&o);
+        assert!(script.contains(marker), "{shell}: {script}");
+        assert!(script.contains("allow-empty"), "{shell}");
+    }
+    let o = tunl(&["man"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let page = stdout(&o);
+    assert!(page.contains(".TH tunl 1"), "{page}");
+    assert!(page.contains("completions"), "{page}");
+    let dir = Dir::new("man");
+    let o = tunl(&["man", "--dir", dir.0.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    for page in [
+        "tunl.1",
+        "tunl-run.1",
+        "tunl-check.1",
+        "tunl-route-replace.1",
+        "tunl-status.1",
+    ] {
+        let text = std::fs::read_to_string(dir.0.join(page)).unwrap_or_default();
+        assert!(text.contains(".TH"), "{page}: {text}");
+    }
+    assert!(!dir.0.join("tunl-man.1").exists(), "`man` is hidden");
+    let help = stdout(&tunl(&["--help"]));
+    assert!(
+        help.contains("completions") && !help.contains("\n  man "),
+        "{help}"
+    );
+}

@@ -142,6 +142,13 @@ fn route_add_del_replace_while_traffic_flows_lose_nothing_on_unchanged_routes() 
         assert!(o.status.success(), "{}", stderr(&o));
         assert!(stdout(&o).contains("1 removed"), "{}", stdout(&o));
         assert_eq!(tc.kernel_routes(&n1.name).unwrap().len(), 1);
+        assert!(
+            tc.log(&n1.name).contains(&format!(
+                "route removed prefix={block3} origin=control socket"
+            )),
+            "{}",
+            tc.log(&n1.name)
+        );
         let r = c
             .ping(&p1.name, p3.ip, 1, Duration::from_millis(100))
             .unwrap();
@@ -168,6 +175,16 @@ fn route_add_del_replace_while_traffic_flows_lose_nothing_on_unchanged_routes() 
         assert_eq!(r.ttls.last(), Some(&62));
         let o = tunl(&tc, &n1.name, &add);
         assert!(stdout(&o).contains("0 added or changed, 0 removed, 2 unchanged"));
+        // --json: the daemon's result, for add and list.
+        let mut json_add = add.to_vec();
+        json_add.push("--json");
+        let o = tunl(&tc, &n1.name, &json_add);
+        let change: tunl::control::RouteChange = serde_json::from_slice(&o.stdout).unwrap();
+        assert_eq!((change.added.len(), change.unchanged), (0, 2));
+        let o = tunl(&tc, &n1.name, &["route", "list", "--json"]);
+        let list: tunl::control::RouteList = serde_json::from_slice(&o.stdout).unwrap();
+        assert_eq!(list.routes.len(), 2);
+        assert!(list.routes.iter().any(|r| r.prefix == n3.block));
 
         // A refused add changes nothing and says why.
         let before = tc.kernel_routes(&n1.name).unwrap();
@@ -336,22 +353,69 @@ fn status_stats_and_metrics_show_known_traffic() {
     assert_eq!(r.nodes[0].rx_packets, rx.counter("rx_packets").unwrap());
     assert_eq!(r.nodes[0].rx_bytes, rx.counter("rx_bytes").unwrap());
 
-    // The CLI's text and JSON say the same.
+    // The CLI's text, JSON and dump say the same.
     let o = tunl(&tc, NODE2, &["status"]);
     assert!(o.status.success(), "{}", stderr(&o));
     let text = stdout(&o);
     assert!(text.contains(&format!("node: {node1}")), "{text}");
     assert!(
         text.contains(&format!(
-            "tx: {} packets, {} bytes",
-            peer.tx_packets, peer.tx_bytes
+            "  transfer: {} received, {} sent\n",
+            tunl_cli::status::bytes(peer.rx_bytes),
+            tunl_cli::status::bytes(peer.tx_bytes)
+        )),
+        "{text}"
+    );
+    assert!(
+        text.contains(&format!(
+            "  packets: {} received, {} sent\n",
+            tunl_cli::status::count(peer.rx_packets),
+            tunl_cli::status::count(peer.tx_packets)
         )),
         "{text}"
     );
     assert!(text.contains("path mtu: 1480"), "{text}");
+    assert!(
+        text.contains(&format!(
+            "  version: {} (commit ",
+            env!("CARGO_PKG_VERSION")
+        )),
+        "{text}"
+    );
+    assert!(text.contains("  uptime: "), "{text}");
+    let o = tunl(&tc, NODE2, &["status", "--json"]);
+    let json: Status = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(json.version, env!("CARGO_PKG_VERSION"));
+    assert!(json.started_unix_ms > 0 && json.started_unix_ms <= json.now_unix_ms);
+    assert_eq!(json.nodes[0].tx_packets, peer.tx_packets);
+    let o = tunl(&tc, NODE2, &["status", "--dump"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let dump = stdout(&o);
+    let records: Vec<Vec<&str>> = dump.lines().map(|l| l.split('\t').collect()).collect();
+    assert_eq!(
+        records[0][..4],
+        ["device", "tunl0", &node2.to_string(), "1480"],
+        "{dump}"
+    );
+    assert_eq!(records[0].len(), 11, "{dump}");
+    let node_record = records.iter().find(|r| r[0] == "node").expect(&dump);
+    assert_eq!(node_record[1], node1.to_string());
+    assert_eq!(node_record[6], peer.tx_packets.to_string(), "{dump}");
+    assert_eq!(node_record[7], peer.tx_bytes.to_string(), "{dump}");
+    assert_eq!(records.last().unwrap()[0], "refused_other", "{dump}");
+    let o = tunl(&tc, NODE2, &["status", "--dump", "--json"]);
+    assert_eq!(o.status.code(), Some(2), "--dump and --json conflict");
+    // stats --json is one object, as jq wants it.
     let o = tunl(&tc, NODE1, &["stats", "--json"]);
-    let json: Stats = serde_json::from_slice(&o.stdout).unwrap();
-    assert_eq!(json, stats(&tc, NODE1));
+    let json: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let now = stats(&tc, NODE1);
+    for (name, v) in &now.counters {
+        assert_eq!(json[name.as_str()], *v, "{name}: {json}");
+    }
+    for (reason, v) in &now.drops {
+        assert_eq!(json["drops"][reason.as_str()], *v, "{reason}: {json}");
+    }
+    assert_eq!(json["drops_total"], now.drops_total);
     let o = tunl(&tc, NODE1, &["stats"]);
     assert!(stdout(&o).contains("unknown_source: 0"), "{}", stdout(&o));
 
@@ -806,7 +870,7 @@ fn spoofed_ipip_flood_is_refused_counted_and_shown() {
     assert!(text.contains("refused source: 172.16.200."), "{text}");
     assert_eq!(
         text.matches("refused source:").count(),
-        tunl_cli::commands::STATUS_REFUSED_LINES,
+        tunl_cli::status::STATUS_REFUSED_LINES,
         "{text}"
     );
     assert!(text.contains("refused from other sources:"), "{text}");

@@ -11,6 +11,21 @@ use tunl::daemon;
 use crate::exit::{Exit, ExitStatus, report};
 use crate::logging::LogFormat;
 
+/// This build: the release and the git commit (`0.1.0 (commit 1a2b3c4)`),
+/// as `tunl version` and `--version` print it.
+pub const VERSION: &str = concat!(
+    env!("CARGO_PKG_VERSION"),
+    " (commit ",
+    env!("TUNL_GIT_COMMIT"),
+    ")"
+);
+
+/// The build as the daemon reports it in `tunl status`.
+pub const BUILD: daemon::BuildInfo = daemon::BuildInfo {
+    version: env!("CARGO_PKG_VERSION"),
+    commit: env!("TUNL_GIT_COMMIT"),
+};
+
 /// tunl: a userspace IPIP tunnel router, a drop-in for Linux's tunl0 as
 /// Calico uses it, for hosts whose kernel has no ipip driver.
 ///
@@ -19,7 +34,7 @@ use crate::logging::LogFormat;
 /// on a raw socket; IPIP packets from allowed nodes are unwrapped into the
 /// TUN device. The wire format is that of the kernel's ipip driver.
 #[derive(Debug, Parser)]
-#[command(name = "tunl", version, about, long_about)]
+#[command(name = "tunl", version = VERSION, about, long_about)]
 pub struct Cli {
     /// Log filter: comma-separated levels (off, error, warn, info, debug,
     /// trace), tunl's own targets alone (tunl, tunl::daemon, tunl_io, ...),
@@ -82,12 +97,26 @@ pub enum Command {
         action: crate::commands::RouteCommand,
         #[command(flatten)]
         socket: crate::commands::SocketArg,
+        #[command(flatten)]
+        json: crate::commands::JsonArg,
     },
-    /// Show the device and every remote node: blocks, path MTU, traffic
-    /// both ways, last packet seen; and refused IPIP sources.
+    /// Show the daemon (version, uptime, device) and every remote node:
+    /// blocks, path MTU, traffic both ways, last packet seen; and refused
+    /// IPIP sources.
+    ///
+    /// `--dump` prints the same as tab-separated lines for scripts, one
+    /// record per line, the first field naming the record (no header):
+    /// `device NAME LOCAL MTU ADDRESS BLOCKS WORKERS ROUTES STARTED VERSION
+    /// COMMIT`; `node NODE BLOCKS PATH_MTU RX_PACKETS RX_BYTES TX_PACKETS
+    /// TX_BYTES LAST_SEEN`; `refused SOURCE PACKETS LAST_SEEN ACCEPTED_NOW`;
+    /// `refused_other PACKETS`. Times are Unix seconds (0: never), lists are
+    /// comma-separated, an absent value is `-`, ACCEPTED_NOW is 0 or 1.
     Status {
         #[command(flatten)]
         json: crate::commands::JsonArg,
+        /// Print tab-separated records for scripts (see above).
+        #[arg(long, conflicts_with = "json")]
+        dump: bool,
         #[command(flatten)]
         socket: crate::commands::SocketArg,
     },
@@ -112,6 +141,28 @@ pub enum Command {
         config: Option<PathBuf>,
         #[command(flatten)]
         json: crate::commands::JsonArg,
+    },
+    /// Print the version and the git commit of this build.
+    Version {
+        #[command(flatten)]
+        json: crate::commands::JsonArg,
+    },
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
+    ///
+    /// For bash: `tunl completions bash > /etc/bash_completion.d/tunl`; zsh:
+    /// into a folder of `$fpath` as `_tunl`; fish:
+    /// `~/.config/fish/completions/tunl.fish`.
+    Completions {
+        /// The shell.
+        shell: clap_complete::Shell,
+    },
+    /// Print the man page tunl(1), or write every page into a folder (for
+    /// packaging).
+    #[command(hide = true)]
+    Man {
+        /// Write tunl.1 and a page per subcommand (tunl-run.1, tunl-route-add.1, ...) here.
+        #[arg(long, value_name = "DIR")]
+        dir: Option<PathBuf>,
     },
 }
 
@@ -159,7 +210,7 @@ pub fn main() -> ExitCode {
             );
             Exit::Config.into()
         }
-        Command::Run { config } => match daemon::run(&config) {
+        Command::Run { config } => match daemon::run(&config, BUILD) {
             Ok(()) => Exit::Ok.into(),
             Err(e) => {
                 tracing::error!("{e}");
@@ -186,9 +237,23 @@ pub fn main() -> ExitCode {
                 Err(e) => report("tunl bench", &e),
             },
         },
-        Command::Route { action, socket } => crate::commands::route(&socket.socket, action),
-        Command::Status { json, socket } => crate::commands::status(&socket.socket, json.json),
+        Command::Route {
+            action,
+            socket,
+            json,
+        } => crate::commands::route(&socket.socket, action, json.json),
+        Command::Status { json, dump, socket } => {
+            let output = match (json.json, dump) {
+                (true, _) => crate::commands::StatusOutput::Json,
+                (_, true) => crate::commands::StatusOutput::Dump,
+                _ => crate::commands::StatusOutput::Text,
+            };
+            crate::commands::status(&socket.socket, output)
+        }
         Command::Stats { json, socket } => crate::commands::stats(&socket.socket, json.json),
+        Command::Version { json } => crate::generate::version(json.json),
+        Command::Completions { shell } => crate::generate::completions(shell),
+        Command::Man { dir } => crate::generate::man(dir.as_deref()),
         Command::Check { file, config, json } => {
             crate::check::check(&crate::check::config_path(file, config), json.json)
         }

@@ -1,4 +1,5 @@
-//! `tunl route`, `tunl status`, `tunl stats`: clients of the control socket.
+//! `tunl route`, `tunl status`, `tunl stats`: clients of the control socket
+//! (what they print is in [`crate::status`]).
 //!
 //! Exit codes as [`crate::exit`]: 0 done, 1 a runtime error (no daemon, the
 //! daemon refused the request), 2 a usage error (a routes file that does
@@ -8,18 +9,15 @@ use std::fmt::Write as _;
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use std::time::Duration;
 
 use clap::{Args, Subcommand};
 use ipnetwork::Ipv4Network;
 
 use tunl::config::DEFAULT_CONTROL_SOCKET;
-use tunl::control::{Client, ClientError, Request, Route, RouteChange, RouteList, Stats, Status};
+use tunl::control::{Client, ClientError, Request, Route, RouteChange, RouteList, Stats};
 
 use crate::exit::{Exit, report};
-
-/// Refused sources `tunl status` lists; the rest are summed in one line.
-pub const STATUS_REFUSED_LINES: usize = 8;
+use crate::status::{StatsObject, dump_status, format_stats, format_status};
 
 /// `--socket PATH`.
 #[derive(Debug, Clone, Args)]
@@ -76,12 +74,23 @@ fn prefix_arg(text: &str) -> Result<Ipv4Network, String> {
     tunl::config::parse_prefix(text).map_err(|e| e.to_string())
 }
 
-/// Output of `status`/`stats`.
+/// `--json`, on every command that prints a result.
 #[derive(Debug, Clone, Args)]
 pub struct JsonArg {
-    /// Print the daemon's JSON reply instead of text.
-    #[arg(long)]
+    /// Print the result as JSON instead of text (errors stay text, on stderr).
+    #[arg(long, global = true)]
     pub json: bool,
+}
+
+/// How `tunl status` prints.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StatusOutput {
+    /// For people.
+    Text,
+    /// The daemon's reply, as JSON.
+    Json,
+    /// Tab-separated records (`--dump`).
+    Dump,
 }
 
 /// Why `tunl route replace --file` could not use its file.
@@ -197,21 +206,22 @@ fn describe(change: &RouteChange) -> String {
     s
 }
 
-/// `tunl route ...`.
-pub fn route(socket: &Path, command: RouteCommand) -> ExitCode {
+/// The text `tunl route list` prints (what `route replace --file` reads).
+pub fn format_routes(list: &RouteList) -> String {
+    list.routes
+        .iter()
+        .map(|r| format!("{} via {}\n", r.prefix, r.via))
+        .collect()
+}
+
+/// `tunl route ...`; `--json` prints the daemon's result (a route change,
+/// or the route list).
+pub fn route(socket: &Path, command: RouteCommand, json: bool) -> ExitCode {
     let request = match command {
         RouteCommand::Add { prefix, node, .. } => Request::RouteAdd { prefix, via: node },
         RouteCommand::Del { prefix } => Request::RouteDel { prefix },
         RouteCommand::List => {
-            return match call::<RouteList>(socket, &Request::RouteList {}) {
-                Ok(list) => {
-                    for r in list.routes {
-                        println!("{} via {}", r.prefix, r.via);
-                    }
-                    Exit::Ok.into()
-                }
-                Err(e) => fail(&e),
-            };
+            return show(socket, Request::RouteList {}, json, format_routes);
         }
         RouteCommand::Replace { file, allow_empty } => match read_routes(&file) {
             Ok(routes) if routes.is_empty() && !allow_empty => {
@@ -224,114 +234,16 @@ pub fn route(socket: &Path, command: RouteCommand) -> ExitCode {
             Err(e) => return report("tunl", &e),
         },
     };
-    match call::<RouteChange>(socket, &request) {
-        Ok(change) => {
-            println!("{}", describe(&change));
-            Exit::Ok.into()
-        }
-        Err(e) => fail(&e),
-    }
-}
-
-fn ago(now_ms: u64, then_ms: u64) -> String {
-    let d = Duration::from_millis(now_ms.saturating_sub(then_ms));
-    match d.as_secs() {
-        0 => "just now".to_owned(),
-        1 => "1 second ago".to_owned(),
-        s if s < 120 => format!("{s} seconds ago"),
-        s if s < 7200 => format!("{} minutes ago", s / 60),
-        s => format!("{} hours ago", s / 3600),
-    }
-}
-
-/// The text `tunl status` prints.
-pub fn format_status(s: &Status) -> String {
-    let mut o = String::new();
-    let _ = writeln!(o, "device: {}", s.device);
-    let _ = writeln!(o, "  mtu: {}", s.mtu);
-    let _ = writeln!(o, "  local: {}", s.local);
-    if let Some(a) = s.address {
-        let _ = writeln!(o, "  address: {a}");
-    }
-    if !s.blocks.is_empty() {
-        let b: Vec<String> = s.blocks.iter().map(ToString::to_string).collect();
-        let _ = writeln!(o, "  blocks: {}", b.join(", "));
-    }
-    let _ = writeln!(o, "  workers: {}", s.workers);
-    let _ = writeln!(o, "  routes: {}", s.routes);
-    for n in &s.nodes {
-        let b: Vec<String> = n.blocks.iter().map(ToString::to_string).collect();
-        let _ = writeln!(o, "\nnode: {}", n.node);
-        let _ = writeln!(o, "  blocks: {}", b.join(", "));
-        let _ = writeln!(o, "  path mtu: {}", n.path_mtu);
-        let _ = writeln!(o, "  rx: {} packets, {} bytes", n.rx_packets, n.rx_bytes);
-        let _ = writeln!(o, "  tx: {} packets, {} bytes", n.tx_packets, n.tx_bytes);
-        let seen = n
-            .last_seen_unix_ms
-            .map_or_else(|| "never".to_owned(), |t| ago(s.now_unix_ms, t));
-        let _ = writeln!(o, "  last seen: {seen}");
-    }
-    let mut refused = s.refused.clone();
-    // Sources still refused first, the busiest first.
-    refused.sort_by(|a, b| {
-        a.accepted_now
-            .cmp(&b.accepted_now)
-            .then(b.packets.cmp(&a.packets))
-            .then(a.source.cmp(&b.source))
-    });
-    for r in refused.iter().take(STATUS_REFUSED_LINES) {
-        let why = if r.accepted_now {
-            "accepted now: it became a node or was allowed after these packets"
-        } else {
-            "not a node, not allowed"
-        };
-        let _ = writeln!(
-            o,
-            "\nrefused source: {} ({why})\n  packets: {}\n  last seen: {}",
-            r.source,
-            r.packets,
-            ago(s.now_unix_ms, r.last_seen_unix_ms)
-        );
-    }
-    let rest: u64 = refused
-        .iter()
-        .skip(STATUS_REFUSED_LINES)
-        .map(|r| r.packets)
-        .sum::<u64>()
-        + s.refused_other_packets;
-    if rest > 0 {
-        let more = refused.len().saturating_sub(STATUS_REFUSED_LINES);
-        let _ = writeln!(
-            o,
-            "\nrefused from other sources: {rest} packets ({more} more listed in --json{})",
-            if s.refused_other_packets > 0 {
-                ", and sources past the table"
-            } else {
-                ""
-            }
-        );
-    }
-    o
-}
-
-/// The text `tunl stats` prints.
-pub fn format_stats(s: &Stats) -> String {
-    let mut o = String::new();
-    for (name, v) in &s.counters {
-        let _ = writeln!(o, "{name}: {v}");
-    }
-    let _ = writeln!(o, "drops: {}", s.drops_total);
-    for (reason, v) in &s.drops {
-        let _ = writeln!(o, "  {reason}: {v}");
-    }
-    o
+    show(socket, request, json, |change: &RouteChange| {
+        format!("{}\n", describe(change))
+    })
 }
 
 fn show<T: serde::de::DeserializeOwned + serde::Serialize>(
     socket: &Path,
     request: Request,
     json: bool,
-    text: fn(&T) -> String,
+    text: impl Fn(&T) -> String,
 ) -> ExitCode {
     match call::<T>(socket, &request) {
         Ok(v) => {
@@ -363,14 +275,32 @@ pub fn print_json<T: serde::Serialize + ?Sized>(value: &T) -> bool {
     }
 }
 
-/// `tunl status`.
-pub fn status(socket: &Path, json: bool) -> ExitCode {
-    show(socket, Request::Status {}, json, format_status)
+/// `tunl status [--json | --dump]`.
+pub fn status(socket: &Path, output: StatusOutput) -> ExitCode {
+    match output {
+        StatusOutput::Text => show(socket, Request::Status {}, false, format_status),
+        StatusOutput::Json => show(socket, Request::Status {}, true, format_status),
+        StatusOutput::Dump => show(socket, Request::Status {}, false, dump_status),
+    }
 }
 
-/// `tunl stats`.
+/// `tunl stats [--json]`: `--json` prints one object
+/// ([`StatsObject`]), not the protocol's reply.
 pub fn stats(socket: &Path, json: bool) -> ExitCode {
-    show(socket, Request::Stats {}, json, format_stats)
+    match call::<Stats>(socket, &Request::Stats {}) {
+        Ok(s) if json => {
+            if print_json(&StatsObject(&s)) {
+                Exit::Ok.into()
+            } else {
+                Exit::Runtime.into()
+            }
+        }
+        Ok(s) => {
+            print!("{}", format_stats(&s));
+            Exit::Ok.into()
+        }
+        Err(e) => fail(&e),
+    }
 }
 
 #[cfg(test)]
@@ -443,45 +373,5 @@ mod tests {
                 ])
                 .is_ok()
         );
-    }
-
-    fn refused(last: u8, packets: u64, accepted_now: bool) -> tunl::control::RefusedStatus {
-        tunl::control::RefusedStatus {
-            source: Ipv4Addr::new(172, 16, 200, last),
-            packets,
-            last_seen_unix_ms: 1_000,
-            accepted_now,
-        }
-    }
-
-    fn status_with_refused(refused: Vec<tunl::control::RefusedStatus>) -> Status {
-        Status {
-            device: "tunl0".to_owned(),
-            mtu: 1480,
-            local: Ipv4Addr::new(172, 16, 35, 4),
-            address: None,
-            blocks: vec![],
-            workers: 1,
-            routes: 0,
-            now_unix_ms: 2_000,
-            nodes: vec![],
-            refused,
-            refused_other_packets: 0,
-        }
-    }
-
-    #[test]
-    fn a_refused_source_accepted_now_says_so_and_comes_after_the_others() {
-        let text = format_status(&status_with_refused(vec![
-            refused(1, 500, true),
-            refused(2, 3, false),
-        ]));
-        let still = text
-            .find("refused source: 172.16.200.2 (not a node, not allowed)")
-            .expect(&text);
-        let now = text
-            .find("refused source: 172.16.200.1 (accepted now: it became a node or was allowed after these packets)")
-            .expect(&text);
-        assert!(still < now, "{text}");
     }
 }

@@ -198,6 +198,17 @@ pub struct Status {
     pub routes: usize,
     /// Unix time in milliseconds when the reply was made.
     pub now_unix_ms: u64,
+    /// Unix time in milliseconds when the daemon started (0 from daemons
+    /// older than this field).
+    #[serde(default)]
+    pub started_unix_ms: u64,
+    /// The daemon's release, e.g. `0.1.0` (empty from older daemons).
+    #[serde(default)]
+    pub version: String,
+    /// The git commit the daemon was built from, short, or `unknown`
+    /// (empty from older daemons).
+    #[serde(default)]
+    pub commit: String,
     /// Every remote node, by address.
     pub nodes: Vec<NodeStatus>,
     /// IPIP sources refused (at most 32 remembered).

@@ -2,6 +2,7 @@
 
 use std::sync::Arc;
 use std::sync::atomic::AtomicUsize;
+use std::time::SystemTime;
 
 use tokio::net::{TcpListener, UnixListener};
 use tokio::sync::mpsc;
@@ -10,6 +11,7 @@ use tracing::{debug, info, warn};
 use tunl_io::netlink::Netlink;
 use tunl_routing::RouteTable;
 
+use super::BuildInfo;
 use super::error::DaemonError;
 use super::neighbours::watch_neighbours;
 use super::requests::{DeviceInfo, handle};
@@ -24,7 +26,11 @@ use crate::metrics::MetricsSource;
 
 /// Runs the daemon on `config` until SIGINT or SIGTERM, or until the
 /// dataplane fails.
-pub(super) async fn run(config: Config) -> Result<(), DaemonError> {
+pub(super) async fn run(
+    config: Config,
+    build: BuildInfo,
+    started: SystemTime,
+) -> Result<(), DaemonError> {
     let signals = Signals::catch()?;
     let user = startup::look_up_user(&config)?;
     let netlink = startup::open_netlink()?;
@@ -71,6 +77,8 @@ pub(super) async fn run(config: Config) -> Result<(), DaemonError> {
         local: config.tunnel.local,
         address: config.tunnel.address,
         workers: running.router.workers(),
+        build,
+        started,
     };
     log_up(&config, &device, offload);
 
@@ -137,6 +145,8 @@ fn log_up(config: &Config, device: &DeviceInfo, offload: bool) {
         routes = config.routes.len(),
         workers = device.workers,
         offload,
+        version = %device.build.version,
+        commit = %device.build.commit,
         control = %config.control.socket.display(),
         metrics = %or_none(config.metrics.listen),
         capabilities = %list(&privileges::effective()),

@@ -7,10 +7,12 @@
 
 use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
+use std::time::SystemTime;
 
 use ipnetwork::Ipv4Network;
 use tunl_encap::DecapPolicy;
 
+use super::BuildInfo;
 use super::routes::{KernelRoutes, RouteManager, RouteOrigin, Routes};
 use crate::config::{Config, RouteEntry};
 use crate::control::{self, Request, Response};
@@ -29,6 +31,10 @@ pub(super) struct DeviceInfo {
     pub address: Option<Ipv4Network>,
     /// Dataplane worker threads.
     pub workers: usize,
+    /// The daemon's build.
+    pub build: BuildInfo,
+    /// When the daemon started.
+    pub started: SystemTime,
 }
 
 /// Carries out one control request.
@@ -165,7 +171,10 @@ fn status<K: KernelRoutes>(routes: &RouteManager<K>, device: &DeviceInfo) -> con
         blocks: policy.blocks.clone(),
         workers: device.workers,
         routes: current.len(),
-        now_unix_ms: control::unix_ms(std::time::SystemTime::now()),
+        now_unix_ms: control::unix_ms(SystemTime::now()),
+        started_unix_ms: control::unix_ms(device.started),
+        version: device.build.version.to_owned(),
+        commit: device.build.commit.to_owned(),
         nodes,
         refused: refused
             .sources
@@ -219,6 +228,11 @@ mod tests {
             local: Ipv4Addr::new(172, 16, 35, 4),
             address: None,
             workers: 1,
+            build: BuildInfo {
+                version: "0.1.0",
+                commit: "abc1234",
+            },
+            started: SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(1_764_000_000),
         }
     }
 
@@ -446,6 +460,12 @@ mod tests {
         }
         let s: Status = call(&mut m, Request::Status {}).unwrap();
         assert_eq!((s.device.as_str(), s.mtu, s.routes), ("tunl0", 1480, 3));
+        assert_eq!(
+            (s.version.as_str(), s.commit.as_str()),
+            ("0.1.0", "abc1234")
+        );
+        assert_eq!(s.started_unix_ms, 1_764_000_000_000);
+        assert!(s.now_unix_ms > s.started_unix_ms);
         let nodes: Vec<(Ipv4Addr, Vec<Ipv4Network>)> =
             s.nodes.iter().map(|n| (n.node, n.blocks.clone())).collect();
         assert_eq!(
