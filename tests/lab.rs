@@ -102,8 +102,30 @@ fn lab_keep_prints_each_daemons_socket_and_a_ready_status_line() {
                 .unwrap()
         })
         .collect();
+    // The teardown line as printed (`--tag` goes before `down`).
+    let down_line = text
+        .lines()
+        .find_map(|l| l.strip_prefix("Tear it down:"))
+        .map(|l| l.trim().to_owned());
+    let torn_down = down_line.as_ref().map(|line| {
+        let words: Vec<&str> = line.split_whitespace().collect();
+        std::process::Command::new(words[0])
+            .args(&words[1..])
+            .output()
+            .unwrap()
+    });
     lab::down(&args.tag, &mut down).unwrap();
     result.unwrap_or_else(|e| panic!("{e}\n{text}"));
+    let torn_down = torn_down.unwrap_or_else(|| panic!("no teardown line in {text}"));
+    assert!(
+        torn_down.status.success(),
+        "{down_line:?}: {}",
+        String::from_utf8_lossy(&torn_down.stderr)
+    );
+    assert!(
+        String::from_utf8_lossy(&torn_down.stdout).contains("Removed 4 namespace(s)"),
+        "{down_line:?}"
+    );
     assert_eq!(text.matches("  control socket: ").count(), 2, "{text}");
     assert_eq!(status_lines.len(), 2, "{text}");
     for (line, o) in status_lines.iter().zip(&ran) {

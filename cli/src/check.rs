@@ -126,13 +126,18 @@ pub fn checked(path: &Path) -> Result<Config, ConfigError> {
     Ok(config)
 }
 
-/// `check --json`'s report for a result of [`checked`].
-pub fn json_report(path: &Path, result: &Result<Config, ConfigError>) -> CheckReport {
-    let name = if path.as_os_str() == "-" {
+/// The config as messages name it: the path, or `<stdin>` for `-`.
+fn display_name(path: &Path) -> String {
+    if path.as_os_str() == "-" {
         STDIN_NAME.to_owned()
     } else {
         path.display().to_string()
-    };
+    }
+}
+
+/// `check --json`'s report for a result of [`checked`].
+pub fn json_report(path: &Path, result: &Result<Config, ConfigError>) -> CheckReport {
+    let name = display_name(path);
     match result {
         Ok(c) => CheckReport {
             config: name,
@@ -198,11 +203,10 @@ pub fn check(path: &Path, json: bool) -> ExitCode {
         };
     }
     match result {
-        Ok(c) => {
-            let name = json_report(path, &Ok(c.clone())).config;
-            print!("{}", format_check(&name, &c));
-            Exit::Ok.into()
-        }
+        Ok(c) => crate::commands::printed(crate::commands::print(&format_check(
+            &display_name(path),
+            &c,
+        ))),
         Err(e) => report("tunl", &e),
     }
 }

@@ -246,32 +246,45 @@ fn show<T: serde::de::DeserializeOwned + serde::Serialize>(
     text: impl Fn(&T) -> String,
 ) -> ExitCode {
     match call::<T>(socket, &request) {
-        Ok(v) => {
-            if json {
-                if !print_json(&v) {
-                    return Exit::Runtime.into();
-                }
-            } else {
-                print!("{}", text(&v));
-            }
-            Exit::Ok.into()
-        }
+        Ok(v) if json => printed(print_json(&v)),
+        Ok(v) => printed(print(&text(&v))),
         Err(e) => fail(&e),
     }
 }
 
 /// Prints `value` as pretty JSON on stdout; `false` (after saying why on
-/// stderr) when it cannot be encoded.
+/// stderr) when it cannot be encoded or written.
 pub fn print_json<T: serde::Serialize + ?Sized>(value: &T) -> bool {
     match serde_json::to_string_pretty(value) {
-        Ok(s) => {
-            println!("{s}");
-            true
-        }
+        Ok(s) => print(&format!("{s}\n")),
         Err(e) => {
             eprintln!("tunl: cannot encode the output as JSON: {e}");
             false
         }
+    }
+}
+
+/// Writes `text` to stdout. A reader that went away (`tunl status | head`)
+/// is no error; another failure is said on stderr and gives `false`.
+pub fn print(text: &str) -> bool {
+    use std::io::Write as _;
+    let mut out = std::io::stdout().lock();
+    match out.write_all(text.as_bytes()).and_then(|()| out.flush()) {
+        Ok(()) => true,
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => true,
+        Err(e) => {
+            eprintln!("tunl: cannot write the output: {e}");
+            false
+        }
+    }
+}
+
+/// [`Exit::Ok`] when `written`, else [`Exit::Runtime`].
+pub fn printed(written: bool) -> ExitCode {
+    if written {
+        Exit::Ok.into()
+    } else {
+        Exit::Runtime.into()
     }
 }
 
@@ -288,17 +301,8 @@ pub fn status(socket: &Path, output: StatusOutput) -> ExitCode {
 /// ([`StatsObject`]), not the protocol's reply.
 pub fn stats(socket: &Path, json: bool) -> ExitCode {
     match call::<Stats>(socket, &Request::Stats {}) {
-        Ok(s) if json => {
-            if print_json(&StatsObject(&s)) {
-                Exit::Ok.into()
-            } else {
-                Exit::Runtime.into()
-            }
-        }
-        Ok(s) => {
-            print!("{}", format_stats(&s));
-            Exit::Ok.into()
-        }
+        Ok(s) if json => printed(print_json(&StatsObject(&s))),
+        Ok(s) => printed(print(&format_stats(&s))),
         Err(e) => fail(&e),
     }
 }

@@ -2,7 +2,6 @@
 //! completions and man pages generated from the clap definitions
 //! (`clap_complete`, `clap_mangen`), for packaging.
 
-use std::io::Write;
 use std::path::Path;
 use std::process::ExitCode;
 
@@ -22,18 +21,15 @@ pub struct Version {
 
 /// `tunl version [--json]`.
 pub fn version(json: bool) -> ExitCode {
-    if json {
-        let v = Version {
+    let written = if json {
+        crate::commands::print_json(&Version {
             version: BUILD.version,
             commit: BUILD.commit,
-        };
-        if !crate::commands::print_json(&v) {
-            return Exit::Runtime.into();
-        }
+        })
     } else {
-        println!("tunl {VERSION}");
-    }
-    Exit::Ok.into()
+        crate::commands::print(&format!("tunl {VERSION}\n"))
+    };
+    crate::commands::printed(written)
 }
 
 /// `tunl completions SHELL`: the script on stdout.
@@ -63,13 +59,7 @@ pub fn man(dir: Option<&Path>) -> ExitCode {
 }
 
 fn write_stdout(bytes: &[u8]) -> ExitCode {
-    let mut stdout = std::io::stdout().lock();
-    match stdout.write_all(bytes).and_then(|()| stdout.flush()) {
-        Ok(()) => Exit::Ok.into(),
-        // A closed pipe (`tunl man | head`) is not worth a message.
-        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Exit::Ok.into(),
-        Err(e) => report("tunl", &e),
-    }
+    crate::commands::printed(crate::commands::print(&String::from_utf8_lossy(bytes)))
 }
 
 #[cfg(test)]

@@ -470,7 +470,8 @@ fn keep(tc: TunlCluster, tunl: &Path, out: &mut dyn Write) -> Result<(), LabErro
     let (tag, _) = tc.keep();
     writeln!(
         out,
-        "Tear it down:     tunl lab down{}",
+        "Tear it down:     {} lab{} down",
+        tunl.display(),
         if tag == LAB_TAG {
             String::new()
         } else {
