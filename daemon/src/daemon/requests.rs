@@ -288,6 +288,19 @@ mod tests {
                 add("10.20.1.0/26", Ipv4Addr::BROADCAST),
                 "cannot add 10.20.1.0/26 via 255.255.255.255: 255.255.255.255 is not a unicast host address",
             ),
+            (
+                add("0.0.0.0/0", node(5)),
+                "cannot add 0.0.0.0/0 via 172.16.36.5: 0.0.0.0/0 would be a default route into the \
+                 tunnel: every destination without a more specific route would go to 172.16.36.5, \
+                 and installing it would replace the host's own default route; route the pod \
+                 blocks (e.g. 10.20.105.192/26) or the IP pool (e.g. 10.20.0.0/16) instead",
+            ),
+            (
+                add("172.16.35.0/24", node(5)),
+                "cannot add 172.16.35.0/24 via 172.16.36.5: 172.16.35.0/24 contains this node's \
+                 own address 172.16.35.4 (tunnel.local): the route would take the underlay's \
+                 traffic into the tunnel",
+            ),
         ];
         for (request, want) in cases {
             assert_eq!(call::<RouteChange>(&mut m, request).unwrap_err(), want);
