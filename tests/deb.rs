@@ -60,7 +60,7 @@ fn contents(deb: &Path) -> Vec<(String, String)> {
 }
 
 #[test]
-#[ignore = "needs `tunl man` and `tunl completions SHELL` (issue 13, part A): remove this line when they are merged"]
+#[ignore = "needs root: scripts/test"]
 fn the_deb_holds_binary_units_conffile_man_page_and_completions() {
     let scratch = Scratch(std::env::temp_dir().join(format!("tunl-deb-{}", std::process::id())));
     let _ = std::fs::remove_dir_all(&scratch.0);

@@ -105,7 +105,6 @@ fn now() -> f64 {
 }
 
 #[test]
-
 #[ignore = "needs root: scripts/test"]
 fn a_running_daemon_serves_both_formats_and_promtool_accepts_the_text() {
     let started = now();

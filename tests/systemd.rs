@@ -88,7 +88,6 @@ fn directive<'a>(unit: &'a str, key: &str) -> Vec<&'a str> {
 }
 
 #[test]
-
 #[ignore = "needs root: scripts/test"]
 fn both_units_pass_systemd_analyze_verify() {
     let dir = TempDir::new("units");
@@ -235,7 +234,6 @@ fn cluster() -> TunlCluster {
 }
 
 #[test]
-
 #[ignore = "needs root: scripts/test"]
 fn ready_is_sent_once_the_routes_are_in() {
     let tc = cluster();
@@ -245,7 +243,6 @@ fn ready_is_sent_once_the_routes_are_in() {
 }
 
 #[test]
-
 #[ignore = "needs root: scripts/test"]
 fn the_nonroot_units_mode_works_and_reports_readiness() {
     // As tunl-nonroot.service starts it: another user than root, CAP_NET_ADMIN
