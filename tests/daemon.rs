@@ -507,6 +507,17 @@ fn sighup_with_a_bad_config_keeps_running() {
     );
     assert!(tc.log(NODE1).contains("local"), "{}", tc.log(NODE1));
     assert_eq!(tc.kernel_routes(NODE1).unwrap().len(), 1);
+    // Not TOML at all: still one line per event (each starts with its time).
+    tc.write_config(NODE1, "[tunnel]\nlocal = = 3\n").unwrap();
+    tc.reload(NODE1).unwrap();
+    wait_until(|| tc.log(NODE1).contains("not TOML"), "reload refused");
+    let log = tc.log(NODE1);
+    assert!(
+        log.lines()
+            .all(|l| l.starts_with(|c: char| c.is_ascii_digit())),
+        "an event on several lines:\n{log}"
+    );
+    assert_eq!(tc.kernel_routes(NODE1).unwrap().len(), 1);
     tc.cluster()
         .wait_reachable(PERF, tc.pod_ip(SIT).unwrap(), Duration::from_secs(5))
         .unwrap();

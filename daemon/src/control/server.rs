@@ -144,7 +144,10 @@ pub async fn serve_connection(stream: UnixStream, calls: mpsc::Sender<Call>) {
             Ok(Ok(Line::Request(line))) => line,
         };
         let response = match parse_request(&line) {
-            Err(e) => Response::error(e),
+            Err(e) => {
+                tracing::debug!(error = %e, "control request refused");
+                Response::error(e)
+            }
             Ok(request) => {
                 let (tx, rx) = oneshot::channel();
                 if calls.send(Call { request, reply: tx }).await.is_err() {

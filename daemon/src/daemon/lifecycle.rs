@@ -1,31 +1,39 @@
 //! The daemon's life: the startup steps in order, the main loop, shutdown.
 
 use std::sync::Arc;
+use std::time::SystemTime;
 
 use tokio::net::{TcpListener, UnixListener};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 use tunl_io::netlink::Netlink;
 use tunl_routing::RouteWriter;
 
+use super::BuildInfo;
 use super::error::DaemonError;
 use super::neighbours::watch_neighbours;
+use super::notify::Notifier;
 use super::requests::{DeviceInfo, handle};
-use super::routes::{KernelRoutes, NetlinkRoutes, RouteManager, wanted_routes};
+use super::routes::{KernelRoutes, NetlinkRoutes, RouteManager, RouteOrigin, wanted_routes};
 use super::signals::{Asked, Signals};
 use super::startup::{self, DataplaneParts};
 use super::{privileges, reload, underlay};
 use crate::config::Config;
 use crate::control::{self, Call};
 use crate::dataplane::{CounterSnapshot, Router, RouterXdp, Shared};
-use crate::metrics::{MetricsSource, XdpReaders};
+use crate::metrics::{DeviceLabels, MetricsSource, XdpReaders};
 use tunl_io::xdp::{XdpLink, XdpProgram};
 
 /// Runs the daemon on `config` until SIGINT or SIGTERM, or until the
 /// dataplane fails.
-pub(super) async fn run(config: Config) -> Result<(), DaemonError> {
+pub(super) async fn run(
+    config: Config,
+    build: BuildInfo,
+    started: SystemTime,
+) -> Result<(), DaemonError> {
     let signals = Signals::catch()?;
+    let notifier = Notifier::from_env();
     let user = startup::look_up_user(&config)?;
     let netlink = startup::open_netlink()?;
     startup::check_device_free(&netlink, &config).await?;
@@ -92,6 +100,8 @@ pub(super) async fn run(config: Config) -> Result<(), DaemonError> {
         address: config.tunnel.address,
         workers: running.router.workers(),
         underlay: underlay_status,
+        build,
+        started,
     };
     log_up(&config, &device, offload);
 
@@ -100,15 +110,27 @@ pub(super) async fn run(config: Config) -> Result<(), DaemonError> {
         let source = MetricsSource {
             shared: shared.clone(),
             routes: running.routes.count(),
+            route_apply: running.routes.apply_metrics(),
             workers: device.workers,
+            device: DeviceLabels {
+                name: device.name.clone(),
+                local: device.local,
+                mtu: device.mtu,
+            },
             underlay: device.underlay.clone(),
             xdp: xdp_readers,
         };
         (listener, source)
     });
     let tasks = Tasks::spawn(listener, calls_tx, metrics, packet_tx, &shared);
+    notifier.ready(&format!(
+        "routing {} routes on {}",
+        config.routes.len(),
+        device.name
+    ));
     let mut config = config;
     let served = serve(signals, &mut config, &mut running.routes, calls, &device).await;
+    notifier.stopping("removing the routes and the device");
     tasks.abort();
     running.stop().await;
     match shared.failure() {
@@ -138,7 +160,11 @@ async fn serve<K: KernelRoutes>(
             },
             reason = shared.failed() => return Err(DaemonError::DataplaneStopped { reason }),
             Some(call) = calls.recv() => {
+                let request = call.request.to_string();
                 let response = handle(call.request, config, routes, device).await;
+                if let Some(error) = &response.error {
+                    debug!(%request, %error, "control request refused");
+                }
                 let _ = call.reply.send(response);
             }
         }
@@ -150,18 +176,37 @@ fn log_up(config: &Config, device: &DeviceInfo, offload: bool) {
         device = %device.name,
         local = %device.local,
         mtu = device.mtu,
-        address = ?device.address.map(|a| a.to_string()),
+        address = %or_none(device.address),
         ttl = %config.tunnel.ttl,
-        blocks = ?config.tunnel.blocks.iter().map(|b| b.to_string()).collect::<Vec<_>>(),
+        blocks = %list(&config.tunnel.blocks),
         routes = config.routes.len(),
         workers = device.workers,
         offload,
+        version = %device.build.version,
+        commit = %device.build.commit,
         control = %config.control.socket.display(),
-        metrics = ?config.metrics.listen.map(|a| a.to_string()),
+        metrics = %or_none(config.metrics.listen),
         underlay = %device.underlay.running,
-        capabilities = ?privileges::effective(),
+        capabilities = %list(&privileges::effective()),
         "tunl is up"
     );
+}
+
+/// A value for the log, `none` when absent.
+pub(super) fn or_none<T: std::fmt::Display>(v: Option<T>) -> String {
+    v.map_or_else(|| "none".to_owned(), |v| v.to_string())
+}
+
+/// A list for the log: `a,b,c`, `none` when empty.
+pub(super) fn list<T: std::fmt::Display>(items: &[T]) -> String {
+    if items.is_empty() {
+        return "none".to_owned();
+    }
+    items
+        .iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join(",")
 }
 
 /// The control plane's tasks beside the main loop: the control socket's
@@ -224,7 +269,9 @@ impl Running {
     /// CAP_NET_ADMIN, then the config's routes go in.
     async fn finish_start(&mut self, config: &Config) -> Result<(), DaemonError> {
         privileges::keep_control_plane_only()?;
-        self.routes.apply(&wanted_routes(config)).await?;
+        self.routes
+            .apply(&wanted_routes(config), RouteOrigin::Config)
+            .await?;
         Ok(())
     }
 
@@ -263,6 +310,17 @@ mod tests {
 
     use super::*;
     use crate::dataplane::Policy;
+
+    #[test]
+    fn log_values_are_for_people() {
+        assert_eq!(or_none(None::<u16>), "none");
+        assert_eq!(or_none(Some(Ipv4Addr::new(10, 20, 42, 0))), "10.20.42.0");
+        assert_eq!(list::<String>(&[]), "none");
+        assert_eq!(
+            list(&["cap_net_admin", "cap_net_raw"]),
+            "cap_net_admin,cap_net_raw"
+        );
+    }
 
     #[test]
     fn a_dataplane_failure_reaches_the_main_loop_over_the_channel() {

@@ -21,6 +21,7 @@
 //! - `underlay`: choosing the underlay (`xdp`, `packet`, `raw`) and setting
 //!   up the XDP program and its sockets;
 //! - `neighbours`: the underlay's neighbour table for `packet` and `xdp`;
+//! - `notify`: readiness for systemd (`READY=1` once the routes are in);
 //! - `signals`: the signals caught from the start;
 //! - [`privileges`]: the capability drop, in three steps;
 //! - `error`: [`DaemonError`] and [`RouteError`].
@@ -34,6 +35,7 @@ use std::path::Path;
 mod error;
 mod lifecycle;
 mod neighbours;
+mod notify;
 pub mod privileges;
 mod reload;
 mod requests;
@@ -44,24 +46,45 @@ mod underlay;
 
 pub use error::{DaemonError, RouteError};
 pub use requests::stats;
-pub use routes::{KernelRoutes, NetlinkRoutes, RouteManager};
+pub use routes::{KernelRoutes, NetlinkRoutes, RouteManager, RouteOrigin};
 
-use crate::config::Config;
+use crate::config::{Config, ConfigError};
 
 /// The routing protocol number tunl tags its kernel routes with
 /// (`ip route show proto 116`), so it can find and remove its own routes.
 pub const ROUTE_PROTOCOL: u8 = 116;
+
+/// What `tunl check` checks of this host beyond the file itself: that
+/// `security.user` names a user. (The underlay MTU needs the device, and
+/// is checked at start.)
+///
+/// # Errors
+/// [`ConfigError::Invalid`] naming `security.user`.
+pub fn check_host(config: &Config) -> Result<(), ConfigError> {
+    startup::look_up_user(config).map(|_| ())
+}
+
+/// What the daemon says of its build (`tunl status` shows it); the binary
+/// gives it, since only the binary knows its git commit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BuildInfo {
+    /// The release, e.g. `0.1.0`.
+    pub version: &'static str,
+    /// The short git commit it was built from, or `unknown`.
+    pub commit: &'static str,
+}
 
 /// Runs the daemon until SIGINT or SIGTERM (or a dataplane failure).
 ///
 /// # Errors
 /// [`DaemonError`]: the config is invalid (in itself or on this host), a
 /// setup step failed, or the dataplane stopped.
-pub fn run(config_path: &Path) -> Result<(), DaemonError> {
+pub fn run(config_path: &Path, build: BuildInfo) -> Result<(), DaemonError> {
+    let started = std::time::SystemTime::now();
     let config = Config::load(config_path)?;
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .map_err(|source| DaemonError::Runtime { source })?;
-    rt.block_on(lifecycle::run(config))
+    rt.block_on(lifecycle::run(config, build, started))
 }

@@ -323,9 +323,9 @@ mod tests {
     }
 
     fn key_and_problem(e: ConfigError) -> (String, String) {
-        match e {
-            ConfigError::Invalid { key, problem, .. } => (key, problem),
-            other => panic!("expected an invalid key, got {other:?}"),
+        match e.problems() {
+            [p] => (p.key.clone(), p.problem.clone()),
+            _ => panic!("expected one invalid key, got {e:?}"),
         }
     }
 

@@ -32,6 +32,8 @@ pub struct NodeTraffic {
     pub rx_bytes: u64,
     /// When a packet was last sent to or received from the node.
     pub last_seen: Option<SystemTime>,
+    /// When a packet was last received from the node.
+    pub last_rx: Option<SystemTime>,
 }
 
 #[derive(Debug, Default, Clone, Copy)]
@@ -124,6 +126,9 @@ impl LocalNodeCounters {
                 e.rx_packets += t.rx_packets;
                 e.rx_bytes += t.rx_bytes;
                 e.last_seen = Some(now);
+                if t.rx_packets > 0 {
+                    e.last_rx = Some(now);
+                }
                 *t = Tally::default();
             }
             self.dirty = false;
@@ -242,6 +247,8 @@ mod tests {
         assert_eq!((t[&a].tx_packets, t[&a].tx_bytes), (2, 150));
         assert_eq!((t[&b].rx_packets, t[&b].rx_bytes), (1, 84));
         assert!(t[&a].last_seen.is_some());
+        assert!(t[&a].last_rx.is_none(), "only sent to");
+        assert!(t[&b].last_rx.is_some());
     }
 
     #[test]
