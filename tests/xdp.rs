@@ -5,7 +5,9 @@
 //! underlay that is not tunl's is untouched, SIGTERM and kill -9 both leave
 //! no XDP program on the device (the next start is clean), and a device
 //! that already has an XDP program makes tunl run on the next underlay and
-//! say why, leaving the other program in place. Needs root.
+//! say why, leaving the other program in place; it runs on xdp with only
+//! the capabilities the systemd unit gives, and on packet without CAP_BPF.
+//! Needs root.
 
 mod common;
 
@@ -17,7 +19,7 @@ use common::{logs, netns_of, stats, tcp_transfer_between, tunl_bin, wait_until};
 use tunl::config::Underlay;
 use tunl::control::{Client, Request, Status};
 use tunl_lab::testbed::{DaemonOptions, TunlCluster, in_netns};
-use tunl_lab::topology::ClusterSpec;
+use tunl_lab::topology::{ClusterSpec, ProcessOutput};
 
 const NODE1: &str = "node1.sit";
 const NODE2: &str = "node2.perf";
@@ -297,4 +299,75 @@ fn another_xdp_program_makes_tunl_run_on_packet_and_say_why() {
 
 fn status_of(tc: &TunlCluster, node: &str) -> Status {
     status(tc, node)
+}
+
+/// Starts the daemon of `node` again under `setpriv` with only `caps` (as
+/// ambient capabilities, uid 0 without its powers: how a unit with
+/// AmbientCapabilities= starts it) and waits for its route; returns its pid.
+fn restart_with_only(tc: &TunlCluster, node: &str, caps: &str, log: &str) -> u32 {
+    let config = tc.daemon(node).unwrap().config.clone();
+    let log = tc.dir().join(log);
+    let inh = format!("--inh-caps=-all,{caps}");
+    let amb = format!("--ambient-caps={caps}");
+    let pid = tc
+        .cluster()
+        .spawn(
+            node,
+            &[
+                "setpriv",
+                "--securebits=+noroot,+noroot_locked",
+                &inh,
+                &amb,
+                tunl_bin().to_str().unwrap(),
+                "run",
+                "--config",
+                config.to_str().unwrap(),
+            ],
+            ProcessOutput::File(log.clone()),
+        )
+        .unwrap();
+    let read_log = || std::fs::read_to_string(&log).unwrap_or_default();
+    wait_until(
+        || tc.kernel_routes(node).unwrap().len() == 1 || read_log().contains("ERROR"),
+        "the daemon's route (or an error)",
+    );
+    assert_eq!(tc.kernel_routes(node).unwrap().len(), 1, "{}", read_log());
+    pid
+}
+
+#[test]
+#[ignore = "needs root: scripts/test"]
+fn runs_on_xdp_with_only_the_capabilities_the_unit_gives() {
+    let tc = xdp_cluster("");
+    assert!(tc.stop(NODE1).unwrap().success(), "{}", tc.log(NODE1));
+    // What examples/tunl.service gives, less what a root start adds: the
+    // verifier and the UMEM must do without CAP_SYS_ADMIN and CAP_PERFMON.
+    let pid = restart_with_only(&tc, NODE1, "+net_admin,+net_raw,+bpf,+ipc_lock", "bpf.log");
+    let s = status(&tc, NODE1);
+    assert_eq!(s.underlay.running, "xdp", "{:?}", s.underlay);
+    let r = tc
+        .cluster()
+        .wait_reachable(PERF, tc.pod_ip(SIT).unwrap(), Duration::from_secs(10))
+        .unwrap_or_else(|e| panic!("{e}\n{}", logs(&tc)));
+    assert_eq!(r.ttls.last(), Some(&62));
+    // After setup it holds what it holds on every underlay.
+    let caps = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    assert!(caps.contains("CapEff:\t0000000000001000"), "{caps}");
+    assert!(tc.cluster().terminate(pid).unwrap().success());
+    assert!(!has_xdp(&tc, NODE1), "{}", eth0(&tc, NODE1));
+
+    // Without CAP_BPF it cannot load the program: it runs on packet and
+    // says why.
+    let pid = restart_with_only(&tc, NODE1, "+net_admin,+net_raw", "nobpf.log");
+    let s = status(&tc, NODE1);
+    assert_eq!(s.underlay.running, "packet", "{:?}", s.underlay);
+    let why = s.underlay.fallback.unwrap_or_default();
+    assert!(why.contains("CAP_BPF"), "{why}");
+    assert!(!has_xdp(&tc, NODE1));
+    let r = tc
+        .cluster()
+        .wait_reachable(PERF, tc.pod_ip(SIT).unwrap(), Duration::from_secs(10))
+        .unwrap_or_else(|e| panic!("{e}\n{}", logs(&tc)));
+    assert_eq!(r.ttls.last(), Some(&62));
+    assert!(tc.cluster().terminate(pid).unwrap().success());
 }
