@@ -138,6 +138,10 @@ pub fn run(args: &LabArgs, tunl: &Path, out: &mut dyn Write) -> Result<LabReport
     heading(out, "Building the cluster")?;
     let options = DaemonOptions {
         workers: args.workers,
+        // The capture shows the underlay with tcpdump, which sees no
+        // AF_XDP traffic on either end: the kernel's path, whatever the
+        // default underlay.
+        underlay: tunl::config::Underlay::Raw,
         ..DaemonOptions::default()
     };
     let tc = TunlCluster::start(spec, tunl, options)?;

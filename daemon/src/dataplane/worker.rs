@@ -397,8 +397,8 @@ impl Worker {
             // The chunks sent last time come back from the completion ring.
             let ready = xdp.sockets[0].refill(&mut xdp.frames);
             if ready < TX_READ_ROOM {
-                // Every chunk is still on its way out: come back later.
-                stats.counts.local.tx_buffer_full += 1;
+                // The chunks are still on their way out (nothing is lost:
+                // the packets wait in TUN): come back later.
                 return false;
             }
             let (filled, end) =
