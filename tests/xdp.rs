@@ -371,3 +371,55 @@ fn runs_on_xdp_with_only_the_capabilities_the_unit_gives() {
     assert_eq!(r.ttls.last(), Some(&62));
     assert!(tc.cluster().terminate(pid).unwrap().success());
 }
+
+#[test]
+#[ignore = "needs root: scripts/test"]
+fn workers_beyond_the_queues_send_through_packet() {
+    // A veth uses one RX queue: one socket, for worker 0; worker 1 sends
+    // through AF_PACKET.
+    let tc = TunlCluster::start(
+        ClusterSpec::seed(),
+        tunl_bin(),
+        DaemonOptions {
+            underlay: Underlay::Xdp,
+            workers: 2,
+            ..DaemonOptions::default()
+        },
+    )
+    .expect("start the seed cluster with two workers per daemon");
+    let s = status(&tc, NODE2);
+    assert_eq!(
+        (
+            s.underlay.running.as_str(),
+            s.underlay.xdp_sockets,
+            s.underlay.xdp_workers
+        ),
+        ("xdp", 1, 1),
+        "{:?}",
+        s.underlay
+    );
+    let text = common::status_text(&tc, NODE2);
+    assert!(
+        text.contains("underlay: xdp (generic, 1 socket; 1 of 2 workers, the others on packet)"),
+        "{text}"
+    );
+    tc.cluster()
+        .wait_reachable(PERF, tc.pod_ip(SIT).unwrap(), Duration::from_secs(10))
+        .unwrap_or_else(|e| panic!("{e}\n{}", logs(&tc)));
+    // Several flows, so both TUN queues (and both workers) carry some.
+    std::thread::scope(|scope| {
+        let runs: Vec<_> = (0..4u16)
+            .map(|i| {
+                let tc = &tc;
+                scope.spawn(move || common::tcp_transfer(tc, PERF, SIT, 7610 + i, 4 << 20))
+            })
+            .collect();
+        for r in runs {
+            assert_eq!(r.join().unwrap(), 4 << 20);
+        }
+    });
+    let st = stats(&tc, NODE2);
+    let sent = st.counter("tx_packets").unwrap();
+    let by_link = st.counter("tx_xdp").unwrap() + st.counter("tx_af_packet").unwrap();
+    assert!(by_link > 0 && sent > 0, "{st:?}");
+}
