@@ -32,6 +32,8 @@
 //! icmp_rate = 100             # ICMP errors per second
 //! packet_tx = false           # AF_PACKET transmit
 //! busy_poll_us = 0            # poll this long before sleeping
+//! poll_interval_us = 50       # under load, sleep this long instead of blocking
+//! poll_quiet_us = 1000        # block again after this long without packets
 //! ```
 //!
 //! Parsing is strict: unknown keys are errors, and every semantic error names
@@ -215,6 +217,22 @@ pub struct DataplaneSection {
     /// 1 000 000.
     #[serde(default)]
     pub busy_poll_us: u32,
+    /// Under load, microseconds a worker whose sources ran dry sleeps
+    /// before it looks again, instead of blocking in epoll (interrupt
+    /// mitigation, as NAPI does it): a blocked worker costs whoever queues
+    /// a packet for it a cross-CPU wakeup, which on veth is the sending
+    /// side's own syscall. Load: a pass of at least
+    /// [`POLL_START_PACKETS`](crate::dataplane::worker::POLL_START_PACKETS)
+    /// packets. 0 turns it off; at most [`MAX_POLL_INTERVAL_US`].
+    #[serde(default = "default_poll_interval_us")]
+    pub poll_interval_us: u32,
+    /// Microseconds without a packet after which a worker polling on the
+    /// timer blocks in epoll again, so an idle daemon uses no CPU and the
+    /// first packet after a pause wakes it as before. 0 turns the timer
+    /// polling off; otherwise at least `poll_interval_us`, at most
+    /// [`MAX_POLL_QUIET_US`].
+    #[serde(default = "default_poll_quiet_us")]
+    pub poll_quiet_us: u32,
 }
 
 impl Default for DataplaneSection {
@@ -227,12 +245,31 @@ impl Default for DataplaneSection {
             icmp_rate: default_icmp_rate(),
             packet_tx: false,
             busy_poll_us: 0,
+            poll_interval_us: default_poll_interval_us(),
+            poll_quiet_us: default_poll_quiet_us(),
         }
     }
 }
 
 /// The longest `dataplane.busy_poll_us` accepted: one second.
 pub const MAX_BUSY_POLL_US: u32 = 1_000_000;
+/// The default `dataplane.poll_interval_us`.
+pub const DEFAULT_POLL_INTERVAL_US: u32 = 50;
+/// The longest `dataplane.poll_interval_us` accepted: 1 ms, epoll's own
+/// granularity; a longer sleep only holds packets back (a TUN queue holds
+/// 1000).
+pub const MAX_POLL_INTERVAL_US: u32 = 1_000;
+/// The default `dataplane.poll_quiet_us`.
+pub const DEFAULT_POLL_QUIET_US: u32 = 1_000;
+/// The longest `dataplane.poll_quiet_us` accepted: one second.
+pub const MAX_POLL_QUIET_US: u32 = 1_000_000;
+
+fn default_poll_interval_us() -> u32 {
+    DEFAULT_POLL_INTERVAL_US
+}
+fn default_poll_quiet_us() -> u32 {
+    DEFAULT_POLL_QUIET_US
+}
 
 fn default_workers() -> usize {
     1
@@ -548,6 +585,34 @@ impl Config {
                 ),
             );
         }
+        if d.poll_interval_us > MAX_POLL_INTERVAL_US {
+            return bad(
+                "dataplane.poll_interval_us",
+                format!(
+                    "{} is out of range 0..={MAX_POLL_INTERVAL_US} (µs)",
+                    d.poll_interval_us
+                ),
+            );
+        }
+        if d.poll_quiet_us > MAX_POLL_QUIET_US {
+            return bad(
+                "dataplane.poll_quiet_us",
+                format!(
+                    "{} is out of range 0..={MAX_POLL_QUIET_US} (µs)",
+                    d.poll_quiet_us
+                ),
+            );
+        }
+        if d.poll_quiet_us != 0 && d.poll_quiet_us < d.poll_interval_us {
+            return bad(
+                "dataplane.poll_quiet_us",
+                format!(
+                    "{} is shorter than poll_interval_us ({}); use at least that, or 0 to turn \
+                     the timer polling off",
+                    d.poll_quiet_us, d.poll_interval_us
+                ),
+            );
+        }
         Ok(())
     }
 
@@ -793,6 +858,37 @@ allow = ["172.16.0.0/16"]
         let (key, problem) = invalid_key(&text.replace("200", "1000001"));
         assert_eq!(key, "dataplane.busy_poll_us");
         assert!(problem.contains("out of range"), "{problem}");
+    }
+
+    #[test]
+    fn poll_timer_ranges() {
+        // The defaults pass the checks below (the quiet spell is at least
+        // the interval): parse validates.
+        let d = parse(SEED).unwrap().dataplane;
+        assert_eq!(d.poll_interval_us, DEFAULT_POLL_INTERVAL_US);
+        assert_eq!(d.poll_quiet_us, DEFAULT_POLL_QUIET_US);
+        let set = |interval: u32, quiet: u32| {
+            format!("{SEED}\n[dataplane]\npoll_interval_us = {interval}\npoll_quiet_us = {quiet}\n")
+        };
+        let d = parse(&set(100, 5000)).unwrap().dataplane;
+        assert_eq!((d.poll_interval_us, d.poll_quiet_us), (100, 5000));
+        // 0 turns it off, in either key.
+        assert!(parse(&set(0, 5000)).is_ok());
+        assert!(parse(&set(100, 0)).is_ok());
+        assert!(parse(&set(0, 0)).is_ok());
+        assert!(parse(&set(MAX_POLL_INTERVAL_US, MAX_POLL_QUIET_US)).is_ok());
+        let (key, problem) = invalid_key(&set(MAX_POLL_INTERVAL_US + 1, MAX_POLL_QUIET_US));
+        assert_eq!(key, "dataplane.poll_interval_us");
+        assert!(problem.contains("out of range"), "{problem}");
+        let (key, problem) = invalid_key(&set(100, MAX_POLL_QUIET_US + 1));
+        assert_eq!(key, "dataplane.poll_quiet_us");
+        assert!(problem.contains("out of range"), "{problem}");
+        let (key, problem) = invalid_key(&set(100, 99));
+        assert_eq!(key, "dataplane.poll_quiet_us");
+        assert!(
+            problem.contains("shorter than poll_interval_us"),
+            "{problem}"
+        );
     }
 
     #[test]
