@@ -194,6 +194,10 @@ pub struct Settings {
     pub packet_tx: bool,
     /// The daemons' `busy_poll_us` (0: sleep at once).
     pub busy_poll_us: u32,
+    /// The daemons' `poll_interval_us` (0: block at once).
+    pub poll_interval_us: u32,
+    /// The daemons' `poll_quiet_us`.
+    pub poll_quiet_us: u32,
     /// The tunl binary the daemons ran.
     pub tunl_binary: PathBuf,
     /// Ping requests per latency sample.
@@ -356,6 +360,8 @@ pub(super) fn sample_report() -> BenchReport {
         workers: 1,
         packet_tx: false,
         busy_poll_us: 0,
+        poll_interval_us: 50,
+        poll_quiet_us: 1000,
         tunl_binary: "/bin/tunl".into(),
         pings: 500,
         ping_interval_ms: 2.0,
