@@ -32,6 +32,10 @@ pub struct DaemonOptions {
     pub underlay: Underlay,
     /// `[dataplane] busy_poll_us`.
     pub busy_poll_us: u32,
+    /// `[dataplane] poll_interval_us` (0: off).
+    pub poll_interval_us: u32,
+    /// `[dataplane] poll_quiet_us`.
+    pub poll_quiet_us: u32,
     /// Set `tunnel.blocks` (the relay check).
     pub blocks: bool,
     /// Extra `[security] allow` prefixes.
@@ -49,6 +53,8 @@ impl Default for DaemonOptions {
             offload: true,
             underlay: Underlay::DEFAULT,
             busy_poll_us: 0,
+            poll_interval_us: tunl::config::DEFAULT_POLL_INTERVAL_US,
+            poll_quiet_us: tunl::config::DEFAULT_POLL_QUIET_US,
             blocks: true,
             allow: Vec::new(),
             log: "info".to_owned(),
@@ -115,8 +121,14 @@ pub fn node_config(cluster: &Cluster, node: &Node, options: &DaemonOptions) -> S
     }
     let _ = writeln!(
         s,
-        "\n[dataplane]\nworkers = {}\noffload = {}\nunderlay = \"{}\"\nbusy_poll_us = {}",
-        options.workers, options.offload, options.underlay, options.busy_poll_us
+        "\n[dataplane]\nworkers = {}\noffload = {}\nunderlay = \"{}\"\nbusy_poll_us = {}\n\
+         poll_interval_us = {}\npoll_quiet_us = {}",
+        options.workers,
+        options.offload,
+        options.underlay,
+        options.busy_poll_us,
+        options.poll_interval_us,
+        options.poll_quiet_us
     );
     let socket = control_socket(cluster, &node.name);
     let _ = writeln!(s, "\n[control]\nsocket = \"{}\"", socket.display());

@@ -59,6 +59,17 @@ impl Config {
                 p.push("security.user", format!("{user:?} is not a user name"));
             }
         }
+        let d = &self.dataplane;
+        if d.poll_quiet_us != 0 && d.poll_quiet_us < d.poll_interval_us {
+            p.push(
+                "dataplane.poll_quiet_us",
+                format!(
+                    "{} is shorter than poll_interval_us ({}); use at least that, or 0 to turn \
+                     the timer polling off",
+                    d.poll_quiet_us, d.poll_interval_us
+                ),
+            );
+        }
     }
 
     fn check_routes(&self, route_keys: &[usize], p: &mut Problems) {

@@ -33,6 +33,8 @@
 //! underlay = "raw"            # "raw", "packet" (AF_PACKET transmit), "xdp" (AF_XDP) or "auto"
 //! xdp_mode = "auto"           # with underlay "xdp"/"auto": "auto", "generic" or "native"
 //! busy_poll_us = 0            # poll this long before sleeping
+//! poll_interval_us = 50       # under load, sleep this long instead of blocking
+//! poll_quiet_us = 1000        # block again after this long without packets
 //! ```
 //!
 //! Reading is strict and reports like a compiler: a file that is not TOML
@@ -71,6 +73,16 @@ pub const DEFAULT_CONTROL_SOCKET: &str = "/run/tunl/tunl.sock";
 pub const DEFAULT_CONFIG: &str = "/etc/tunl/tunl.toml";
 /// The longest `dataplane.busy_poll_us` accepted: one second.
 pub const MAX_BUSY_POLL_US: u32 = 1_000_000;
+/// The default `dataplane.poll_interval_us`.
+pub const DEFAULT_POLL_INTERVAL_US: u32 = 50;
+/// The longest `dataplane.poll_interval_us` accepted: 1 ms, epoll's own
+/// granularity; a longer sleep only holds packets back (a TUN queue holds
+/// 1000).
+pub const MAX_POLL_INTERVAL_US: u32 = 1_000;
+/// The default `dataplane.poll_quiet_us`.
+pub const DEFAULT_POLL_QUIET_US: u32 = 1_000;
+/// The longest `dataplane.poll_quiet_us` accepted: one second.
+pub const MAX_POLL_QUIET_US: u32 = 1_000_000;
 /// The most dataplane worker threads (`dataplane.workers`).
 pub const MAX_WORKERS: usize = 64;
 
@@ -309,6 +321,20 @@ pub struct DataplaneSection {
     /// and for this long after. 0 (default) sleeps at once; at most
     /// 1 000 000.
     pub busy_poll_us: u32,
+    /// Under load, microseconds a worker whose sources ran dry sleeps
+    /// before it looks again, instead of blocking in epoll (interrupt
+    /// mitigation, as NAPI does it): a blocked worker costs whoever queues
+    /// a packet for it a cross-CPU wakeup, which on veth is the sending
+    /// side's own syscall. Load: a pass of at least
+    /// [`POLL_START_PACKETS`](crate::dataplane::worker::POLL_START_PACKETS)
+    /// packets. 0 turns it off; at most [`MAX_POLL_INTERVAL_US`].
+    pub poll_interval_us: u32,
+    /// Microseconds without a packet after which a worker polling on the
+    /// timer blocks in epoll again, so an idle daemon uses no CPU and the
+    /// first packet after a pause wakes it as before. 0 turns the timer
+    /// polling off; otherwise at least `poll_interval_us`, at most
+    /// [`MAX_POLL_QUIET_US`].
+    pub poll_quiet_us: u32,
 }
 
 impl Default for DataplaneSection {
@@ -323,6 +349,8 @@ impl Default for DataplaneSection {
             xdp_mode: XdpModeSetting::Auto,
             packet_tx: None,
             busy_poll_us: 0,
+            poll_interval_us: DEFAULT_POLL_INTERVAL_US,
+            poll_quiet_us: DEFAULT_POLL_QUIET_US,
         }
     }
 }

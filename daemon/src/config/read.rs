@@ -16,9 +16,9 @@ use toml::{Table, Value};
 use tunl_encap::Ttl;
 
 use super::{
-    Config, ConfigError, ControlSection, DataplaneSection, MAX_BUSY_POLL_US, MAX_MTU, MAX_WORKERS,
-    MIN_MTU, MetricsSection, Problems, RouteEntry, SecuritySection, TunnelSection, check_prefix,
-    parse_prefix,
+    Config, ConfigError, ControlSection, DataplaneSection, MAX_BUSY_POLL_US, MAX_MTU,
+    MAX_POLL_INTERVAL_US, MAX_POLL_QUIET_US, MAX_WORKERS, MIN_MTU, MetricsSection, Problems,
+    RouteEntry, SecuritySection, TunnelSection, check_prefix, parse_prefix,
 };
 
 /// The sections of the file, as the docs name them.
@@ -458,6 +458,8 @@ fn dataplane(file: &Table, p: &mut Problems) -> DataplaneSection {
         "xdp_mode",
         "packet_tx",
         "busy_poll_us",
+        "poll_interval_us",
+        "poll_quiet_us",
     ];
     let s = Section::of(file, "dataplane", KEYS, p);
     let mut d = DataplaneSection::default();
@@ -520,6 +522,18 @@ fn dataplane(file: &Table, p: &mut Problems) -> DataplaneSection {
         .and_then(|kv| number(p, kv, 0, MAX_BUSY_POLL_US.into(), " (µs)"))
     {
         d.busy_poll_us = n;
+    }
+    if let Some(n) = s
+        .get("poll_interval_us")
+        .and_then(|kv| number(p, kv, 0, MAX_POLL_INTERVAL_US.into(), " (µs)"))
+    {
+        d.poll_interval_us = n;
+    }
+    if let Some(n) = s
+        .get("poll_quiet_us")
+        .and_then(|kv| number(p, kv, 0, MAX_POLL_QUIET_US.into(), " (µs)"))
+    {
+        d.poll_quiet_us = n;
     }
     s.finish(p);
     d

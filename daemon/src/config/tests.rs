@@ -244,6 +244,36 @@ fn busy_poll_range() {
 }
 
 #[test]
+fn poll_timer_ranges() {
+    // The defaults pass the checks below (the quiet spell is at least
+    // the interval): parse validates.
+    let d = parse(SEED).unwrap().dataplane;
+    assert_eq!(d.poll_interval_us, DEFAULT_POLL_INTERVAL_US);
+    assert_eq!(d.poll_quiet_us, DEFAULT_POLL_QUIET_US);
+    let set = |interval: u32, quiet: u32| {
+        format!("{SEED}\n[dataplane]\npoll_interval_us = {interval}\npoll_quiet_us = {quiet}\n")
+    };
+    let d = parse(&set(100, 5000)).unwrap().dataplane;
+    assert_eq!((d.poll_interval_us, d.poll_quiet_us), (100, 5000));
+    // 0 turns it off, in either key.
+    assert!(parse(&set(0, 5000)).is_ok());
+    assert!(parse(&set(100, 0)).is_ok());
+    assert!(parse(&set(0, 0)).is_ok());
+    assert!(parse(&set(MAX_POLL_INTERVAL_US, MAX_POLL_QUIET_US)).is_ok());
+    let (key, problem) = invalid_key(&set(MAX_POLL_INTERVAL_US + 1, MAX_POLL_QUIET_US));
+    assert_eq!(key, "dataplane.poll_interval_us");
+    assert_eq!(problem, "expected a number 0..=1000 (µs), found 1001");
+    let (key, _) = invalid_key(&set(100, MAX_POLL_QUIET_US + 1));
+    assert_eq!(key, "dataplane.poll_quiet_us");
+    let (key, problem) = invalid_key(&set(100, 99));
+    assert_eq!(key, "dataplane.poll_quiet_us");
+    assert!(
+        problem.contains("shorter than poll_interval_us"),
+        "{problem}"
+    );
+}
+
+#[test]
 fn route_into_own_block() {
     let text = format!("{SEED}\n[[route]]\nprefix = \"10.20.42.0/27\"\nvia = \"172.16.37.6\"\n");
     let (key, problem) = invalid_key(&text);

@@ -297,6 +297,8 @@ pub(super) fn start_dataplane(
             tunnel_mtu: parts.mtu,
             icmp_rate: config.dataplane.icmp_rate,
             busy_poll: Duration::from_micros(config.dataplane.busy_poll_us.into()),
+            poll_interval: Duration::from_micros(config.dataplane.poll_interval_us.into()),
+            poll_quiet: Duration::from_micros(config.dataplane.poll_quiet_us.into()),
         },
     )
     .map_err(|source| DaemonError::DataplaneStart { source })

@@ -156,6 +156,14 @@ counters! {
     /// busy-poll window after its last packet (`[dataplane]
     /// busy_poll_us`); stays 0 with busy polling off.
     busy_polls,
+    /// Timer sleeps a worker took under load instead of blocking in epoll
+    /// (`[dataplane] poll_interval_us`); grows while traffic flows, stands
+    /// still once the workers block again.
+    timer_polls,
+    /// Times a worker that polled on the timer went back to blocking in
+    /// epoll after a quiet spell without packets (`[dataplane]
+    /// poll_quiet_us`).
+    poll_blocks,
 }
 
 impl LocalCounters {

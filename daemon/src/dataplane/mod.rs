@@ -89,6 +89,14 @@ pub struct WorkerOptions {
     /// How long a worker keeps polling without sleeping after its last
     /// packet (`[dataplane] busy_poll_us`); zero sleeps at once.
     pub busy_poll: Duration,
+    /// Under load, how long a worker whose sources ran dry sleeps before
+    /// it looks again, instead of blocking in epoll (`[dataplane]
+    /// poll_interval_us`); zero blocks at once.
+    pub poll_interval: Duration,
+    /// How long a worker keeps sleeping on `poll_interval` without finding
+    /// a packet before it blocks in epoll again (`[dataplane]
+    /// poll_quiet_us`).
+    pub poll_quiet: Duration,
 }
 
 /// Applies the path MTUs the workers learned and prunes expired ones

@@ -19,6 +19,16 @@
 //! header and the socket the Ethernet header: no copy on the way out. A
 //! batch with a next hop whose MAC is not known yet leaves through the raw
 //! socket from the same chunks.
+//!
+//! When its sources run dry a worker waits in one of three ways
+//! ([`Pacing`]): it spins inside its busy-poll window (`busy_poll_us`);
+//! under load it sleeps on a short timer and looks again (`poll_interval_us`,
+//! interrupt mitigation as NAPI does it), until a quiet spell
+//! (`poll_quiet_us`) without packets; otherwise it blocks in epoll. While
+//! it sleeps on the timer it is on no wait queue, so the threads that
+//! queue packets for it (the sender on the underlay, whose syscall runs
+//! the receive path on veth; the pods writing to TUN) do not pay a
+//! cross-CPU wakeup per flush.
 
 use std::io;
 use std::net::Ipv4Addr;
@@ -54,6 +64,15 @@ pub const TX_READ_ROOM: usize = 128;
 const RX_BUF_LEN: usize = tunl_io::RX_BUF_CAPACITY;
 /// Batches per source per wakeup before the worker looks at other sources.
 const BUDGET: usize = 16;
+/// Packets one pass must handle (inner packets encapsulated plus
+/// decapsulated, segments counted) to start the timer polling
+/// (`poll_interval_us`): a lone packet (a ping, a request) keeps the worker
+/// blocking as before, so request/response traffic pays no timer; once it
+/// polls, any packet found keeps it polling.
+pub const POLL_START_PACKETS: u64 = 8;
+/// The timer slack of a worker that polls on a timer: the kernel's default
+/// (50 µs) would stretch every sleep by that much.
+const POLL_TIMER_SLACK_NS: std::ffi::c_ulong = 1_000;
 
 const TUN: Token = Token(0);
 const IPIP: Token = Token(1);
@@ -110,8 +129,8 @@ struct WorkerIo {
 /// the shared state the pipeline reads.
 pub struct Worker {
     id: usize,
-    /// How long to keep polling without sleeping after the last packet.
-    busy_poll: Duration,
+    /// How the worker waits when its sources ran dry.
+    pacing: Pacing,
     io: WorkerIo,
     pipeline: Pipeline,
     stats: Stats,
@@ -182,6 +201,8 @@ impl Worker {
         let WorkerOptions {
             tunnel_mtu,
             busy_poll,
+            poll_interval,
+            poll_quiet,
             ..
         } = options;
         let poll = Poll::new()?;
@@ -231,7 +252,7 @@ impl Worker {
         let tx_buf_len = HEADROOM + usize::from(tunnel_mtu).max(1500);
         let worker = Worker {
             id,
-            busy_poll,
+            pacing: Pacing::new(busy_poll, poll_interval, poll_quiet, Instant::now()),
             io: WorkerIo {
                 poll,
                 queue,
@@ -257,29 +278,40 @@ impl Worker {
 
     /// Runs until [`Shared::stop`] is set and the waker fires.
     pub fn run(mut self) {
+        if !self.pacing.interval.is_zero() {
+            if let Err(e) = nix::sys::prctl::set_timerslack(POLL_TIMER_SLACK_NS) {
+                debug!(worker = self.id, error = %e, "timer slack not set");
+            }
+        }
         let mut events = Events::with_capacity(16);
         let (mut tun_ready, mut ipip_ready, mut icmp_ready) = (true, self.io.rx.is_some(), false);
         let mut xsk_ready = self.io.xdp.is_some();
-        let mut last_work = Instant::now();
         // Whether the per-node counts were published since the last work.
         let mut flushed = false;
         loop {
             let busy = tun_ready || ipip_ready || icmp_ready || xsk_ready;
-            let timeout = if busy {
-                Some(Duration::ZERO)
+            let wait = if busy {
+                None
             } else {
                 if !flushed {
                     // First idle pass: publish the per-node counts.
                     self.stats.flush_nodes(&self.shared);
                     flushed = true;
                 }
-                if !self.busy_poll.is_zero() && last_work.elapsed() < self.busy_poll {
+                Some(self.pacing.wait(Instant::now))
+            };
+            let local = &mut self.stats.counts.local;
+            let timeout = match wait {
+                None | Some(Wait::Timer) => Some(Duration::ZERO),
+                Some(Wait::Spin) => {
                     // Busy polling: look again without sleeping, but let
                     // whatever else wants this core (the pods) run first.
                     std::thread::yield_now();
-                    self.stats.counts.local.busy_polls += 1;
+                    local.busy_polls += 1;
                     Some(Duration::ZERO)
-                } else {
+                }
+                Some(Wait::Block { left_timer }) => {
+                    local.poll_blocks += u64::from(left_timer);
                     None
                 }
             };
@@ -300,9 +332,15 @@ impl Worker {
                 }
             }
             if tun_ready || ipip_ready || icmp_ready || xsk_ready {
-                // The busy-poll window runs from the last packet handled.
-                last_work = Instant::now();
+                // The busy-poll window and the quiet spell run from the
+                // last packet handled.
+                self.pacing.worked(Instant::now());
                 flushed = false;
+            } else if wait == Some(Wait::Timer) && events.is_empty() {
+                // Nothing yet: sleep, off every wait queue, then look
+                // again with a zero timeout (the next pass).
+                std::thread::sleep(self.pacing.interval);
+                self.stats.counts.local.timer_polls += 1;
             }
             if self.shared.stop.load(Ordering::Relaxed) {
                 break;
@@ -319,6 +357,8 @@ impl Worker {
             if icmp_ready {
                 icmp_ready = !self.read_underlay_icmp();
             }
+            let local = &self.stats.counts.local;
+            self.pacing.handled(local.tx_packets + local.rx_packets);
             self.stats.flush();
         }
         self.stats.flush();
@@ -625,6 +665,87 @@ impl Worker {
     }
 }
 
+/// How a worker waits when its sources ran dry (see the module
+/// documentation): the busy-poll window, the timer polling under load and
+/// its quiet spell. Reads no clock: the worker passes `now`.
+#[derive(Debug)]
+struct Pacing {
+    /// How long to keep polling without sleeping after the last packet.
+    busy_poll: Duration,
+    /// The timer's sleep under load; zero: never.
+    interval: Duration,
+    /// The quiet spell after which the timer polling ends.
+    quiet: Duration,
+    /// When the worker last found a source ready.
+    last_work: Instant,
+    /// Whether the worker polls on the timer (it handled a pass of at
+    /// least [`POLL_START_PACKETS`] and has not blocked since).
+    polling: bool,
+}
+
+/// How to wait, decided by [`Pacing::wait`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Wait {
+    /// Look again at once (inside the busy-poll window).
+    Spin,
+    /// Look without waiting; if nothing is there, sleep one interval.
+    Timer,
+    /// Block in epoll until a source is ready. `left_timer`: the worker
+    /// was polling on the timer until now.
+    Block {
+        /// The timer polling ended with this wait.
+        left_timer: bool,
+    },
+}
+
+impl Pacing {
+    /// The pacing of `[dataplane]`'s `busy_poll_us`, `poll_interval_us`
+    /// and `poll_quiet_us`; a zero interval or quiet spell turns the timer
+    /// polling off.
+    fn new(busy_poll: Duration, interval: Duration, quiet: Duration, now: Instant) -> Pacing {
+        Pacing {
+            busy_poll,
+            interval: if quiet.is_zero() {
+                Duration::ZERO
+            } else {
+                interval
+            },
+            quiet,
+            last_work: now,
+            polling: false,
+        }
+    }
+
+    /// A source was found ready at `now`.
+    fn worked(&mut self, now: Instant) {
+        self.last_work = now;
+    }
+
+    /// A pass handled `packets`: enough of them start the timer polling.
+    fn handled(&mut self, packets: u64) {
+        if packets >= POLL_START_PACKETS && !self.interval.is_zero() {
+            self.polling = true;
+        }
+    }
+
+    /// How to wait, every source being dry; `now` reads the clock, which
+    /// only a worker that spins or polls on the timer needs.
+    fn wait(&mut self, now: impl FnOnce() -> Instant) -> Wait {
+        if self.busy_poll.is_zero() && !self.polling {
+            return Wait::Block { left_timer: false };
+        }
+        let idle = now().saturating_duration_since(self.last_work);
+        if idle < self.busy_poll {
+            Wait::Spin
+        } else if self.polling && idle < self.quiet {
+            Wait::Timer
+        } else {
+            let left_timer = std::mem::replace(&mut self.polling, false);
+            Wait::Block { left_timer }
+        }
+    }
+}
+
 /// How an encap batch's send went, for the TUN budget.
 enum SendResult {
     /// Sent (some packets may have failed and been counted).
@@ -780,4 +901,92 @@ fn seed(id: usize) -> u32 {
         .map(|d| d.subsec_nanos())
         .unwrap_or(0);
     t ^ (std::process::id() << 8) ^ (id as u32).wrapping_mul(0x9E37_79B9)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const US: Duration = Duration::from_micros(1);
+
+    fn pacing(busy: u64, interval: u64, quiet: u64, t0: Instant) -> Pacing {
+        Pacing::new(
+            US * busy as u32,
+            US * interval as u32,
+            US * quiet as u32,
+            t0,
+        )
+    }
+
+    #[test]
+    fn blocks_until_a_pass_under_load() {
+        let t0 = Instant::now();
+        let mut p = pacing(0, 50, 1000, t0);
+        // Idle from the start: block, and no timer polling to leave.
+        assert_eq!(p.wait(|| t0), Wait::Block { left_timer: false });
+        // A lone packet (a ping) does not start the timer.
+        p.worked(t0);
+        p.handled(1);
+        assert_eq!(p.wait(|| t0 + US), Wait::Block { left_timer: false });
+        p.worked(t0);
+        p.handled(POLL_START_PACKETS - 1);
+        assert_eq!(p.wait(|| t0 + US), Wait::Block { left_timer: false });
+        // A pass of POLL_START_PACKETS does.
+        p.worked(t0);
+        p.handled(POLL_START_PACKETS);
+        assert_eq!(p.wait(|| t0 + US), Wait::Timer);
+        assert_eq!(p.wait(|| t0 + US * 999), Wait::Timer);
+    }
+
+    #[test]
+    fn any_packet_extends_the_quiet_spell_then_it_blocks_once() {
+        let t0 = Instant::now();
+        let mut p = pacing(0, 50, 1000, t0);
+        p.worked(t0);
+        p.handled(POLL_START_PACKETS);
+        // A single packet found while polling restarts the spell.
+        let t1 = t0 + US * 900;
+        p.worked(t1);
+        p.handled(1);
+        assert_eq!(p.wait(|| t0 + US * 1500), Wait::Timer);
+        assert_eq!(p.wait(|| t1 + US * 999), Wait::Timer);
+        // The spell is over: block, saying the timer polling ended ...
+        assert_eq!(p.wait(|| t1 + US * 1000), Wait::Block { left_timer: true });
+        // ... once: the next block is a plain one, and a lone packet
+        // after it does not start the timer again.
+        assert_eq!(p.wait(|| t1 + US * 1001), Wait::Block { left_timer: false });
+        let t2 = t1 + US * 5000;
+        p.worked(t2);
+        p.handled(1);
+        assert_eq!(p.wait(|| t2 + US), Wait::Block { left_timer: false });
+    }
+
+    #[test]
+    fn zero_turns_the_timer_off() {
+        let t0 = Instant::now();
+        for (interval, quiet) in [(0, 1000), (50, 0), (0, 0)] {
+            let mut p = pacing(0, interval, quiet, t0);
+            assert!(p.interval.is_zero());
+            p.worked(t0);
+            p.handled(1000);
+            assert_eq!(p.wait(|| t0 + US), Wait::Block { left_timer: false });
+        }
+    }
+
+    #[test]
+    fn busy_poll_window_comes_first() {
+        let t0 = Instant::now();
+        let mut p = pacing(200, 50, 1000, t0);
+        p.worked(t0);
+        p.handled(POLL_START_PACKETS);
+        assert_eq!(p.wait(|| t0 + US * 199), Wait::Spin);
+        assert_eq!(p.wait(|| t0 + US * 200), Wait::Timer);
+        assert_eq!(p.wait(|| t0 + US * 1000), Wait::Block { left_timer: true });
+        // Busy polling alone (no timer) spins, then blocks.
+        let mut p = pacing(200, 0, 0, t0);
+        p.worked(t0);
+        p.handled(POLL_START_PACKETS);
+        assert_eq!(p.wait(|| t0 + US * 100), Wait::Spin);
+        assert_eq!(p.wait(|| t0 + US * 200), Wait::Block { left_timer: false });
+    }
 }

@@ -107,6 +107,18 @@ pub struct BenchArgs {
     #[arg(long, value_name = "N", default_value_t = 0,
           value_parser = clap::value_parser!(u32).range(0..=i64::from(tunl::config::MAX_BUSY_POLL_US)))]
     pub busy_poll_us: u32,
+    /// Run tunl with `[dataplane] poll_interval_us = N`: under load, workers
+    /// whose sources ran dry sleep N µs and look again instead of blocking
+    /// in epoll. 0 = off (block at once).
+    #[arg(long, value_name = "N", default_value_t = tunl::config::DEFAULT_POLL_INTERVAL_US,
+          value_parser = clap::value_parser!(u32).range(0..=i64::from(tunl::config::MAX_POLL_INTERVAL_US)))]
+    pub poll_interval_us: u32,
+    /// Run tunl with `[dataplane] poll_quiet_us = N`: the timer polling
+    /// ends after N µs without a packet (0 = off; otherwise at least
+    /// `--poll-interval-us`).
+    #[arg(long, value_name = "N", default_value_t = tunl::config::DEFAULT_POLL_QUIET_US,
+          value_parser = clap::value_parser!(u32).range(0..=i64::from(tunl::config::MAX_POLL_QUIET_US)))]
+    pub poll_quiet_us: u32,
     /// Write every figure (each sample, median, min, max, units, machine)
     /// as JSON to FILE.
     #[arg(long, value_name = "FILE")]
@@ -128,6 +140,8 @@ impl Default for BenchArgs {
             workers: 1,
             underlay: Underlay::DEFAULT,
             busy_poll_us: 0,
+            poll_interval_us: tunl::config::DEFAULT_POLL_INTERVAL_US,
+            poll_quiet_us: tunl::config::DEFAULT_POLL_QUIET_US,
             json: None,
             svg: None,
             quick: false,
@@ -212,6 +226,8 @@ pub fn run(args: &BenchArgs, tunl_binary: &Path) -> Result<BenchReport, BenchErr
         workers: args.workers,
         underlay: args.underlay.to_string(),
         busy_poll_us: args.busy_poll_us,
+        poll_interval_us: args.poll_interval_us,
+        poll_quiet_us: args.poll_quiet_us,
         tunl_binary: tunl_binary.to_owned(),
         pings,
         ping_interval_ms: PING_INTERVAL.as_secs_f64() * 1e3,
@@ -232,6 +248,8 @@ pub fn run(args: &BenchArgs, tunl_binary: &Path) -> Result<BenchReport, BenchErr
                     workers: usize::from(args.workers),
                     underlay: args.underlay,
                     busy_poll_us: args.busy_poll_us,
+                    poll_interval_us: args.poll_interval_us,
+                    poll_quiet_us: args.poll_quiet_us,
                     log: "warn".to_owned(),
                     ..DaemonOptions::default()
                 },

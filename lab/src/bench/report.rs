@@ -207,6 +207,10 @@ pub struct Settings {
     pub underlay: String,
     /// The daemons' `busy_poll_us` (0: sleep at once).
     pub busy_poll_us: u32,
+    /// The daemons' `poll_interval_us` (0: block at once).
+    pub poll_interval_us: u32,
+    /// The daemons' `poll_quiet_us`.
+    pub poll_quiet_us: u32,
     /// The tunl binary the daemons ran.
     pub tunl_binary: PathBuf,
     /// Ping requests per latency sample.
@@ -369,6 +373,8 @@ pub(super) fn sample_report() -> BenchReport {
         workers: 1,
         underlay: "raw".to_owned(),
         busy_poll_us: 0,
+        poll_interval_us: 50,
+        poll_quiet_us: 1000,
         tunl_binary: "/bin/tunl".into(),
         pings: 500,
         ping_interval_ms: 2.0,
