@@ -393,6 +393,8 @@ fn frames_sent_through_the_socket_arrive_intact() {
         ready_rx.recv().unwrap();
         let report = in_ns(&pair.a, || {
             let mut xsk = Xsk::bind(ifindex("xa"), 0).expect("bind the socket");
+            assert!([32, 256].contains(&xsk.tx_budget()), "{}", xsk.tx_budget());
+            eprintln!("TX budget per kick: {}", xsk.tx_budget());
             let mut frames = xsk.tx_frames(64);
             let mut total = tunl_io::xdp::XskTxReport::default();
             for batch in packets.chunks(64) {

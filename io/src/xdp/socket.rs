@@ -41,6 +41,9 @@ pub const MAX_RX_FRAME: usize = XSK_FRAME as usize - XDP_PACKET_HEADROOM;
 const XDP_MAX_TX_SKB_BUDGET: libc::c_int = 9;
 /// The budget asked for: every frame of a worker's batch in one kick.
 const TX_BUDGET: u32 = 256;
+/// What one kick sends without `XDP_MAX_TX_SKB_BUDGET` (the kernel's
+/// `TX_BATCH_SIZE`).
+const DEFAULT_TX_BUDGET: u32 = 32;
 /// Kicks per transmit while the kernel answers `EAGAIN` (more frames left
 /// than one kick sends, on kernels without `XDP_MAX_TX_SKB_BUDGET`).
 const MAX_KICKS: usize = 16;
@@ -235,6 +238,8 @@ pub struct Xsk {
     free: Vec<u32>,
     /// Frames on the TX ring that a kick did not send yet.
     kick_pending: bool,
+    /// Frames one kick sends.
+    tx_budget: u32,
     queue: u32,
 }
 
@@ -382,9 +387,13 @@ impl Xsk {
         fill.submit(n);
         // Accepted by Linux 6.18 and later; older kernels send 32 frames per
         // kick and answer EAGAIN for the rest, which transmit() handles.
-        if let Err(e) = set_option(fd_ref, XDP_MAX_TX_SKB_BUDGET, &TX_BUDGET) {
-            tracing::debug!(error = %e, "XDP_MAX_TX_SKB_BUDGET refused; kicks send 32 frames each");
-        }
+        let tx_budget = match set_option(fd_ref, XDP_MAX_TX_SKB_BUDGET, &TX_BUDGET) {
+            Ok(()) => TX_BUDGET,
+            Err(e) => {
+                tracing::debug!(error = %e, "XDP_MAX_TX_SKB_BUDGET refused; kicks send 32 frames each");
+                DEFAULT_TX_BUDGET
+            }
+        };
         // SAFETY: sockaddr_xdp is a plain C struct of integers: all-zero is valid.
         let mut sa: libc::sockaddr_xdp = unsafe { zeroed() };
         sa.sxdp_family = libc::AF_XDP as libc::sa_family_t;
@@ -412,6 +421,7 @@ impl Xsk {
             umem: Arc::new(Umem { map: umem }),
             free: (RX_FRAMES..RX_FRAMES + TX_FRAMES).rev().collect(),
             kick_pending: false,
+            tx_budget,
             queue,
         })
     }
@@ -419,6 +429,12 @@ impl Xsk {
     /// The RX queue it is bound to.
     pub fn queue(&self) -> u32 {
         self.queue
+    }
+
+    /// How many frames one kick sends in copy mode: 256 where the kernel
+    /// took `XDP_MAX_TX_SKB_BUDGET`, its default of 32 otherwise.
+    pub fn tx_budget(&self) -> u32 {
+        self.tx_budget
     }
 
     /// A reader of its statistics for another thread.
