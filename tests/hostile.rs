@@ -1,0 +1,510 @@
+//! Hostile packets and faults, end to end in network namespaces: every
+//! packet is sent byte for byte from node2's `eth0` to node1's (AF_PACKET,
+//! so the sending kernel fixes nothing), each row asserts the counter it
+//! should move, and a capture in the pod's namespace asserts that nothing
+//! reached the pod that should not have (and that what should, did).
+
+mod common;
+
+use std::net::Ipv4Addr;
+use std::time::{Duration, Instant};
+
+use common::{Capture, contains, logs, netns_of, send_frames, stats, tunl_bin};
+use etherparse::PacketBuilder;
+use tunl::control::Stats;
+use tunl_encap::checksum;
+use tunl_lab::testbed::{DaemonOptions, TunlCluster};
+use tunl_lab::topology::ClusterSpec;
+
+const NODE1: &str = "node1.sit";
+const NODE2: &str = "node2.perf";
+const SIT: &str = "demo-hello-sit";
+const PERF: &str = "demo-hello-perf";
+
+/// The seed cluster, and the addresses every row uses.
+struct Bed {
+    tc: TunlCluster,
+    node1: Ipv4Addr,
+    node2: Ipv4Addr,
+    sit: Ipv4Addr,
+    perf: Ipv4Addr,
+}
+
+impl Bed {
+    fn new() -> Bed {
+        Bed::with(DaemonOptions::default())
+    }
+
+    fn with(options: DaemonOptions) -> Bed {
+        let tc = TunlCluster::start(ClusterSpec::seed(), tunl_bin(), options)
+            .expect("start the seed cluster with tunl on both nodes");
+        let c = tc.cluster();
+        let bed = Bed {
+            node1: c.node(NODE1).unwrap().underlay,
+            node2: c.node(NODE2).unwrap().underlay,
+            sit: tc.pod_ip(SIT).unwrap(),
+            perf: tc.pod_ip(PERF).unwrap(),
+            tc,
+        };
+        bed.tc
+            .cluster()
+            .wait_reachable(PERF, bed.sit, Duration::from_secs(10))
+            .unwrap_or_else(|e| panic!("{e}\n{}", logs(&bed.tc)));
+        bed
+    }
+
+    /// An inner UDP packet from the perf pod to the sit pod (TTL 64, DF
+    /// clear), its payload `marker` padded to `len` bytes of packet.
+    fn udp(&self, marker: &[u8], len: usize) -> Vec<u8> {
+        udp(self.perf, self.sit, marker, len)
+    }
+
+    /// An outer IPIP packet from node2 to node1 around `inner`.
+    fn ipip(&self, inner: &[u8]) -> Vec<u8> {
+        ipip(self.node2, self.node1, inner)
+    }
+
+    fn stats(&self) -> Stats {
+        stats(&self.tc, NODE1)
+    }
+
+    /// An IP counter of node1's kernel ([`kernel_ip`]).
+    fn kernel_ip(&self, field: &str) -> u64 {
+        kernel_ip(&self.tc, NODE1, field)
+    }
+
+    /// Sends one row's packets and checks what it expects.
+    fn check(&self, row: &Row) {
+        let before = self.stats();
+        let kernel_before = match row.expect {
+            Expect::KernelDrops(field) => self.kernel_ip(field),
+            _ => 0,
+        };
+        let capture = Capture::start(&netns_of(&self.tc, SIT));
+        send_frames(&self.tc, NODE2, NODE1, &row.packets);
+        let name = row.name;
+        let moved = |after: &Stats, counter: &str| {
+            counter_of(after, counter) - counter_of(&before, counter)
+        };
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            let done = match row.expect {
+                Expect::Drop(reason) => moved(&self.stats(), reason) >= 1,
+                Expect::Deliver | Expect::NodeDrops => moved(&self.stats(), "rx_packets") >= 1,
+                Expect::KernelDrops(field) => self.kernel_ip(field) > kernel_before,
+            };
+            if done {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{name}: {:?} did not move\n{}",
+                row.expect,
+                logs(&self.tc)
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        // Time for a packet that should not arrive to arrive all the same.
+        std::thread::sleep(Duration::from_millis(200));
+        let seen = capture.stop();
+        let after = self.stats();
+        let reached = seen.iter().any(|p| contains(p, row.marker));
+        match row.expect {
+            Expect::Drop(reason) => {
+                assert_eq!(moved(&after, reason), 1, "{name}: {reason}");
+                assert_eq!(moved(&after, "drops_total"), 1, "{name}: other drops");
+                assert_eq!(moved(&after, "rx_packets"), 0, "{name}: rx_packets");
+                assert_eq!(moved(&after, "rx_bytes"), 0, "{name}: rx_bytes");
+                assert!(!reached, "{name}: reached the pod");
+            }
+            Expect::Deliver => {
+                assert_eq!(moved(&after, "rx_packets"), 1, "{name}: rx_packets");
+                assert_eq!(moved(&after, "drops_total"), 0, "{name}: drops");
+                assert!(reached, "{name}: did not reach the pod\n{}", logs(&self.tc));
+            }
+            Expect::NodeDrops => {
+                assert_eq!(moved(&after, "rx_packets"), 1, "{name}: rx_packets");
+                assert_eq!(moved(&after, "drops_total"), 0, "{name}: drops");
+                assert!(!reached, "{name}: reached the pod");
+            }
+            Expect::KernelDrops(_) => {
+                for counter in ["rx_packets", "rx_bytes", "drops_total", "rx_truncated"] {
+                    assert_eq!(moved(&after, counter), 0, "{name}: {counter}");
+                }
+                assert!(!reached, "{name}: reached the pod");
+            }
+        }
+    }
+}
+
+/// A counter or drop reason by name, or `drops_total`.
+fn counter_of(stats: &Stats, name: &str) -> u64 {
+    if name == "drops_total" {
+        return stats.drops_total;
+    }
+    stats
+        .counter(name)
+        .unwrap_or_else(|| panic!("no counter {name}"))
+}
+
+/// What a row's packets must do.
+#[derive(Debug, Clone, Copy)]
+enum Expect {
+    /// tunl drops it, counted under this reason; nothing reaches the pod.
+    Drop(&'static str),
+    /// tunl delivers it and the pod receives it.
+    Deliver,
+    /// tunl delivers it to the node's stack (as the kernel's tunl0 would),
+    /// which does not forward it to the pod.
+    NodeDrops,
+    /// node1's kernel drops it before tunl sees it (this counter of its
+    /// IP layer, [`kernel_ip`], moves; no tunl counter does).
+    KernelDrops(&'static str),
+}
+
+/// One hostile packet (or a few, for fragments) and what it must do.
+struct Row {
+    name: &'static str,
+    /// Bytes every packet of the row carries, to find it in the capture.
+    marker: &'static [u8],
+    packets: Vec<Vec<u8>>,
+    expect: Expect,
+}
+
+/// An IPv4 UDP packet `src` -> `dst` (port 7100, TTL 64, DF clear) whose
+/// payload is `marker` padded with zeros to a packet of `len` bytes.
+fn udp(src: Ipv4Addr, dst: Ipv4Addr, marker: &[u8], len: usize) -> Vec<u8> {
+    let mut payload = marker.to_vec();
+    payload.resize(len.saturating_sub(28).max(marker.len()), 0);
+    let mut v = Vec::new();
+    PacketBuilder::ipv4(src.octets(), dst.octets(), 64)
+        .udp(40000, 7100)
+        .write(&mut v, &payload)
+        .unwrap();
+    set_df(&mut v, false);
+    v
+}
+
+/// An IPIP packet `src` -> `dst` around `inner` (TTL 64, ID 1, checksum
+/// right).
+fn ipip(src: Ipv4Addr, dst: Ipv4Addr, inner: &[u8]) -> Vec<u8> {
+    let mut p = vec![0u8; 20];
+    p[0] = 0x45;
+    p[4..6].copy_from_slice(&1u16.to_be_bytes());
+    p[8] = 64;
+    p[9] = 4;
+    p[12..16].copy_from_slice(&src.octets());
+    p[16..20].copy_from_slice(&dst.octets());
+    p.extend_from_slice(inner);
+    let total = p.len() as u16;
+    p[2..4].copy_from_slice(&total.to_be_bytes());
+    refill(&mut p);
+    p
+}
+
+/// Recomputes the header checksum of the IPv4 packet at the start of `p`.
+fn refill(p: &mut [u8]) {
+    let ihl = usize::from(p[0] & 0x0f) * 4;
+    p[10..12].fill(0);
+    let sum = checksum::checksum(&p[..ihl]);
+    p[10..12].copy_from_slice(&sum.to_be_bytes());
+}
+
+/// Sets or clears DF and fixes the checksum.
+fn set_df(p: &mut [u8], df: bool) {
+    p[6] = (p[6] & !0x40) | if df { 0x40 } else { 0 };
+    refill(p);
+}
+
+/// `outer` with `options` (a multiple of 4 bytes) after its fixed header.
+fn with_options(outer: &[u8], options: &[u8]) -> Vec<u8> {
+    assert_eq!(options.len() % 4, 0);
+    let mut p = outer[..20].to_vec();
+    p.extend_from_slice(options);
+    p.extend_from_slice(&outer[20..]);
+    p[0] = 0x40 | (5 + options.len() / 4) as u8;
+    let total = p.len() as u16;
+    p[2..4].copy_from_slice(&total.to_be_bytes());
+    refill(&mut p);
+    p
+}
+
+/// `outer` (IHL 5) cut into fragments carrying `size` bytes of payload
+/// each (a multiple of 8).
+fn fragments(outer: &[u8], size: usize) -> Vec<Vec<u8>> {
+    assert_eq!(size % 8, 0);
+    let payload = &outer[20..];
+    payload
+        .chunks(size)
+        .enumerate()
+        .map(|(i, chunk)| {
+            let mut f = outer[..20].to_vec();
+            f.extend_from_slice(chunk);
+            let offset = (i * size / 8) as u16;
+            let more = (i + 1) * size < payload.len();
+            let flags = offset | if more { 0x2000 } else { 0 };
+            f[6..8].copy_from_slice(&flags.to_be_bytes());
+            let total = f.len() as u16;
+            f[2..4].copy_from_slice(&total.to_be_bytes());
+            refill(&mut f);
+            f
+        })
+        .collect()
+}
+
+/// An IP counter of `node`'s kernel: a field of the `Ip:` lines of
+/// `/proc/net/snmp` or the `IpExt:` lines of `/proc/net/netstat`.
+fn kernel_ip(tc: &TunlCluster, node: &str, field: &str) -> u64 {
+    for (file, prefix) in [("/proc/net/snmp", "Ip:"), ("/proc/net/netstat", "IpExt:")] {
+        let text = tc.cluster().exec_ok(node, &["cat", file]).unwrap();
+        let mut lines = text.lines().filter(|l| l.starts_with(prefix));
+        let (names, values) = (lines.next().unwrap(), lines.next().unwrap());
+        if let Some(i) = names.split_whitespace().position(|n| n == field) {
+            return values.split_whitespace().nth(i).unwrap().parse().unwrap();
+        }
+    }
+    panic!("no kernel IP counter {field}")
+}
+
+#[test]
+#[ignore = "needs root: scripts/test"]
+fn refused_packets_are_counted_and_never_reach_the_pod() {
+    let bed = Bed::new();
+    let n1 = bed.node1;
+    let mut rows = Vec::new();
+    let mut row = |name: &'static str, marker: &'static [u8], packets, expect| {
+        rows.push(Row {
+            name,
+            marker,
+            packets,
+            expect,
+        })
+    };
+
+    let m: &[u8] = b"hostile:unknown-source";
+    row(
+        "unknown outer source",
+        m,
+        vec![ipip(Ipv4Addr::new(172, 16, 99, 9), n1, &bed.udp(m, 100))],
+        Expect::Drop("unknown_source"),
+    );
+    let m: &[u8] = b"hostile:inner-checksum";
+    let mut inner = bed.udp(m, 100);
+    inner[10] ^= 0xff;
+    row(
+        "bad inner checksum",
+        m,
+        vec![bed.ipip(&inner)],
+        Expect::Drop("malformed_inner"),
+    );
+    for (name, m, ihl) in [
+        ("inner IHL 0", &b"hostile:ihl-0"[..], 0u8),
+        ("inner IHL 4", &b"hostile:ihl-4"[..], 4),
+    ] {
+        let mut inner = bed.udp(m, 100);
+        inner[0] = 0x40 | ihl;
+        // A checksum over what the header claims to be (nothing, or 16 bytes).
+        inner[10..12].fill(0);
+        let sum = checksum::checksum(&inner[..usize::from(ihl) * 4]);
+        inner[10..12].copy_from_slice(&sum.to_be_bytes());
+        row(
+            name,
+            m,
+            vec![bed.ipip(&inner)],
+            Expect::Drop("malformed_inner"),
+        );
+    }
+    let m: &[u8] = b"hostile:inner-too-long";
+    let mut inner = bed.udp(m, 100);
+    inner[2..4].copy_from_slice(&101u16.to_be_bytes());
+    refill(&mut inner);
+    row(
+        "inner total length past the outer payload",
+        m,
+        vec![bed.ipip(&inner)],
+        Expect::Drop("malformed_inner"),
+    );
+    let m: &[u8] = b"hostile:inner-short";
+    let mut short = m.to_vec();
+    short.truncate(19);
+    short[0] = 0x45;
+    row(
+        "outer payload shorter than an IPv4 header",
+        m,
+        vec![bed.ipip(&short)],
+        Expect::Drop("malformed_inner"),
+    );
+    let m: &[u8] = b"hostile:ipv6-inside";
+    let mut v6 = vec![0x60, 0, 0, 0];
+    v6.extend_from_slice(&((8 + m.len()) as u16).to_be_bytes());
+    v6.extend_from_slice(&[17, 64]);
+    v6.extend_from_slice(&[0xfd; 32]);
+    v6.extend_from_slice(&[0x9c, 0x40, 0x1b, 0xbc, 0, (8 + m.len()) as u8, 0, 0]);
+    v6.extend_from_slice(m);
+    row(
+        "IPv6 inside protocol 4",
+        m,
+        vec![bed.ipip(&v6)],
+        Expect::Drop("malformed_inner"),
+    );
+    let m: &[u8] = b"hostile:ttl-0";
+    let mut inner = bed.udp(m, 100);
+    inner[8] = 0;
+    refill(&mut inner);
+    row(
+        "inner TTL 0",
+        m,
+        vec![bed.ipip(&inner)],
+        Expect::Drop("ttl_expired"),
+    );
+    let m: &[u8] = b"hostile:nested";
+    let nested = ipip(bed.perf, bed.sit, &bed.udp(m, 100));
+    row(
+        "nested IPIP",
+        m,
+        vec![bed.ipip(&nested)],
+        Expect::Drop("nested_ipip"),
+    );
+    let m: &[u8] = b"hostile:ce-over-not-ect";
+    let mut outer = bed.ipip(&bed.udp(m, 100));
+    outer[1] |= 0b11;
+    refill(&mut outer);
+    row("CE over Not-ECT", m, vec![outer], Expect::Drop("ecn_drop"));
+    let m: &[u8] = b"hostile:not-local";
+    row(
+        "inner destination outside the node's blocks",
+        m,
+        vec![bed.ipip(&udp(bed.perf, Ipv4Addr::new(10, 20, 42, 100), m, 100))],
+        Expect::Drop("not_local"),
+    );
+    let m: &[u8] = b"hostile:ttl-1";
+    let mut inner = bed.udp(m, 100);
+    inner[8] = 1;
+    refill(&mut inner);
+    row(
+        "inner TTL 1: delivered, and the node does not forward it (as tunl0)",
+        m,
+        vec![bed.ipip(&inner)],
+        Expect::NodeDrops,
+    );
+    let m: &[u8] = b"hostile:outer-checksum";
+    let mut outer = bed.ipip(&bed.udp(m, 100));
+    outer[10] ^= 0xff;
+    row(
+        "bad outer checksum",
+        m,
+        vec![outer],
+        Expect::KernelDrops("InHdrErrors"),
+    );
+    let m: &[u8] = b"hostile:outer-longer-than-frame";
+    let mut outer = bed.ipip(&bed.udp(m, 100));
+    outer[2..4].copy_from_slice(&200u16.to_be_bytes());
+    refill(&mut outer);
+    row(
+        "outer total length longer than the frame",
+        m,
+        vec![outer],
+        Expect::KernelDrops("InTruncatedPkts"),
+    );
+    let m: &[u8] = b"hostile:outer-cuts-inner";
+    let mut outer = bed.ipip(&bed.udp(m, 100));
+    outer[2..4].copy_from_slice(&110u16.to_be_bytes());
+    refill(&mut outer);
+    row(
+        "outer total length shorter than the frame, cutting the inner packet",
+        m,
+        vec![outer],
+        Expect::Drop("malformed_inner"),
+    );
+    for r in &rows {
+        bed.check(r);
+    }
+}
+
+#[test]
+#[ignore = "needs root: scripts/test"]
+fn odd_but_valid_packets_reach_the_pod() {
+    let bed = Bed::new();
+    let mut rows = Vec::new();
+    let mut row = |name: &'static str, marker: &'static [u8], packets| {
+        rows.push(Row {
+            name,
+            marker,
+            packets,
+            expect: Expect::Deliver,
+        })
+    };
+    let m: &[u8] = b"hostile:plain";
+    row(
+        "a plain packet (the control)",
+        m,
+        vec![bed.ipip(&bed.udp(m, 100))],
+    );
+    let m: &[u8] = b"hostile:outer-nop";
+    row(
+        "outer NOP options",
+        m,
+        vec![with_options(&bed.ipip(&bed.udp(m, 100)), &[1, 1, 1, 0])],
+    );
+    let m: &[u8] = b"hostile:frame-longer-than-outer";
+    let mut padded = bed.ipip(&bed.udp(m, 100));
+    padded.extend_from_slice(&[0xab; 16]);
+    row(
+        "frame longer than the outer total length (the kernel trims it)",
+        m,
+        vec![padded],
+    );
+    let m: &[u8] = b"hostile:inner-trailing";
+    let mut inner = bed.udp(m, 100);
+    inner.extend_from_slice(&[0xcd; 12]);
+    row(
+        "outer payload longer than the inner total length (tunl trims it)",
+        m,
+        vec![bed.ipip(&inner)],
+    );
+    let m: &[u8] = b"hostile:ce-over-ect0";
+    let mut inner = bed.udp(m, 100);
+    inner[1] |= 0b10;
+    refill(&mut inner);
+    let mut outer = bed.ipip(&inner);
+    outer[1] |= 0b11;
+    refill(&mut outer);
+    row("CE over ECT(0)", m, vec![outer]);
+    let m: &[u8] = b"hostile:outer-fragments";
+    row(
+        "outer fragments, complete (the kernel reassembles them)",
+        m,
+        fragments(&bed.ipip(&bed.udp(m, 1000)), 504),
+    );
+    for r in &rows {
+        bed.check(r);
+    }
+}
+
+#[test]
+#[ignore = "needs root: scripts/test"]
+fn partial_outer_fragments_never_reach_tunl() {
+    let bed = Bed::new();
+    let m: &[u8] = b"hostile:partial-fragments";
+    let mut frags = fragments(&bed.ipip(&bed.udp(m, 1000)), 504);
+    frags.pop();
+    let reassembly = bed.kernel_ip("ReasmReqds");
+    let before = bed.stats();
+    let capture = Capture::start(&netns_of(&bed.tc, SIT));
+    send_frames(&bed.tc, NODE2, NODE1, &frags);
+    common::wait_until(
+        || bed.kernel_ip("ReasmReqds") >= reassembly + frags.len() as u64,
+        "the kernel took the fragments",
+    );
+    std::thread::sleep(Duration::from_millis(300));
+    let seen = capture.stop();
+    let after = bed.stats();
+    for counter in ["rx_packets", "rx_bytes", "drops_total"] {
+        assert_eq!(
+            counter_of(&after, counter),
+            counter_of(&before, counter),
+            "{counter}"
+        );
+    }
+    assert!(!seen.iter().any(|p| contains(p, m)), "reached the pod");
+}
