@@ -446,6 +446,23 @@ fn odd_but_valid_packets_reach_the_pod() {
         m,
         vec![with_options(&bed.ipip(&bed.udp(m, 100)), &[1, 1, 1, 0])],
     );
+    // Record route with room for two addresses, then EOL: the receiving
+    // kernel writes its address into it and leaves the checksum as it was.
+    let m: &[u8] = b"hostile:outer-record-route";
+    let rr = [7, 11, 4, 0, 0, 0, 0, 0, 0, 0, 0, 0];
+    row(
+        "outer record route option",
+        m,
+        vec![with_options(&bed.ipip(&bed.udp(m, 100)), &rr)],
+    );
+    // Timestamps only (flag 0), room for two.
+    let m: &[u8] = b"hostile:outer-timestamp";
+    let ts = [68, 12, 5, 0, 0, 0, 0, 0, 0, 0, 0, 0];
+    row(
+        "outer timestamp option",
+        m,
+        vec![with_options(&bed.ipip(&bed.udp(m, 100)), &ts)],
+    );
     let m: &[u8] = b"hostile:frame-longer-than-outer";
     let mut padded = bed.ipip(&bed.udp(m, 100));
     padded.extend_from_slice(&[0xab; 16]);

@@ -10,8 +10,9 @@
 //! Everything is at the crate root, except the Internet checksum functions
 //! in [`checksum`]:
 //! - encap and decap: [`encapsulate`] with [`TunnelSettings`] and an
-//!   [`IdentGenerator`], [`decapsulate`] with a [`DecapPolicy`]; a refused
-//!   packet has a [`DropReason`];
+//!   [`IdentGenerator`], [`decapsulate`] with a [`DecapPolicy`]
+//!   ([`decapsulate_with`] when the kernel verified the outer checksum,
+//!   [`OuterChecksum`]); a refused packet has a [`DropReason`];
 //! - the IPv4 header view [`Ipv4Packet`] (its [`ParseError`], [`Ecn`]);
 //! - ICMP errors to send ([`frag_needed`], [`unreachable()`]) and to read
 //!   from the underlay ([`parse_underlay_error`]), and a [`TokenBucket`] to
@@ -60,7 +61,9 @@ mod icmp;
 mod ipv4;
 mod ratelimit;
 
-pub use decap::{DecapPolicy, Decapsulated, decap_ecn, decapsulate};
+pub use decap::{
+    DecapPolicy, Decapsulated, OuterChecksum, decap_ecn, decapsulate, decapsulate_with,
+};
 pub use drop::DropReason;
 pub use encap::{
     DEFAULT_MTU, EncapError, HEADROOM, IdentGenerator, MAX_INNER_LEN, MIN_MTU, Ttl, TunnelSettings,

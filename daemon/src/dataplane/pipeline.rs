@@ -27,8 +27,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use tunl_encap::{
-    DropReason, EncapError, HEADROOM, ICMP_ERROR_MAX_LEN, IdentGenerator, TokenBucket,
-    TunnelSettings, decapsulate, encapsulate, inner_destination,
+    DropReason, EncapError, HEADROOM, ICMP_ERROR_MAX_LEN, IdentGenerator, OuterChecksum,
+    TokenBucket, TunnelSettings, decapsulate_with, encapsulate, inner_destination,
 };
 use tunl_encap::{UnderlayError, Unreachable};
 use tunl_io::PacketBuf;
@@ -453,10 +453,17 @@ impl Pipeline {
     /// first [`DecapOutcome::deliver`] buffers are the ones to write. Counts
     /// drops by reason, refused sources, `rx_bytes` and the per-node
     /// traffic into `counts`.
+    ///
+    /// `outer` says who has checked the outer header checksums: the raw
+    /// socket's packets passed the kernel's IP layer
+    /// ([`OuterChecksum::VerifiedByKernel`]: not checked again, so record
+    /// route and timestamp options the kernel filled in pass); frames no
+    /// kernel looked at (AF_XDP) need [`OuterChecksum::Verify`].
     pub fn decap(
         &mut self,
         bufs: &mut [PacketBuf],
         policy: &Policy,
+        outer: OuterChecksum,
         counts: &mut BatchCounts,
     ) -> &DecapOutcome {
         let out = &mut *self.decap;
@@ -470,7 +477,7 @@ impl Pipeline {
                 out.verdicts[i] = Verdict::Skip;
                 continue;
             }
-            match decapsulate(buf.as_mut(), policy) {
+            match decapsulate_with(buf.as_mut(), policy, outer) {
                 Ok(d) => {
                     let len = d.inner.len();
                     if d.inner.start != HEADROOM {
@@ -694,7 +701,8 @@ mod tests {
 
         fn decap(&mut self, bufs: &mut [PacketBuf]) -> &DecapOutcome {
             let policy = self.shared.policy.load();
-            self.pipeline.decap(bufs, &policy, &mut self.counts)
+            self.pipeline
+                .decap(bufs, &policy, OuterChecksum::Verify, &mut self.counts)
         }
 
         fn dropped(&self, reason: DropReason) -> u64 {
