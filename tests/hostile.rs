@@ -525,3 +525,89 @@ fn partial_outer_fragments_never_reach_tunl() {
     }
     assert!(!seen.iter().any(|p| contains(p, m)), "reached the pod");
 }
+
+/// A 3,000-byte UDP packet reassembled from outer fragments is longer than
+/// the TUN MTU. tunl hands it to the node's stack as the kernel's tunl0
+/// does: with DF clear the node fragments it toward the pod; with DF set it
+/// answers frag-needed to the sender. Only bytes that went into TUN count
+/// in `rx_bytes`.
+#[test]
+#[ignore = "needs root: scripts/test"]
+fn oversize_inner_packets_are_handed_to_the_node() {
+    let bed = Bed::new();
+    let m: &[u8] = b"hostile:oversize-df-clear";
+    let inner = bed.udp(m, 3000);
+    let before = bed.stats();
+    let server = listen_udp_datagram(&bed, SIT, 7100);
+    send_frames(&bed.tc, NODE2, NODE1, &fragments(&bed.ipip(&inner), 1472));
+    let got = server.join().unwrap();
+    assert_eq!(
+        got.as_deref().map(<[u8]>::len),
+        Some(3000 - 28),
+        "the 3000-byte datagram did not reach the pod\n{}",
+        logs(&bed.tc)
+    );
+    assert!(got.unwrap().starts_with(m));
+    let after = bed.stats();
+    let moved = |c: &str| counter_of(&after, c) - counter_of(&before, c);
+    assert_eq!(moved("rx_packets"), 1);
+    assert_eq!(moved("rx_bytes"), 3000);
+    assert_eq!(moved("rx_oversize"), 0);
+
+    // DF set: the node answers frag-needed (its pod veth's MTU) to the
+    // sender, through the tunnel.
+    let m: &[u8] = b"hostile:oversize-df-set";
+    let mut inner = bed.udp(m, 3000);
+    set_df(&mut inner, true);
+    let before = bed.stats();
+    let at_sender = Capture::start(&netns_of(&bed.tc, PERF));
+    let at_pod = Capture::start(&netns_of(&bed.tc, SIT));
+    send_frames(&bed.tc, NODE2, NODE1, &fragments(&bed.ipip(&inner), 1472));
+    let frag_needed = |p: &[u8]| {
+        p.len() >= 28 + 20 && p[9] == 1 && p[20] == 3 && p[21] == 4 && contains(p, &inner[..20])
+    };
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while bed.stats().counter("rx_packets") == before.counter("rx_packets") {
+        assert!(
+            Instant::now() < deadline,
+            "not delivered\n{}",
+            logs(&bed.tc)
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    let (sender_saw, pod_saw) = (at_sender.stop(), at_pod.stop());
+    assert!(
+        sender_saw.iter().any(|p| frag_needed(p)),
+        "no frag-needed reached the sender\n{}",
+        logs(&bed.tc)
+    );
+    assert!(!pod_saw.iter().any(|p| contains(p, m)), "reached the pod");
+    let after = bed.stats();
+    assert_eq!(
+        after.counter("rx_bytes").unwrap() - before.counter("rx_bytes").unwrap(),
+        3000
+    );
+}
+
+/// Receives one UDP datagram (up to 64 KiB) on `port` in `pod` within 5 s.
+fn listen_udp_datagram(
+    bed: &Bed,
+    pod: &str,
+    port: u16,
+) -> std::thread::JoinHandle<Option<Vec<u8>>> {
+    let ns = netns_of(&bed.tc, pod);
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+    let h = std::thread::spawn(move || {
+        tunl_lab::testbed::in_netns(&ns, move || {
+            let sock = std::net::UdpSocket::bind(("0.0.0.0", port)).unwrap();
+            sock.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+            ready_tx.send(()).unwrap();
+            let mut buf = vec![0u8; 65536];
+            sock.recv(&mut buf).ok().map(|n| buf[..n].to_vec())
+        })
+        .unwrap()
+    });
+    ready_rx.recv().unwrap();
+    h
+}

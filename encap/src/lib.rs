@@ -18,7 +18,8 @@
 //!   from the underlay ([`parse_underlay_error`]), and a [`TokenBucket`] to
 //!   limit them;
 //! - the virtio-net header of a TUN GSO write ([`tcp4_gso_header`],
-//!   [`gso_segments`]).
+//!   [`gso_segments`], [`gso_packet_bytes`]) and which packets longer
+//!   than the MTU are written without it ([`oversize_writes_as_is`]).
 //!
 //! ```
 //! use std::net::Ipv4Addr;
@@ -71,7 +72,7 @@ pub use encap::{
 };
 pub use gso::{
     VIRTIO_NET_HDR_F_NEEDS_CSUM, VIRTIO_NET_HDR_GSO_ECN, VIRTIO_NET_HDR_GSO_TCPV4,
-    VIRTIO_NET_HDR_LEN, gso_segments, tcp4_gso_header,
+    VIRTIO_NET_HDR_LEN, gso_packet_bytes, gso_segments, oversize_writes_as_is, tcp4_gso_header,
 };
 pub use icmp::{
     ICMP_ERROR_MAX_LEN, UnderlayError, UnderlayIcmp, Unreachable, frag_needed,

@@ -5,7 +5,7 @@ use std::net::Ipv4Addr;
 use std::os::fd::{AsRawFd, RawFd};
 
 use tun_rs::{DeviceBuilder, GROTable, SyncDevice, VIRTIO_NET_HDR_LEN};
-use tunl_encap::{MIN_MTU, gso_segments, tcp4_gso_header};
+use tunl_encap::{MIN_MTU, gso_packet_bytes, gso_segments, oversize_writes_as_is, tcp4_gso_header};
 
 use crate::{HEADROOM, IoError, MAX_IP_PACKET, PacketBuf, link};
 
@@ -164,14 +164,21 @@ impl Tun {
 pub struct SendReport {
     /// Packets handed to the kernel (each coalesced segment counts).
     pub sent: usize,
+    /// Bytes of the packets handed to the kernel, counted as they were
+    /// given (the packets tun-rs GRO coalesced each count their own; a
+    /// super-packet written as a GSO frame counts its own length once).
+    pub bytes: usize,
     /// Packets dropped: write errors (queue full, ...) or empty buffers.
     pub dropped: usize,
     /// Super-packets (longer than the device MTU, e.g. from underlay GRO)
     /// written as one GSO frame: each also counts its segments in `sent`.
     pub gso_written: usize,
-    /// Super-packets that could not be written as GSO frames (not TCP, IP
-    /// options past the limit, offload off), dropped and also counted in
-    /// `dropped`.
+    /// Packets longer than the MTU that could be written neither as GSO
+    /// frames (TCP, with offload on) nor as they are
+    /// ([`oversize_writes_as_is`]: not TCP, one whole datagram): dropped,
+    /// and also counted in `dropped`. A UDP packet reassembled from outer
+    /// fragments is written as it is, and the node's stack fragments it or
+    /// answers frag-needed.
     pub oversize_dropped: usize,
 }
 
@@ -314,14 +321,15 @@ impl TunQueue {
                     report.dropped += 1;
                     continue;
                 };
-                if pkt.len() > usize::from(self.mtu) {
-                    // Without a virtio-net header the kernel could not
-                    // forward it (DF, longer than every MTU on the way).
+                if pkt.len() > usize::from(self.mtu) && !oversize_writes_as_is(pkt) {
+                    // A TCP super-packet (underlay GRO) without a
+                    // virtio-net header: the node could only refuse it (DF)
+                    // or cut it into fragments.
                     report.dropped += 1;
                     report.oversize_dropped += 1;
                     continue;
                 }
-                self.write_counted(pkt, 1, &mut report)?;
+                self.write_counted(pkt, 1, pkt.len(), &mut report)?;
             }
             return Ok(report);
         }
@@ -337,9 +345,13 @@ impl TunQueue {
                     report.dropped += 1;
                     continue;
                 }
+                if b.len() - offset > usize::from(self.mtu) {
+                    self.write_super(b, offset, &mut report)?;
+                    continue;
+                }
                 b.as_mut()[hdr_at..offset].fill(0);
-                let pkt = &b.as_ref()[hdr_at..];
-                self.write_counted(pkt, 1, &mut report)?;
+                let frame = &b.as_ref()[hdr_at..];
+                self.write_counted(frame, 1, b.len() - offset, &mut report)?;
             }
             return Ok(report);
         }
@@ -384,13 +396,15 @@ impl TunQueue {
                 continue;
             }
             let segments = gso_segments(frame);
-            self.write_counted(frame, segments, report)?;
+            self.write_counted(frame, segments, gso_packet_bytes(frame), report)?;
         }
         Ok(())
     }
 
-    /// Writes one super-packet (longer than the MTU) as a GSO frame, or
-    /// drops it when it is not TCP.
+    /// Writes one packet longer than the MTU: a TCP super-packet as a GSO
+    /// frame; another packet (e.g. UDP reassembled from outer fragments) as
+    /// it is, for the node's stack to fragment or answer frag-needed about,
+    /// as it would after the kernel's tunl0; drops what is neither.
     fn write_super(
         &mut self,
         buf: &mut PacketBuf,
@@ -400,28 +414,38 @@ impl TunQueue {
         let hdr_at = offset - VIRTIO_NET_HDR_LEN;
         let frame = &mut buf.as_mut()[hdr_at..];
         let (hdr, pkt) = frame.split_at_mut(VIRTIO_NET_HDR_LEN);
+        let len = pkt.len();
         let Some(segments) = tcp4_gso_header(pkt, self.mtu, hdr) else {
-            tracing::trace!(len = pkt.len(), "oversize non-TCP packet dropped");
+            if oversize_writes_as_is(pkt) {
+                hdr.fill(0);
+                return self.write_counted(frame, 1, len, report);
+            }
+            tracing::trace!(len, "oversize packet dropped");
             report.dropped += 1;
             report.oversize_dropped += 1;
             return Ok(());
         };
         let before = report.sent;
-        self.write_counted(frame, segments, report)?;
+        self.write_counted(frame, segments, len, report)?;
         if report.sent > before {
             report.gso_written += 1;
         }
         Ok(())
     }
 
+    /// Writes one frame standing for `segments` packets of `bytes` bytes.
     fn write_counted(
         &self,
         frame: &[u8],
         segments: usize,
+        bytes: usize,
         report: &mut SendReport,
     ) -> io::Result<()> {
         match self.dev.send(frame) {
-            Ok(_) => report.sent += segments,
+            Ok(_) => {
+                report.sent += segments;
+                report.bytes += bytes;
+            }
             Err(e) if is_fatal(&e) => return Err(e),
             Err(e) => {
                 tracing::trace!(error = %e, "TUN write dropped");

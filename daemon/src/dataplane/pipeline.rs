@@ -451,8 +451,9 @@ impl Pipeline {
     /// its inner packet starts at [`HEADROOM`] (the common offset of the
     /// batched TUN write), and its buffer is swapped to the front: the
     /// first [`DecapOutcome::deliver`] buffers are the ones to write. Counts
-    /// drops by reason, refused sources, `rx_bytes` and the per-node
-    /// traffic into `counts`.
+    /// drops by reason, refused sources and the per-node traffic into
+    /// `counts` (`rx_packets` and `rx_bytes` are the TUN write's to count:
+    /// only what the device took).
     ///
     /// `outer` says who has checked the outer header checksums: the raw
     /// socket's packets passed the kernel's IP layer
@@ -486,7 +487,6 @@ impl Pipeline {
                         buf.as_mut().copy_within(d.inner.clone(), HEADROOM);
                     }
                     buf.set_len(HEADROOM + len);
-                    local.rx_bytes += len as u64;
                     nodes.rx(&policy.vias, d.outer_src, len);
                     out.verdicts[i] = Verdict::Deliver {
                         node: d.outer_src,
@@ -886,7 +886,7 @@ mod tests {
             "delivered first, at HEADROOM"
         );
         assert_eq!(f.dropped(DropReason::UnknownSource), 2);
-        assert_eq!(f.counts.local.rx_bytes, 84);
+        assert_eq!(f.counts.local.rx_bytes, 0, "counted by the TUN write");
         f.counts
             .nodes
             .flush(&f.shared.policy.load().vias, &f.shared.nodes);

@@ -442,6 +442,7 @@ impl Worker {
         {
             Ok(report) => {
                 local.rx_packets += report.sent as u64;
+                local.rx_bytes += report.bytes as u64;
                 local.rx_tun_full += (report.dropped - report.oversize_dropped) as u64;
                 local.rx_gso += report.gso_written as u64;
                 local.rx_oversize += report.oversize_dropped as u64;
