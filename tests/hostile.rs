@@ -611,3 +611,185 @@ fn listen_udp_datagram(
     ready_rx.recv().unwrap();
     h
 }
+
+/// `ip link set tunl0 down` is an administrative state, not a failure:
+/// packets from the underlay meanwhile are counted (`rx_tun_down`, not in
+/// `rx_bytes`) and logged once, and once the device is up again (tunl puts
+/// its routes back, which the kernel removed with the link) traffic flows,
+/// as with the kernel's tunl0.
+#[test]
+#[ignore = "needs root: scripts/test"]
+fn a_downed_device_drops_and_counts_then_carries_on() {
+    let bed = Bed::new();
+    let c = bed.tc.cluster();
+    let pid = bed.tc.daemon(NODE1).unwrap().pid;
+    c.exec_ok(NODE1, &["ip", "link", "set", "tunl0", "down"])
+        .unwrap();
+    let before = bed.stats();
+    let m: &[u8] = b"hostile:device-down";
+    let capture = Capture::start(&netns_of(&bed.tc, SIT));
+    let packet = bed.ipip(&bed.udp(m, 100));
+    send_frames(
+        &bed.tc,
+        NODE2,
+        NODE1,
+        &[packet.clone(), packet.clone(), packet],
+    );
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        if let Some(status) = c.try_wait(pid).unwrap() {
+            panic!(
+                "tunl stopped ({status}) on a downed device\n{}",
+                logs(&bed.tc)
+            );
+        }
+        if bed.stats().counter("rx_tun_down") == Some(3) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "rx_tun_down\n{}", logs(&bed.tc));
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    std::thread::sleep(Duration::from_millis(200));
+    assert!(!capture.stop().iter().any(|p| contains(p, m)));
+    let after = bed.stats();
+    for counter in ["rx_packets", "rx_bytes", "rx_tun_full"] {
+        assert_eq!(
+            counter_of(&after, counter),
+            counter_of(&before, counter),
+            "{counter}"
+        );
+    }
+    let log = bed.tc.log(NODE1);
+    assert_eq!(
+        log.matches("TUN device is down").count(),
+        1,
+        "logged once:\n{log}"
+    );
+
+    c.exec_ok(NODE1, &["ip", "link", "set", "tunl0", "up"])
+        .unwrap();
+    c.wait_reachable(PERF, bed.sit, Duration::from_secs(10))
+        .unwrap_or_else(|e| panic!("{e}\n{}", logs(&bed.tc)));
+    c.wait_reachable(SIT, bed.perf, Duration::from_secs(10))
+        .unwrap_or_else(|e| panic!("{e}\n{}", logs(&bed.tc)));
+    assert!(c.try_wait(pid).unwrap().is_none(), "tunl stopped");
+    assert_eq!(bed.tc.kernel_routes(NODE1).unwrap().len(), 1, "routes back");
+}
+
+/// `tunl status` of node1's daemon.
+fn status_of(bed: &Bed) -> tunl::control::Status {
+    tunl::control::Client::connect(&bed.tc.control_socket(NODE1))
+        .unwrap()
+        .call(&tunl::control::Request::Status {})
+        .unwrap()
+}
+
+/// `tunl status` as text, from the CLI.
+fn status_text(bed: &Bed) -> String {
+    let socket = bed.tc.control_socket(NODE1);
+    let out = std::process::Command::new(tunl_bin())
+        .args(["status", "--socket", socket.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    String::from_utf8(out.stdout).unwrap()
+}
+
+/// The node's underlay address moves (the old one deleted, a new one
+/// added), then comes back; the underlay device goes down, then up. Each
+/// change is logged once and shown in `status`; while the address is gone
+/// nothing is sent from it (`no_local_address`), and traffic flows again
+/// once it is back.
+#[test]
+#[ignore = "needs root: scripts/test"]
+fn underlay_address_and_link_changes_are_seen() {
+    let bed = Bed::new();
+    let c = bed.tc.cluster();
+    let old = format!("{}/16", bed.node1);
+    let new = "172.16.35.99/16";
+    let underlay = |s: &tunl::control::Status| s.underlay.clone().expect("underlay in status");
+    assert!(underlay(&status_of(&bed)).local_present);
+    assert!(status_text(&bed).contains("  underlay: eth0 (up)\n"));
+
+    // Deleting the primary address keeps the new one (as most distributions
+    // set it), with the connected route: outer packets could leave.
+    c.exec_ok(
+        NODE1,
+        &["sysctl", "-qw", "net.ipv4.conf.eth0.promote_secondaries=1"],
+    )
+    .unwrap();
+    c.exec_ok(NODE1, &["ip", "addr", "add", new, "dev", "eth0"])
+        .unwrap();
+    c.exec_ok(NODE1, &["ip", "addr", "del", &old, "dev", "eth0"])
+        .unwrap();
+    common::wait_until(
+        || !underlay(&status_of(&bed)).local_present,
+        "status shows the local address missing",
+    );
+    let text = status_text(&bed);
+    assert!(
+        text.contains(&format!(
+            "  local: {} (missing: not an address of this node; nothing is sent)\n",
+            bed.node1
+        )),
+        "{text}"
+    );
+    let before = bed.stats();
+    let at_node2 = Capture::start(&netns_of(&bed.tc, NODE2));
+    let r = c
+        .ping(SIT, bed.perf, 3, Duration::from_millis(100))
+        .unwrap();
+    assert_eq!(r.received, 0, "{}", r.raw);
+    let from_stale = |p: &Vec<u8>| p.len() >= 20 && p[9] == 4 && p[12..16] == bed.node1.octets();
+    let leaked = at_node2.stop().into_iter().filter(from_stale).count();
+    assert_eq!(
+        leaked, 0,
+        "IPIP left from an address the node no longer has"
+    );
+    let after = bed.stats();
+    assert_eq!(
+        counter_of(&after, "no_local_address") - counter_of(&before, "no_local_address"),
+        3
+    );
+    assert_eq!(
+        counter_of(&after, "tx_packets"),
+        counter_of(&before, "tx_packets")
+    );
+
+    c.exec_ok(NODE1, &["ip", "addr", "add", &old, "dev", "eth0"])
+        .unwrap();
+    c.exec_ok(NODE1, &["ip", "addr", "del", new, "dev", "eth0"])
+        .unwrap();
+    common::wait_until(
+        || underlay(&status_of(&bed)).local_present,
+        "status shows the local address back",
+    );
+    c.wait_reachable(SIT, bed.perf, Duration::from_secs(10))
+        .unwrap_or_else(|e| panic!("{e}\n{}", logs(&bed.tc)));
+
+    c.exec_ok(NODE1, &["ip", "link", "set", "eth0", "down"])
+        .unwrap();
+    common::wait_until(
+        || underlay(&status_of(&bed)).state == "down",
+        "status shows the underlay down",
+    );
+    assert!(status_text(&bed).contains("  underlay: eth0 (down)\n"));
+    c.exec_ok(NODE1, &["ip", "link", "set", "eth0", "up"])
+        .unwrap();
+    common::wait_until(
+        || underlay(&status_of(&bed)).state == "up",
+        "status shows the underlay up",
+    );
+    c.wait_reachable(SIT, bed.perf, Duration::from_secs(10))
+        .unwrap_or_else(|e| panic!("{e}\n{}", logs(&bed.tc)));
+
+    let log = bed.tc.log(NODE1);
+    for (line, n) in [
+        ("tunnel.local is no longer an address of this node", 1),
+        ("tunnel.local is an address of this node again", 1),
+        ("underlay device is down", 1),
+        ("underlay device is up", 1),
+    ] {
+        assert_eq!(log.matches(line).count(), n, "{line:?} in:\n{log}");
+    }
+}

@@ -168,8 +168,14 @@ pub struct SendReport {
     /// given (the packets tun-rs GRO coalesced each count their own; a
     /// super-packet written as a GSO frame counts its own length once).
     pub bytes: usize,
-    /// Packets dropped: write errors (queue full, ...) or empty buffers.
+    /// Packets dropped: write errors (queue full, device down, ...) or
+    /// empty buffers.
     pub dropped: usize,
+    /// Packets dropped because the device is down (`ip link set DEV down`:
+    /// the write fails with `EIO`), also counted in `dropped`. An
+    /// administrative state, not a failure: writes go through again once
+    /// the device is up.
+    pub down: usize,
     /// Super-packets (longer than the device MTU, e.g. from underlay GRO)
     /// written as one GSO frame: each also counts its segments in `sent`.
     pub gso_written: usize,
@@ -203,10 +209,12 @@ pub struct TunQueue {
 const GRO_UNWRITTEN: u8 = 0xff;
 
 /// Errors after which the fd is unusable: returned instead of counted.
+/// (`EIO` is not one: a write to a device that is down fails with it, and
+/// succeeds again once it is up.)
 fn is_fatal(e: &io::Error) -> bool {
     matches!(
         e.raw_os_error(),
-        Some(libc::EBADF | libc::EBADFD | libc::EIO | libc::ENODEV)
+        Some(libc::EBADF | libc::EBADFD | libc::ENODEV)
     )
 }
 
@@ -302,8 +310,10 @@ impl TunQueue {
     /// the buffer of an earlier one (within its capacity) and may swap
     /// buffers in the slice. Errors on single writes (`EAGAIN`, `ENOBUFS`,
     /// `EINVAL` for a malformed packet, ...) are counted in
-    /// [`SendReport::dropped`], never returned; only errors that make the
-    /// queue unusable (`EBADF`, `EIO`, ...) and an invalid `offset` are.
+    /// [`SendReport::dropped`] (a device that is down, `EIO`, in
+    /// [`SendReport::down`] too), never returned; only errors that make the
+    /// queue unusable (`EBADF`, `EBADFD` once the device is deleted, ...)
+    /// and an invalid `offset` are.
     pub fn send_batch(&mut self, bufs: &mut [PacketBuf], offset: usize) -> io::Result<SendReport> {
         if offset < VIRTIO_NET_HDR_LEN {
             return Err(io::Error::new(
@@ -447,6 +457,10 @@ impl TunQueue {
                 report.bytes += bytes;
             }
             Err(e) if is_fatal(&e) => return Err(e),
+            Err(e) if e.raw_os_error() == Some(libc::EIO) => {
+                report.dropped += segments;
+                report.down += segments;
+            }
             Err(e) => {
                 tracing::trace!(error = %e, "TUN write dropped");
                 report.dropped += segments;

@@ -215,6 +215,23 @@ pub struct Status {
     pub refused: Vec<RefusedStatus>,
     /// Refused packets from sources past that table.
     pub refused_other_packets: u64,
+    /// The underlay as the daemon sees it now (absent from older daemons).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub underlay: Option<UnderlayStatus>,
+}
+
+/// The underlay in `status`: whether `local` is still an address of the
+/// node, and the state of the device holding it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UnderlayStatus {
+    /// Whether `local` is an address of this node; while it is not, nothing
+    /// is sent (dropped as `no_local_address`).
+    pub local_present: bool,
+    /// The underlay device: the one holding `local`, or the one that last
+    /// did (absent when none ever did).
+    pub device: Option<String>,
+    /// Its state: `up`, `down` (or without carrier) or `gone`.
+    pub state: String,
 }
 
 /// Result of `stats`.

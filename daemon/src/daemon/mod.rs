@@ -19,6 +19,9 @@
 //!   [`RouteManager`];
 //! - `reload`: SIGHUP;
 //! - `neighbours`: the underlay's neighbour table for `packet_tx`;
+//! - `watch`: the underlay's address and link, and the tunnel device's
+//!   state, followed over netlink (logged once per change, shown in
+//!   status, and the routes put back when the device is up again);
 //! - `notify`: readiness for systemd (`READY=1` once the routes are in);
 //! - `signals`: the signals caught from the start;
 //! - [`privileges`]: the capability drop, in three steps;
@@ -40,6 +43,7 @@ mod requests;
 pub mod routes;
 mod signals;
 mod startup;
+mod watch;
 
 pub use error::{DaemonError, RouteError};
 pub use requests::stats;

@@ -189,6 +189,14 @@ fn status<K: KernelRoutes>(routes: &RouteManager<K>, device: &DeviceInfo) -> con
             })
             .collect(),
         refused_other_packets: refused.other_packets,
+        underlay: Some({
+            let u = shared.links.report();
+            control::UnderlayStatus {
+                local_present: u.local_present,
+                device: u.device,
+                state: u.state.as_str().to_owned(),
+            }
+        }),
     }
 }
 

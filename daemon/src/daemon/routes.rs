@@ -177,6 +177,11 @@ impl<K: KernelRoutes> RouteManager<K> {
         &self.shared
     }
 
+    /// The index of the device the routes go through.
+    pub fn tunnel_device(&self) -> u32 {
+        self.kernel.device()
+    }
+
     /// The kernel side (tests look at the fake's record).
     #[cfg(test)]
     pub(crate) fn kernel(&self) -> &K {
@@ -187,6 +192,21 @@ impl<K: KernelRoutes> RouteManager<K> {
     #[cfg(test)]
     pub(crate) fn kernel_mut(&mut self) -> &mut K {
         &mut self.kernel
+    }
+
+    /// Installs every current route in the kernel again (each a replace,
+    /// so those still there are unchanged): after the device was set down
+    /// and up, the kernel has removed them, without a word. The LPM is
+    /// untouched. Returns how many went in; a refused one is logged.
+    pub async fn reinstall(&mut self) -> usize {
+        let mut done = 0;
+        for (prefix, via) in self.routes() {
+            match self.kernel.add(prefix, via).await {
+                Ok(()) => done += 1,
+                Err(e) => warn!(%prefix, %via, error = %e, "cannot put a route back"),
+            }
+        }
+        done
     }
 
     /// Makes the route set equal to `wanted` (asked for by `origin`, which
@@ -584,6 +604,22 @@ pub(crate) mod tests {
             .build()
             .unwrap()
             .block_on(f)
+    }
+
+    #[test]
+    fn reinstall_puts_back_what_the_kernel_dropped() {
+        let (mut m, reader) = manager();
+        let set = routes(&[("10.20.1.0/26", 5), ("10.20.2.0/26", 6)]);
+        run(m.apply(&set, RouteOrigin::Config)).unwrap();
+        // The device went down: the kernel flushed its routes.
+        m.kernel.routes.clear();
+        m.kernel.refuse = vec![KernelCall::Add(net("10.20.2.0/26"), node(6))];
+        assert_eq!(run(m.reinstall()), 1, "one refused");
+        assert_eq!(m.kernel.ours(), routes(&[("10.20.1.0/26", 5)]));
+        m.kernel.refuse.clear();
+        assert_eq!(run(m.reinstall()), 2);
+        assert_eq!(m.kernel.ours(), set);
+        assert_eq!(lpm(&reader), set, "the LPM is as it was");
     }
 
     #[test]

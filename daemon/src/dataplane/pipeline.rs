@@ -298,6 +298,10 @@ pub struct EncapState<'a> {
     pub neighbours: Option<&'a [Neighbour]>,
     /// The time of the batch (ICMP rate limit, path MTU expiry).
     pub now: Instant,
+    /// Whether `tunnel.local` is an address of this node
+    /// ([`LinkStates::local_present`](super::LinkStates::local_present)):
+    /// when it is not, nothing is sent from it.
+    pub local_present: bool,
 }
 
 /// A worker's handle on the daemon-wide ICMP token bucket. Once the bucket
@@ -364,7 +368,9 @@ impl Pipeline {
     /// buffers. Counts drops by reason, `icmp_rate_limited`, `tx_bytes` and
     /// the per-node traffic into `counts`.
     ///
-    /// A packet without a route is dropped with a net-unreachable answer; a
+    /// A packet without a route is dropped with a net-unreachable answer;
+    /// while `tunnel.local` is not an address of this node, every routed
+    /// packet is dropped (`no_local_address`) with a host-unreachable one; a
     /// packet too big for the MTU toward its node (the learned path MTU
     /// when one holds) is dropped with a frag-needed carrying that MTU.
     pub fn encap(
@@ -400,6 +406,17 @@ impl Pipeline {
                 });
                 continue;
             };
+            if !state.local_present {
+                // As the kernel's tunl0 when its source address is gone:
+                // host unreachable, and nothing sent.
+                local.drop(DropReason::NoLocalAddress);
+                out.verdicts[i] = Verdict::Drop(DropReason::NoLocalAddress);
+                let inner = &buf.as_ref()[HEADROOM..];
+                out.icmp.answer(icmp_limit, state.now, local, i, |o| {
+                    tunl_encap::unreachable(inner, Unreachable::Host, dst, o)
+                });
+                continue;
+            }
             let mtu = state
                 .pmtu
                 .effective(next_hop, inner_len, settings.mtu, state.now);
@@ -649,6 +666,7 @@ mod tests {
         pipeline: Pipeline,
         counts: BatchCounts,
         now: Instant,
+        local_present: bool,
     }
 
     impl Fixture {
@@ -679,6 +697,7 @@ mod tests {
                 bucket,
                 counts: BatchCounts::default(),
                 now: Instant::now(),
+                local_present: true,
             }
         }
 
@@ -695,6 +714,7 @@ mod tests {
                 pmtu: &self.shared.pmtu,
                 neighbours,
                 now: self.now,
+                local_present: self.local_present,
             };
             self.pipeline.encap(bufs, &state, &mut self.counts)
         }
@@ -743,6 +763,28 @@ mod tests {
         assert_eq!(icmp_fields(answers[0]), (3, 0, 0, NOWHERE, POD));
         assert_eq!(f.dropped(DropReason::NoRoute), 1);
         assert_eq!(f.counts.local.icmp_rate_limited, 0);
+    }
+
+    #[test]
+    fn nothing_is_sent_from_a_local_address_the_node_lost() {
+        let mut f = Fixture::new();
+        f.local_present = false;
+        let mut bufs = [pod_packet(POD_A, 100), pod_packet(NOWHERE, 100)];
+        let out = f.encap(&mut bufs, None);
+        assert_eq!(out.verdicts()[0], Verdict::Drop(DropReason::NoLocalAddress));
+        assert_eq!(out.verdicts()[1], Verdict::Drop(DropReason::NoRoute));
+        assert!(out.transmits().is_empty());
+        let answers: Vec<_> = out.icmp().iter().map(icmp_fields).collect();
+        // Host unreachable from the destination, net unreachable.
+        assert_eq!(answers, [(3, 1, 0, POD_A, POD), (3, 0, 0, NOWHERE, POD)]);
+        assert_eq!(f.dropped(DropReason::NoLocalAddress), 1);
+        assert_eq!(f.counts.local.tx_bytes, 0);
+        f.local_present = true;
+        let mut bufs = [pod_packet(POD_A, 100)];
+        assert!(matches!(
+            f.encap(&mut bufs, None).verdicts()[0],
+            Verdict::Send { .. }
+        ));
     }
 
     #[test]

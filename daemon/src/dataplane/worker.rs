@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 
 use mio::unix::SourceFd;
 use mio::{Events, Interest, Poll, Token, Waker};
-use tracing::{debug, warn};
+use tracing::{debug, info, warn};
 use tunl_encap::{HEADROOM, OuterChecksum, TokenBucket, UnderlayError};
 use tunl_io::{IcmpReceiver, IpipReceiver, IpipSender, PacketBuf, PacketSender, TunQueue};
 use tunl_routing::RouteReader;
@@ -71,6 +71,9 @@ struct WorkerIo {
     icmp_buf: Vec<u8>,
     rx_errors: ErrorStreak,
     icmp_errors: ErrorStreak,
+    /// Whether the last TUN write found the device down (logged once per
+    /// stretch).
+    tun_down: bool,
 }
 
 /// One dataplane thread's state: its I/O, its pipeline, its statistics, and
@@ -184,6 +187,7 @@ impl Worker {
                 icmp_buf: vec![0; 2048],
                 rx_errors: ErrorStreak::default(),
                 icmp_errors: ErrorStreak::default(),
+                tun_down: false,
             },
             pipeline: Pipeline::new(seed(id), IcmpLimit::new(icmp_limit)),
             stats: Stats::new(shared.register_counters()),
@@ -324,6 +328,7 @@ impl Worker {
             pmtu: &shared.pmtu,
             neighbours: neighbours.as_deref().map(|n| n.as_slice()),
             now: Instant::now(),
+            local_present: shared.links.local_present(),
         };
         let out = pipeline.encap(&mut io.tx_bufs[..filled], &state, &mut stats.counts);
         drop(routes);
@@ -443,9 +448,21 @@ impl Worker {
             Ok(report) => {
                 local.rx_packets += report.sent as u64;
                 local.rx_bytes += report.bytes as u64;
-                local.rx_tun_full += (report.dropped - report.oversize_dropped) as u64;
+                local.rx_tun_full +=
+                    (report.dropped - report.oversize_dropped - report.down) as u64;
+                local.rx_tun_down += report.down as u64;
                 local.rx_gso += report.gso_written as u64;
                 local.rx_oversize += report.oversize_dropped as u64;
+                let io = &mut self.io;
+                if report.down > 0 && !io.tun_down {
+                    warn!(
+                        "TUN device is down (ip link set ... down?): packets from the underlay are dropped and counted in rx_tun_down until it is up again"
+                    );
+                    io.tun_down = true;
+                } else if report.sent > 0 && io.tun_down {
+                    info!("TUN device is up again: delivering packets from the underlay");
+                    io.tun_down = false;
+                }
             }
             Err(e)
                 if matches!(

@@ -23,6 +23,8 @@
 //! | `tunl_route_apply_duration_seconds` (route changes that reached the kernel, failed ones included) | histogram | |
 //! | `tunl_route_apply_failures_total` (route changes that failed and left the routes as they were) | counter | |
 //! | `tunl_dataplane_workers` | gauge | |
+//! | `tunl_local_address_present` (0 while `tunnel.local` is not an address of the node) | gauge | |
+//! | `tunl_underlay_up` (0 while the underlay device is down or gone) | gauge | `device` |
 //! | `tunl_device_info` | info | `device`, `local`, `mtu` |
 //! | `tunl_build_info` | info | `version` |
 //! | `process_cpu_seconds_total`, `process_resident_memory_bytes`, `process_virtual_memory_bytes`, `process_start_time_seconds`, `process_open_fds`, `process_max_fds` | counter, gauges | |
@@ -270,6 +272,30 @@ impl MetricsSource {
                     ("mtu", self.device.mtu.to_string()),
                 ],
                 Value::Int(1),
+            ),
+        );
+        let underlay = self.shared.links.report();
+        out.push(
+            Family::new(
+                "tunl_local_address_present",
+                Kind::Gauge,
+                "1 while tunnel.local is an address of this node, 0 while it is not \
+                 (nothing is sent then: no_local_address)",
+            )
+            .with(vec![], Value::Int(u64::from(underlay.local_present))),
+        );
+        out.push(
+            Family::new(
+                "tunl_underlay_up",
+                Kind::Gauge,
+                "1 while the underlay device (the one holding tunnel.local, or that last \
+                 did) is up with carrier, 0 while it is down or gone",
+            )
+            .with(
+                labels("device", underlay.device.as_deref().unwrap_or("none")),
+                Value::Int(u64::from(
+                    underlay.state == crate::dataplane::DeviceState::Up,
+                )),
             ),
         );
         out.push(
