@@ -793,3 +793,121 @@ fn underlay_address_and_link_changes_are_seen() {
         assert_eq!(log.matches(line).count(), n, "{line:?} in:\n{log}");
     }
 }
+
+/// Two daemons started at the same instant with the same `tunnel.name`
+/// (and `workers = 2`, a multi-queue device, to which a second process
+/// could attach its queues) never share the device: every time, exactly
+/// one runs and the other fails, saying why.
+#[test]
+#[ignore = "needs root: scripts/test"]
+fn two_daemons_started_at_once_never_share_a_device() {
+    use std::process::{Command, Stdio};
+    use std::sync::{Arc, Barrier};
+
+    const TRIES: usize = 30;
+    let bed = Bed::new();
+    let c = bed.tc.cluster();
+    let ns = netns_of(&bed.tc, NODE1);
+    let dir = bed.tc.dir().to_owned();
+    let config = |i: usize| {
+        let path = dir.join(format!("race{i}.toml"));
+        let socket = dir.join(format!("race{i}.sock"));
+        std::fs::write(
+            &path,
+            format!(
+                "[tunnel]\nname = \"tunl7\"\nlocal = \"{}\"\n\n[dataplane]\nworkers = 2\n\n\
+                 [control]\nsocket = \"{}\"\n",
+                bed.node1,
+                socket.display()
+            ),
+        )
+        .unwrap();
+        path
+    };
+    let configs = [config(0), config(1)];
+    for attempt in 0..TRIES {
+        let barrier = Arc::new(Barrier::new(2));
+        let logs: Vec<_> = (0..2)
+            .map(|i| dir.join(format!("race{attempt}-{i}.log")))
+            .collect();
+        let children: Vec<std::process::Child> = std::thread::scope(|s| {
+            let handles: Vec<_> = (0..2)
+                .map(|i| {
+                    let (barrier, ns, config, log) =
+                        (barrier.clone(), ns.clone(), &configs[i], &logs[i]);
+                    s.spawn(move || {
+                        tunl_lab::testbed::in_netns(&ns, || {
+                            let out = std::fs::File::create(log).unwrap();
+                            let mut cmd = Command::new(tunl_bin());
+                            cmd.args(["run", "--config", config.to_str().unwrap()])
+                                .stdin(Stdio::null())
+                                .stdout(out.try_clone().unwrap())
+                                .stderr(out);
+                            barrier.wait();
+                            cmd.spawn().unwrap()
+                        })
+                        .unwrap()
+                    })
+                })
+                .collect();
+            handles.into_iter().map(|h| h.join().unwrap()).collect()
+        });
+        let pids: Vec<u32> = children.into_iter().map(|ch| c.adopt(ch)).collect();
+        let read = |i: usize| std::fs::read_to_string(&logs[i]).unwrap_or_default();
+        // Each one either runs (its log says it is up) or has exited.
+        let mut exited = [None, None];
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            for i in 0..2 {
+                if exited[i].is_none() {
+                    exited[i] = c.try_wait(pids[i]).unwrap();
+                }
+            }
+            let settled = (0..2).all(|i| exited[i].is_some() || read(i).contains("tunl is up"));
+            if settled {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "try {attempt}: not settled\n{}\n{}",
+                read(0),
+                read(1)
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        // A moment for a loser that got as far as the device to notice.
+        std::thread::sleep(Duration::from_millis(100));
+        for i in 0..2 {
+            if exited[i].is_none() {
+                exited[i] = c.try_wait(pids[i]).unwrap();
+            }
+        }
+        let running: Vec<usize> = (0..2).filter(|i| exited[*i].is_none()).collect();
+        assert_eq!(
+            running.len(),
+            1,
+            "try {attempt}: {} daemons running on one device\n--- 0 ---\n{}\n--- 1 ---\n{}",
+            running.len(),
+            read(0),
+            read(1)
+        );
+        let (winner, loser) = (running[0], 1 - running[0]);
+        assert_eq!(exited[loser].unwrap().code(), Some(1), "{}", read(loser));
+        let why = read(loser);
+        assert!(
+            why.contains("tunl7 is busy") || why.contains("tunl7 already exists"),
+            "try {attempt}: the loser does not say why:\n{why}"
+        );
+        let status = c.terminate(pids[winner]).unwrap();
+        assert!(status.success(), "{}", read(winner));
+        common::wait_until(
+            || {
+                !c.exec(NODE1, &["ip", "link", "show", "tunl7"])
+                    .unwrap()
+                    .status
+                    .success()
+            },
+            "tunl7 removed",
+        );
+    }
+}

@@ -42,7 +42,9 @@ impl Tun {
     /// the tx queue length, and brings it up. Every queue is non-blocking.
     ///
     /// The device lives in the network namespace of the calling thread and
-    /// disappears when the last queue is closed.
+    /// disappears when the last queue is closed. Creation is exclusive: a
+    /// device of that name that exists already (another process's, even one
+    /// created at the same instant) is an error, never shared.
     pub fn create(cfg: &TunConfig) -> Result<Tun, IoError> {
         if cfg.name.is_empty() || cfg.name.len() >= libc::IFNAMSIZ {
             return Err(IoError::InvalidConfig(format!(
@@ -68,6 +70,13 @@ impl Tun {
             )));
         }
         let name = cfg.name.as_str();
+        // A multi-queue device takes the queues of every process that asks
+        // for one by name: created first, exclusively, the device is ours
+        // (a single-queue device refuses a second process by itself).
+        let guard = (cfg.queues > 1)
+            .then(|| create_exclusive(name, cfg.offload))
+            .transpose()
+            .map_err(|e| IoError::from_os(format!("create TUN device {name}"), Some(name), e))?;
         let first = DeviceBuilder::new()
             .name(name)
             .offload(cfg.offload)
@@ -96,6 +105,8 @@ impl Tun {
                 .map_err(|e| IoError::from_os(format!("attach queue to {name}"), Some(name), e))?;
             queues.push(q);
         }
+        // Our queues hold the device now.
+        drop(guard);
         for q in &queues {
             q.set_nonblocking(true).map_err(ctx("set non-blocking"))?;
         }
@@ -157,6 +168,42 @@ impl Tun {
             .map(|dev| TunQueue::new(dev, offload, udp_gso, mtu))
             .collect()
     }
+}
+
+/// Creates the multi-queue TUN device `name` with the flags tun-rs will
+/// attach its queues with, failing with `EBUSY` when a device of that name
+/// exists (`IFF_TUN_EXCL`: the kernel checks and creates under one lock,
+/// so of two processes racing, one fails). The returned descriptor's queue
+/// is detached at once (`IFF_DETACH_QUEUE`): it holds the device without
+/// receiving any of its packets, until the real queues are attached and it
+/// is closed.
+fn create_exclusive(name: &str, offload: bool) -> io::Result<std::fs::File> {
+    let tun = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/net/tun")?;
+    let mut req = link::ifreq(name)?;
+    let vnet = if offload { libc::IFF_VNET_HDR } else { 0 };
+    let flags = libc::IFF_TUN | libc::IFF_NO_PI | libc::IFF_MULTI_QUEUE | libc::IFF_TUN_EXCL | vnet;
+    // The flags fit a c_short (all below 0x10000).
+    req.ifr_ifru.ifru_flags = flags as libc::c_short;
+    tun_ioctl(&tun, libc::TUNSETIFF, &mut req)?;
+    let mut req = link::ifreq(name)?;
+    req.ifr_ifru.ifru_flags = libc::IFF_DETACH_QUEUE as libc::c_short;
+    tun_ioctl(&tun, libc::TUNSETQUEUE, &mut req)?;
+    Ok(tun)
+}
+
+/// One ioctl on a `/dev/net/tun` descriptor that takes an `ifreq`.
+fn tun_ioctl(tun: &std::fs::File, request: libc::Ioctl, req: &mut libc::ifreq) -> io::Result<()> {
+    // SAFETY: TUNSETIFF and TUNSETQUEUE read (and TUNSETIFF writes back the
+    // name into) one ifreq; req points to a valid, exclusively borrowed
+    // ifreq, and the descriptor is open for the call's duration.
+    let rc = unsafe { libc::ioctl(tun.as_raw_fd(), request, req as *mut libc::ifreq) };
+    if rc < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
 }
 
 /// What [`TunQueue::send_batch`] did.

@@ -69,6 +69,28 @@ fn second_create_of_a_held_device_says_busy() {
     });
 }
 
+/// A multi-queue device would take a second process's queues: creation is
+/// exclusive, so the second create fails as for a single queue, and the
+/// first one's device is untouched.
+#[test]
+#[ignore = "needs root: scripts/test"]
+fn second_create_of_a_held_multi_queue_device_says_busy() {
+    in_netns(|| {
+        for offload in [true, false] {
+            let held = Tun::create(&config("tt0", offload, 2)).expect("create TUN");
+            let err = Tun::create(&config("tt0", offload, 2)).expect_err("device is held");
+            assert!(matches!(err, IoError::DeviceBusy { .. }), "{err:?}");
+            assert_eq!(held.mtu().unwrap(), 1400);
+            let queues = held.into_queues();
+            assert_eq!(queues.len(), 2);
+            drop(queues);
+            // Gone with its queues: free again.
+            let again = Tun::create(&config("tt0", offload, 2)).expect("create again");
+            drop(again);
+        }
+    });
+}
+
 #[test]
 #[ignore = "needs root: scripts/test"]
 fn empty_queue_would_block() {
