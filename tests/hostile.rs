@@ -911,3 +911,96 @@ fn two_daemons_started_at_once_never_share_a_device() {
         );
     }
 }
+
+/// An ICMP frag-needed from the underlay about an outer packet node1 ->
+/// node2, from `reporter`, quoting `inner` (cut to `inner_quote` bytes)
+/// after the outer header.
+fn frag_needed_about(
+    bed: &Bed,
+    reporter: Ipv4Addr,
+    mtu: u16,
+    inner: &[u8],
+    inner_quote: usize,
+) -> Vec<u8> {
+    let outer = ipip(bed.node1, bed.node2, inner);
+    let mut icmp = vec![3, 4, 0, 0, 0, 0];
+    icmp.extend_from_slice(&mtu.to_be_bytes());
+    icmp.extend_from_slice(&outer[..20 + inner_quote]);
+    let sum = checksum::checksum(&icmp).to_be_bytes();
+    icmp[2..4].copy_from_slice(&sum);
+    common::ipv4_packet(reporter, bed.node1, etherparse::IpNumber::ICMP, &icmp)
+}
+
+/// The path MTU node1 holds toward node2, from its status.
+fn path_mtu_to_node2(bed: &Bed) -> u16 {
+    status_of(bed)
+        .nodes
+        .iter()
+        .find(|n| n.node == bed.node2)
+        .expect("node2 in status")
+        .path_mtu
+}
+
+/// A frag-needed lowers a node's path MTU only when its quote reaches the
+/// inner header (RFC 2003 §4) and the inner source is one of this node's
+/// pods, and at most once a second per node; the others are counted
+/// (`underlay_icmp_refused`) and change nothing.
+#[test]
+#[ignore = "needs root: scripts/test"]
+fn underlay_frag_needed_must_quote_one_of_our_pods() {
+    let bed = Bed::new();
+    let router = Ipv4Addr::new(172, 16, 0, 1);
+    let ours = udp(bed.sit, bed.perf, b"ours", 1400);
+    let theirs = udp(Ipv4Addr::new(10, 99, 0, 1), bed.perf, b"theirs", 1400);
+    let refused = |b: &Bed| counter_of(&b.stats(), "underlay_icmp_refused");
+    assert_eq!(path_mtu_to_node2(&bed), 1480);
+    let cases: [(&str, Vec<u8>); 3] = [
+        (
+            "only the outer header quoted",
+            frag_needed_about(&bed, router, 1400, &ours, 0),
+        ),
+        (
+            "8 bytes of the inner header quoted",
+            frag_needed_about(&bed, router, 1400, &ours, 8),
+        ),
+        (
+            "an inner source that is not one of this node's pods",
+            frag_needed_about(&bed, router, 1400, &theirs, 28),
+        ),
+    ];
+    for (what, packet) in cases {
+        let before = refused(&bed);
+        send_frames(&bed.tc, NODE2, NODE1, &[packet]);
+        common::wait_until(|| refused(&bed) == before + 1, what);
+        // The control plane applies offers every 100 ms: give it three.
+        std::thread::sleep(Duration::from_millis(300));
+        assert_eq!(path_mtu_to_node2(&bed), 1480, "{what} lowered the MTU");
+    }
+
+    // A whole quote about one of our pods lowers it.
+    send_frames(
+        &bed.tc,
+        NODE2,
+        NODE1,
+        &[frag_needed_about(&bed, router, 1400, &ours, 28)],
+    );
+    common::wait_until(|| path_mtu_to_node2(&bed) == 1380, "MTU lowered to 1380");
+    // A second reduction within the second is refused; after it, taken.
+    let before = refused(&bed);
+    send_frames(
+        &bed.tc,
+        NODE2,
+        NODE1,
+        &[frag_needed_about(&bed, router, 1300, &ours, 28)],
+    );
+    common::wait_until(|| refused(&bed) == before + 1, "rate limited");
+    assert_eq!(path_mtu_to_node2(&bed), 1380);
+    std::thread::sleep(Duration::from_millis(1100));
+    send_frames(
+        &bed.tc,
+        NODE2,
+        NODE1,
+        &[frag_needed_about(&bed, router, 1300, &ours, 28)],
+    );
+    common::wait_until(|| path_mtu_to_node2(&bed) == 1280, "MTU lowered to 1280");
+}

@@ -126,6 +126,11 @@ counters! {
     icmp_rate_limited,
     /// ICMP errors from the underlay about our outer packets.
     underlay_icmp,
+    /// ICMP errors from the underlay naming our packets to one of our
+    /// nodes that tunl refused: the quote stops short of the inner header
+    /// (RFC 2003 §4), its inner source is not one of this node's pods, or
+    /// it would lower a node's path MTU again within a second.
+    underlay_icmp_refused,
     /// Path MTU reductions learned from underlay frag-needed messages (as
     /// the control plane applies them; the workers only offer them).
     pmtu_updates,

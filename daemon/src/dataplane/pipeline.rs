@@ -55,6 +55,9 @@ pub const ICMP_ANSWERS: usize = 16;
 /// The lowest underlay path MTU tunl accepts from ICMP (Linux's
 /// `net.ipv4.route.min_pmtu` default).
 pub const MIN_PATH_MTU: u16 = 552;
+/// The shortest time between two path MTU reductions toward one node: a
+/// frag-needed that would lower it again sooner is refused.
+pub const PMTU_REDUCTION_INTERVAL: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// What becomes of one packet of a batch.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -540,6 +543,14 @@ pub enum UnderlayVerdict {
         /// What the underlay reported.
         error: UnderlayError,
     },
+    /// About one of our packets, refused (counted in
+    /// `underlay_icmp_refused`, not in `underlay_icmp`).
+    Refused {
+        /// The node our packet was going to, as the quote says.
+        node: Ipv4Addr,
+        /// Why.
+        why: IcmpRefusal,
+    },
     /// A frag-needed that lowers the tunnel MTU toward `node` to `mtu`:
     /// [offer](PathMtu::offer) it (counted in `underlay_icmp`).
     LowerMtu {
@@ -551,13 +562,32 @@ pub enum UnderlayVerdict {
     },
 }
 
+/// Why [`underlay_icmp`] refused an ICMP error about one of our packets.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum IcmpRefusal {
+    /// The quote stops short of the inner header's first 20 bytes (RFC
+    /// 2003 §4 asks routers for them), so nothing says the packet was ours:
+    /// anyone who knows two node addresses could have written it.
+    ShortQuote,
+    /// The quoted inner source is not in this node's `tunnel.blocks`.
+    NotOurPod,
+    /// It would lower the node's path MTU again within
+    /// [`PMTU_REDUCTION_INTERVAL`] of the last reduction.
+    RateLimited,
+}
+
 /// Decides what an ICMP error read from the underlay means (`packet`
 /// starts at its IPv4 header): only errors about packets we sent (the
-/// quoted source is our local address) toward a node we route to count. A
-/// frag-needed lowers the tunnel MTU toward the node when its MTU, clamped
-/// at [`MIN_PATH_MTU`] (a spoofed tiny MTU must not cripple every flow
-/// toward the node, as the kernel's `min_pmtu`), is below both the tunnel
-/// MTU and the one learned at `now`.
+/// quoted source is our local address) toward a node we route to count,
+/// and of those only the ones whose quote reaches the inner header and
+/// whose inner source is one of this node's pods (in `tunnel.blocks`; any
+/// source when no blocks are set, as the kernel's tunl0 checks none);
+/// others are [refused](UnderlayVerdict::Refused). A frag-needed lowers the
+/// tunnel MTU toward the node when its MTU, clamped at [`MIN_PATH_MTU`] (a
+/// spoofed tiny MTU must not cripple every flow toward the node, as the
+/// kernel's `min_pmtu`), is below both the tunnel MTU and the one learned
+/// at `now`, and the last reduction toward that node is at least
+/// [`PMTU_REDUCTION_INTERVAL`] old.
 pub fn underlay_icmp(
     packet: &[u8],
     policy: &Policy,
@@ -571,7 +601,20 @@ pub fn underlay_icmp(
     if msg.outer_src != policy.settings.local || policy.vias.binary_search(&msg.node).is_err() {
         return UnderlayVerdict::Ignored;
     }
-    local.underlay_icmp += 1;
+    let refused = |local: &mut LocalCounters, why| {
+        local.underlay_icmp_refused += 1;
+        UnderlayVerdict::Refused {
+            node: msg.node,
+            why,
+        }
+    };
+    // The source and destination (bytes 12..20) of the inner header.
+    let (Some(inner_src), Some(_)) = (msg.inner_src, msg.inner_dst) else {
+        return refused(local, IcmpRefusal::ShortQuote);
+    };
+    if !policy.blocks.is_empty() && !policy.blocks.iter().any(|b| b.contains(inner_src)) {
+        return refused(local, IcmpRefusal::NotOurPod);
+    }
     match msg.error {
         UnderlayError::FragNeeded { mtu } => {
             let tunnel_mtu = mtu.max(MIN_PATH_MTU) - 20;
@@ -579,6 +622,13 @@ pub fn underlay_icmp(
                 && pmtu
                     .lookup(msg.node, now)
                     .is_none_or(|learned| tunnel_mtu < learned);
+            let recent = pmtu
+                .lowered_at(msg.node, now)
+                .is_some_and(|at| now.saturating_duration_since(at) < PMTU_REDUCTION_INTERVAL);
+            if lower && recent {
+                return refused(local, IcmpRefusal::RateLimited);
+            }
+            local.underlay_icmp += 1;
             if lower {
                 UnderlayVerdict::LowerMtu {
                     node: msg.node,
@@ -591,10 +641,13 @@ pub fn underlay_icmp(
                 }
             }
         }
-        error => UnderlayVerdict::Noted {
-            node: msg.node,
-            error,
-        },
+        error => {
+            local.underlay_icmp += 1;
+            UnderlayVerdict::Noted {
+                node: msg.node,
+                error,
+            }
+        }
     }
 }
 
@@ -1025,17 +1078,31 @@ mod tests {
     }
 
     /// An ICMP error (3/4 when `mtu` is Some, else 3/1) from a router about
-    /// an outer packet `from` -> `to`.
+    /// an outer packet `from` -> `to` carrying a packet of this node's pod,
+    /// quoting the outer header and 28 bytes of the inner packet.
     fn underlay_error(from: Ipv4Addr, to: Ipv4Addr, mtu: Option<u16>) -> Vec<u8> {
+        underlay_error_quoting(from, to, mtu, POD, 28)
+    }
+
+    /// [`underlay_error`] whose inner packet comes from `inner_src`, with
+    /// `inner_quote` bytes of it quoted.
+    fn underlay_error_quoting(
+        from: Ipv4Addr,
+        to: Ipv4Addr,
+        mtu: Option<u16>,
+        inner_src: Ipv4Addr,
+        inner_quote: usize,
+    ) -> Vec<u8> {
         let mut quoted = ipv4(from, to, 1500, 0, 64);
         quoted[9] = 4;
         quoted[10..12].copy_from_slice(&[0, 0]);
         let sum = checksum::checksum(&quoted[..20]);
         quoted[10..12].copy_from_slice(&sum.to_be_bytes());
+        quoted[20..20 + 28].copy_from_slice(&ipv4(inner_src, POD_A, 1480, 0, 64)[..28]);
         let code = if mtu.is_some() { 4 } else { 1 };
         let mut icmp = vec![3, code, 0, 0, 0, 0];
         icmp.extend_from_slice(&mtu.unwrap_or(0).to_be_bytes());
-        icmp.extend_from_slice(&quoted[..28]);
+        icmp.extend_from_slice(&quoted[..20 + inner_quote]);
         let sum = checksum::checksum(&icmp);
         icmp[2..4].copy_from_slice(&sum.to_be_bytes());
         let mut p = ipv4(Ipv4Addr::new(172, 16, 0, 1), from, 20 + icmp.len(), 0, 64);
@@ -1045,6 +1112,85 @@ mod tests {
         let sum = checksum::checksum(&p[..20]);
         p[10..12].copy_from_slice(&sum.to_be_bytes());
         p
+    }
+
+    #[test]
+    fn underlay_errors_must_quote_one_of_our_pods_and_reductions_are_spaced() {
+        let f = Fixture::new();
+        let policy = f.shared.policy.load();
+        let pmtu = &f.shared.pmtu;
+        let mut local = LocalCounters::default();
+        let mut verdict =
+            |packet: &[u8], now| underlay_icmp(packet, &policy, pmtu, now, &mut local);
+        let refused = |why| UnderlayVerdict::Refused { node: NODE_A, why };
+        let t0 = f.now;
+        for (quote, why) in [
+            (0, "the outer header only"),
+            (8, "8 bytes of the inner header"),
+            (19, "one byte short of its addresses"),
+        ] {
+            let p = underlay_error_quoting(LOCAL, NODE_A, Some(1400), POD, quote);
+            assert_eq!(verdict(&p, t0), refused(IcmpRefusal::ShortQuote), "{why}");
+        }
+        let stranger_pod = underlay_error_quoting(LOCAL, NODE_A, Some(1400), POD_A, 20);
+        assert_eq!(verdict(&stranger_pod, t0), refused(IcmpRefusal::NotOurPod));
+        let unreachable = underlay_error_quoting(LOCAL, NODE_A, None, POD_A, 20);
+        assert_eq!(
+            verdict(&unreachable, t0),
+            refused(IcmpRefusal::NotOurPod),
+            "not a frag-needed: refused all the same"
+        );
+        // Exactly the inner addresses quoted is enough.
+        let whole = underlay_error_quoting(LOCAL, NODE_A, Some(1400), POD, 20);
+        assert_eq!(
+            verdict(&whole, t0),
+            UnderlayVerdict::LowerMtu {
+                node: NODE_A,
+                mtu: 1380
+            }
+        );
+        assert!(pmtu.offer(NODE_A, 1380));
+        pmtu.maintain(t0);
+        // Lower again within the second: refused; noted when not lower; after
+        // the second, lowered.
+        let lower = underlay_error(LOCAL, NODE_A, Some(1300));
+        let t = t0 + Duration::from_millis(500);
+        assert_eq!(verdict(&lower, t), refused(IcmpRefusal::RateLimited));
+        assert!(matches!(
+            verdict(&underlay_error(LOCAL, NODE_A, Some(1450)), t),
+            UnderlayVerdict::Noted { .. }
+        ));
+        let t = t0 + PMTU_REDUCTION_INTERVAL;
+        assert_eq!(
+            verdict(&lower, t),
+            UnderlayVerdict::LowerMtu {
+                node: NODE_A,
+                mtu: 1280
+            }
+        );
+        // Another node's reductions are its own.
+        assert!(matches!(
+            verdict(&underlay_error(LOCAL, NODE_B, Some(1300)), t0),
+            UnderlayVerdict::LowerMtu { node: NODE_B, .. }
+        ));
+        assert_eq!(local.underlay_icmp_refused, 6);
+        assert_eq!(local.underlay_icmp, 4);
+
+        // Without tunnel.blocks, any inner source (as the kernel's tunl0);
+        // the quote must still reach it.
+        let mut open = Policy::clone(&policy);
+        open.blocks.clear();
+        let mut local = LocalCounters::default();
+        let pm = PathMtu::default();
+        assert!(matches!(
+            underlay_icmp(&stranger_pod, &open, &pm, t0, &mut local),
+            UnderlayVerdict::LowerMtu { .. }
+        ));
+        let short = underlay_error_quoting(LOCAL, NODE_A, Some(1400), POD, 8);
+        assert_eq!(
+            underlay_icmp(&short, &open, &pm, t0, &mut local),
+            refused(IcmpRefusal::ShortQuote)
+        );
     }
 
     #[test]
@@ -1095,9 +1241,10 @@ mod tests {
                 error: UnderlayError::Unreachable { code: 1 }
             }
         );
-        // Once the control plane has applied 1380, only lower ones count.
+        // Once the control plane has applied 1380, only lower ones count
+        // (a second later: reductions toward one node are spaced).
         assert!(pmtu.offer(NODE_A, 1380));
-        assert_eq!(pmtu.maintain(f.now), 1);
+        assert_eq!(pmtu.maintain(f.now - PMTU_REDUCTION_INTERVAL), 1);
         assert_eq!(
             verdict(&underlay_error(LOCAL, NODE_A, Some(1450))),
             UnderlayVerdict::Noted {

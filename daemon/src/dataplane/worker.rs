@@ -528,6 +528,9 @@ impl Worker {
                 UnderlayVerdict::Noted { node, error } => {
                     debug!(%node, ?error, "underlay ICMP error")
                 }
+                UnderlayVerdict::Refused { node, why } => {
+                    debug!(%node, ?why, "underlay ICMP error refused")
+                }
             }
         }
         false
