@@ -1004,3 +1004,37 @@ fn underlay_frag_needed_must_quote_one_of_our_pods() {
     );
     common::wait_until(|| path_mtu_to_node2(&bed) == 1280, "MTU lowered to 1280");
 }
+
+/// A route change set is one info line with its counts and origin, not a
+/// line per route (334k requests made a 28 MB log).
+#[test]
+#[ignore = "needs root: scripts/test"]
+fn route_changes_are_one_log_line_per_change_set() {
+    use tunl::control::{Client, Request, Route, RouteChange};
+    let bed = Bed::new();
+    let mut routes = vec![Route {
+        prefix: "10.20.105.192/26".parse().unwrap(),
+        via: bed.node2,
+    }];
+    routes.extend((0..50u8).map(|i| Route {
+        prefix: format!("10.30.{i}.0/26").parse().unwrap(),
+        via: bed.node2,
+    }));
+    let before = bed.tc.log(NODE1);
+    let change: RouteChange = Client::connect(&bed.tc.control_socket(NODE1))
+        .unwrap()
+        .call(&Request::RouteReplace {
+            routes,
+            allow_empty: false,
+        })
+        .unwrap();
+    assert_eq!((change.added.len(), change.unchanged), (50, 1));
+    assert_eq!(bed.tc.kernel_routes(NODE1).unwrap().len(), 51);
+    let log = bed.tc.log(NODE1);
+    let new = &log[before.len()..];
+    assert_eq!(new.lines().count(), 1, "one line for 50 routes:\n{new}");
+    assert!(
+        new.contains("routes changed added=50 removed=0 unchanged=1 origin=control socket"),
+        "{new}"
+    );
+}

@@ -15,7 +15,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Instant;
 
 use ipnetwork::Ipv4Network;
-use tracing::{error, info, warn};
+use tracing::{debug, error, info, warn};
 use tunl_io::netlink::{Netlink, NetlinkError};
 use tunl_routing::{RouteOp, RouteWriter};
 
@@ -254,6 +254,16 @@ impl<K: KernelRoutes> RouteManager<K> {
             .change(&current, wanted, &added, &removed, origin)
             .await;
         self.apply_metrics.record(started.elapsed(), result.is_ok());
+        if result.is_ok() {
+            // One line per change set; each route at debug level.
+            info!(
+                added = added.len(),
+                removed = removed.len(),
+                unchanged = change.unchanged,
+                %origin,
+                "routes changed"
+            );
+        }
         result.map(|()| change)
     }
 
@@ -316,7 +326,7 @@ impl<K: KernelRoutes> RouteManager<K> {
                     via,
                     source,
                 })?;
-            info!(%prefix, %via, %origin, "route installed");
+            debug!(%prefix, %via, %origin, "route installed");
             installed.push(prefix);
         }
         let device = self.kernel.device();
@@ -325,7 +335,7 @@ impl<K: KernelRoutes> RouteManager<K> {
                 .del(prefix, device)
                 .await
                 .map_err(|source| RouteError::Remove { prefix, source })?;
-            info!(%prefix, %origin, "route removed");
+            debug!(%prefix, %origin, "route removed");
             deleted.push(prefix);
         }
         Ok(())
@@ -395,6 +405,7 @@ impl<K: KernelRoutes> RouteManager<K> {
             }
         };
         let device = self.kernel.device();
+        let (mut removed, mut other_instance) = (0usize, 0usize);
         for (prefix, oif) in existing {
             if wanted.contains_key(&prefix) {
                 continue;
@@ -402,7 +413,8 @@ impl<K: KernelRoutes> RouteManager<K> {
             if oif != device {
                 match self.kernel.tun_name(oif).await {
                     Ok(Some(dev)) => {
-                        info!(%prefix, device = %dev, "route with tunl's tag on another TUN device (another tunl instance?) left alone");
+                        debug!(%prefix, device = %dev, "route with tunl's tag on another TUN device (another tunl instance?) left alone");
+                        other_instance += 1;
                         continue;
                     }
                     Ok(None) => {}
@@ -413,9 +425,21 @@ impl<K: KernelRoutes> RouteManager<K> {
                 }
             }
             match self.kernel.del(prefix, oif).await {
-                Ok(()) => info!(%prefix, "stale tunl route removed"),
+                Ok(()) => {
+                    debug!(%prefix, "stale tunl route removed");
+                    removed += 1;
+                }
                 Err(e) => warn!(%prefix, error = %e, "cannot remove stale tunl route"),
             }
+        }
+        if removed > 0 {
+            info!(routes = removed, "stale tunl routes removed");
+        }
+        if other_instance > 0 {
+            info!(
+                routes = other_instance,
+                "routes with tunl's tag on another TUN device (another tunl instance?) left alone"
+            );
         }
     }
 
