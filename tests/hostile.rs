@@ -1038,3 +1038,73 @@ fn route_changes_are_one_log_line_per_change_set() {
         "{new}"
     );
 }
+
+/// A daemon out of file descriptors (here a limit of 64, and more control
+/// connections than that) logs its failing `accept` once, not every 100 ms,
+/// and serves again once connections close.
+#[test]
+#[ignore = "needs root: scripts/test"]
+fn running_out_of_file_descriptors_is_logged_once() {
+    use tunl_lab::topology::ProcessOutput;
+    let bed = Bed::new();
+    let c = bed.tc.cluster();
+    let dir = bed.tc.dir().to_owned();
+    let (config, socket, log) = (
+        dir.join("fds.toml"),
+        dir.join("fds.sock"),
+        dir.join("fds.log"),
+    );
+    std::fs::write(
+        &config,
+        format!(
+            "[tunnel]\nname = \"tunl8\"\nlocal = \"{}\"\n\n[control]\nsocket = \"{}\"\n",
+            bed.node1,
+            socket.display()
+        ),
+    )
+    .unwrap();
+    let pid = c
+        .spawn(
+            NODE1,
+            &[
+                "prlimit",
+                "--nofile=64:64",
+                tunl_bin().to_str().unwrap(),
+                "run",
+                "--config",
+                config.to_str().unwrap(),
+            ],
+            ProcessOutput::File(log.clone()),
+        )
+        .unwrap();
+    let read = || std::fs::read_to_string(&log).unwrap_or_default();
+    common::wait_until(|| read().contains("tunl is up"), "the daemon is up");
+    let held: Vec<_> = (0..80)
+        .map(|_| std::os::unix::net::UnixStream::connect(&socket).unwrap())
+        .collect();
+    common::wait_until(
+        || read().contains("control socket accept failed"),
+        "accept fails",
+    );
+    // 2.5 s of failing accepts: 25 lines before.
+    std::thread::sleep(Duration::from_millis(2500));
+    let lines = read().matches("control socket accept failed").count();
+    assert_eq!(lines, 1, "{}", read());
+    drop(held);
+    let status: tunl::control::Status = {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            match tunl::control::Client::connect(&socket)
+                .and_then(|mut cl| cl.call(&tunl::control::Request::Status {}))
+            {
+                Ok(s) => break s,
+                Err(e) => {
+                    assert!(Instant::now() < deadline, "{e}\n{}", read());
+                    std::thread::sleep(Duration::from_millis(100));
+                }
+            }
+        }
+    };
+    assert_eq!(status.device, "tunl8");
+    assert!(c.terminate(pid).unwrap().success(), "{}", read());
+}
