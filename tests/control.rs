@@ -145,9 +145,8 @@ fn route_add_del_replace_while_traffic_flows_lose_nothing_on_unchanged_routes() 
         assert!(stdout(&o).contains("1 removed"), "{}", stdout(&o));
         assert_eq!(tc.kernel_routes(&n1.name).unwrap().len(), 1);
         assert!(
-            tc.log(&n1.name).contains(&format!(
-                "route removed prefix={block3} origin=control socket"
-            )),
+            tc.log(&n1.name)
+                .contains("routes changed added=0 removed=1 unchanged=1 origin=control socket"),
             "{}",
             tc.log(&n1.name)
         );
@@ -590,7 +589,11 @@ fn restart_after_kill_9_leaves_no_stale_route() {
     tc.restart(NODE1).unwrap();
     let after = tc.kernel_routes(NODE1).unwrap();
     assert_eq!(after, config_routes, "{}", tc.log(NODE1));
-    assert!(tc.log(NODE1).contains("stale tunl route removed"));
+    assert!(
+        tc.log(NODE1).contains("stale tunl routes removed routes=1"),
+        "{}",
+        tc.log(NODE1)
+    );
     let o = tunl(&tc, NODE1, &["route", "list"]);
     assert_eq!(stdout(&o).lines().count(), 1, "{}", stdout(&o));
     let r = tc
@@ -818,15 +821,42 @@ fn json_logs_are_one_object_per_line_and_route_changes_say_where_they_came_from(
         tc.cluster().node(NODE1).unwrap().block.to_string(),
         "{up}"
     );
-    let origins: Vec<(&str, &str)> = find("route installed")
-        .map(|e| (e["prefix"].as_str().unwrap(), e["origin"].as_str().unwrap()))
+    // One info line per change set, naming its origin; one debug line per
+    // route.
+    let origins: Vec<(&str, &str, u64)> = find("routes changed")
+        .map(|e| {
+            let level = e["level"].as_str().unwrap();
+            (
+                level,
+                e["origin"].as_str().unwrap(),
+                e["added"].as_u64().unwrap(),
+            )
+        })
         .collect();
     assert_eq!(
         origins,
         [
-            ("10.20.105.192/26", "config"),
-            ("10.99.0.0/26", "control socket"),
-            ("10.98.0.0/26", "SIGHUP"),
+            ("INFO", "config", 1),
+            ("INFO", "control socket", 1),
+            ("INFO", "SIGHUP", 1)
+        ]
+    );
+    let origins: Vec<(&str, &str, &str)> = find("route installed")
+        .map(|e| {
+            let level = e["level"].as_str().unwrap();
+            (
+                level,
+                e["prefix"].as_str().unwrap(),
+                e["origin"].as_str().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        origins,
+        [
+            ("DEBUG", "10.20.105.192/26", "config"),
+            ("DEBUG", "10.99.0.0/26", "control socket"),
+            ("DEBUG", "10.98.0.0/26", "SIGHUP"),
         ]
     );
     let refused = find("control request refused").next().unwrap();

@@ -637,9 +637,17 @@ fn no_route_in_tunl_answers_net_unreachable(underlay: Underlay) {
 }
 
 /// An ICMP error (type 3 code 4) from the underlay about an outer packet
-/// `from_node` -> `to_node`, as a router between them would send it.
-fn underlay_frag_needed(from_node: Ipv4Addr, to_node: Ipv4Addr, mtu: u16) -> Vec<u8> {
-    // The quoted outer header (IPIP, node to node) and 8 bytes of the inner one.
+/// `from_node` -> `to_node` carrying a packet from the pod `inner_src`, as
+/// a router between them would send it (RFC 2003 §4: the quote reaches the
+/// inner header, which tunl checks).
+fn underlay_frag_needed(
+    from_node: Ipv4Addr,
+    to_node: Ipv4Addr,
+    inner_src: Ipv4Addr,
+    mtu: u16,
+) -> Vec<u8> {
+    // The quoted outer header (IPIP, node to node) and 28 bytes of the inner
+    // packet.
     let quoted_outer = etherparse::Ipv4Header::new(
         1480,
         64,
@@ -650,7 +658,16 @@ fn underlay_frag_needed(from_node: Ipv4Addr, to_node: Ipv4Addr, mtu: u16) -> Vec
     .unwrap();
     let mut quote = Vec::new();
     quote.extend_from_slice(&quoted_outer.to_bytes());
-    quote.extend_from_slice(&[0x45, 0, 0x05, 0xc8, 0, 1, 0x40, 0]);
+    let inner = etherparse::Ipv4Header::new(
+        1460 - 20,
+        64,
+        etherparse::IpNumber::UDP,
+        inner_src.octets(),
+        [10, 20, 42, 31],
+    )
+    .unwrap();
+    quote.extend_from_slice(&inner.to_bytes());
+    quote.extend_from_slice(&[0x9c, 0x40, 0x1b, 0x59, 0x05, 0xa0, 0, 0]);
     let mut icmp = vec![3, 4, 0, 0, 0, 0];
     icmp.extend_from_slice(&mtu.to_be_bytes());
     icmp.extend_from_slice(&quote);
@@ -681,7 +698,13 @@ fn underlay_frag_needed_lowers_the_path_mtu_for_that_node(underlay: Underlay) {
     assert!(before.contains("1408 bytes from"), "{before}");
     // A router between the nodes says: outer packets toward node1 must be
     // at most 1400 bytes, so the tunnel toward node1 carries 1380.
-    send_raw(&tc, NODE1, node2, underlay_frag_needed(node2, node1, 1400));
+    let perf = tc.pod_ip(PERF).unwrap();
+    send_raw(
+        &tc,
+        NODE1,
+        node2,
+        underlay_frag_needed(node2, node1, perf, 1400),
+    );
     let mut after = String::new();
     for _ in 0..20 {
         after = ping("1400");

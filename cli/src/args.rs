@@ -107,10 +107,12 @@ pub enum Command {
     /// `--dump` prints the same as tab-separated lines for scripts, one
     /// record per line, the first field naming the record (no header):
     /// `device NAME LOCAL MTU ADDRESS BLOCKS WORKERS ROUTES STARTED VERSION
-    /// COMMIT`; `node NODE BLOCKS PATH_MTU RX_PACKETS RX_BYTES TX_PACKETS
+    /// COMMIT`; `underlay LOCAL_PRESENT DEVICE STATE` (STATE up, down or
+    /// gone); `node NODE BLOCKS PATH_MTU RX_PACKETS RX_BYTES TX_PACKETS
     /// TX_BYTES LAST_SEEN`; `refused SOURCE PACKETS LAST_SEEN ACCEPTED_NOW`;
     /// `refused_other PACKETS`. Times are Unix seconds (0: never), lists are
-    /// comma-separated, an absent value is `-`, ACCEPTED_NOW is 0 or 1.
+    /// comma-separated, an absent value is `-`, ACCEPTED_NOW and
+    /// LOCAL_PRESENT are 0 or 1.
     Status {
         #[command(flatten)]
         json: crate::commands::JsonArg,

@@ -109,7 +109,22 @@ pub fn format_status(s: &Status) -> String {
         let up = Duration::from_millis(s.now_unix_ms.saturating_sub(s.started_unix_ms));
         let _ = writeln!(o, "  uptime: {}", duration(up));
     }
-    let _ = writeln!(o, "  local: {}", s.local);
+    match &s.underlay_link {
+        Some(u) if !u.local_present => {
+            let _ = writeln!(
+                o,
+                "  local: {} (missing: not an address of this node; nothing is sent)",
+                s.local
+            );
+        }
+        _ => {
+            let _ = writeln!(o, "  local: {}", s.local);
+        }
+    }
+    if let Some(u) = &s.underlay_link {
+        let device = u.device.as_deref().unwrap_or("none");
+        let _ = writeln!(o, "  underlay device: {device} ({})", u.state);
+    }
     let _ = writeln!(o, "  mtu: {}", s.mtu);
     if let Some(a) = s.address {
         let _ = writeln!(o, "  address: {a}");
@@ -233,6 +248,17 @@ pub fn dump_status(s: &Status) -> String {
             or_dash(&s.commit),
         ],
     );
+    if let Some(u) = &s.underlay_link {
+        record(
+            &mut o,
+            &[
+                "underlay".to_owned(),
+                u8::from(u.local_present).to_string(),
+                or_dash(u.device.as_deref().unwrap_or("")),
+                u.state.clone(),
+            ],
+        );
+    }
     for n in &s.nodes {
         record(
             &mut o,
@@ -317,7 +343,7 @@ impl Serialize for StatsObject<'_> {
 mod tests {
     use std::net::Ipv4Addr;
 
-    use tunl::control::{NodeStatus, RefusedStatus};
+    use tunl::control::{NodeStatus, RefusedStatus, UnderlayLink, UnderlayStatus};
 
     use super::*;
 
@@ -387,6 +413,11 @@ mod tests {
             }],
             refused,
             refused_other_packets: 0,
+            underlay_link: Some(UnderlayLink {
+                local_present: true,
+                device: Some("eth0".to_owned()),
+                state: "up".to_owned(),
+            }),
         }
     }
 
@@ -404,12 +435,18 @@ mod tests {
         ] {
             assert!(text.contains(line), "{line:?} not in:\n{text}");
         }
+        assert!(
+            text.contains("  local: 172.16.35.4\n  underlay device: eth0 (up)\n"),
+            "{text}"
+        );
         let mut old = status(vec![]);
         old.version.clear();
         old.started_unix_ms = 0;
+        old.underlay_link = None;
+        old.underlay = UnderlayStatus::default();
         let text = format_status(&old);
         assert!(
-            !text.contains("version:") && !text.contains("uptime:"),
+            !text.contains("version:") && !text.contains("uptime:") && !text.contains("underlay:"),
             "{text}"
         );
     }
@@ -452,6 +489,25 @@ mod tests {
     }
 
     #[test]
+    fn a_missing_local_address_and_a_downed_underlay_show() {
+        let mut s = status(vec![]);
+        s.underlay_link = Some(UnderlayLink {
+            local_present: false,
+            device: Some("eth0".to_owned()),
+            state: "down".to_owned(),
+        });
+        let text = format_status(&s);
+        assert!(
+            text.contains(
+                "  local: 172.16.35.4 (missing: not an address of this node; nothing is sent)\n  underlay device: eth0 (down)\n"
+            ),
+            "{text}"
+        );
+        let dump = dump_status(&s);
+        assert!(dump.contains("\nunderlay\t0\teth0\tdown\n"), "{dump}");
+    }
+
+    #[test]
     fn a_refused_source_accepted_now_says_so_and_comes_after_the_others() {
         let text = format_status(&status(vec![refused(1, 500, true), refused(2, 3, false)]));
         let still = text
@@ -486,6 +542,7 @@ mod tests {
                     "0.1.0",
                     "abc1234"
                 ],
+                vec!["underlay", "1", "eth0", "up"],
                 vec![
                     "node",
                     "172.16.36.5",

@@ -25,11 +25,14 @@ pub enum DropReason {
     NestedIpip,
     /// The inner destination is outside this node's pod blocks.
     NotLocal,
+    /// The local underlay address (the outer source) is no longer an
+    /// address of this node: nothing is sent from it.
+    NoLocalAddress,
 }
 
 impl DropReason {
     /// The number of reasons; the length of a counter array.
-    pub const COUNT: usize = 9;
+    pub const COUNT: usize = 10;
 
     /// Every reason, in `as usize` order.
     pub const ALL: [DropReason; Self::COUNT] = [
@@ -42,6 +45,7 @@ impl DropReason {
         Self::TtlExpired,
         Self::NestedIpip,
         Self::NotLocal,
+        Self::NoLocalAddress,
     ];
 
     /// The snake_case name, for metrics and logs.
@@ -56,6 +60,7 @@ impl DropReason {
             Self::TtlExpired => "ttl_expired",
             Self::NestedIpip => "nested_ipip",
             Self::NotLocal => "not_local",
+            Self::NoLocalAddress => "no_local_address",
         }
     }
 }
@@ -72,6 +77,7 @@ impl fmt::Display for DropReason {
             Self::TtlExpired => "TTL expired",
             Self::NestedIpip => "nested IPIP",
             Self::NotLocal => "not local",
+            Self::NoLocalAddress => "no local address",
         })
     }
 }

@@ -11,7 +11,8 @@
 //! - the raw IPIP sockets ([`IpipReceiver`], [`IpipSender`]) with
 //!   `recvmmsg`/`sendmmsg` batching and no allocation per packet or batch;
 //! - the raw ICMP socket for underlay errors ([`IcmpReceiver`]);
-//! - routes and links over rtnetlink ([`netlink::Netlink`]);
+//! - routes and links over rtnetlink ([`netlink::Netlink`]), and changes
+//!   of links and addresses ([`watch::LinkWatch`]);
 //! - an interface's link state and IPv4 address by ioctl ([`link`]);
 //! - the AF_XDP underlay: tunl's XDP program, attached with a BPF link of
 //!   its own, and AF_XDP sockets with their own UMEM and rings ([`xdp`]);
@@ -39,6 +40,7 @@ pub mod netlink;
 pub mod ns;
 mod raw;
 mod tun;
+pub mod watch;
 pub mod xdp;
 
 pub use buf::{Buffer, PacketBuf};

@@ -155,7 +155,7 @@ fn ioctl_socket() -> io::Result<Socket> {
 }
 
 /// An `ifreq` with the name filled in.
-fn ifreq(name: &str) -> io::Result<libc::ifreq> {
+pub(crate) fn ifreq(name: &str) -> io::Result<libc::ifreq> {
     if name.is_empty() || name.len() >= libc::IFNAMSIZ || name.as_bytes().contains(&0) {
         return Err(io::Error::new(
             io::ErrorKind::InvalidInput,

@@ -241,6 +241,24 @@ pub struct Status {
     pub refused: Vec<RefusedStatus>,
     /// Refused packets from sources past that table.
     pub refused_other_packets: u64,
+    /// The underlay's address and link as the daemon sees them now (absent
+    /// from older daemons).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub underlay_link: Option<UnderlayLink>,
+}
+
+/// The underlay's address and link in `status`: whether `local` is still an
+/// address of the node, and the state of the device holding it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UnderlayLink {
+    /// Whether `local` is an address of this node; while it is not, nothing
+    /// is sent (dropped as `no_local_address`).
+    pub local_present: bool,
+    /// The underlay device: the one holding `local`, or the one that last
+    /// did (absent when none ever did).
+    pub device: Option<String>,
+    /// Its state: `up`, `down` (or without carrier) or `gone`.
+    pub state: String,
 }
 
 /// Result of `stats`.

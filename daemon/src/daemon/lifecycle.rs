@@ -18,6 +18,7 @@ use super::requests::{DeviceInfo, handle};
 use super::routes::{KernelRoutes, NetlinkRoutes, RouteManager, RouteOrigin, wanted_routes};
 use super::signals::{Asked, Signals};
 use super::startup::{self, DataplaneParts};
+use super::watch::{LinkEvent, Seen, Watched, watch_links};
 use super::{privileges, reload, underlay};
 use crate::config::Config;
 use crate::control::{self, Call};
@@ -106,6 +107,16 @@ pub(super) async fn run(
     log_up(&config, &device, offload);
 
     let (calls_tx, calls) = mpsc::channel(16);
+    let (links_tx, links) = mpsc::channel(4);
+    let watch = LinkWatcher {
+        watched: Watched {
+            local: config.tunnel.local,
+            tunnel: running.routes.tunnel_device(),
+            tunnel_name: config.tunnel.name.clone(),
+        },
+        seen: Seen::at_start(underlay.as_ref().map(|u| (u.ifindex, u.name.clone()))),
+        events: links_tx,
+    };
     let metrics = metrics_listener.map(|listener| {
         let source = MetricsSource {
             shared: shared.clone(),
@@ -122,14 +133,21 @@ pub(super) async fn run(
         };
         (listener, source)
     });
-    let tasks = Tasks::spawn(listener, calls_tx, metrics, packet_tx, &shared);
+    let tasks = Tasks::spawn(listener, calls_tx, metrics, packet_tx, watch, &shared);
     notifier.ready(&format!(
         "routing {} routes on {}",
         config.routes.len(),
         device.name
     ));
     let mut config = config;
-    let served = serve(signals, &mut config, &mut running.routes, calls, &device).await;
+    let served = serve(
+        signals,
+        &mut config,
+        &mut running.routes,
+        (calls, links),
+        &device,
+    )
+    .await;
     notifier.stopping("removing the routes and the device");
     tasks.abort();
     running.stop().await;
@@ -139,13 +157,13 @@ pub(super) async fn run(
     }
 }
 
-/// The main loop: signals, control requests one at a time, and the
-/// dataplane's failure, until a stop.
+/// The main loop: signals, control requests one at a time, the link
+/// watcher's events, and the dataplane's failure, until a stop.
 async fn serve<K: KernelRoutes>(
     mut signals: Signals,
     config: &mut Config,
     routes: &mut RouteManager<K>,
-    mut calls: mpsc::Receiver<Call>,
+    (mut calls, mut links): (mpsc::Receiver<Call>, mpsc::Receiver<LinkEvent>),
     device: &DeviceInfo,
 ) -> Result<(), DaemonError> {
     let shared = routes.shared().clone();
@@ -166,6 +184,10 @@ async fn serve<K: KernelRoutes>(
                     debug!(%request, %error, "control request refused");
                 }
                 let _ = call.reply.send(response);
+            }
+            Some(LinkEvent::TunnelUp) = links.recv() => {
+                let n = routes.reinstall().await;
+                info!(device = %device.name, routes = n, "routes put back on the tunnel device");
             }
         }
     }
@@ -209,8 +231,15 @@ pub(super) fn list<T: std::fmt::Display>(items: &[T]) -> String {
         .join(",")
 }
 
+/// What the link watcher starts from.
+struct LinkWatcher {
+    watched: Watched,
+    seen: Seen,
+    events: mpsc::Sender<LinkEvent>,
+}
+
 /// The control plane's tasks beside the main loop: the control socket's
-/// accept loop, the metrics endpoint, the neighbour watcher.
+/// accept loop, the metrics endpoint, the neighbour and link watchers.
 struct Tasks(Vec<JoinHandle<()>>);
 
 impl Tasks {
@@ -219,6 +248,7 @@ impl Tasks {
         calls: mpsc::Sender<Call>,
         metrics: Option<(TcpListener, MetricsSource)>,
         packet_tx: Option<u32>,
+        links: LinkWatcher,
         shared: &Arc<Shared>,
     ) -> Tasks {
         let mut tasks = vec![
@@ -226,6 +256,20 @@ impl Tasks {
             // Learned path MTUs: applied and pruned here, off the workers.
             tokio::spawn(crate::dataplane::maintain_path_mtu(shared.clone())),
         ];
+        // Its own connections (a listener that only receives, and one for
+        // its dumps), as the neighbour watcher has.
+        match tunl_io::watch::LinkWatch::open() {
+            Ok(watch) => tasks.push(tokio::spawn(watch_links(
+                watch,
+                links.watched,
+                links.seen,
+                shared.clone(),
+                links.events,
+            ))),
+            Err(e) => {
+                warn!(error = %e, "cannot watch links over netlink; changes of the underlay and the device go unnoticed");
+            }
+        }
         if let Some((listener, source)) = metrics {
             tasks.push(tokio::spawn(crate::metrics::serve(
                 listener,

@@ -21,6 +21,9 @@
 //! - `underlay`: choosing the underlay (`xdp`, `packet`, `raw`) and setting
 //!   up the XDP program and its sockets;
 //! - `neighbours`: the underlay's neighbour table for `packet` and `xdp`;
+//! - `watch`: the underlay's address and link, and the tunnel device's
+//!   state, followed over netlink (logged once per change, shown in
+//!   status, and the routes put back when the device is up again);
 //! - `notify`: readiness for systemd (`READY=1` once the routes are in);
 //! - `signals`: the signals caught from the start;
 //! - [`privileges`]: the capability drop, in three steps;
@@ -43,6 +46,7 @@ pub mod routes;
 mod signals;
 mod startup;
 mod underlay;
+mod watch;
 
 pub use error::{DaemonError, RouteError};
 pub use requests::stats;

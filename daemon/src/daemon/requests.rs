@@ -192,6 +192,14 @@ fn status<K: KernelRoutes>(routes: &RouteManager<K>, device: &DeviceInfo) -> con
             })
             .collect(),
         refused_other_packets: refused.other_packets,
+        underlay_link: Some({
+            let u = shared.links.report();
+            control::UnderlayLink {
+                local_present: u.local_present,
+                device: u.device,
+                state: u.state.as_str().to_owned(),
+            }
+        }),
     }
 }
 

@@ -15,7 +15,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Instant;
 
 use ipnetwork::Ipv4Network;
-use tracing::{error, info, warn};
+use tracing::{debug, error, info, warn};
 use tunl_io::netlink::{Netlink, NetlinkError};
 use tunl_routing::{RouteOp, RouteWriter};
 
@@ -177,6 +177,11 @@ impl<K: KernelRoutes> RouteManager<K> {
         &self.shared
     }
 
+    /// The index of the device the routes go through.
+    pub fn tunnel_device(&self) -> u32 {
+        self.kernel.device()
+    }
+
     /// The kernel side (tests look at the fake's record).
     #[cfg(test)]
     pub(crate) fn kernel(&self) -> &K {
@@ -187,6 +192,21 @@ impl<K: KernelRoutes> RouteManager<K> {
     #[cfg(test)]
     pub(crate) fn kernel_mut(&mut self) -> &mut K {
         &mut self.kernel
+    }
+
+    /// Installs every current route in the kernel again (each a replace,
+    /// so those still there are unchanged): after the device was set down
+    /// and up, the kernel has removed them, without a word. The LPM is
+    /// untouched. Returns how many went in; a refused one is logged.
+    pub async fn reinstall(&mut self) -> usize {
+        let mut done = 0;
+        for (prefix, via) in self.routes() {
+            match self.kernel.add(prefix, via).await {
+                Ok(()) => done += 1,
+                Err(e) => warn!(%prefix, %via, error = %e, "cannot put a route back"),
+            }
+        }
+        done
     }
 
     /// Makes the route set equal to `wanted` (asked for by `origin`, which
@@ -234,6 +254,16 @@ impl<K: KernelRoutes> RouteManager<K> {
             .change(&current, wanted, &added, &removed, origin)
             .await;
         self.apply_metrics.record(started.elapsed(), result.is_ok());
+        if result.is_ok() {
+            // One line per change set; each route at debug level.
+            info!(
+                added = added.len(),
+                removed = removed.len(),
+                unchanged = change.unchanged,
+                %origin,
+                "routes changed"
+            );
+        }
         result.map(|()| change)
     }
 
@@ -296,7 +326,7 @@ impl<K: KernelRoutes> RouteManager<K> {
                     via,
                     source,
                 })?;
-            info!(%prefix, %via, %origin, "route installed");
+            debug!(%prefix, %via, %origin, "route installed");
             installed.push(prefix);
         }
         let device = self.kernel.device();
@@ -305,7 +335,7 @@ impl<K: KernelRoutes> RouteManager<K> {
                 .del(prefix, device)
                 .await
                 .map_err(|source| RouteError::Remove { prefix, source })?;
-            info!(%prefix, %origin, "route removed");
+            debug!(%prefix, %origin, "route removed");
             deleted.push(prefix);
         }
         Ok(())
@@ -375,6 +405,7 @@ impl<K: KernelRoutes> RouteManager<K> {
             }
         };
         let device = self.kernel.device();
+        let (mut removed, mut other_instance) = (0usize, 0usize);
         for (prefix, oif) in existing {
             if wanted.contains_key(&prefix) {
                 continue;
@@ -382,7 +413,8 @@ impl<K: KernelRoutes> RouteManager<K> {
             if oif != device {
                 match self.kernel.tun_name(oif).await {
                     Ok(Some(dev)) => {
-                        info!(%prefix, device = %dev, "route with tunl's tag on another TUN device (another tunl instance?) left alone");
+                        debug!(%prefix, device = %dev, "route with tunl's tag on another TUN device (another tunl instance?) left alone");
+                        other_instance += 1;
                         continue;
                     }
                     Ok(None) => {}
@@ -393,9 +425,21 @@ impl<K: KernelRoutes> RouteManager<K> {
                 }
             }
             match self.kernel.del(prefix, oif).await {
-                Ok(()) => info!(%prefix, "stale tunl route removed"),
+                Ok(()) => {
+                    debug!(%prefix, "stale tunl route removed");
+                    removed += 1;
+                }
                 Err(e) => warn!(%prefix, error = %e, "cannot remove stale tunl route"),
             }
+        }
+        if removed > 0 {
+            info!(routes = removed, "stale tunl routes removed");
+        }
+        if other_instance > 0 {
+            info!(
+                routes = other_instance,
+                "routes with tunl's tag on another TUN device (another tunl instance?) left alone"
+            );
         }
     }
 
@@ -584,6 +628,22 @@ pub(crate) mod tests {
             .build()
             .unwrap()
             .block_on(f)
+    }
+
+    #[test]
+    fn reinstall_puts_back_what_the_kernel_dropped() {
+        let (mut m, reader) = manager();
+        let set = routes(&[("10.20.1.0/26", 5), ("10.20.2.0/26", 6)]);
+        run(m.apply(&set, RouteOrigin::Config)).unwrap();
+        // The device went down: the kernel flushed its routes.
+        m.kernel.routes.clear();
+        m.kernel.refuse = vec![KernelCall::Add(net("10.20.2.0/26"), node(6))];
+        assert_eq!(run(m.reinstall()), 1, "one refused");
+        assert_eq!(m.kernel.ours(), routes(&[("10.20.1.0/26", 5)]));
+        m.kernel.refuse.clear();
+        assert_eq!(run(m.reinstall()), 2);
+        assert_eq!(m.kernel.ours(), set);
+        assert_eq!(lpm(&reader), set, "the LPM is as it was");
     }
 
     #[test]

@@ -134,7 +134,7 @@ pub(super) fn tunnel_mtu(config: &Config, underlay: Option<&Underlay>) -> Result
         }
         (Some(mtu), Some(_)) => mtu,
         (Some(mtu), None) => {
-            warn!(%local, "tunnel.local is not an address of any interface: IPIP addressed to it will not arrive");
+            warn!(%local, "tunnel.local is not an address of any interface: IPIP addressed to it will not arrive, and nothing is sent from it until it is (no_local_address)");
             mtu
         }
         (None, Some(u)) => {

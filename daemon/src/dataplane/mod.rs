@@ -15,6 +15,7 @@
 //! task the daemon runs beside the workers.
 
 pub mod counters;
+pub mod links;
 pub mod nodes;
 pub mod pipeline;
 pub mod pmtu;
@@ -36,6 +37,7 @@ use tunl_io::{IcmpReceiver, IpipReceiver, IpipSender, PacketSender, TunQueue};
 use tunl_routing::RouteReader;
 
 pub use counters::{CounterSnapshot, Counters};
+pub use links::{DeviceState, LinkStates, UnderlayReport};
 pub use nodes::{NodeCounters, NodeTraffic, RefusedSnapshot};
 pub use pipeline::Pipeline;
 pub use pmtu::PathMtu;

@@ -27,8 +27,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use tunl_encap::{
-    DropReason, EncapError, HEADROOM, ICMP_ERROR_MAX_LEN, IdentGenerator, TokenBucket,
-    TunnelSettings, decapsulate, encapsulate, inner_destination,
+    DropReason, EncapError, HEADROOM, ICMP_ERROR_MAX_LEN, IdentGenerator, OuterChecksum,
+    TokenBucket, TunnelSettings, decapsulate_with, encapsulate, inner_destination,
 };
 use tunl_encap::{UnderlayError, Unreachable};
 use tunl_io::PacketBuf;
@@ -55,6 +55,9 @@ pub const ICMP_ANSWERS: usize = 16;
 /// The lowest underlay path MTU tunl accepts from ICMP (Linux's
 /// `net.ipv4.route.min_pmtu` default).
 pub const MIN_PATH_MTU: u16 = 552;
+/// The shortest time between two path MTU reductions toward one node: a
+/// frag-needed that would lower it again sooner is refused.
+pub const PMTU_REDUCTION_INTERVAL: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// What becomes of one packet of a batch.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -306,6 +309,10 @@ pub struct EncapState<'a> {
     pub direct: Sender,
     /// The time of the batch (ICMP rate limit, path MTU expiry).
     pub now: Instant,
+    /// Whether `tunnel.local` is an address of this node
+    /// ([`LinkStates::local_present`](super::LinkStates::local_present)):
+    /// when it is not, nothing is sent from it.
+    pub local_present: bool,
 }
 
 /// A worker's handle on the daemon-wide ICMP token bucket. Once the bucket
@@ -372,7 +379,9 @@ impl Pipeline {
     /// buffers. Counts drops by reason, `icmp_rate_limited`, `tx_bytes` and
     /// the per-node traffic into `counts`.
     ///
-    /// A packet without a route is dropped with a net-unreachable answer; a
+    /// A packet without a route is dropped with a net-unreachable answer;
+    /// while `tunnel.local` is not an address of this node, every routed
+    /// packet is dropped (`no_local_address`) with a host-unreachable one; a
     /// packet too big for the MTU toward its node (the learned path MTU
     /// when one holds) is dropped with a frag-needed carrying that MTU.
     pub fn encap<B: AsRef<[u8]> + AsMut<[u8]>>(
@@ -408,6 +417,17 @@ impl Pipeline {
                 });
                 continue;
             };
+            if !state.local_present {
+                // As the kernel's tunl0 when its source address is gone:
+                // host unreachable, and nothing sent.
+                local.drop(DropReason::NoLocalAddress);
+                out.verdicts[i] = Verdict::Drop(DropReason::NoLocalAddress);
+                let inner = &buf.as_ref()[HEADROOM..];
+                out.icmp.answer(icmp_limit, state.now, local, i, |o| {
+                    tunl_encap::unreachable(inner, Unreachable::Host, dst, o)
+                });
+                continue;
+            }
             let mtu = state
                 .pmtu
                 .effective(next_hop, inner_len, settings.mtu, state.now);
@@ -460,12 +480,20 @@ impl Pipeline {
     /// its inner packet starts at [`HEADROOM`] (the common offset of the
     /// batched TUN write), and its buffer is swapped to the front: the
     /// first [`DecapOutcome::deliver`] buffers are the ones to write. Counts
-    /// drops by reason, refused sources, `rx_bytes` and the per-node
-    /// traffic into `counts`.
+    /// drops by reason, refused sources and the per-node traffic into
+    /// `counts` (`rx_packets` and `rx_bytes` are the TUN write's to count:
+    /// only what the device took).
+    ///
+    /// `outer` says who has checked the outer header checksums: the raw
+    /// socket's packets passed the kernel's IP layer
+    /// ([`OuterChecksum::VerifiedByKernel`]: not checked again, so record
+    /// route and timestamp options the kernel filled in pass); frames no
+    /// kernel looked at (AF_XDP) need [`OuterChecksum::Verify`].
     pub fn decap(
         &mut self,
         bufs: &mut [PacketBuf],
         policy: &Policy,
+        outer: OuterChecksum,
         counts: &mut BatchCounts,
     ) -> &DecapOutcome {
         let out = &mut *self.decap;
@@ -479,7 +507,7 @@ impl Pipeline {
                 out.verdicts[i] = Verdict::Skip;
                 continue;
             }
-            match decapsulate(buf.as_mut(), policy) {
+            match decapsulate_with(buf.as_mut(), policy, outer) {
                 Ok(d) => {
                     let len = d.inner.len();
                     if d.inner.start != HEADROOM {
@@ -488,7 +516,6 @@ impl Pipeline {
                         buf.as_mut().copy_within(d.inner.clone(), HEADROOM);
                     }
                     buf.set_len(HEADROOM + len);
-                    local.rx_bytes += len as u64;
                     nodes.rx(&policy.vias, d.outer_src, len);
                     out.verdicts[i] = Verdict::Deliver {
                         node: d.outer_src,
@@ -546,6 +573,14 @@ pub enum UnderlayVerdict {
         /// What the underlay reported.
         error: UnderlayError,
     },
+    /// About one of our packets, refused (counted in
+    /// `underlay_icmp_refused`, not in `underlay_icmp`).
+    Refused {
+        /// The node our packet was going to, as the quote says.
+        node: Ipv4Addr,
+        /// Why.
+        why: IcmpRefusal,
+    },
     /// A frag-needed that lowers the tunnel MTU toward `node` to `mtu`:
     /// [offer](PathMtu::offer) it (counted in `underlay_icmp`).
     LowerMtu {
@@ -557,13 +592,32 @@ pub enum UnderlayVerdict {
     },
 }
 
+/// Why [`underlay_icmp`] refused an ICMP error about one of our packets.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum IcmpRefusal {
+    /// The quote stops short of the inner header's first 20 bytes (RFC
+    /// 2003 §4 asks routers for them), so nothing says the packet was ours:
+    /// anyone who knows two node addresses could have written it.
+    ShortQuote,
+    /// The quoted inner source is not in this node's `tunnel.blocks`.
+    NotOurPod,
+    /// It would lower the node's path MTU again within
+    /// [`PMTU_REDUCTION_INTERVAL`] of the last reduction.
+    RateLimited,
+}
+
 /// Decides what an ICMP error read from the underlay means (`packet`
 /// starts at its IPv4 header): only errors about packets we sent (the
-/// quoted source is our local address) toward a node we route to count. A
-/// frag-needed lowers the tunnel MTU toward the node when its MTU, clamped
-/// at [`MIN_PATH_MTU`] (a spoofed tiny MTU must not cripple every flow
-/// toward the node, as the kernel's `min_pmtu`), is below both the tunnel
-/// MTU and the one learned at `now`.
+/// quoted source is our local address) toward a node we route to count,
+/// and of those only the ones whose quote reaches the inner header and
+/// whose inner source is one of this node's pods (in `tunnel.blocks`; any
+/// source when no blocks are set, as the kernel's tunl0 checks none);
+/// others are [refused](UnderlayVerdict::Refused). A frag-needed lowers the
+/// tunnel MTU toward the node when its MTU, clamped at [`MIN_PATH_MTU`] (a
+/// spoofed tiny MTU must not cripple every flow toward the node, as the
+/// kernel's `min_pmtu`), is below both the tunnel MTU and the one learned
+/// at `now`, and the last reduction toward that node is at least
+/// [`PMTU_REDUCTION_INTERVAL`] old.
 pub fn underlay_icmp(
     packet: &[u8],
     policy: &Policy,
@@ -577,7 +631,20 @@ pub fn underlay_icmp(
     if msg.outer_src != policy.settings.local || policy.vias.binary_search(&msg.node).is_err() {
         return UnderlayVerdict::Ignored;
     }
-    local.underlay_icmp += 1;
+    let refused = |local: &mut LocalCounters, why| {
+        local.underlay_icmp_refused += 1;
+        UnderlayVerdict::Refused {
+            node: msg.node,
+            why,
+        }
+    };
+    // The source and destination (bytes 12..20) of the inner header.
+    let (Some(inner_src), Some(_)) = (msg.inner_src, msg.inner_dst) else {
+        return refused(local, IcmpRefusal::ShortQuote);
+    };
+    if !policy.blocks.is_empty() && !policy.blocks.iter().any(|b| b.contains(inner_src)) {
+        return refused(local, IcmpRefusal::NotOurPod);
+    }
     match msg.error {
         UnderlayError::FragNeeded { mtu } => {
             let tunnel_mtu = mtu.max(MIN_PATH_MTU) - 20;
@@ -585,6 +652,13 @@ pub fn underlay_icmp(
                 && pmtu
                     .lookup(msg.node, now)
                     .is_none_or(|learned| tunnel_mtu < learned);
+            let recent = pmtu
+                .lowered_at(msg.node, now)
+                .is_some_and(|at| now.saturating_duration_since(at) < PMTU_REDUCTION_INTERVAL);
+            if lower && recent {
+                return refused(local, IcmpRefusal::RateLimited);
+            }
+            local.underlay_icmp += 1;
             if lower {
                 UnderlayVerdict::LowerMtu {
                     node: msg.node,
@@ -597,10 +671,13 @@ pub fn underlay_icmp(
                 }
             }
         }
-        error => UnderlayVerdict::Noted {
-            node: msg.node,
-            error,
-        },
+        error => {
+            local.underlay_icmp += 1;
+            UnderlayVerdict::Noted {
+                node: msg.node,
+                error,
+            }
+        }
     }
 }
 
@@ -672,6 +749,7 @@ mod tests {
         pipeline: Pipeline,
         counts: BatchCounts,
         now: Instant,
+        local_present: bool,
     }
 
     impl Fixture {
@@ -702,6 +780,7 @@ mod tests {
                 bucket,
                 counts: BatchCounts::default(),
                 now: Instant::now(),
+                local_present: true,
             }
         }
 
@@ -719,13 +798,15 @@ mod tests {
                 neighbours,
                 direct: Sender::Packet,
                 now: self.now,
+                local_present: self.local_present,
             };
             self.pipeline.encap(bufs, &state, &mut self.counts)
         }
 
         fn decap(&mut self, bufs: &mut [PacketBuf]) -> &DecapOutcome {
             let policy = self.shared.policy.load();
-            self.pipeline.decap(bufs, &policy, &mut self.counts)
+            self.pipeline
+                .decap(bufs, &policy, OuterChecksum::Verify, &mut self.counts)
         }
 
         fn dropped(&self, reason: DropReason) -> u64 {
@@ -766,6 +847,28 @@ mod tests {
         assert_eq!(icmp_fields(answers[0]), (3, 0, 0, NOWHERE, POD));
         assert_eq!(f.dropped(DropReason::NoRoute), 1);
         assert_eq!(f.counts.local.icmp_rate_limited, 0);
+    }
+
+    #[test]
+    fn nothing_is_sent_from_a_local_address_the_node_lost() {
+        let mut f = Fixture::new();
+        f.local_present = false;
+        let mut bufs = [pod_packet(POD_A, 100), pod_packet(NOWHERE, 100)];
+        let out = f.encap(&mut bufs, None);
+        assert_eq!(out.verdicts()[0], Verdict::Drop(DropReason::NoLocalAddress));
+        assert_eq!(out.verdicts()[1], Verdict::Drop(DropReason::NoRoute));
+        assert!(out.transmits().is_empty());
+        let answers: Vec<_> = out.icmp().iter().map(icmp_fields).collect();
+        // Host unreachable from the destination, net unreachable.
+        assert_eq!(answers, [(3, 1, 0, POD_A, POD), (3, 0, 0, NOWHERE, POD)]);
+        assert_eq!(f.dropped(DropReason::NoLocalAddress), 1);
+        assert_eq!(f.counts.local.tx_bytes, 0);
+        f.local_present = true;
+        let mut bufs = [pod_packet(POD_A, 100)];
+        assert!(matches!(
+            f.encap(&mut bufs, None).verdicts()[0],
+            Verdict::Send { .. }
+        ));
     }
 
     #[test]
@@ -892,6 +995,7 @@ mod tests {
             neighbours: Some(both),
             direct: Sender::Xdp,
             now: f.now,
+            local_present: true,
         };
         let mut bufs = [pod_packet(POD_A, 100)];
         let out = f.pipeline.encap(&mut bufs, &state, &mut f.counts);
@@ -966,7 +1070,7 @@ mod tests {
             "delivered first, at HEADROOM"
         );
         assert_eq!(f.dropped(DropReason::UnknownSource), 2);
-        assert_eq!(f.counts.local.rx_bytes, 84);
+        assert_eq!(f.counts.local.rx_bytes, 0, "counted by the TUN write");
         f.counts
             .nodes
             .flush(&f.shared.policy.load().vias, &f.shared.nodes);
@@ -1063,17 +1167,31 @@ mod tests {
     }
 
     /// An ICMP error (3/4 when `mtu` is Some, else 3/1) from a router about
-    /// an outer packet `from` -> `to`.
+    /// an outer packet `from` -> `to` carrying a packet of this node's pod,
+    /// quoting the outer header and 28 bytes of the inner packet.
     fn underlay_error(from: Ipv4Addr, to: Ipv4Addr, mtu: Option<u16>) -> Vec<u8> {
+        underlay_error_quoting(from, to, mtu, POD, 28)
+    }
+
+    /// [`underlay_error`] whose inner packet comes from `inner_src`, with
+    /// `inner_quote` bytes of it quoted.
+    fn underlay_error_quoting(
+        from: Ipv4Addr,
+        to: Ipv4Addr,
+        mtu: Option<u16>,
+        inner_src: Ipv4Addr,
+        inner_quote: usize,
+    ) -> Vec<u8> {
         let mut quoted = ipv4(from, to, 1500, 0, 64);
         quoted[9] = 4;
         quoted[10..12].copy_from_slice(&[0, 0]);
         let sum = checksum::checksum(&quoted[..20]);
         quoted[10..12].copy_from_slice(&sum.to_be_bytes());
+        quoted[20..20 + 28].copy_from_slice(&ipv4(inner_src, POD_A, 1480, 0, 64)[..28]);
         let code = if mtu.is_some() { 4 } else { 1 };
         let mut icmp = vec![3, code, 0, 0, 0, 0];
         icmp.extend_from_slice(&mtu.unwrap_or(0).to_be_bytes());
-        icmp.extend_from_slice(&quoted[..28]);
+        icmp.extend_from_slice(&quoted[..20 + inner_quote]);
         let sum = checksum::checksum(&icmp);
         icmp[2..4].copy_from_slice(&sum.to_be_bytes());
         let mut p = ipv4(Ipv4Addr::new(172, 16, 0, 1), from, 20 + icmp.len(), 0, 64);
@@ -1083,6 +1201,85 @@ mod tests {
         let sum = checksum::checksum(&p[..20]);
         p[10..12].copy_from_slice(&sum.to_be_bytes());
         p
+    }
+
+    #[test]
+    fn underlay_errors_must_quote_one_of_our_pods_and_reductions_are_spaced() {
+        let f = Fixture::new();
+        let policy = f.shared.policy.load();
+        let pmtu = &f.shared.pmtu;
+        let mut local = LocalCounters::default();
+        let mut verdict =
+            |packet: &[u8], now| underlay_icmp(packet, &policy, pmtu, now, &mut local);
+        let refused = |why| UnderlayVerdict::Refused { node: NODE_A, why };
+        let t0 = f.now;
+        for (quote, why) in [
+            (0, "the outer header only"),
+            (8, "8 bytes of the inner header"),
+            (19, "one byte short of its addresses"),
+        ] {
+            let p = underlay_error_quoting(LOCAL, NODE_A, Some(1400), POD, quote);
+            assert_eq!(verdict(&p, t0), refused(IcmpRefusal::ShortQuote), "{why}");
+        }
+        let stranger_pod = underlay_error_quoting(LOCAL, NODE_A, Some(1400), POD_A, 20);
+        assert_eq!(verdict(&stranger_pod, t0), refused(IcmpRefusal::NotOurPod));
+        let unreachable = underlay_error_quoting(LOCAL, NODE_A, None, POD_A, 20);
+        assert_eq!(
+            verdict(&unreachable, t0),
+            refused(IcmpRefusal::NotOurPod),
+            "not a frag-needed: refused all the same"
+        );
+        // Exactly the inner addresses quoted is enough.
+        let whole = underlay_error_quoting(LOCAL, NODE_A, Some(1400), POD, 20);
+        assert_eq!(
+            verdict(&whole, t0),
+            UnderlayVerdict::LowerMtu {
+                node: NODE_A,
+                mtu: 1380
+            }
+        );
+        assert!(pmtu.offer(NODE_A, 1380));
+        pmtu.maintain(t0);
+        // Lower again within the second: refused; noted when not lower; after
+        // the second, lowered.
+        let lower = underlay_error(LOCAL, NODE_A, Some(1300));
+        let t = t0 + Duration::from_millis(500);
+        assert_eq!(verdict(&lower, t), refused(IcmpRefusal::RateLimited));
+        assert!(matches!(
+            verdict(&underlay_error(LOCAL, NODE_A, Some(1450)), t),
+            UnderlayVerdict::Noted { .. }
+        ));
+        let t = t0 + PMTU_REDUCTION_INTERVAL;
+        assert_eq!(
+            verdict(&lower, t),
+            UnderlayVerdict::LowerMtu {
+                node: NODE_A,
+                mtu: 1280
+            }
+        );
+        // Another node's reductions are its own.
+        assert!(matches!(
+            verdict(&underlay_error(LOCAL, NODE_B, Some(1300)), t0),
+            UnderlayVerdict::LowerMtu { node: NODE_B, .. }
+        ));
+        assert_eq!(local.underlay_icmp_refused, 6);
+        assert_eq!(local.underlay_icmp, 4);
+
+        // Without tunnel.blocks, any inner source (as the kernel's tunl0);
+        // the quote must still reach it.
+        let mut open = Policy::clone(&policy);
+        open.blocks.clear();
+        let mut local = LocalCounters::default();
+        let pm = PathMtu::default();
+        assert!(matches!(
+            underlay_icmp(&stranger_pod, &open, &pm, t0, &mut local),
+            UnderlayVerdict::LowerMtu { .. }
+        ));
+        let short = underlay_error_quoting(LOCAL, NODE_A, Some(1400), POD, 8);
+        assert_eq!(
+            underlay_icmp(&short, &open, &pm, t0, &mut local),
+            refused(IcmpRefusal::ShortQuote)
+        );
     }
 
     #[test]
@@ -1133,9 +1330,10 @@ mod tests {
                 error: UnderlayError::Unreachable { code: 1 }
             }
         );
-        // Once the control plane has applied 1380, only lower ones count.
+        // Once the control plane has applied 1380, only lower ones count
+        // (a second later: reductions toward one node are spaced).
         assert!(pmtu.offer(NODE_A, 1380));
-        assert_eq!(pmtu.maintain(f.now), 1);
+        assert_eq!(pmtu.maintain(f.now - PMTU_REDUCTION_INTERVAL), 1);
         assert_eq!(
             verdict(&underlay_error(LOCAL, NODE_A, Some(1450))),
             UnderlayVerdict::Noted {

@@ -38,8 +38,8 @@ use std::time::{Duration, Instant};
 
 use mio::unix::SourceFd;
 use mio::{Events, Interest, Poll, Token, Waker};
-use tracing::{debug, warn};
-use tunl_encap::{HEADROOM, TokenBucket, UnderlayError};
+use tracing::{debug, info, warn};
+use tunl_encap::{HEADROOM, OuterChecksum, TokenBucket, UnderlayError};
 use tunl_io::xdp::{UmemFrame, Xsk};
 use tunl_io::{Buffer, IcmpReceiver, IpipReceiver, IpipSender, PacketBuf, PacketSender, TunQueue};
 use tunl_routing::RouteReader;
@@ -123,6 +123,9 @@ struct WorkerIo {
     icmp_buf: Vec<u8>,
     rx_errors: ErrorStreak,
     icmp_errors: ErrorStreak,
+    /// Whether the last TUN write found the device down (logged once per
+    /// stretch).
+    tun_down: bool,
 }
 
 /// One dataplane thread's state: its I/O, its pipeline, its statistics, and
@@ -267,6 +270,7 @@ impl Worker {
                 icmp_buf: vec![0; 2048],
                 rx_errors: ErrorStreak::default(),
                 icmp_errors: ErrorStreak::default(),
+                tun_down: false,
             },
             pipeline: Pipeline::new(seed(id), IcmpLimit::new(icmp_limit)),
             stats: Stats::new(shared.register_counters()),
@@ -519,7 +523,9 @@ impl Worker {
             };
             self.io.rx_errors.clear();
             self.stats.counts.local.rx_truncated += report.truncated as u64;
-            self.decap_batch(report.received);
+            // The raw socket's packets passed the kernel's IP layer, which
+            // verified their outer checksums.
+            self.decap_batch(report.received, OuterChecksum::VerifiedByKernel);
         }
         false
     }
@@ -557,7 +563,9 @@ impl Worker {
                 local.rx_xdp += u64::from(n);
                 got += n;
                 if filled > 0 {
-                    self.decap_batch(filled);
+                    // Nothing checked these frames before tunl: verify the
+                    // outer header's checksum too.
+                    self.decap_batch(filled, OuterChecksum::Verify);
                 }
             }
             if got == 0 {
@@ -567,14 +575,16 @@ impl Worker {
         false
     }
 
-    /// Hands `rx_bufs[..received]` to the pipeline and writes what it kept.
-    fn decap_batch(&mut self, received: usize) {
+    /// Hands `rx_bufs[..received]` to the pipeline and writes what it kept;
+    /// `outer` says whether the kernel verified the outer checksums.
+    fn decap_batch(&mut self, received: usize, outer: OuterChecksum) {
         let policy = self.stats.load_policy(&self.shared);
         let kept = self
             .pipeline
             .decap(
                 &mut self.io.rx_bufs[..received],
                 &policy,
+                outer,
                 &mut self.stats.counts,
             )
             .deliver();
@@ -591,9 +601,22 @@ impl Worker {
         {
             Ok(report) => {
                 local.rx_packets += report.sent as u64;
-                local.rx_tun_full += (report.dropped - report.oversize_dropped) as u64;
+                local.rx_bytes += report.bytes as u64;
+                local.rx_tun_full +=
+                    (report.dropped - report.oversize_dropped - report.down) as u64;
+                local.rx_tun_down += report.down as u64;
                 local.rx_gso += report.gso_written as u64;
                 local.rx_oversize += report.oversize_dropped as u64;
+                let io = &mut self.io;
+                if report.down > 0 && !io.tun_down {
+                    warn!(
+                        "TUN device is down (ip link set ... down?): packets from the underlay are dropped and counted in rx_tun_down until it is up again"
+                    );
+                    io.tun_down = true;
+                } else if report.sent > 0 && io.tun_down {
+                    info!("TUN device is up again: delivering packets from the underlay");
+                    io.tun_down = false;
+                }
             }
             Err(e)
                 if matches!(
@@ -658,6 +681,9 @@ impl Worker {
                 | UnderlayVerdict::Ignored => {}
                 UnderlayVerdict::Noted { node, error } => {
                     debug!(%node, ?error, "underlay ICMP error")
+                }
+                UnderlayVerdict::Refused { node, why } => {
+                    debug!(%node, ?why, "underlay ICMP error refused")
                 }
             }
         }
@@ -824,6 +850,7 @@ fn plan<'p, B: AsRef<[u8]> + AsMut<[u8]>>(
         neighbours: neighbours.as_deref().map(|n| n.as_slice()),
         direct: direct.unwrap_or(Sender::Raw),
         now: Instant::now(),
+        local_present: shared.links.local_present(),
     };
     let out = pipeline.encap(bufs, &state, &mut stats.counts);
     drop(routes);

@@ -23,6 +23,8 @@
 //! | `tunl_route_apply_duration_seconds` (route changes that reached the kernel, failed ones included) | histogram | |
 //! | `tunl_route_apply_failures_total` (route changes that failed and left the routes as they were) | counter | |
 //! | `tunl_dataplane_workers` | gauge | |
+//! | `tunl_local_address_present` (0 while `tunnel.local` is not an address of the node) | gauge | |
+//! | `tunl_underlay_up` (0 while the underlay device is down or gone) | gauge | `device` |
 //! | `tunl_device_info` | info | `device`, `local`, `mtu` |
 //! | `tunl_underlay_info` | info | `underlay` (running), `requested`, `xdp_mode` |
 //! | `tunl_xdp_{redirected,no_socket,passed}_frames_total` (the XDP program's counters) | counter | |
@@ -387,6 +389,30 @@ impl MetricsSource {
         if let Some(xdp) = &self.xdp {
             out.extend(xdp.families());
         }
+        let underlay = self.shared.links.report();
+        out.push(
+            Family::new(
+                "tunl_local_address_present",
+                Kind::Gauge,
+                "1 while tunnel.local is an address of this node, 0 while it is not \
+                 (nothing is sent then: no_local_address)",
+            )
+            .with(vec![], Value::Int(u64::from(underlay.local_present))),
+        );
+        out.push(
+            Family::new(
+                "tunl_underlay_up",
+                Kind::Gauge,
+                "1 while the underlay device (the one holding tunnel.local, or that last \
+                 did) is up with carrier, 0 while it is down or gone",
+            )
+            .with(
+                labels("device", underlay.device.as_deref().unwrap_or("none")),
+                Value::Int(u64::from(
+                    underlay.state == crate::dataplane::DeviceState::Up,
+                )),
+            ),
+        );
         out.push(
             Family::new("tunl_build", Kind::Info, "tunl build information")
                 .with(labels("version", env!("CARGO_PKG_VERSION")), Value::Int(1)),

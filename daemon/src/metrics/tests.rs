@@ -100,6 +100,12 @@ fn renders_prometheus_names() {
         );
         assert_eq!(sample(&text, "tunl_routes", ""), Some(3));
         assert_eq!(sample(&text, "tunl_dataplane_workers", ""), Some(2));
+        // Until the link watcher looks: present, no device known.
+        assert_eq!(sample(&text, "tunl_local_address_present", ""), Some(1));
+        assert_eq!(
+            sample(&text, "tunl_underlay_up", "device=\"none\""),
+            Some(0)
+        );
         assert_eq!(
             sample(&text, "tunl_path_mtu_bytes", "node=\"172.16.36.5\""),
             Some(1380)
