@@ -32,6 +32,10 @@ pub struct DaemonOptions {
     pub busy_poll_us: u32,
     /// Set `tunnel.blocks` (the relay check).
     pub blocks: bool,
+    /// Write a `[[route]]` for every other node's block into each config
+    /// (`false`: the routes come from elsewhere, BIRD or `ip route`, and
+    /// tunl learns them from the kernel).
+    pub routes: bool,
     /// Extra `[security] allow` prefixes.
     pub allow: Vec<Ipv4Network>,
     /// Log filter passed as `--log`.
@@ -48,6 +52,7 @@ impl Default for DaemonOptions {
             packet_tx: false,
             busy_poll_us: 0,
             blocks: true,
+            routes: true,
             allow: Vec::new(),
             log: "info".to_owned(),
             extra_config: String::new(),
@@ -104,8 +109,10 @@ pub fn node_config(cluster: &Cluster, node: &Node, options: &DaemonOptions) -> S
     if options.blocks {
         let _ = writeln!(s, "blocks = [\"{}\"]", node.block);
     }
-    for (prefix, via) in cluster.remote_routes(&node.name) {
-        let _ = writeln!(s, "\n[[route]]\nprefix = \"{prefix}\"\nvia = \"{via}\"");
+    if options.routes {
+        for (prefix, via) in cluster.remote_routes(&node.name) {
+            let _ = writeln!(s, "\n[[route]]\nprefix = \"{prefix}\"\nvia = \"{via}\"");
+        }
     }
     if !options.allow.is_empty() {
         let allow: Vec<String> = options.allow.iter().map(|a| format!("\"{a}\"")).collect();
@@ -225,11 +232,15 @@ impl TunlCluster {
         Ok(pid)
     }
 
-    /// Waits until the daemon on `node` has its device up and its routes in
-    /// the kernel; fails with its log if it exits first.
+    /// Waits until the daemon on `node` has its device up and its config's
+    /// routes in the kernel; fails with its log if it exits first.
     pub fn wait_ready(&self, node: &str) -> Result<(), TopologyError> {
         let daemon = self.daemon(node)?;
-        let expected = self.cluster().remote_routes(node).len();
+        let expected = if self.options.routes {
+            self.cluster().remote_routes(node).len()
+        } else {
+            0
+        };
         let deadline = Instant::now() + START_TIMEOUT;
         let proto = ROUTE_PROTOCOL.to_string();
         loop {
@@ -248,7 +259,10 @@ impl TunlCluster {
                 .exec(node, &["ip", "-o", "route", "show", "proto", &proto])?;
             let up = link.status.success() && String::from_utf8_lossy(&link.stdout).contains(",UP");
             let n = String::from_utf8_lossy(&routes.stdout).lines().count();
-            if up && n >= expected {
+            // The device persists across restarts, up, maybe with routes:
+            // the daemon is ready once its control socket answers (it
+            // serves only after its start is done).
+            if up && n >= expected && self.answers(node) {
                 return Ok(());
             }
             if Instant::now() > deadline {
@@ -259,6 +273,14 @@ impl TunlCluster {
             }
             std::thread::sleep(Duration::from_millis(50));
         }
+    }
+
+    /// Whether the daemon on `node` answers `status` on its control socket.
+    fn answers(&self, node: &str) -> bool {
+        let socket = self.control_socket(node);
+        tunl::control::Client::connect(&socket)
+            .and_then(|mut c| c.call::<tunl::control::Status>(&tunl::control::Request::Status {}))
+            .is_ok()
     }
 
     /// The control socket of the daemon on `node`.
