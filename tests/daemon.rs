@@ -5,12 +5,12 @@ mod common;
 
 use std::net::{Ipv4Addr, SocketAddrV4, UdpSocket};
 use std::process::Command;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::{
-    ipv4_packet, logs, netns_of, run_to_exit, send_raw, tcp_transfer, tunl_bin, wait_until,
+    inject_ipip, ipv4_packet, listen_udp, logs, netns_of, run_to_exit, send_raw, tcp_transfer,
+    tunl_bin, wait_until,
 };
-use etherparse::PacketBuilder;
 use tunl_lab::testbed::{DaemonOptions, TunlCluster, in_netns};
 use tunl_lab::topology::ClusterSpec;
 
@@ -154,56 +154,7 @@ fn exactly_mtu_passes_and_one_more_gets_frag_needed_1480() {
 
 /// An IPv4 UDP packet from the perf pod to `dst:port`.
 fn inner_udp(dst: Ipv4Addr, port: u16, payload: &[u8]) -> Vec<u8> {
-    let mut v = Vec::new();
-    PacketBuilder::ipv4([10, 20, 105, 215], dst.octets(), 64)
-        .udp(40000, port)
-        .write(&mut v, payload)
-        .unwrap();
-    v
-}
-
-/// Sends an IPIP packet from `node`'s namespace with a chosen outer source
-/// (a raw socket with our own header: the source can be anything).
-fn inject_ipip(
-    tc: &TunlCluster,
-    node: &str,
-    outer_src: Ipv4Addr,
-    outer_dst: Ipv4Addr,
-    inner: &[u8],
-) {
-    let outer = ipv4_packet(outer_src, outer_dst, etherparse::IpNumber::IPV4, inner);
-    send_raw(tc, node, outer_dst, outer);
-}
-
-/// Listens on UDP `port` in `pod` for `wait` and returns what arrived.
-fn listen_udp(
-    tc: &TunlCluster,
-    pod: &str,
-    port: u16,
-    wait: Duration,
-) -> std::thread::JoinHandle<Vec<Vec<u8>>> {
-    let ns = netns_of(tc, pod);
-    let (ready_tx, ready_rx) = std::sync::mpsc::channel();
-    let h = std::thread::spawn(move || {
-        in_netns(&ns, move || {
-            let sock = UdpSocket::bind(("0.0.0.0", port)).unwrap();
-            ready_tx.send(()).unwrap();
-            let deadline = Instant::now() + wait;
-            let mut got = Vec::new();
-            let mut buf = [0u8; 2048];
-            while let Some(left) = deadline.checked_duration_since(Instant::now()) {
-                sock.set_read_timeout(Some(left.max(Duration::from_millis(1))))
-                    .unwrap();
-                if let Ok(n) = sock.recv(&mut buf) {
-                    got.push(buf[..n].to_vec());
-                }
-            }
-            got
-        })
-        .unwrap()
-    });
-    ready_rx.recv().unwrap();
-    h
+    common::udp_packet(Ipv4Addr::new(10, 20, 105, 215), dst, port, payload)
 }
 
 /// Stops the daemon on `node` and returns the drop count logged for `reason`.
