@@ -782,3 +782,41 @@ fn an_overrun_resyncs_and_the_lpm_ends_equal_to_the_kernel() {
         .unwrap();
     assert_eq!(r.received, 3, "{}", r.raw);
 }
+
+#[test]
+#[ignore = "needs root: scripts/test"]
+fn tunl_bench_routes_runs_and_prints_each_figure_beside_its_target() {
+    let out = std::process::Command::new(tunl_bin())
+        .args([
+            "bench",
+            "routes",
+            "--sizes",
+            "300",
+            "--base",
+            "200",
+            "--adds",
+            "5",
+            "--churn-rates",
+            "500",
+            "--churn-seconds",
+            "1",
+        ])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for line in [
+        "start: 300 kernel routes loaded",
+        "RSS with 300 routes",
+        "(ack returned) -> LPM, p99",
+        "churn at 500/s",
+        "highest rate followed without a resync",
+    ] {
+        assert!(text.contains(line), "no {line:?} in\n{text}");
+    }
+    assert!(text.contains("<= 5 ms") && text.contains(">= 10000 /s"), "{text}");
+}

@@ -63,7 +63,13 @@ pub enum Command {
     /// kernel VXLAN, tunl), alternating the paths each round, and reports
     /// iperf3 TCP (1 and 4 streams), UDP packet rates, latency, CPU per
     /// Gbit/s and daemon memory, with the ratio tunl / VXLAN.
-    Bench(tunl_lab::bench::BenchArgs),
+    /// `tunl bench routes` measures following the kernel's routes instead.
+    Bench {
+        #[command(subcommand)]
+        what: Option<tunl_lab::bench::BenchCommand>,
+        #[command(flatten)]
+        args: tunl_lab::bench::BenchArgs,
+    },
     /// Change or list a running daemon's routes (over its control socket).
     ///
     /// Routes changed here last until the daemon stops or reloads its
@@ -149,12 +155,20 @@ pub fn main() -> ExitCode {
                 Err(e) => report("tunl lab", &e),
             }
         }
-        Command::Bench(args) => match std::env::current_exe() {
+        Command::Bench { what, args } => match std::env::current_exe() {
             Err(e) => report("tunl bench", &e),
-            Ok(exe) => match tunl_lab::bench::run(&args, &exe) {
-                Ok(_) => Exit::Ok.into(),
-                Err(e) => report("tunl bench", &e),
-            },
+            Ok(exe) => {
+                let result = match what {
+                    Some(tunl_lab::bench::BenchCommand::Routes(routes)) => {
+                        tunl_lab::bench::run_routes(&routes, &exe).map(|_| ())
+                    }
+                    None => tunl_lab::bench::run(&args, &exe).map(|_| ()),
+                };
+                match result {
+                    Ok(()) => Exit::Ok.into(),
+                    Err(e) => report("tunl bench", &e),
+                }
+            }
         },
         Command::Route { action, socket } => crate::commands::route(&socket.socket, action),
         Command::Status { json, socket } => crate::commands::status(&socket.socket, json.json),

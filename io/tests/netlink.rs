@@ -8,6 +8,7 @@ use common::in_netns_async;
 use ipnetwork::Ipv4Network;
 use tunl_io::netlink::{
     KernelHop, MAIN_TABLE, Netlink, RouteEvent, RouteListener, Subscription, dump_ipv4_routes,
+    dump_ipv4_routes_of,
 };
 use tunl_io::{Tun, TunConfig};
 
@@ -215,6 +216,18 @@ fn the_listener_reports_route_and_link_changes_and_the_dump_streams_the_table() 
         assert_eq!(n, dumped.len());
         assert_eq!(dumped.iter().filter(|r| r.protocol == PROTO).count(), 1);
         assert!(dumped.iter().all(|r| r.table == MAIN_TABLE));
+        // Filtered by protocol in the kernel: only ours.
+        let mut ours = Vec::new();
+        dump_ipv4_routes_of(MAIN_TABLE, Some(PROTO), |r| ours.push(r))
+            .await
+            .unwrap();
+        assert_eq!(ours.len(), 1);
+        assert_eq!(ours[0].prefix, a);
+        let mut other = Vec::new();
+        dump_ipv4_routes_of(MAIN_TABLE, Some(PROTO + 1), |r| other.push(r))
+            .await
+            .unwrap();
+        assert!(other.is_empty());
         nl.del_route(a, idx, PROTO, MAIN_TABLE).await.unwrap();
         let RouteEvent::Del(gone) = next_event(&mut sub, idx).await else {
             panic!("expected a deleted route");

@@ -7,7 +7,6 @@ use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tracing::{info, warn};
 use tunl_io::netlink::Netlink;
-use tunl_routing::RouteWriter;
 
 use super::error::DaemonError;
 use super::follow::{self, KernelFeed};
@@ -42,19 +41,19 @@ pub(super) async fn run(config: Config) -> Result<(), DaemonError> {
     let receivers = startup::open_receivers(&config)?;
 
     let shared = Arc::new(Shared::new(startup::policy_for(&config, mtu)));
-    let writer = RouteWriter::new();
-    let reader = writer.reader();
     // Subscribe first, then dump: no change falls between the two.
     let mut feed = KernelFeed::start(config.routing.listen_buffer)?;
-    let mut mirror = RouteMirror::new(config.routing.table, ifindex, writer, shared.clone());
-    let loaded = follow::load(&mut mirror).await?;
-    if loaded > 0 {
-        info!(
-            routes = mirror.len(),
-            table = config.routing.table,
-            "routes already on the device loaded from the kernel"
-        );
-    }
+    let mut mirror = RouteMirror::new(config.routing.table, ifindex, shared.clone());
+    let dump_started = std::time::Instant::now();
+    let dumped = follow::load(&mut mirror).await?;
+    info!(
+        routes = mirror.len(),
+        dumped,
+        table = config.routing.table,
+        dump_ms = %format!("{:.1}", dump_started.elapsed().as_secs_f64() * 1e3),
+        "routes on the device loaded from the kernel"
+    );
+    let reader = mirror.reader();
     let kernel = NetlinkRoutes::new(netlink.clone(), ifindex, config.routing.table);
     let mut routes = RouteManager::new(mirror, kernel);
     routes.remove_stale(&wanted_routes(&config)).await;

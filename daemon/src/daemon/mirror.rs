@@ -47,7 +47,7 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
 use ipnetwork::Ipv4Network;
 use tunl_io::netlink::{KernelRoute, RouteEvent};
-use tunl_routing::{RouteOp, RouteWriter};
+use tunl_routing::{Lpm, RouteOp, RouteReader, RouteWriter};
 
 use super::ROUTE_PROTOCOL;
 use crate::dataplane::nexthop::GroupMember;
@@ -254,14 +254,15 @@ pub struct Claim {
     previous: Option<Alias>,
 }
 
-/// A route in the mirror, as `route list` shows it.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// A route in the mirror, as `route list` shows it: the route the kernel
+/// uses for its prefix.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct MirroredRoute {
     /// The prefix.
     pub prefix: Ipv4Network,
-    /// The winning route's next hops on the device: one, or several for a
-    /// multipath route; `None` for no gateway.
-    pub next_hops: Vec<GroupMember>,
+    /// Its next hop in the LPM (a multipath group's members:
+    /// [`RouteMirror::group`]).
+    pub hop: NextHop,
     /// Its routing protocol.
     pub protocol: u8,
     /// Its metric.
@@ -273,6 +274,9 @@ pub struct RouteMirror {
     table: u32,
     device: u32,
     writer: RouteWriter<NextHop>,
+    /// Whether a reader of `writer` exists: until then, the first load
+    /// builds the table in place instead of publishing a difference.
+    read: bool,
     shared: Arc<Shared>,
     stats: Arc<RouteStats>,
     prefixes: HashMap<Ipv4Network, Aliases>,
@@ -294,13 +298,14 @@ pub struct RouteMirror {
 }
 
 impl RouteMirror {
-    /// An empty mirror of `table`'s routes on device `device`, writing the
-    /// LPM behind `writer` and the policy in `shared`.
-    pub fn new(table: u32, device: u32, writer: RouteWriter<NextHop>, shared: Arc<Shared>) -> Self {
+    /// An empty mirror of `table`'s routes on device `device`, writing its
+    /// own LPM ([`RouteMirror::reader`]) and the policy in `shared`.
+    pub fn new(table: u32, device: u32, shared: Arc<Shared>) -> Self {
         RouteMirror {
             table,
             device,
-            writer,
+            writer: RouteWriter::new(),
+            read: false,
             shared,
             stats: Arc::new(RouteStats::default()),
             prefixes: HashMap::new(),
@@ -313,6 +318,15 @@ impl RouteMirror {
             groups_changed: false,
             publishes: 0,
         }
+    }
+
+    /// A reader of the LPM, for a dataplane thread. Take the first after
+    /// the first load: that load then builds the table in place (no
+    /// difference to publish, no temporary copy: what 100k routes at start
+    /// take).
+    pub fn reader(&mut self) -> RouteReader<NextHop> {
+        self.read = true;
+        self.writer.reader()
     }
 
     /// The figures shared with metrics and `status`.
@@ -347,33 +361,36 @@ impl RouteMirror {
 
     /// Every prefix with the winning route, sorted by prefix.
     pub fn routes(&self) -> Vec<MirroredRoute> {
-        let mut out: Vec<MirroredRoute> = self
-            .prefixes
-            .iter()
-            .map(|(prefix, aliases)| {
-                let w = aliases.winner();
-                MirroredRoute {
-                    prefix: *prefix,
-                    next_hops: self.members_of(w.hop),
-                    protocol: w.protocol,
-                    metric: w.metric,
-                }
-            })
-            .collect();
-        out.sort_by_key(|r| (r.prefix.network(), r.prefix.prefix()));
+        let mut out: Vec<MirroredRoute> = self.winners().collect();
+        out.sort_unstable_by_key(|r| (r.prefix.network(), r.prefix.prefix()));
         out
     }
 
-    /// The next hops of a hop, as `route list` shows them.
-    fn members_of(&self, hop: NextHop) -> Vec<GroupMember> {
+    /// Every prefix with the winning route, in no order.
+    pub fn winners(&self) -> impl Iterator<Item = MirroredRoute> + '_ {
+        self.prefixes.iter().map(|(prefix, aliases)| {
+            let w = aliases.winner();
+            MirroredRoute {
+                prefix: *prefix,
+                hop: w.hop,
+                protocol: w.protocol,
+                metric: w.metric,
+            }
+        })
+    }
+
+    /// The members of multipath group `i` (empty if there is none).
+    pub fn group(&self, i: u32) -> &[GroupMember] {
+        self.groups.get(i as usize).map_or(&[], |g| &g.members)
+    }
+
+    /// The next hops of a hop, as `route list` shows them: one for a single
+    /// path (`None` without a gateway), the members of a group.
+    pub fn next_hops(&self, hop: NextHop) -> Vec<GroupMember> {
         match hop {
             NextHop::Node(n) => vec![(Some(n), 1)],
             NextHop::Direct => vec![(None, 1)],
-            NextHop::Multipath(i) => self
-                .groups
-                .get(i as usize)
-                .map(|g| g.members.to_vec())
-                .unwrap_or_default(),
+            NextHop::Multipath(i) => self.group(i).to_vec(),
         }
     }
 
@@ -468,12 +485,21 @@ impl RouteMirror {
         let old = std::mem::replace(&mut self.prefixes, prefixes);
         self.ops.clear();
         self.publish_policy_before();
-        let winners: Vec<(Ipv4Network, NextHop)> = self
-            .prefixes
-            .iter()
-            .map(|(p, a)| (*p, a.winner().hop))
-            .collect();
-        self.writer.replace_all(winners);
+        if !self.read && self.writer.is_empty() {
+            // Nobody reads the table yet: build it as it is.
+            let mut lpm = Lpm::new();
+            for (p, a) in &self.prefixes {
+                lpm.insert(*p, a.winner().hop);
+            }
+            self.writer = RouteWriter::from_lpm(lpm);
+        } else {
+            let winners: Vec<(Ipv4Network, NextHop)> = self
+                .prefixes
+                .iter()
+                .map(|(p, a)| (*p, a.winner().hop))
+                .collect();
+            self.writer.replace_all(winners);
+        }
         self.publishes += 1;
         self.release_all(old);
         let mut origins = Box::new([0; 256]);
@@ -900,7 +926,6 @@ impl Drop for Replacement<'_> {
 pub(crate) mod tests {
     use tunl_encap::TunnelSettings;
     use tunl_io::netlink::KernelHop;
-    use tunl_routing::RouteReader;
 
     use super::*;
 
@@ -928,9 +953,9 @@ pub(crate) mod tests {
     }
 
     fn mirror() -> (RouteMirror, RouteReader<NextHop>) {
-        let writer = RouteWriter::new();
-        let reader = writer.reader();
-        (RouteMirror::new(TABLE, DEVICE, writer, shared()), reader)
+        let mut m = RouteMirror::new(TABLE, DEVICE, shared());
+        let reader = m.reader();
+        (m, reader)
     }
 
     fn route(
@@ -1110,7 +1135,7 @@ pub(crate) mod tests {
         );
         let listed = m.routes();
         assert_eq!(listed.len(), 3);
-        assert_eq!(listed[0].next_hops, vec![(None, 1)]);
+        assert_eq!(m.next_hops(listed[0].hop), vec![(None, 1)]);
     }
 
     #[test]
@@ -1205,6 +1230,19 @@ pub(crate) mod tests {
         ]);
         assert_eq!(lookup(&r, "10.20.2.1"), None);
         assert_eq!(vias(&m), vec![node(5)]);
+    }
+
+    #[test]
+    fn the_first_load_builds_the_table_and_readers_see_it() {
+        let mut m = RouteMirror::new(TABLE, DEVICE, shared());
+        let mut first = m.replace();
+        first.add(&via("10.20.1.0/26", 0, 5));
+        assert_eq!(first.commit(), 1);
+        let r = m.reader();
+        assert_eq!(lookup(&r, "10.20.1.1"), Some(NextHop::Node(node(5))));
+        m.apply(&[new(via("10.20.2.0/26", 0, 6))]);
+        assert_eq!(lookup(&r, "10.20.2.1"), Some(NextHop::Node(node(6))));
+        assert_eq!(vias(&m), vec![node(5), node(6)]);
     }
 
     #[test]

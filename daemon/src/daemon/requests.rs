@@ -12,11 +12,11 @@ use std::net::Ipv4Addr;
 
 use ipnetwork::Ipv4Network;
 
-use super::mirror::{MirroredRoute, origin_name};
+use super::mirror::{MirroredRoute, RouteMirror, origin_name};
 use super::routes::{KernelRoutes, RouteManager, Routes};
 use crate::config::{Config, ConfigError, RouteEntry};
 use crate::control::{self, Request, Response};
-use crate::dataplane::CounterSnapshot;
+use crate::dataplane::{CounterSnapshot, NextHop};
 
 /// What `status` reports that does not change at runtime.
 #[derive(Debug, Clone)]
@@ -43,8 +43,9 @@ pub(super) async fn handle<K: KernelRoutes>(
     let current = routes.routes();
     let wanted = match request {
         Request::RouteList {} => {
+            let mirror = routes.mirror();
             return Response::ok(control::RouteList {
-                routes: routes.mirror().routes().iter().map(listed).collect(),
+                routes: mirror.routes().iter().map(|r| listed(mirror, r)).collect(),
             });
         }
         Request::Status {} => return Response::ok(status(routes, device)),
@@ -62,11 +63,7 @@ pub(super) async fn handle<K: KernelRoutes>(
                 return Response::error(format!("cannot delete {prefix}: {e}"));
             }
             if !current.contains_key(&prefix)
-                && let Some(r) = routes
-                    .mirror()
-                    .routes()
-                    .into_iter()
-                    .find(|r| r.prefix == prefix)
+                && let Some(r) = routes.mirror().winners().find(|r| r.prefix == prefix)
             {
                 return Response::error(format!(
                     "cannot delete {prefix}: it is not tunl's route (origin {}); \
@@ -124,12 +121,15 @@ fn validate(config: &Config, routes: &Routes) -> Result<(), String> {
 }
 
 /// A mirrored route as `route_list` shows it.
-fn listed(r: &MirroredRoute) -> control::ListedRoute {
-    let (via, nexthops) = match r.next_hops.as_slice() {
-        [(via, _)] => (*via, Vec::new()),
-        hops => (
+fn listed(mirror: &RouteMirror, r: &MirroredRoute) -> control::ListedRoute {
+    let (via, nexthops) = match r.hop {
+        NextHop::Node(n) => (Some(n), Vec::new()),
+        NextHop::Direct => (None, Vec::new()),
+        NextHop::Multipath(i) => (
             None,
-            hops.iter()
+            mirror
+                .group(i)
+                .iter()
                 .map(|&(via, weight)| control::ListedNextHop { via, weight })
                 .collect(),
         ),
@@ -145,15 +145,30 @@ fn listed(r: &MirroredRoute) -> control::ListedRoute {
 
 fn status<K: KernelRoutes>(routes: &RouteManager<K>, device: &DeviceInfo) -> control::Status {
     let shared = routes.shared();
-    let mirrored = routes.mirror().routes();
+    let mirror = routes.mirror();
     let mut by_node: BTreeMap<Ipv4Addr, Vec<(Ipv4Network, u8)>> = BTreeMap::new();
-    for r in &mirrored {
-        for node in r.next_hops.iter().filter_map(|(via, _)| *via) {
+    for r in mirror.winners() {
+        let single = [(None, 1)];
+        let nodes = match r.hop {
+            NextHop::Node(node) => {
+                by_node
+                    .entry(node)
+                    .or_default()
+                    .push((r.prefix, r.protocol));
+                continue;
+            }
+            NextHop::Direct => &single[..],
+            NextHop::Multipath(i) => mirror.group(i),
+        };
+        for node in nodes.iter().filter_map(|(via, _)| *via) {
             by_node
                 .entry(node)
                 .or_default()
                 .push((r.prefix, r.protocol));
         }
+    }
+    for blocks in by_node.values_mut() {
+        blocks.sort_unstable_by_key(|(p, _)| (p.network(), p.prefix()));
     }
     let traffic = shared.nodes.traffic();
     let policy = shared.policy.load();
@@ -187,7 +202,7 @@ fn status<K: KernelRoutes>(routes: &RouteManager<K>, device: &DeviceInfo) -> con
         address: device.address,
         blocks: policy.blocks.clone(),
         workers: device.workers,
-        routes: mirrored.len(),
+        routes: mirror.len(),
         routes_by_origin: stats
             .by_origin()
             .into_iter()

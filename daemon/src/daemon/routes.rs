@@ -17,7 +17,7 @@ use std::sync::Arc;
 
 use ipnetwork::Ipv4Network;
 use tracing::{error, info, warn};
-use tunl_io::netlink::{Netlink, NetlinkError};
+use tunl_io::netlink::{Netlink, NetlinkError, dump_ipv4_routes_of};
 
 use super::ROUTE_PROTOCOL;
 use super::error::RouteError;
@@ -99,14 +99,13 @@ impl KernelRoutes for NetlinkRoutes {
     }
 
     async fn tagged(&mut self) -> Result<Vec<(Ipv4Network, u32)>, NetlinkError> {
-        let routes = self
-            .netlink
-            .routes_with_protocol(ROUTE_PROTOCOL, self.table)
-            .await?;
-        Ok(routes
-            .into_iter()
-            .filter_map(|(prefix, _, oif)| Some((prefix, oif?)))
-            .collect())
+        // Filtered by the kernel: cheap however many routes others have.
+        let mut tagged = Vec::new();
+        dump_ipv4_routes_of(self.table, Some(ROUTE_PROTOCOL), |route| {
+            tagged.extend(route.hops.iter().map(|h| (route.prefix, h.oif)));
+        })
+        .await?;
+        Ok(tagged)
     }
 
     async fn tun_name(&mut self, oif: u32) -> Result<Option<String>, NetlinkError> {
@@ -508,7 +507,7 @@ pub(crate) mod fake {
 #[cfg(test)]
 pub(crate) mod tests {
     use tunl_encap::TunnelSettings;
-    use tunl_routing::{RouteReader, RouteWriter};
+    use tunl_routing::RouteReader;
 
     use super::fake::{FakeKernel, KernelCall, node_routes};
     use super::*;
@@ -531,8 +530,6 @@ pub(crate) mod tests {
 
     /// A manager over a fake kernel, with the LPM reader the fake records.
     pub(crate) fn manager() -> (RouteManager<FakeKernel>, RouteReader<NextHop>) {
-        let writer = RouteWriter::new();
-        let reader = writer.reader();
         let shared = Arc::new(Shared::new(Policy {
             settings: TunnelSettings::new(Ipv4Addr::new(172, 16, 35, 4)),
             vias: Vec::new(),
@@ -541,8 +538,9 @@ pub(crate) mod tests {
             blocks: Vec::new(),
             allow_nested: false,
         }));
+        let mut mirror = RouteMirror::new(254, DEVICE, shared);
+        let reader = mirror.reader();
         let kernel = FakeKernel::new(DEVICE, reader.clone());
-        let mirror = RouteMirror::new(254, DEVICE, writer, shared);
         (RouteManager::new(mirror, kernel), reader)
     }
 

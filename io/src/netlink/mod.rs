@@ -14,7 +14,7 @@ mod listen;
 mod routes;
 
 pub use listen::{RouteEvent, RouteListener, Subscription};
-pub use routes::{KernelHop, KernelRoute, MAIN_TABLE, dump_ipv4_routes};
+pub use routes::{KernelHop, KernelRoute, MAIN_TABLE, dump_ipv4_routes, dump_ipv4_routes_of};
 
 use std::io;
 use std::net::{IpAddr, Ipv4Addr};

@@ -39,11 +39,14 @@
 //!   `/proc/stat` and `/proc/PID/stat` during a transfer;
 //! - `table`: the text table ([`format_table`]);
 //! - `svg`: the bar chart ([`svg_chart`]);
-//! - `large_table`: the daemon started with [`LARGE_TABLE_ROUTES`] routes.
+//! - `large_table`: the daemon started with [`LARGE_TABLE_ROUTES`] routes;
+//! - `routes`: `tunl bench routes` ([`run_routes`]), which measures following
+//!   the kernel's routes instead of the datapath.
 
 mod cpu;
 mod large_table;
 mod report;
+mod routes;
 mod stats;
 mod svg;
 mod table;
@@ -61,6 +64,10 @@ use crate::topology::{self, Cluster, ClusterSpec, Overlay, TopologyError};
 pub use large_table::{LARGE_TABLE_ROUTES, LargeTable};
 pub use report::{
     AddedLatency, BenchReport, Datapath, Figure, MachineInfo, Metric, Settings, machine_info,
+};
+pub use routes::{
+    BenchCommand, ChurnFigure, RoutesBenchArgs, RoutesReport, StartFigure, format_routes_table,
+    run_routes,
 };
 pub use stats::{Summary, median, percentile};
 pub use svg::{ChartBar, ChartPanel, build_svg, svg_chart};
