@@ -477,7 +477,11 @@ fn tunl_never_removes_others_routes_at_exit_or_after_kill_9_and_relearns_them() 
     });
     assert!(o.unwrap().ok);
     bird_route(&tc, NODE2, "10.99.6.0/26", node1, &["metric", "32"]);
-    let bird = |tc: &TunlCluster| ip(tc, NODE2, &["route", "show", "proto", "bird"]);
+    // The routes, without the `linkdown` flag a device without carrier
+    // (tunl stopped) shows.
+    let bird = |tc: &TunlCluster| {
+        ip(tc, NODE2, &["route", "show", "proto", "bird"]).replace(" linkdown", "")
+    };
     let others = bird(&tc);
     assert_eq!(others.lines().count(), 2, "{others}");
     assert_eq!(tc.kernel_routes(NODE2).unwrap().len(), 1);
@@ -500,9 +504,15 @@ fn tunl_never_removes_others_routes_at_exit_or_after_kill_9_and_relearns_them() 
     assert!(tc.kernel_routes(NODE2).unwrap().is_empty());
     assert_eq!(bird(&tc), others);
     tc.restart(NODE2).unwrap();
+    let loaded = tc
+        .log(NODE2)
+        .lines()
+        .rev()
+        .find(|l| l.contains("routes on the device loaded from the kernel"))
+        .map(str::to_owned);
     assert!(
-        tc.log(NODE2)
-            .contains("routes already on the device loaded")
+        loaded.as_deref().is_some_and(|l| l.contains(" routes=2 ")),
+        "{loaded:?}"
     );
     let r = tc
         .cluster()
@@ -533,6 +543,29 @@ fn tunl_never_removes_others_routes_at_exit_or_after_kill_9_and_relearns_them() 
         .unwrap();
     assert_eq!(r.received, 3, "{}\n{}", r.raw, logs(&tc));
     assert!(r.ttls.iter().all(|t| *t == 62), "{}", r.raw);
+}
+
+#[test]
+#[ignore = "needs root: scripts/test"]
+fn the_device_going_down_flushes_its_routes_silently_and_tunl_follows() {
+    let tc = seed_without_routes(DaemonOptions::default());
+    bird_routes_both_ways(&tc);
+    let sit = tc.pod_ip(SIT).unwrap();
+    let sit_block = block(&tc, NODE1).to_string();
+    wait_listed(&tc, NODE2, &sit_block, "BIRD's route", |r| r.is_some());
+    // The kernel drops the routes of a device that goes down without a
+    // route message: only the link change tells.
+    ip(&tc, NODE2, &["link", "set", "tunl0", "down"]);
+    assert!(ip(&tc, NODE2, &["route", "show", "dev", "tunl0"]).is_empty());
+    wait_listed(&tc, NODE2, &sit_block, "flushed", |r| r.is_none());
+    ip(&tc, NODE2, &["link", "set", "tunl0", "up"]);
+    bird_route(&tc, NODE2, &sit_block, underlay(&tc, NODE1), &[]);
+    let r = tc
+        .cluster()
+        .wait_reachable(PERF, sit, Duration::from_secs(10))
+        .unwrap_or_else(|e| panic!("{e}\n{}", logs(&tc)));
+    assert_eq!(r.ttls.last(), Some(&62), "{}", r.raw);
+    assert_eq!(status(&tc, NODE2).route_resyncs, 0, "a reload, not a loss");
 }
 
 #[test]
@@ -818,5 +851,8 @@ fn tunl_bench_routes_runs_and_prints_each_figure_beside_its_target() {
     ] {
         assert!(text.contains(line), "no {line:?} in\n{text}");
     }
-    assert!(text.contains("<= 5 ms") && text.contains(">= 10000 /s"), "{text}");
+    assert!(
+        text.contains("<= 5 ms") && text.contains(">= 10000 /s"),
+        "{text}"
+    );
 }

@@ -5,13 +5,16 @@
 //! `clippy::undocumented_unsafe_blocks`), and what socket2 offers safely is
 //! taken from socket2. It wraps:
 //!
-//! - the TUN device ([`Tun`], [`TunQueue`]) with `IFF_VNET_HDR` offloads:
+//! - the TUN device ([`Tun`], [`TunQueue`]), persistent on request, with
+//!   `IFF_VNET_HDR` offloads:
 //!   TSO super-packets are split into MTU-sized segments on read, and
 //!   segments of one flow are coalesced (GRO) on write, both by `tun-rs`;
 //! - the raw IPIP sockets ([`IpipReceiver`], [`IpipSender`]) with
 //!   `recvmmsg`/`sendmmsg` batching and no allocation per packet or batch;
 //! - the raw ICMP socket for underlay errors ([`IcmpReceiver`]);
-//! - routes and links over rtnetlink ([`netlink::Netlink`]);
+//! - routes and links over rtnetlink ([`netlink::Netlink`]), a streamed dump
+//!   of a routing table ([`netlink::dump_ipv4_routes`]) and a listener
+//!   thread that follows route and link changes ([`netlink::RouteListener`]);
 //! - an interface's link state and IPv4 address by ioctl ([`link`]);
 //! - helpers for tests in private network namespaces ([`ns`]).
 //!

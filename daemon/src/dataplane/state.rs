@@ -289,6 +289,26 @@ mod tests {
     }
 
     #[test]
+    fn a_next_hop_resolves_to_the_node_the_outer_packet_goes_to() {
+        let a = Ipv4Addr::new(172, 16, 36, 5);
+        let b = Ipv4Addr::new(172, 16, 36, 6);
+        let dst = Ipv4Addr::new(10, 20, 1, 9);
+        let mut p = policy();
+        p.multipath = Arc::new(vec![MultipathGroup::new(&[(Some(a), 1), (Some(b), 1)])]);
+        let src = || Ipv4Addr::new(10, 20, 42, 31);
+        assert_eq!(p.node_for(NextHop::Node(a), dst, src), Some(a));
+        assert_eq!(p.node_for(NextHop::Direct, dst, src), Some(dst));
+        let picked = p.node_for(NextHop::Multipath(0), dst, src).unwrap();
+        assert!(picked == a || picked == b);
+        assert_eq!(p.node_for(NextHop::Multipath(0), dst, src), Some(picked));
+        // A group this snapshot does not hold yet: as if there were no route.
+        assert_eq!(p.node_for(NextHop::Multipath(1), dst, src), None);
+        // The inner source is read only for a multipath route.
+        let never = || -> Ipv4Addr { panic!("source read for a single path") };
+        assert_eq!(p.node_for(NextHop::Node(a), dst, never), Some(a));
+    }
+
+    #[test]
     fn decap_policy() {
         let mut p = policy();
         p.set_vias([Ipv4Addr::new(172, 16, 36, 5), Ipv4Addr::new(172, 16, 36, 5)]);
