@@ -39,7 +39,7 @@ fn quick_bench_measures_every_path_and_writes_json_and_svg() {
         assert!(figure.tunl_over_vxlan.is_some_and(|r| r > 0.0));
     }
     // tunl-only figures.
-    for metric in [Metric::CpuTunl, Metric::PeakRss] {
+    for metric in [Metric::CpuTunl, Metric::PeakRss, Metric::UnderlayFrames] {
         let figure = report.figure(metric).unwrap();
         assert!(figure.direct.is_none() && figure.vxlan.is_none());
         assert!(

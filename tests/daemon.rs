@@ -1,5 +1,7 @@
 //! End-to-end tests of `tunl run` on the seed article's cluster, in network
 //! namespaces (they need root, as under CI, and do not skip without it).
+//! The traffic and security tests run once per underlay
+//! ([`on_every_underlay`]): `raw::NAME` and `xdp::NAME`.
 
 mod common;
 
@@ -11,6 +13,8 @@ use common::{
     inject_ipip, ipv4_packet, listen_udp, logs, netns_of, run_to_exit, send_raw, tcp_transfer,
     tunl_bin, wait_until,
 };
+use tunl::config::Underlay;
+use tunl::control::{Client, Request};
 use tunl_lab::testbed::{DaemonOptions, TunlCluster, in_netns};
 use tunl_lab::topology::ClusterSpec;
 
@@ -19,15 +23,85 @@ const NODE2: &str = "node2.perf";
 const SIT: &str = "demo-hello-sit";
 const PERF: &str = "demo-hello-perf";
 
-fn seed_cluster() -> TunlCluster {
-    TunlCluster::start(ClusterSpec::seed(), tunl_bin(), DaemonOptions::default())
-        .expect("start the seed cluster with tunl on both nodes")
+/// The seed cluster with tunl on both nodes on `underlay`; with `xdp`,
+/// checked to really run on it (not on the underlay it falls back to).
+fn seed_cluster(underlay: Underlay) -> TunlCluster {
+    let tc = TunlCluster::start(
+        ClusterSpec::seed(),
+        tunl_bin(),
+        DaemonOptions {
+            underlay,
+            ..DaemonOptions::default()
+        },
+    )
+    .expect("start the seed cluster with tunl on both nodes");
+    if underlay == Underlay::Xdp {
+        for node in [NODE1, NODE2] {
+            let status: tunl::control::Status = Client::connect(&tc.control_socket(node))
+                .unwrap()
+                .call(&Request::Status {})
+                .unwrap();
+            assert_eq!(
+                status.underlay.running, "xdp",
+                "{node}: {:?}",
+                status.underlay
+            );
+        }
+    }
+    tc
 }
 
-#[test]
-#[ignore = "needs root: scripts/test"]
-fn ping_between_pods_on_two_nodes_shows_ttl_62() {
-    let tc = seed_cluster();
+/// With `xdp`, checks that `node` received at least `n` outer packets
+/// through its AF_XDP socket: the path under test was the XDP one.
+fn assert_received_through_xdp(tc: &TunlCluster, underlay: Underlay, node: &str, n: u64) {
+    if underlay == Underlay::Xdp {
+        let got = common::stats(tc, node).counter("rx_xdp").unwrap();
+        assert!(
+            got >= n,
+            "{node}: {got} outer packets through AF_XDP, want {n}"
+        );
+    }
+}
+
+/// The tests above, once per underlay: `raw::NAME` and `xdp::NAME`.
+macro_rules! on_every_underlay {
+    ($($name:ident),* $(,)?) => {
+        mod raw {
+            $(
+                #[test]
+                #[ignore = "needs root: scripts/test"]
+                fn $name() {
+                    super::$name(tunl::config::Underlay::Raw)
+                }
+            )*
+        }
+        mod xdp {
+            $(
+                #[test]
+                #[ignore = "needs root: scripts/test"]
+                fn $name() {
+                    super::$name(tunl::config::Underlay::Xdp)
+                }
+            )*
+        }
+    };
+}
+
+on_every_underlay!(
+    ping_between_pods_on_two_nodes_shows_ttl_62,
+    tcp_64_mib_arrives_byte_for_byte,
+    udp_datagrams_cross_the_tunnel_intact,
+    exactly_mtu_passes_and_one_more_gets_frag_needed_1480,
+    tso_bursts_of_tiny_segments_cross_intact,
+    ipip_from_an_unknown_source_is_refused_and_from_a_node_accepted,
+    inner_destination_outside_blocks_is_not_forwarded,
+    sigterm_removes_routes_and_keeps_the_device,
+    no_route_in_tunl_answers_net_unreachable,
+    underlay_frag_needed_lowers_the_path_mtu_for_that_node,
+);
+
+fn ping_between_pods_on_two_nodes_shows_ttl_62(underlay: Underlay) {
+    let tc = seed_cluster(underlay);
     let c = tc.cluster();
     let to = tc.pod_ip(SIT).unwrap();
     let r = c
@@ -39,10 +113,8 @@ fn ping_between_pods_on_two_nodes_shows_ttl_62() {
     assert!(r.ttls.iter().all(|t| *t == 62), "{}", r.raw);
 }
 
-#[test]
-#[ignore = "needs root: scripts/test"]
-fn tcp_64_mib_arrives_byte_for_byte() {
-    let tc = seed_cluster();
+fn tcp_64_mib_arrives_byte_for_byte(underlay: Underlay) {
+    let tc = seed_cluster(underlay);
     tc.cluster()
         .wait_reachable(PERF, tc.pod_ip(SIT).unwrap(), Duration::from_secs(10))
         .unwrap_or_else(|e| panic!("{e}\n{}", logs(&tc)));
@@ -54,10 +126,8 @@ fn tcp_64_mib_arrives_byte_for_byte() {
     );
 }
 
-#[test]
-#[ignore = "needs root: scripts/test"]
-fn udp_datagrams_cross_the_tunnel_intact() {
-    let tc = seed_cluster();
+fn udp_datagrams_cross_the_tunnel_intact(underlay: Underlay) {
+    let tc = seed_cluster(underlay);
     tc.cluster()
         .wait_reachable(PERF, tc.pod_ip(SIT).unwrap(), Duration::from_secs(10))
         .unwrap();
@@ -115,10 +185,8 @@ fn udp_datagrams_cross_the_tunnel_intact() {
 /// with the kernel's tunl0. (tunl's own too-big answer, for MTUs learned
 /// from the underlay, is tested by
 /// `underlay_frag_needed_lowers_the_path_mtu_for_that_node`.)
-#[test]
-#[ignore = "needs root: scripts/test"]
-fn exactly_mtu_passes_and_one_more_gets_frag_needed_1480() {
-    let tc = seed_cluster();
+fn exactly_mtu_passes_and_one_more_gets_frag_needed_1480(underlay: Underlay) {
+    let tc = seed_cluster(underlay);
     let c = tc.cluster();
     let to = tc.pod_ip(SIT).unwrap().to_string();
     c.wait_reachable(PERF, tc.pod_ip(SIT).unwrap(), Duration::from_secs(10))
@@ -173,12 +241,10 @@ fn dropped_at_exit(tc: &TunlCluster, node: &str, reason: &str) -> u64 {
         .sum()
 }
 
-#[test]
-#[ignore = "needs root: scripts/test"]
-fn tso_bursts_of_tiny_segments_cross_intact() {
+fn tso_bursts_of_tiny_segments_cross_intact(underlay: Underlay) {
     // The receiver advertises an MSS of 200, so the sender's 64 KiB TSO
     // bursts hold ~330 segments: more than tunl splits per read.
-    let tc = seed_cluster();
+    let tc = seed_cluster(underlay);
     let c = tc.cluster();
     c.wait_reachable(PERF, tc.pod_ip(SIT).unwrap(), Duration::from_secs(10))
         .unwrap_or_else(|e| panic!("{e}\n{}", logs(&tc)));
@@ -213,10 +279,8 @@ fn tso_bursts_of_tiny_segments_cross_intact() {
     assert_eq!(dropped_at_exit(&tc, "node2.perf", "malformed_inner"), 0);
 }
 
-#[test]
-#[ignore = "needs root: scripts/test"]
-fn ipip_from_an_unknown_source_is_refused_and_from_a_node_accepted() {
-    let tc = seed_cluster();
+fn ipip_from_an_unknown_source_is_refused_and_from_a_node_accepted(underlay: Underlay) {
+    let tc = seed_cluster(underlay);
     let node1 = tc.cluster().node(NODE1).unwrap().underlay;
     let node2 = tc.cluster().node(NODE2).unwrap().underlay;
     let sit = tc.pod_ip(SIT).unwrap();
@@ -250,13 +314,12 @@ fn ipip_from_an_unknown_source_is_refused_and_from_a_node_accepted() {
         logs(&tc)
     );
 
+    assert_received_through_xdp(&tc, underlay, NODE1, 2);
     assert_eq!(dropped_at_exit(&tc, NODE1, "unknown_source"), 1);
 }
 
-#[test]
-#[ignore = "needs root: scripts/test"]
-fn inner_destination_outside_blocks_is_not_forwarded() {
-    let tc = seed_cluster();
+fn inner_destination_outside_blocks_is_not_forwarded(underlay: Underlay) {
+    let tc = seed_cluster(underlay);
     let node1 = tc.cluster().node(NODE1).unwrap().underlay;
     let node2 = tc.cluster().node(NODE2).unwrap().underlay;
     let sit = tc.pod_ip(SIT).unwrap();
@@ -280,13 +343,12 @@ fn inner_destination_outside_blocks_is_not_forwarded() {
     let control = listen_udp(&tc, SIT, 7005, Duration::from_millis(800));
     inject_ipip(&tc, NODE2, node2, node1, &inner_udp(sit, 7005, b"local"));
     assert_eq!(control.join().unwrap().len(), 1, "{}", logs(&tc));
+    assert_received_through_xdp(&tc, underlay, NODE1, 2);
     assert_eq!(dropped_at_exit(&tc, NODE1, "not_local"), 1);
 }
 
-#[test]
-#[ignore = "needs root: scripts/test"]
-fn sigterm_removes_routes_and_keeps_the_device() {
-    let tc = seed_cluster();
+fn sigterm_removes_routes_and_keeps_the_device(underlay: Underlay) {
+    let tc = seed_cluster(underlay);
     assert_eq!(tc.kernel_routes(NODE1).unwrap().len(), 1);
     let route = &tc.kernel_routes(NODE1).unwrap()[0];
     assert!(
@@ -310,7 +372,7 @@ fn sigterm_removes_routes_and_keeps_the_device() {
 #[test]
 #[ignore = "needs root: scripts/test"]
 fn sigterm_without_persist_removes_the_device() {
-    let tc = seed_cluster();
+    let tc = seed_cluster(Underlay::DEFAULT);
     let config = tc.daemon(NODE1).unwrap().config.clone();
     tc.stop(NODE1).unwrap();
     let text = std::fs::read_to_string(&config)
@@ -332,7 +394,7 @@ fn sigterm_without_persist_removes_the_device() {
 #[test]
 #[ignore = "needs root: scripts/test"]
 fn a_second_daemon_on_the_same_device_fails_clearly() {
-    let tc = seed_cluster();
+    let tc = seed_cluster(Underlay::DEFAULT);
     let config = tc.daemon(NODE1).unwrap().config.clone();
     let out = run_to_exit(&tc, NODE1, &config);
     let stderr = String::from_utf8_lossy(&out.stderr);
@@ -410,7 +472,7 @@ fn sighup_adds_a_route_while_a_transfer_runs() {
 #[test]
 #[ignore = "needs root: scripts/test"]
 fn sighup_with_a_bad_config_keeps_running() {
-    let tc = seed_cluster();
+    let tc = seed_cluster(Underlay::DEFAULT);
     tc.write_config(NODE1, "[tunnel]\nname = \"tunl0\"\n")
         .unwrap();
     tc.reload(NODE1).unwrap();
@@ -422,6 +484,17 @@ fn sighup_with_a_bad_config_keeps_running() {
         "reload refused",
     );
     assert!(tc.log(NODE1).contains("local"), "{}", tc.log(NODE1));
+    assert_eq!(tc.kernel_routes(NODE1).unwrap().len(), 1);
+    // Not TOML at all: still one line per event (each starts with its time).
+    tc.write_config(NODE1, "[tunnel]\nlocal = = 3\n").unwrap();
+    tc.reload(NODE1).unwrap();
+    wait_until(|| tc.log(NODE1).contains("not TOML"), "reload refused");
+    let log = tc.log(NODE1);
+    assert!(
+        log.lines()
+            .all(|l| l.starts_with(|c: char| c.is_ascii_digit())),
+        "an event on several lines:\n{log}"
+    );
     assert_eq!(tc.kernel_routes(NODE1).unwrap().len(), 1);
     tc.cluster()
         .wait_reachable(PERF, tc.pod_ip(SIT).unwrap(), Duration::from_secs(5))
@@ -467,7 +540,7 @@ fn a_bad_config_exits_with_code_2_and_names_the_key() {
     // name and socket) with an MTU the underlay cannot carry, a local
     // address on no interface (so no MTU to derive), a user that does not
     // exist.
-    let tc = seed_cluster();
+    let tc = seed_cluster(Underlay::DEFAULT);
     let base = tc
         .config_text(NODE1)
         .unwrap()
@@ -522,10 +595,8 @@ fn a_bad_config_exits_with_code_2_and_names_the_key() {
     );
 }
 
-#[test]
-#[ignore = "needs root: scripts/test"]
-fn no_route_in_tunl_answers_net_unreachable() {
-    let tc = seed_cluster();
+fn no_route_in_tunl_answers_net_unreachable(underlay: Underlay) {
+    let tc = seed_cluster(underlay);
     let c = tc.cluster();
     // A pool route into the tunnel that tunl does not follow (another
     // table, reached after main): 10.20.200.0/26 has no owner in tunl.
@@ -576,9 +647,17 @@ fn pool_route_tunl_does_not_follow(tc: &TunlCluster, node: &str) {
 }
 
 /// An ICMP error (type 3 code 4) from the underlay about an outer packet
-/// `from_node` -> `to_node`, as a router between them would send it.
-fn underlay_frag_needed(from_node: Ipv4Addr, to_node: Ipv4Addr, mtu: u16) -> Vec<u8> {
-    // The quoted outer header (IPIP, node to node) and 8 bytes of the inner one.
+/// `from_node` -> `to_node` carrying a packet from the pod `inner_src`, as
+/// a router between them would send it (RFC 2003 §4: the quote reaches the
+/// inner header, which tunl checks).
+fn underlay_frag_needed(
+    from_node: Ipv4Addr,
+    to_node: Ipv4Addr,
+    inner_src: Ipv4Addr,
+    mtu: u16,
+) -> Vec<u8> {
+    // The quoted outer header (IPIP, node to node) and 28 bytes of the inner
+    // packet.
     let quoted_outer = etherparse::Ipv4Header::new(
         1480,
         64,
@@ -589,7 +668,16 @@ fn underlay_frag_needed(from_node: Ipv4Addr, to_node: Ipv4Addr, mtu: u16) -> Vec
     .unwrap();
     let mut quote = Vec::new();
     quote.extend_from_slice(&quoted_outer.to_bytes());
-    quote.extend_from_slice(&[0x45, 0, 0x05, 0xc8, 0, 1, 0x40, 0]);
+    let inner = etherparse::Ipv4Header::new(
+        1460 - 20,
+        64,
+        etherparse::IpNumber::UDP,
+        inner_src.octets(),
+        [10, 20, 42, 31],
+    )
+    .unwrap();
+    quote.extend_from_slice(&inner.to_bytes());
+    quote.extend_from_slice(&[0x9c, 0x40, 0x1b, 0x59, 0x05, 0xa0, 0, 0]);
     let mut icmp = vec![3, 4, 0, 0, 0, 0];
     icmp.extend_from_slice(&mtu.to_be_bytes());
     icmp.extend_from_slice(&quote);
@@ -598,10 +686,8 @@ fn underlay_frag_needed(from_node: Ipv4Addr, to_node: Ipv4Addr, mtu: u16) -> Vec
     ipv4_packet(to_node, from_node, etherparse::IpNumber::ICMP, &icmp)
 }
 
-#[test]
-#[ignore = "needs root: scripts/test"]
-fn underlay_frag_needed_lowers_the_path_mtu_for_that_node() {
-    let tc = seed_cluster();
+fn underlay_frag_needed_lowers_the_path_mtu_for_that_node(underlay: Underlay) {
+    let tc = seed_cluster(underlay);
     let c = tc.cluster();
     let node1 = c.node(NODE1).unwrap().underlay;
     let node2 = c.node(NODE2).unwrap().underlay;
@@ -622,7 +708,13 @@ fn underlay_frag_needed_lowers_the_path_mtu_for_that_node() {
     assert!(before.contains("1408 bytes from"), "{before}");
     // A router between the nodes says: outer packets toward node1 must be
     // at most 1400 bytes, so the tunnel toward node1 carries 1380.
-    send_raw(&tc, NODE1, node2, underlay_frag_needed(node2, node1, 1400));
+    let perf = tc.pod_ip(PERF).unwrap();
+    send_raw(
+        &tc,
+        NODE1,
+        node2,
+        underlay_frag_needed(node2, node1, perf, 1400),
+    );
     let mut after = String::new();
     for _ in 0..20 {
         after = ping("1400");
@@ -643,7 +735,7 @@ fn underlay_frag_needed_lowers_the_path_mtu_for_that_node() {
 #[test]
 #[ignore = "needs root: scripts/test"]
 fn deleting_the_device_under_the_daemon_stops_it_with_an_error() {
-    let tc = seed_cluster();
+    let tc = seed_cluster(Underlay::DEFAULT);
     let pid = tc.daemon(NODE1).unwrap().pid;
     tc.cluster()
         .exec_ok(NODE1, &["ip", "link", "del", "tunl0"])

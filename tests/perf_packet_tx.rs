@@ -1,4 +1,4 @@
-//! End to end with `[dataplane] packet_tx = true`: outer packets leave
+//! End to end with `[dataplane] underlay = "packet"`: outer packets leave
 //! through an AF_PACKET socket on the underlay device (next-hop MAC from the
 //! neighbour table). A 64 MiB TCP transfer between pods arrives byte for
 //! byte, the daemons really hold a packet socket, and the sending one put
@@ -22,7 +22,7 @@ fn tcp_64mib_with_packet_tx_arrives_byte_for_byte() {
         ClusterSpec::seed(),
         tunl_bin(),
         DaemonOptions {
-            packet_tx: true,
+            underlay: tunl::config::Underlay::Packet,
             ..DaemonOptions::default()
         },
     )
@@ -30,7 +30,11 @@ fn tcp_64mib_with_packet_tx_arrives_byte_for_byte() {
     let server_ip = tc.pod_ip("demo-hello-sit").unwrap();
     {
         for node in ["node1.sit", "node2.perf"] {
-            assert!(tc.config_text(node).unwrap().contains("packet_tx = true"));
+            assert!(
+                tc.config_text(node)
+                    .unwrap()
+                    .contains("underlay = \"packet\"")
+            );
             let ns = tc.cluster().netns(node).unwrap().to_owned();
             let sockets = tc
                 .cluster()

@@ -5,10 +5,26 @@ use std::process::ExitCode;
 
 use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 
-use tunl::config::{Config, START_ONLY_KEYS};
+use tunl::config::{DEFAULT_CONFIG, START_ONLY_KEYS};
 use tunl::daemon;
 
 use crate::exit::{Exit, ExitStatus, report};
+use crate::logging::LogFormat;
+
+/// This build: the release and the git commit (`0.1.0 (commit 1a2b3c4)`),
+/// as `tunl version` and `--version` print it.
+pub const VERSION: &str = concat!(
+    env!("CARGO_PKG_VERSION"),
+    " (commit ",
+    env!("TUNL_GIT_COMMIT"),
+    ")"
+);
+
+/// The build as the daemon reports it in `tunl status`.
+pub const BUILD: daemon::BuildInfo = daemon::BuildInfo {
+    version: env!("CARGO_PKG_VERSION"),
+    commit: env!("TUNL_GIT_COMMIT"),
+};
 
 /// tunl: a userspace IPIP tunnel router, a drop-in for Linux's tunl0 as
 /// Calico uses it, for hosts whose kernel has no ipip driver.
@@ -18,12 +34,19 @@ use crate::exit::{Exit, ExitStatus, report};
 /// on a raw socket; IPIP packets from allowed nodes are unwrapped into the
 /// TUN device. The wire format is that of the kernel's ipip driver.
 #[derive(Debug, Parser)]
-#[command(name = "tunl", version, about, long_about)]
+#[command(name = "tunl", version = VERSION, about, long_about)]
 pub struct Cli {
-    /// Log filter (error, warn, info, debug, trace, or a tracing
-    /// EnvFilter directive); RUST_LOG overrides it.
-    #[arg(long, global = true, default_value = "info")]
+    /// Log filter: comma-separated levels (off, error, warn, info, debug,
+    /// trace), tunl's own targets alone (tunl, tunl::daemon, tunl_io, ...),
+    /// or TARGET=LEVEL for any target (tunl=debug, mio=trace). Any other
+    /// bare word is refused (exit 2): a typo must not mute the log. RUST_LOG,
+    /// when set, is used instead and checked the same way.
+    #[arg(long, global = true, default_value = "info", value_name = "FILTER")]
     pub log: String,
+    /// Log format on stderr: text (one line per event) or json (one JSON
+    /// object per line).
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text, value_name = "FORMAT")]
+    pub log_format: LogFormat,
     #[command(subcommand)]
     pub command: Command,
 }
@@ -40,8 +63,9 @@ pub enum Command {
     /// kept. Exit codes: 0 stopped by a signal, 1 a runtime error, 2 an
     /// invalid config (also a key that does not fit this host).
     Run {
-        /// The TOML config file (see examples/tunl.toml).
-        #[arg(short, long, value_name = "FILE")]
+        /// The TOML config file (see examples/tunl.toml); a file, not `-`,
+        /// since SIGHUP re-reads it.
+        #[arg(short, long, value_name = "FILE", default_value = DEFAULT_CONFIG)]
         config: PathBuf,
     },
     /// The seed article's Calico IPIP cluster, live (needs root).
@@ -79,12 +103,28 @@ pub enum Command {
         action: crate::commands::RouteCommand,
         #[command(flatten)]
         socket: crate::commands::SocketArg,
+        #[command(flatten)]
+        json: crate::commands::JsonArg,
     },
-    /// Show the device and every remote node: blocks, path MTU, traffic
-    /// both ways, last packet seen; and refused IPIP sources.
+    /// Show the daemon (version, uptime, device) and every remote node:
+    /// blocks, path MTU, traffic both ways, last packet seen; and refused
+    /// IPIP sources.
+    ///
+    /// `--dump` prints the same as tab-separated lines for scripts, one
+    /// record per line, the first field naming the record (no header):
+    /// `device NAME LOCAL MTU ADDRESS BLOCKS WORKERS ROUTES STARTED VERSION
+    /// COMMIT`; `underlay LOCAL_PRESENT DEVICE STATE` (STATE up, down or
+    /// gone); `node NODE BLOCKS PATH_MTU RX_PACKETS RX_BYTES TX_PACKETS
+    /// TX_BYTES LAST_SEEN`; `refused SOURCE PACKETS LAST_SEEN ACCEPTED_NOW`;
+    /// `refused_other PACKETS`. Times are Unix seconds (0: never), lists are
+    /// comma-separated, an absent value is `-`, ACCEPTED_NOW and
+    /// LOCAL_PRESENT are 0 or 1.
     Status {
         #[command(flatten)]
         json: crate::commands::JsonArg,
+        /// Print tab-separated records for scripts (see above).
+        #[arg(long, conflicts_with = "json")]
+        dump: bool,
         #[command(flatten)]
         socket: crate::commands::SocketArg,
     },
@@ -96,10 +136,41 @@ pub enum Command {
         socket: crate::commands::SocketArg,
     },
     /// Validate a config file and print what it would set up.
+    ///
+    /// Reports every problem of the file, one line each, and checks what it
+    /// needs of this host (that `security.user` exists). Exit codes: 0
+    /// valid, 2 not.
     Check {
-        /// The TOML config file.
+        /// The TOML config file; `-` reads stdin [default: /etc/tunl/tunl.toml].
+        #[arg(value_name = "FILE", conflicts_with = "config")]
+        file: Option<PathBuf>,
+        /// The same, as an option (as `tunl run` takes it).
         #[arg(short, long, value_name = "FILE")]
-        config: PathBuf,
+        config: Option<PathBuf>,
+        #[command(flatten)]
+        json: crate::commands::JsonArg,
+    },
+    /// Print the version and the git commit of this build.
+    Version {
+        #[command(flatten)]
+        json: crate::commands::JsonArg,
+    },
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
+    ///
+    /// For bash: `tunl completions bash > /etc/bash_completion.d/tunl`; zsh:
+    /// into a folder of `$fpath` as `_tunl`; fish:
+    /// `~/.config/fish/completions/tunl.fish`.
+    Completions {
+        /// The shell.
+        shell: clap_complete::Shell,
+    },
+    /// Print the man page tunl(1), or write every page into a folder (for
+    /// packaging).
+    #[command(hide = true)]
+    Man {
+        /// Write tunl.1 and a page per subcommand (tunl-run.1, tunl-route-add.1, ...) here.
+        #[arg(long, value_name = "DIR")]
+        dir: Option<PathBuf>,
     },
 }
 
@@ -133,9 +204,21 @@ pub fn main() -> ExitCode {
             return e.exits_with().into();
         }
     };
-    init_logging(&cli.log);
+    match crate::logging::filter(&cli.log) {
+        Ok(filter) => crate::logging::init(filter, cli.log_format),
+        Err(e) => {
+            eprintln!("tunl: {e}");
+            return Exit::Config.into();
+        }
+    }
     match cli.command {
-        Command::Run { config } => match daemon::run(&config) {
+        Command::Run { config } if config.as_os_str() == "-" => {
+            eprintln!(
+                "tunl: run --config -: the daemon re-reads its config on SIGHUP, so it needs a file"
+            );
+            Exit::Config.into()
+        }
+        Command::Run { config } => match daemon::run(&config, BUILD) {
             Ok(()) => Exit::Ok.into(),
             Err(e) => {
                 tracing::error!("{e}");
@@ -170,39 +253,27 @@ pub fn main() -> ExitCode {
                 }
             }
         },
-        Command::Route { action, socket } => crate::commands::route(&socket.socket, action),
-        Command::Status { json, socket } => crate::commands::status(&socket.socket, json.json),
+        Command::Route {
+            action,
+            socket,
+            json,
+        } => crate::commands::route(&socket.socket, action, json.json),
+        Command::Status { json, dump, socket } => {
+            let output = match (json.json, dump) {
+                (true, _) => crate::commands::StatusOutput::Json,
+                (_, true) => crate::commands::StatusOutput::Dump,
+                _ => crate::commands::StatusOutput::Text,
+            };
+            crate::commands::status(&socket.socket, output)
+        }
         Command::Stats { json, socket } => crate::commands::stats(&socket.socket, json.json),
-        Command::Check { config } => match Config::load(&config) {
-            Ok(c) => {
-                println!(
-                    "{}: ok: device {}, local {}, {} route(s), {} local block(s), ttl {}",
-                    config.display(),
-                    c.tunnel.name,
-                    c.tunnel.local,
-                    c.routes.len(),
-                    c.tunnel.blocks.len(),
-                    c.tunnel.ttl
-                );
-                for r in &c.routes {
-                    println!("  {} via {} dev {} onlink", r.prefix, r.via, c.tunnel.name);
-                }
-                Exit::Ok.into()
-            }
-            Err(e) => report("tunl", &e),
-        },
+        Command::Version { json } => crate::generate::version(json.json),
+        Command::Completions { shell } => crate::generate::completions(shell),
+        Command::Man { dir } => crate::generate::man(dir.as_deref()),
+        Command::Check { file, config, json } => {
+            crate::check::check(&crate::check::config_path(file, config), json.json)
+        }
     }
-}
-
-fn init_logging(default: &str) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .or_else(|_| tracing_subscriber::EnvFilter::try_new(default))
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .with_writer(std::io::stderr)
-        .try_init();
 }
 
 #[cfg(test)]

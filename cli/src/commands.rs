@@ -1,4 +1,5 @@
-//! `tunl route`, `tunl status`, `tunl stats`: clients of the control socket.
+//! `tunl route`, `tunl status`, `tunl stats`: clients of the control socket
+//! (what they print is in [`crate::status`]).
 //!
 //! Exit codes as [`crate::exit`]: 0 done, 1 a runtime error (no daemon, the
 //! daemon refused the request), 2 a usage error (a routes file that does
@@ -8,18 +9,15 @@ use std::fmt::Write as _;
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use std::time::Duration;
 
 use clap::{Args, Subcommand};
 use ipnetwork::Ipv4Network;
 
 use tunl::config::DEFAULT_CONTROL_SOCKET;
-use tunl::control::{Client, ClientError, Request, Route, RouteChange, RouteList, Stats, Status};
+use tunl::control::{Client, ClientError, Request, Route, RouteChange, RouteList, Stats};
 
 use crate::exit::{Exit, report};
-
-/// Refused sources `tunl status` lists; the rest are summed in one line.
-pub const STATUS_REFUSED_LINES: usize = 8;
+use crate::status::{StatsObject, dump_status, format_stats, format_status};
 
 /// `--socket PATH`.
 #[derive(Debug, Clone, Args)]
@@ -34,7 +32,8 @@ pub struct SocketArg {
 pub enum RouteCommand {
     /// Add a route, or move a block to another node: `route add PREFIX via NODE`.
     Add {
-        /// The remote block, e.g. 10.20.105.192/26.
+        /// The remote block with its length, e.g. 10.20.105.192/26.
+        #[arg(value_parser = prefix_arg)]
         prefix: Ipv4Network,
         /// The word `via`.
         #[arg(value_parser = ["via"], hide_possible_values = true)]
@@ -44,7 +43,8 @@ pub enum RouteCommand {
     },
     /// Remove a route (removing an absent one succeeds).
     Del {
-        /// The block.
+        /// The block, with its length.
+        #[arg(value_parser = prefix_arg)]
         prefix: Ipv4Network,
     },
     /// List the routes.
@@ -55,19 +55,42 @@ pub enum RouteCommand {
     /// The file holds either JSON (`[{"prefix": "...", "via": "..."}]`, or
     /// `{"routes": [...]}`) or lines `PREFIX via NODE` (`#` starts a
     /// comment), as `tunl route list` prints them. `-` reads stdin.
+    ///
+    /// An empty set removes every route, the config's too, so it is refused
+    /// (exit 2) unless `--allow-empty` is given.
     Replace {
         /// The routes file.
         #[arg(long, value_name = "ROUTES")]
         file: PathBuf,
+        /// Accept an empty set: remove every route.
+        #[arg(long)]
+        allow_empty: bool,
     },
 }
 
-/// Output of `status`/`stats`.
+/// A prefix argument: with its length (`10.20.105.192/26`), as the config
+/// wants it.
+fn prefix_arg(text: &str) -> Result<Ipv4Network, String> {
+    tunl::config::parse_prefix(text).map_err(|e| e.to_string())
+}
+
+/// `--json`, on every command that prints a result.
 #[derive(Debug, Clone, Args)]
 pub struct JsonArg {
-    /// Print the daemon's JSON reply instead of text.
-    #[arg(long)]
+    /// Print the result as JSON instead of text (errors stay text, on stderr).
+    #[arg(long, global = true)]
     pub json: bool,
+}
+
+/// How `tunl status` prints.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StatusOutput {
+    /// For people.
+    Text,
+    /// The daemon's reply, as JSON.
+    Json,
+    /// Tab-separated records (`--dump`).
+    Dump,
 }
 
 /// Why `tunl route replace --file` could not use its file.
@@ -89,6 +112,16 @@ pub enum RoutesFileError {
         path: PathBuf,
         /// What is wrong, with the line.
         message: String,
+    },
+    /// The file names no route, and `--allow-empty` was not given.
+    #[error(
+        "{}: no routes: replacing the route set with an empty one removes every route, \
+         the config's too; pass --allow-empty to mean it",
+        path.display()
+    )]
+    Empty {
+        /// The path given.
+        path: PathBuf,
     },
 }
 
@@ -158,9 +191,8 @@ pub fn parse_routes(text: &str) -> Result<Vec<Route>, String> {
                 i + 1
             ));
         };
-        let prefix = prefix
-            .parse()
-            .map_err(|e| format!("line {}: prefix {prefix:?}: {e}", i + 1))?;
+        let prefix =
+            tunl::config::parse_prefix(prefix).map_err(|e| format!("line {}: {e}", i + 1))?;
         let via = via
             .parse()
             .map_err(|e| format!("line {}: node {via:?}: {e}", i + 1))?;
@@ -187,43 +219,29 @@ fn describe(change: &RouteChange) -> String {
     s
 }
 
-/// `tunl route ...`.
-pub fn route(socket: &Path, command: RouteCommand) -> ExitCode {
+/// `tunl route ...`; `--json` prints the daemon's result (a route change,
+/// or the route list).
+pub fn route(socket: &Path, command: RouteCommand, json: bool) -> ExitCode {
     let request = match command {
         RouteCommand::Add { prefix, node, .. } => Request::RouteAdd { prefix, via: node },
         RouteCommand::Del { prefix } => Request::RouteDel { prefix },
         RouteCommand::List => {
-            return match call::<RouteList>(socket, &Request::RouteList {}) {
-                Ok(list) => {
-                    print!("{}", format_route_list(&list));
-                    Exit::Ok.into()
-                }
-                Err(e) => fail(&e),
-            };
+            return show(socket, Request::RouteList {}, json, format_route_list);
         }
-        RouteCommand::Replace { file } => match read_routes(&file) {
-            Ok(routes) => Request::RouteReplace { routes },
+        RouteCommand::Replace { file, allow_empty } => match read_routes(&file) {
+            Ok(routes) if routes.is_empty() && !allow_empty => {
+                return report("tunl", &RoutesFileError::Empty { path: file });
+            }
+            Ok(routes) => Request::RouteReplace {
+                routes,
+                allow_empty,
+            },
             Err(e) => return report("tunl", &e),
         },
     };
-    match call::<RouteChange>(socket, &request) {
-        Ok(change) => {
-            println!("{}", describe(&change));
-            Exit::Ok.into()
-        }
-        Err(e) => fail(&e),
-    }
-}
-
-fn ago(now_ms: u64, then_ms: u64) -> String {
-    let d = Duration::from_millis(now_ms.saturating_sub(then_ms));
-    match d.as_secs() {
-        0 => "just now".to_owned(),
-        1 => "1 second ago".to_owned(),
-        s if s < 120 => format!("{s} seconds ago"),
-        s if s < 7200 => format!("{} minutes ago", s / 60),
-        s => format!("{} hours ago", s / 3600),
-    }
+    show(socket, request, json, |change: &RouteChange| {
+        format!("{}\n", describe(change))
+    })
 }
 
 /// The text `tunl route list` prints: `PREFIX via NODE` (what `route
@@ -260,131 +278,72 @@ pub fn format_route_list(list: &RouteList) -> String {
     o
 }
 
-/// The text `tunl status` prints.
-pub fn format_status(s: &Status) -> String {
-    let mut o = String::new();
-    let _ = writeln!(o, "device: {}", s.device);
-    let _ = writeln!(o, "  mtu: {}", s.mtu);
-    let _ = writeln!(o, "  local: {}", s.local);
-    if let Some(a) = s.address {
-        let _ = writeln!(o, "  address: {a}");
-    }
-    if !s.blocks.is_empty() {
-        let b: Vec<String> = s.blocks.iter().map(ToString::to_string).collect();
-        let _ = writeln!(o, "  blocks: {}", b.join(", "));
-    }
-    let _ = writeln!(o, "  workers: {}", s.workers);
-    let by_origin: Vec<String> = s
-        .routes_by_origin
-        .iter()
-        .map(|(origin, n)| format!("{origin} {n}"))
-        .collect();
-    if by_origin.is_empty() {
-        let _ = writeln!(o, "  routes: {}", s.routes);
-    } else {
-        let _ = writeln!(o, "  routes: {} ({})", s.routes, by_origin.join(", "));
-    }
-    if s.route_resyncs > 0 {
-        let _ = writeln!(o, "  route resyncs: {}", s.route_resyncs);
-    }
-    for n in &s.nodes {
-        let b: Vec<String> = n
-            .blocks
-            .iter()
-            .enumerate()
-            .map(|(i, b)| match n.origins.get(i) {
-                Some(origin) => format!("{b} ({origin})"),
-                None => b.to_string(),
-            })
-            .collect();
-        let _ = writeln!(o, "\nnode: {}", n.node);
-        let _ = writeln!(o, "  blocks: {}", b.join(", "));
-        let _ = writeln!(o, "  path mtu: {}", n.path_mtu);
-        let _ = writeln!(o, "  rx: {} packets, {} bytes", n.rx_packets, n.rx_bytes);
-        let _ = writeln!(o, "  tx: {} packets, {} bytes", n.tx_packets, n.tx_bytes);
-        let seen = n
-            .last_seen_unix_ms
-            .map_or_else(|| "never".to_owned(), |t| ago(s.now_unix_ms, t));
-        let _ = writeln!(o, "  last seen: {seen}");
-    }
-    let mut refused = s.refused.clone();
-    refused.sort_by(|a, b| b.packets.cmp(&a.packets).then(a.source.cmp(&b.source)));
-    for r in refused.iter().take(STATUS_REFUSED_LINES) {
-        let _ = writeln!(
-            o,
-            "\nrefused source: {} (not a node, not allowed)\n  packets: {}\n  last seen: {}",
-            r.source,
-            r.packets,
-            ago(s.now_unix_ms, r.last_seen_unix_ms)
-        );
-    }
-    let rest: u64 = refused
-        .iter()
-        .skip(STATUS_REFUSED_LINES)
-        .map(|r| r.packets)
-        .sum::<u64>()
-        + s.refused_other_packets;
-    if rest > 0 {
-        let more = refused.len().saturating_sub(STATUS_REFUSED_LINES);
-        let _ = writeln!(
-            o,
-            "\nrefused from other sources: {rest} packets ({more} more listed in --json{})",
-            if s.refused_other_packets > 0 {
-                ", and sources past the table"
-            } else {
-                ""
-            }
-        );
-    }
-    o
-}
-
-/// The text `tunl stats` prints.
-pub fn format_stats(s: &Stats) -> String {
-    let mut o = String::new();
-    for (name, v) in &s.counters {
-        let _ = writeln!(o, "{name}: {v}");
-    }
-    let _ = writeln!(o, "drops: {}", s.drops_total);
-    for (reason, v) in &s.drops {
-        let _ = writeln!(o, "  {reason}: {v}");
-    }
-    o
-}
-
 fn show<T: serde::de::DeserializeOwned + serde::Serialize>(
     socket: &Path,
     request: Request,
     json: bool,
-    text: fn(&T) -> String,
+    text: impl Fn(&T) -> String,
 ) -> ExitCode {
     match call::<T>(socket, &request) {
-        Ok(v) => {
-            if json {
-                match serde_json::to_string_pretty(&v) {
-                    Ok(s) => println!("{s}"),
-                    Err(e) => {
-                        eprintln!("tunl: cannot encode the reply: {e}");
-                        return Exit::Runtime.into();
-                    }
-                }
-            } else {
-                print!("{}", text(&v));
-            }
-            Exit::Ok.into()
-        }
+        Ok(v) if json => printed(print_json(&v)),
+        Ok(v) => printed(print(&text(&v))),
         Err(e) => fail(&e),
     }
 }
 
-/// `tunl status`.
-pub fn status(socket: &Path, json: bool) -> ExitCode {
-    show(socket, Request::Status {}, json, format_status)
+/// Prints `value` as pretty JSON on stdout; `false` (after saying why on
+/// stderr) when it cannot be encoded or written.
+pub fn print_json<T: serde::Serialize + ?Sized>(value: &T) -> bool {
+    match serde_json::to_string_pretty(value) {
+        Ok(s) => print(&format!("{s}\n")),
+        Err(e) => {
+            eprintln!("tunl: cannot encode the output as JSON: {e}");
+            false
+        }
+    }
 }
 
-/// `tunl stats`.
+/// Writes `text` to stdout. A reader that went away (`tunl status | head`)
+/// is no error; another failure is said on stderr and gives `false`.
+pub fn print(text: &str) -> bool {
+    use std::io::Write as _;
+    let mut out = std::io::stdout().lock();
+    match out.write_all(text.as_bytes()).and_then(|()| out.flush()) {
+        Ok(()) => true,
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => true,
+        Err(e) => {
+            eprintln!("tunl: cannot write the output: {e}");
+            false
+        }
+    }
+}
+
+/// [`Exit::Ok`] when `written`, else [`Exit::Runtime`].
+pub fn printed(written: bool) -> ExitCode {
+    if written {
+        Exit::Ok.into()
+    } else {
+        Exit::Runtime.into()
+    }
+}
+
+/// `tunl status [--json | --dump]`.
+pub fn status(socket: &Path, output: StatusOutput) -> ExitCode {
+    match output {
+        StatusOutput::Text => show(socket, Request::Status {}, false, format_status),
+        StatusOutput::Json => show(socket, Request::Status {}, true, format_status),
+        StatusOutput::Dump => show(socket, Request::Status {}, false, dump_status),
+    }
+}
+
+/// `tunl stats [--json]`: `--json` prints one object
+/// ([`StatsObject`]), not the protocol's reply.
 pub fn stats(socket: &Path, json: bool) -> ExitCode {
-    show(socket, Request::Stats {}, json, format_stats)
+    match call::<Stats>(socket, &Request::Stats {}) {
+        Ok(s) if json => printed(print_json(&StatsObject(&s))),
+        Ok(s) => printed(print(&format_stats(&s))),
+        Err(e) => fail(&e),
+    }
 }
 
 #[cfg(test)]
@@ -417,5 +376,45 @@ mod tests {
                 .contains("line 1")
         );
         assert!(parse_routes("10.20.105.192/33 via 172.16.36.5").is_err());
+        assert_eq!(
+            parse_routes("10.20.105.192/26 via 172.16.36.5\n10.20.106.0 via 172.16.36.5")
+                .unwrap_err(),
+            "line 2: \"10.20.106.0\" has no prefix length: write 10.20.106.0/32 for one \
+             address, or the block's length (e.g. 10.20.106.0/26)"
+        );
+        assert!(
+            parse_routes(r#"[{"prefix":"10.20.106.0","via":"172.16.36.5"}]"#)
+                .unwrap_err()
+                .contains("has no prefix length")
+        );
+    }
+
+    #[test]
+    fn route_add_wants_the_prefix_length() {
+        use clap::CommandFactory;
+        let e = crate::args::Cli::command()
+            .try_get_matches_from([
+                "tunl",
+                "route",
+                "add",
+                "10.20.105.192",
+                "via",
+                "172.16.36.5",
+            ])
+            .unwrap_err();
+        assert_eq!(e.kind(), clap::error::ErrorKind::ValueValidation);
+        assert!(e.to_string().contains("has no prefix length"), "{e}");
+        assert!(
+            crate::args::Cli::command()
+                .try_get_matches_from([
+                    "tunl",
+                    "route",
+                    "add",
+                    "10.20.105.192/26",
+                    "via",
+                    "172.16.36.5"
+                ])
+                .is_ok()
+        );
     }
 }

@@ -47,6 +47,12 @@ impl From<Exit> for ExitCode {
 pub trait ExitStatus {
     /// Which row of the table this error is.
     fn exits_with(&self) -> Exit;
+
+    /// The config problems this error holds, each printed on its own line
+    /// (like a compiler's errors); `None` prints the error as one line.
+    fn config_problems(&self) -> Option<&ConfigError> {
+        None
+    }
 }
 
 impl ExitStatus for DaemonError {
@@ -56,11 +62,22 @@ impl ExitStatus for DaemonError {
             _ => Exit::Runtime,
         }
     }
+
+    fn config_problems(&self) -> Option<&ConfigError> {
+        match self {
+            DaemonError::Config(e) => Some(e),
+            _ => None,
+        }
+    }
 }
 
 impl ExitStatus for ConfigError {
     fn exits_with(&self) -> Exit {
         Exit::Config
+    }
+
+    fn config_problems(&self) -> Option<&ConfigError> {
+        Some(self)
     }
 }
 
@@ -106,10 +123,31 @@ impl ExitStatus for clap::Error {
     }
 }
 
-/// Prints `error` as `WHO: error` on stderr and gives its exit code.
+/// Prints `error` as `WHO: error` on stderr and gives its exit code; an
+/// invalid config gets a line per problem, then the count.
 pub fn report<E: std::fmt::Display + ExitStatus>(who: &str, error: &E) -> ExitCode {
-    eprintln!("{who}: {error}");
+    for line in report_lines(error) {
+        eprintln!("{who}: {line}");
+    }
     error.exits_with().into()
+}
+
+/// The lines [`report`] prints (after `WHO: `).
+pub fn report_lines<E: std::fmt::Display + ExitStatus>(error: &E) -> Vec<String> {
+    let problems = error
+        .config_problems()
+        .map_or(&[][..], ConfigError::problems);
+    if let (Some(config), [_, _, ..]) = (error.config_problems(), problems) {
+        let path = config.path().display();
+        let mut lines: Vec<String> = problems
+            .iter()
+            .map(|p| format!("config {path}: {p}"))
+            .collect();
+        lines.push(format!("config {path}: {} errors", problems.len()));
+        lines
+    } else {
+        vec![error.to_string()]
+    }
 }
 
 #[cfg(test)]
@@ -146,6 +184,29 @@ mod tests {
         assert_eq!(
             [Exit::Ok, Exit::Runtime, Exit::Config].map(Exit::code),
             [0, 1, 2]
+        );
+    }
+
+    #[test]
+    fn an_invalid_config_is_reported_a_line_per_problem() {
+        let e = tunl::config::Config::parse(
+            "[tunnel]\nlocal = \"0.0.0.0\"\nmtu = 1\n",
+            Path::new("t.toml"),
+        )
+        .unwrap_err();
+        assert_eq!(
+            report_lines(&e),
+            [
+                "config t.toml: tunnel.mtu: expected a number 68..=65515, found 1",
+                "config t.toml: tunnel.local: 0.0.0.0 is not a unicast host address",
+                "config t.toml: 2 errors",
+            ]
+        );
+        assert_eq!(report_lines(&DaemonError::from(e)).len(), 3);
+        assert_eq!(
+            report_lines(&config_error()),
+            [config_error().to_string()],
+            "one problem, one line"
         );
     }
 

@@ -7,7 +7,11 @@
 #![forbid(unsafe_code)]
 
 pub mod args;
+pub mod check;
 pub mod commands;
 pub mod exit;
+pub mod generate;
+pub mod logging;
+pub mod status;
 
 pub use args::main;

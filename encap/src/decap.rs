@@ -21,6 +21,20 @@ pub trait DecapPolicy {
     }
 }
 
+/// Whether decap checks the outer header's checksum: the caller says who
+/// has already done it, so every receive path has to choose.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum OuterChecksum {
+    /// Verify it: nothing has (AF_XDP frames, fuzzing, tests).
+    Verify,
+    /// The kernel's IP layer verified it before delivering the packet (a
+    /// raw socket). Skip it: on local delivery the kernel then fills in
+    /// record-route and timestamp options without refreshing the checksum,
+    /// so checking again would refuse packets the kernel accepted.
+    VerifiedByKernel,
+}
+
 /// A decapsulated packet.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Decapsulated {
@@ -55,7 +69,18 @@ pub fn decap_ecn(outer: Ecn, inner: Ecn) -> Option<Ecn> {
     }
 }
 
-/// Decapsulates one outer packet.
+/// Decapsulates one outer packet, verifying the outer header checksum
+/// ([`decapsulate_with`] and [`OuterChecksum::Verify`]).
+///
+/// # Errors
+/// As [`decapsulate_with`].
+#[inline]
+pub fn decapsulate(buf: &mut [u8], policy: &impl DecapPolicy) -> Result<Decapsulated, DropReason> {
+    decapsulate_with(buf, policy, OuterChecksum::Verify)
+}
+
+/// Decapsulates one outer packet; `outer` says whether its header checksum
+/// still needs checking.
 ///
 /// `buf` is the whole outer packet as a raw socket delivers it, outer header
 /// included. May modify the inner header in place (ECN, with the checksum
@@ -66,7 +91,8 @@ pub fn decap_ecn(outer: Ecn, inner: Ecn) -> Option<Ecn> {
 /// # Errors
 /// The reason to drop the packet, checked in this order:
 /// - [`DropReason::MalformedOuter`]: the outer header is not version 4 with
-///   IHL ≥ 5 within `buf`, a valid header checksum, a total length equal to
+///   IHL ≥ 5 within `buf`, a valid header checksum (unless
+///   [`OuterChecksum::VerifiedByKernel`]), a total length equal to
 ///   `buf.len()` (or 0 on a GRO super-packet longer than 65535 bytes),
 ///   protocol 4 and no fragmentation;
 /// - [`DropReason::UnknownSource`]: the policy does not allow the outer
@@ -82,7 +108,11 @@ pub fn decap_ecn(outer: Ecn, inner: Ecn) -> Option<Ecn> {
 /// - [`DropReason::NotLocal`]: the policy does not take the inner
 ///   destination.
 #[inline]
-pub fn decapsulate(buf: &mut [u8], policy: &impl DecapPolicy) -> Result<Decapsulated, DropReason> {
+pub fn decapsulate_with(
+    buf: &mut [u8],
+    policy: &impl DecapPolicy,
+    outer: OuterChecksum,
+) -> Result<Decapsulated, DropReason> {
     // The fixed outer header, read once as an array.
     let buf_len = buf.len();
     let oh = buf.first_chunk::<20>().ok_or(DropReason::MalformedOuter)?;
@@ -90,7 +120,7 @@ pub fn decapsulate(buf: &mut [u8], policy: &impl DecapPolicy) -> Result<Decapsul
     if oh[0] >> 4 != 4
         || start < 20
         || start > buf_len
-        || !checksum::verify_header(&buf[..start])
+        || (outer == OuterChecksum::Verify && !checksum::verify_header(&buf[..start]))
         || !whole(u16::from_be_bytes([oh[2], oh[3]]), buf_len)
         || oh[9] != PROTOCOL_IPIP
         || u16::from_be_bytes([oh[6], oh[7]]) & 0x3fff != 0
@@ -268,6 +298,53 @@ mod tests {
         let d = decapsulate(&mut buf, &Policy::cluster()).expect("decapsulates");
         assert_eq!(d.inner, 24..buf.len());
         assert_eq!(buf[d.inner], inner[..]);
+    }
+
+    #[test]
+    fn outer_checksum_is_skipped_only_when_the_kernel_verified_it() {
+        let inner = Inner::default().bytes();
+        let mut good = outer(&inner, 0, NODE_A, NODE_B);
+        // Record route (room for two addresses, then EOL), as it leaves the
+        // kernel's local delivery: an address filled in, the pointer moved,
+        // the checksum as the sender computed it.
+        good.splice(20..20, [7, 11, 4, 0, 0, 0, 0, 0, 0, 0, 0, 0]);
+        good[0] = 0x48;
+        let total = (good.len() as u16).to_be_bytes();
+        good[2..4].copy_from_slice(&total);
+        refill_checksum(&mut good, 0);
+        let mut stale = good.clone();
+        stale[22] = 8;
+        stale[23..27].copy_from_slice(&NODE_B.octets());
+        let policy = Policy::cluster();
+        let verified = OuterChecksum::VerifiedByKernel;
+        let mut buf = stale.clone();
+        assert_eq!(
+            decapsulate(&mut buf, &policy),
+            Err(DropReason::MalformedOuter),
+            "nobody verified it: checked"
+        );
+        let mut buf = stale.clone();
+        let d = decapsulate_with(&mut buf, &policy, verified).expect("decapsulates");
+        assert_eq!(buf[d.inner], inner[..]);
+        let mut buf = good.clone();
+        assert!(decapsulate_with(&mut buf, &policy, OuterChecksum::Verify).is_ok());
+        // Everything else about the outer header is still checked.
+        for (at, value, what) in [(0, 0x68, "version"), (0, 0x44, "IHL"), (9, 17, "protocol")] {
+            let mut buf = stale.clone();
+            buf[at] = value;
+            assert_eq!(
+                decapsulate_with(&mut buf, &policy, verified),
+                Err(DropReason::MalformedOuter),
+                "{what}"
+            );
+        }
+        let mut buf = stale.clone();
+        buf.push(0);
+        assert_eq!(
+            decapsulate_with(&mut buf, &policy, verified),
+            Err(DropReason::MalformedOuter),
+            "total length"
+        );
     }
 
     fn corrupt_inner(

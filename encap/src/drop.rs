@@ -30,11 +30,14 @@ pub enum DropReason {
     /// device, e.g. through a route without gateway. The kernel's tunl0
     /// drops these as a local routing loop.
     TunnelLoop,
+    /// The local underlay address (the outer source) is no longer an
+    /// address of this node: nothing is sent from it.
+    NoLocalAddress,
 }
 
 impl DropReason {
     /// The number of reasons; the length of a counter array.
-    pub const COUNT: usize = 10;
+    pub const COUNT: usize = 11;
 
     /// Every reason, in `as usize` order.
     pub const ALL: [DropReason; Self::COUNT] = [
@@ -48,6 +51,7 @@ impl DropReason {
         Self::NestedIpip,
         Self::NotLocal,
         Self::TunnelLoop,
+        Self::NoLocalAddress,
     ];
 
     /// The snake_case name, for metrics and logs.
@@ -63,6 +67,7 @@ impl DropReason {
             Self::NestedIpip => "nested_ipip",
             Self::NotLocal => "not_local",
             Self::TunnelLoop => "tunnel_loop",
+            Self::NoLocalAddress => "no_local_address",
         }
     }
 }
@@ -80,6 +85,7 @@ impl fmt::Display for DropReason {
             Self::NestedIpip => "nested IPIP",
             Self::NotLocal => "not local",
             Self::TunnelLoop => "tunnel loop",
+            Self::NoLocalAddress => "no local address",
         })
     }
 }

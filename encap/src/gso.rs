@@ -11,6 +11,9 @@
 use crate::checksum;
 use crate::ipv4::{IPV4_HEADER_LEN, PROTOCOL_TCP};
 
+/// IPv4's protocol number for UDP.
+const PROTOCOL_UDP: u8 = 17;
+
 /// Length of `struct virtio_net_hdr`, the header in front of every packet
 /// read from or written to a TUN device with `IFF_VNET_HDR`.
 pub const VIRTIO_NET_HDR_LEN: usize = 10;
@@ -109,6 +112,61 @@ pub fn gso_segments(frame: &[u8]) -> usize {
     } else {
         payload.div_ceil(gso_size).max(1)
     }
+}
+
+/// Whether a packet longer than the TUN MTU is written to TUN as it is (one
+/// plain write, no GSO), for the node's stack to fragment or answer
+/// frag-needed about, as it does after the kernel's tunl0: an unfragmented
+/// IPv4 packet of at most 65535 bytes whose total length is its size, that
+/// is not TCP (a TCP super-packet is written as GSO, [`tcp4_gso_header`])
+/// and, if UDP, is one datagram: its UDP length is the payload's and its
+/// checksum is 0 (none) or verifies over the whole packet. A UDP
+/// super-packet the underlay's GRO coalesced (`rx-udp-gro-forwarding`)
+/// keeps the first datagram's checksum, fails that test and is refused: its
+/// datagram boundaries are lost.
+pub fn oversize_writes_as_is(pkt: &[u8]) -> bool {
+    let Some(h) = pkt.first_chunk::<IPV4_HEADER_LEN>() else {
+        return false;
+    };
+    let ihl = usize::from(h[0] & 0x0f) * 4;
+    let total = usize::from(u16::from_be_bytes([h[2], h[3]]));
+    let frag = u16::from_be_bytes([h[6], h[7]]);
+    if h[0] >> 4 != 4 || ihl < IPV4_HEADER_LEN || total != pkt.len() || h[9] == PROTOCOL_TCP {
+        return false;
+    }
+    if h[9] != PROTOCOL_UDP || frag & 0x3fff != 0 {
+        return true;
+    }
+    let Some(udp) = pkt.get(ihl..).filter(|u| u.len() >= 8) else {
+        return false;
+    };
+    if usize::from(u16::from_be_bytes([udp[4], udp[5]])) != udp.len() {
+        return false;
+    }
+    if udp[6..8] == [0, 0] {
+        return true;
+    }
+    let pseudo = checksum::accumulate(&h[12..20]) + u64::from(PROTOCOL_UDP) + udp.len() as u64;
+    checksum::fold(pseudo + checksum::accumulate(udp)) == 0xffff
+}
+
+/// How many bytes the wire packets of a frame (virtio-net header, then the
+/// packet) written to TUN add up to: the packet's length for a plain frame;
+/// for a GSO super-packet of [`gso_segments`] segments, its length plus the
+/// headers (`hdr_len`) every segment after the first repeats. For a frame
+/// that GRO coalesced, that is the sum of the packets coalesced. A frame
+/// too short to hold a virtio-net header counts its bytes past it (none).
+pub fn gso_packet_bytes(frame: &[u8]) -> usize {
+    let Some(hdr) = frame.first_chunk::<VIRTIO_NET_HDR_LEN>() else {
+        return 0;
+    };
+    let len = frame.len() - VIRTIO_NET_HDR_LEN;
+    let segments = gso_segments(frame);
+    if segments <= 1 {
+        return len;
+    }
+    let hdr_len = usize::from(u16::from_ne_bytes([hdr[2], hdr[3]]));
+    len + (segments - 1) * hdr_len
 }
 
 #[cfg(test)]
@@ -277,5 +335,90 @@ mod tests {
         // Too short for a header.
         assert_eq!(gso_segments(&[]), 1);
         assert_eq!(gso_segments(&[0, 1, 0, 0, 1]), 1);
+    }
+
+    /// A UDP packet of `payload` bytes built with etherparse (checksums
+    /// right).
+    fn udp_packet(payload: usize) -> Vec<u8> {
+        let mut v = Vec::new();
+        etherparse::PacketBuilder::ipv4(SRC.octets(), DST.octets(), 63)
+            .udp(4000, 5000)
+            .write(&mut v, &(0..payload).map(|i| i as u8).collect::<Vec<_>>())
+            .expect("fits");
+        v
+    }
+
+    #[test]
+    fn which_oversize_packets_are_written_as_they_are() {
+        let udp = udp_packet(3000);
+        assert!(oversize_writes_as_is(&udp), "one whole datagram");
+        let mut no_checksum = udp.clone();
+        no_checksum[26..28].fill(0);
+        assert!(oversize_writes_as_is(&no_checksum), "UDP checksum 0: none");
+        // A UDP GRO super-packet: the first datagram's checksum over all.
+        let mut coalesced = udp.clone();
+        coalesced[1500] ^= 0x5a;
+        assert!(
+            !oversize_writes_as_is(&coalesced),
+            "checksum does not verify"
+        );
+        let mut udp_len = udp.clone();
+        udp_len[24..26].copy_from_slice(&1000u16.to_be_bytes());
+        assert!(
+            !oversize_writes_as_is(&udp_len),
+            "UDP length not the payload's"
+        );
+        let mut icmp = udp.clone();
+        icmp[9] = 1;
+        assert!(
+            oversize_writes_as_is(&icmp),
+            "not UDP: no datagram to check"
+        );
+        let mut tcp = tcp_packet(0, 0, 3000, false);
+        let total = (tcp.len() as u16).to_be_bytes();
+        tcp[2..4].copy_from_slice(&total);
+        assert!(!oversize_writes_as_is(&tcp), "TCP goes as GSO");
+        let mut fragment = udp.clone();
+        fragment[6] |= 0x20;
+        assert!(
+            oversize_writes_as_is(&fragment),
+            "a first fragment: as it is"
+        );
+        assert!(
+            !oversize_writes_as_is(&udp[..udp.len() - 1]),
+            "total length"
+        );
+        assert!(!oversize_writes_as_is(&udp[..19]));
+        let mut v6 = udp.clone();
+        v6[0] = 0x65;
+        assert!(!oversize_writes_as_is(&v6));
+    }
+
+    #[test]
+    fn bytes_of_the_packets_a_frame_stands_for() {
+        let frame = |gso_type: u8, hdr_len: u16, gso_size: u16, pkt_len: usize| {
+            let mut f = vec![0; VIRTIO_NET_HDR_LEN + pkt_len];
+            f[1] = gso_type;
+            f[2..4].copy_from_slice(&hdr_len.to_ne_bytes());
+            f[4..6].copy_from_slice(&gso_size.to_ne_bytes());
+            f
+        };
+        assert_eq!(gso_packet_bytes(&frame(0, 40, 100, 4000)), 4000);
+        // Three TCP packets of 40 + 1440 bytes coalesced: 40 + 3 * 1440.
+        assert_eq!(
+            gso_packet_bytes(&frame(1, 40, 1440, 40 + 3 * 1440)),
+            3 * 1480
+        );
+        // The last segment shorter: 40 + 1440 + 40 + 100.
+        assert_eq!(gso_packet_bytes(&frame(1, 40, 1440, 40 + 1540)), 1620);
+        // UDP: four datagrams of 28 + 250.
+        assert_eq!(gso_packet_bytes(&frame(5, 28, 250, 28 + 1000)), 4 * 278);
+        assert_eq!(gso_packet_bytes(&[0; 5]), 0);
+        // What tcp4_gso_header describes adds up to its segments.
+        let mut pkt = tcp_packet(0, 0, 3000, false);
+        let mut hdr = [0; VIRTIO_NET_HDR_LEN];
+        assert_eq!(tcp4_gso_header(&mut pkt, 1480, &mut hdr), Some(3));
+        let frame: Vec<u8> = hdr.iter().chain(&pkt).copied().collect();
+        assert_eq!(gso_packet_bytes(&frame), 3000 + 3 * 40);
     }
 }

@@ -10,14 +10,16 @@
 //! Everything is at the crate root, except the Internet checksum functions
 //! in [`checksum`]:
 //! - encap and decap: [`encapsulate`] with [`TunnelSettings`] and an
-//!   [`IdentGenerator`], [`decapsulate`] with a [`DecapPolicy`]; a refused
-//!   packet has a [`DropReason`];
+//!   [`IdentGenerator`], [`decapsulate`] with a [`DecapPolicy`]
+//!   ([`decapsulate_with`] when the kernel verified the outer checksum,
+//!   [`OuterChecksum`]); a refused packet has a [`DropReason`];
 //! - the IPv4 header view [`Ipv4Packet`] (its [`ParseError`], [`Ecn`]);
 //! - ICMP errors to send ([`frag_needed`], [`unreachable()`]) and to read
 //!   from the underlay ([`parse_underlay_error`]), and a [`TokenBucket`] to
 //!   limit them;
 //! - the virtio-net header of a TUN GSO write ([`tcp4_gso_header`],
-//!   [`gso_segments`]).
+//!   [`gso_segments`], [`gso_packet_bytes`]) and which packets longer
+//!   than the MTU are written without it ([`oversize_writes_as_is`]).
 //!
 //! ```
 //! use std::net::Ipv4Addr;
@@ -60,7 +62,9 @@ mod icmp;
 mod ipv4;
 mod ratelimit;
 
-pub use decap::{DecapPolicy, Decapsulated, decap_ecn, decapsulate};
+pub use decap::{
+    DecapPolicy, Decapsulated, OuterChecksum, decap_ecn, decapsulate, decapsulate_with,
+};
 pub use drop::DropReason;
 pub use encap::{
     DEFAULT_MTU, EncapError, HEADROOM, IdentGenerator, MAX_INNER_LEN, MIN_MTU, Ttl, TunnelSettings,
@@ -68,7 +72,7 @@ pub use encap::{
 };
 pub use gso::{
     VIRTIO_NET_HDR_F_NEEDS_CSUM, VIRTIO_NET_HDR_GSO_ECN, VIRTIO_NET_HDR_GSO_TCPV4,
-    VIRTIO_NET_HDR_LEN, gso_segments, tcp4_gso_header,
+    VIRTIO_NET_HDR_LEN, gso_packet_bytes, gso_segments, oversize_writes_as_is, tcp4_gso_header,
 };
 pub use icmp::{
     ICMP_ERROR_MAX_LEN, UnderlayError, UnderlayIcmp, Unreachable, frag_needed,

@@ -2,6 +2,44 @@
 
 use tun_rs::ExpandBuffer;
 
+/// What the TUN reads and the encap pipeline need of a packet buffer: a
+/// fixed capacity, a length, views of the valid bytes (`AsRef`/`AsMut`) and
+/// of the whole capacity. [`PacketBuf`] is one on the heap; the AF_XDP
+/// transmit frames ([`crate::xdp::UmemFrame`]) are chunks of a UMEM, so
+/// pod packets are read straight into the memory the kernel sends from.
+pub trait Buffer: AsRef<[u8]> + AsMut<[u8]> {
+    /// The number of valid bytes.
+    fn len(&self) -> usize;
+    /// Whether the buffer holds no bytes.
+    fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+    /// Sets the number of valid bytes, clamped to the capacity.
+    fn set_len(&mut self, len: usize);
+    /// The fixed capacity in bytes.
+    fn capacity(&self) -> usize;
+    /// The whole capacity, regardless of the length (for reading into).
+    fn full_mut(&mut self) -> &mut [u8];
+}
+
+impl Buffer for PacketBuf {
+    fn len(&self) -> usize {
+        PacketBuf::len(self)
+    }
+
+    fn set_len(&mut self, len: usize) {
+        PacketBuf::set_len(self, len);
+    }
+
+    fn capacity(&self) -> usize {
+        PacketBuf::capacity(self)
+    }
+
+    fn full_mut(&mut self) -> &mut [u8] {
+        PacketBuf::full_mut(self)
+    }
+}
+
 /// A reusable packet buffer: fixed capacity, a length, never re-zeroed on
 /// reuse.
 ///

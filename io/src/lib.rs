@@ -15,7 +15,10 @@
 //! - routes and links over rtnetlink ([`netlink::Netlink`]), a streamed dump
 //!   of a routing table ([`netlink::dump_ipv4_routes`]) and a listener
 //!   thread that follows route and link changes ([`netlink::RouteListener`]);
+//! - changes of links and addresses ([`watch::LinkWatch`]);
 //! - an interface's link state and IPv4 address by ioctl ([`link`]);
+//! - the AF_XDP underlay: tunl's XDP program, attached with a BPF link of
+//!   its own, and AF_XDP sockets with their own UMEM and rings ([`xdp`]);
 //! - helpers for tests in private network namespaces ([`ns`]).
 //!
 //! The bytes of the virtio-net header and the GSO arithmetic are sans-IO and
@@ -40,8 +43,10 @@ pub mod netlink;
 pub mod ns;
 mod raw;
 mod tun;
+pub mod watch;
+pub mod xdp;
 
-pub use buf::PacketBuf;
+pub use buf::{Buffer, PacketBuf};
 pub use error::IoError;
 pub use raw::{
     IcmpReceiver, IpipReceiver, IpipSender, MAX_BATCH, PacketSender, RecvReport, SendMsgReport,
@@ -77,4 +82,8 @@ const _: () = {
     assert_send::<IcmpReceiver>();
     assert_send::<PacketBuf>();
     assert_send::<netlink::Netlink>();
+    assert_send::<xdp::Xsk>();
+    assert_send::<xdp::UmemFrame>();
+    assert_send::<xdp::XdpProgram>();
+    assert_send::<xdp::XdpLink>();
 };

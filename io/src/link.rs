@@ -1,5 +1,7 @@
 //! Link and address setup of an interface, with the classic `SIOCSIF*`
-//! ioctls: bring a link up, assign its IPv4 address.
+//! ioctls: bring a link up, assign its IPv4 address; and what the XDP
+//! underlay needs to know of a device: its MAC (`SIOCGIFHWADDR`), its
+//! driver and its real RX queue count (`SIOCETHTOOL`).
 //!
 //! Each call works in the network namespace of the calling thread, on an
 //! `AF_INET` datagram socket opened for it and closed after.
@@ -49,6 +51,103 @@ pub fn set_ipv4_address(name: &str, addr: Ipv4Addr, prefix: u8) -> io::Result<()
     ioctl(&sock, libc::SIOCSIFNETMASK, &mut req)
 }
 
+/// The MAC address of the Ethernet interface `name`.
+///
+/// # Errors
+/// As [`set_link_up`]; `InvalidData` when the device is not Ethernet.
+pub fn hardware_address(name: &str) -> io::Result<[u8; 6]> {
+    let sock = ioctl_socket()?;
+    let mut req = ifreq(name)?;
+    ioctl(&sock, libc::SIOCGIFHWADDR, &mut req)?;
+    // SAFETY: SIOCGIFHWADDR filled the ifru_hwaddr member of the union, a
+    // sockaddr of plain integers.
+    let sa = unsafe { req.ifr_ifru.ifru_hwaddr };
+    if sa.sa_family != libc::ARPHRD_ETHER {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!(
+                "{name} is not an Ethernet device (hardware type {})",
+                sa.sa_family
+            ),
+        ));
+    }
+    let mut mac = [0u8; 6];
+    for (dst, &src) in mac.iter_mut().zip(&sa.sa_data) {
+        *dst = src as u8;
+    }
+    Ok(mac)
+}
+
+/// `ETHTOOL_GDRVINFO` (linux/ethtool.h).
+const ETHTOOL_GDRVINFO: u32 = 0x03;
+/// `ETHTOOL_GCHANNELS`.
+const ETHTOOL_GCHANNELS: u32 = 0x3c;
+
+/// `struct ethtool_drvinfo`: the command and the driver's name are read;
+/// the rest is room the kernel writes.
+#[repr(C)]
+struct DrvInfo {
+    cmd: u32,
+    driver: [u8; 32],
+    rest: [u8; 164],
+}
+
+/// `struct ethtool_channels`.
+#[repr(C)]
+#[derive(Default)]
+struct Channels {
+    cmd: u32,
+    max_rx: u32,
+    max_tx: u32,
+    max_other: u32,
+    max_combined: u32,
+    rx_count: u32,
+    tx_count: u32,
+    other_count: u32,
+    combined_count: u32,
+}
+
+/// The name of the driver of interface `name` (`veth`, `virtio_net`,
+/// `mlx5_core`, ...), as `ethtool -i` shows it.
+///
+/// # Errors
+/// As [`set_link_up`]; `EOPNOTSUPP` for a device without ethtool support.
+pub fn driver(name: &str) -> io::Result<String> {
+    let mut info = DrvInfo {
+        cmd: ETHTOOL_GDRVINFO,
+        driver: [0; 32],
+        rest: [0; 164],
+    };
+    ethtool(name, &mut info)?;
+    let end = info.driver.iter().position(|&b| b == 0).unwrap_or(32);
+    Ok(String::from_utf8_lossy(&info.driver[..end]).into_owned())
+}
+
+/// The RX queues interface `name` really uses (`ethtool -l`'s current RX
+/// plus combined channels): not the allocated count that `ip -d link`
+/// shows as `numrxqueues` (a veth has 2 allocated, 1 in use, by default).
+/// At least 1.
+///
+/// # Errors
+/// As [`set_link_up`]; `EOPNOTSUPP` for a device that does not report
+/// channels.
+pub fn rx_queues(name: &str) -> io::Result<u32> {
+    let mut ch = Channels {
+        cmd: ETHTOOL_GCHANNELS,
+        ..Channels::default()
+    };
+    ethtool(name, &mut ch)?;
+    Ok((ch.rx_count + ch.combined_count).max(1))
+}
+
+/// `SIOCETHTOOL` with `data` (a struct starting with its `cmd` word).
+fn ethtool<T>(name: &str, data: &mut T) -> io::Result<()> {
+    let sock = ioctl_socket()?;
+    let mut req = ifreq(name)?;
+    req.ifr_ifru.ifru_data = std::ptr::from_mut(data).cast();
+    ioctl(&sock, libc::SIOCETHTOOL, &mut req)
+}
+
 /// An `AF_INET` datagram socket for interface ioctls, in the calling
 /// thread's namespace (close-on-exec, as socket2 opens every socket).
 fn ioctl_socket() -> io::Result<Socket> {
@@ -56,7 +155,7 @@ fn ioctl_socket() -> io::Result<Socket> {
 }
 
 /// An `ifreq` with the name filled in.
-fn ifreq(name: &str) -> io::Result<libc::ifreq> {
+pub(crate) fn ifreq(name: &str) -> io::Result<libc::ifreq> {
     if name.is_empty() || name.len() >= libc::IFNAMSIZ || name.as_bytes().contains(&0) {
         return Err(io::Error::new(
             io::ErrorKind::InvalidInput,
@@ -87,8 +186,11 @@ fn sockaddr_in(addr: Ipv4Addr) -> libc::sockaddr {
 }
 
 fn ioctl(sock: &Socket, request: libc::Ioctl, req: &mut libc::ifreq) -> io::Result<()> {
-    // SAFETY: every request used here (SIOC[GS]IF*) reads or writes one
-    // ifreq, and req points to a valid, exclusively borrowed ifreq.
+    // SAFETY: every request used here (SIOC[GS]IF*, SIOCETHTOOL) reads or
+    // writes one ifreq, and req points to a valid, exclusively borrowed
+    // ifreq; for SIOCETHTOOL its ifru_data points to the command's struct
+    // (ethtool() borrows it exclusively for the call), whose layout the
+    // command word names.
     let rc = unsafe { libc::ioctl(sock.as_raw_fd(), request, req as *mut libc::ifreq) };
     if rc < 0 {
         return Err(io::Error::last_os_error());

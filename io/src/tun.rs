@@ -5,9 +5,9 @@ use std::net::Ipv4Addr;
 use std::os::fd::{AsRawFd, RawFd};
 
 use tun_rs::{DeviceBuilder, GROTable, SyncDevice, VIRTIO_NET_HDR_LEN};
-use tunl_encap::{MIN_MTU, gso_segments, tcp4_gso_header};
+use tunl_encap::{MIN_MTU, gso_packet_bytes, gso_segments, oversize_writes_as_is, tcp4_gso_header};
 
-use crate::{HEADROOM, IoError, MAX_IP_PACKET, PacketBuf, link};
+use crate::{Buffer, HEADROOM, IoError, MAX_IP_PACKET, PacketBuf, link};
 
 /// How to create the TUN device.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -28,8 +28,16 @@ pub struct TunConfig {
     /// Make the device persistent (`TUNSETPERSIST`): it outlives the
     /// process, with its routes, until someone deletes it. A device of that
     /// name that already exists (persistent, held by no one) is attached to
-    /// instead of created.
+    /// instead of created when `attach` is set.
     pub persist: bool,
+    /// Attach to an existing device of that name instead of creating it
+    /// exclusively. Only for a caller that checked that no process holds
+    /// the device (a persistent one left by an earlier run, without
+    /// carrier) and that keeps other instances away while it attaches (tunl
+    /// takes a per-device lock): a multi-queue device takes the queues of
+    /// every process that asks for one by name. Without a device of that
+    /// name, one is created (not exclusively).
+    pub attach: bool,
 }
 
 /// A created, configured and up TUN device, before it is split into queues.
@@ -47,10 +55,13 @@ impl Tun {
     /// the tx queue length, and brings it up. Every queue is non-blocking.
     ///
     /// The device lives in the network namespace of the calling thread.
-    /// Unless `persist`, it disappears when the last queue is closed. If a
-    /// TUN device of that name exists (a persistent one), its queues are
-    /// attached to it: the kernel refuses when its flags differ (multi-queue
-    /// or not) or, for a single-queue device, when another process holds it.
+    /// Unless `persist`, it disappears when the last queue is closed.
+    /// Creation is exclusive: a device of that name that exists already
+    /// (another process's, even one created at the same instant) is an
+    /// error, never shared, unless `attach`: then the queues are attached to
+    /// the existing (persistent) device, and the kernel refuses when its
+    /// flags differ (multi-queue or not) or, for a single-queue device, when
+    /// another process holds it.
     pub fn create(cfg: &TunConfig) -> Result<Tun, IoError> {
         if cfg.name.is_empty() || cfg.name.len() >= libc::IFNAMSIZ {
             return Err(IoError::InvalidConfig(format!(
@@ -76,6 +87,13 @@ impl Tun {
             )));
         }
         let name = cfg.name.as_str();
+        // A multi-queue device takes the queues of every process that asks
+        // for one by name: created first, exclusively, the device is ours
+        // (a single-queue device refuses a second process by itself).
+        let guard = (cfg.queues > 1 && !cfg.attach)
+            .then(|| create_exclusive(name, cfg.offload))
+            .transpose()
+            .map_err(|e| IoError::from_os(format!("create TUN device {name}"), Some(name), e))?;
         let first = DeviceBuilder::new()
             .name(name)
             .offload(cfg.offload)
@@ -107,6 +125,8 @@ impl Tun {
                 .map_err(|e| IoError::from_os(format!("attach queue to {name}"), Some(name), e))?;
             queues.push(q);
         }
+        // Our queues hold the device now.
+        drop(guard);
         for q in &queues {
             q.set_nonblocking(true).map_err(ctx("set non-blocking"))?;
         }
@@ -170,19 +190,68 @@ impl Tun {
     }
 }
 
+/// Creates the multi-queue TUN device `name` with the flags tun-rs will
+/// attach its queues with, failing with `EBUSY` when a device of that name
+/// exists (`IFF_TUN_EXCL`: the kernel checks and creates under one lock,
+/// so of two processes racing, one fails). The returned descriptor's queue
+/// is detached at once (`IFF_DETACH_QUEUE`): it holds the device without
+/// receiving any of its packets, until the real queues are attached and it
+/// is closed.
+fn create_exclusive(name: &str, offload: bool) -> io::Result<std::fs::File> {
+    let tun = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/net/tun")?;
+    let mut req = link::ifreq(name)?;
+    let vnet = if offload { libc::IFF_VNET_HDR } else { 0 };
+    let flags = libc::IFF_TUN | libc::IFF_NO_PI | libc::IFF_MULTI_QUEUE | libc::IFF_TUN_EXCL | vnet;
+    // The flags fit a c_short (all below 0x10000).
+    req.ifr_ifru.ifru_flags = flags as libc::c_short;
+    tun_ioctl(&tun, libc::TUNSETIFF, &mut req)?;
+    let mut req = link::ifreq(name)?;
+    req.ifr_ifru.ifru_flags = libc::IFF_DETACH_QUEUE as libc::c_short;
+    tun_ioctl(&tun, libc::TUNSETQUEUE, &mut req)?;
+    Ok(tun)
+}
+
+/// One ioctl on a `/dev/net/tun` descriptor that takes an `ifreq`.
+fn tun_ioctl(tun: &std::fs::File, request: libc::Ioctl, req: &mut libc::ifreq) -> io::Result<()> {
+    // SAFETY: TUNSETIFF and TUNSETQUEUE read (and TUNSETIFF writes back the
+    // name into) one ifreq; req points to a valid, exclusively borrowed
+    // ifreq, and the descriptor is open for the call's duration.
+    let rc = unsafe { libc::ioctl(tun.as_raw_fd(), request, req as *mut libc::ifreq) };
+    if rc < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
 /// What [`TunQueue::send_batch`] did.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct SendReport {
     /// Packets handed to the kernel (each coalesced segment counts).
     pub sent: usize,
-    /// Packets dropped: write errors (queue full, ...) or empty buffers.
+    /// Bytes of the packets handed to the kernel, counted as they were
+    /// given (the packets tun-rs GRO coalesced each count their own; a
+    /// super-packet written as a GSO frame counts its own length once).
+    pub bytes: usize,
+    /// Packets dropped: write errors (queue full, device down, ...) or
+    /// empty buffers.
     pub dropped: usize,
+    /// Packets dropped because the device is down (`ip link set DEV down`:
+    /// the write fails with `EIO`), also counted in `dropped`. An
+    /// administrative state, not a failure: writes go through again once
+    /// the device is up.
+    pub down: usize,
     /// Super-packets (longer than the device MTU, e.g. from underlay GRO)
     /// written as one GSO frame: each also counts its segments in `sent`.
     pub gso_written: usize,
-    /// Super-packets that could not be written as GSO frames (not TCP, IP
-    /// options past the limit, offload off), dropped and also counted in
-    /// `dropped`.
+    /// Packets longer than the MTU that could be written neither as GSO
+    /// frames (TCP, with offload on) nor as they are
+    /// ([`oversize_writes_as_is`]: not TCP, one whole datagram): dropped,
+    /// and also counted in `dropped`. A UDP packet reassembled from outer
+    /// fragments is written as it is, and the node's stack fragments it or
+    /// answers frag-needed.
     pub oversize_dropped: usize,
 }
 
@@ -207,10 +276,12 @@ pub struct TunQueue {
 const GRO_UNWRITTEN: u8 = 0xff;
 
 /// Errors after which the fd is unusable: returned instead of counted.
+/// (`EIO` is not one: a write to a device that is down fails with it, and
+/// succeeds again once it is up.)
 fn is_fatal(e: &io::Error) -> bool {
     matches!(
         e.raw_os_error(),
-        Some(libc::EBADF | libc::EBADFD | libc::EIO | libc::ENODEV)
+        Some(libc::EBADF | libc::EBADFD | libc::ENODEV)
     )
 }
 
@@ -250,7 +321,7 @@ impl TunQueue {
     /// packet read could not be split (malformed virtio-net header, too few
     /// or too small buffers): that packet is lost, the queue stays usable.
     /// Other errors are the OS error of `read()`.
-    pub fn recv_segments(&mut self, bufs: &mut [PacketBuf]) -> io::Result<usize> {
+    pub fn recv_segments<B: Buffer>(&mut self, bufs: &mut [B]) -> io::Result<usize> {
         if bufs.is_empty() {
             return Ok(0);
         }
@@ -306,8 +377,10 @@ impl TunQueue {
     /// the buffer of an earlier one (within its capacity) and may swap
     /// buffers in the slice. Errors on single writes (`EAGAIN`, `ENOBUFS`,
     /// `EINVAL` for a malformed packet, ...) are counted in
-    /// [`SendReport::dropped`], never returned; only errors that make the
-    /// queue unusable (`EBADF`, `EIO`, ...) and an invalid `offset` are.
+    /// [`SendReport::dropped`] (a device that is down, `EIO`, in
+    /// [`SendReport::down`] too), never returned; only errors that make the
+    /// queue unusable (`EBADF`, `EBADFD` once the device is deleted, ...)
+    /// and an invalid `offset` are.
     pub fn send_batch(&mut self, bufs: &mut [PacketBuf], offset: usize) -> io::Result<SendReport> {
         if offset < VIRTIO_NET_HDR_LEN {
             return Err(io::Error::new(
@@ -325,14 +398,15 @@ impl TunQueue {
                     report.dropped += 1;
                     continue;
                 };
-                if pkt.len() > usize::from(self.mtu) {
-                    // Without a virtio-net header the kernel could not
-                    // forward it (DF, longer than every MTU on the way).
+                if pkt.len() > usize::from(self.mtu) && !oversize_writes_as_is(pkt) {
+                    // A TCP super-packet (underlay GRO) without a
+                    // virtio-net header: the node could only refuse it (DF)
+                    // or cut it into fragments.
                     report.dropped += 1;
                     report.oversize_dropped += 1;
                     continue;
                 }
-                self.write_counted(pkt, 1, &mut report)?;
+                self.write_counted(pkt, 1, pkt.len(), &mut report)?;
             }
             return Ok(report);
         }
@@ -348,9 +422,13 @@ impl TunQueue {
                     report.dropped += 1;
                     continue;
                 }
+                if b.len() - offset > usize::from(self.mtu) {
+                    self.write_super(b, offset, &mut report)?;
+                    continue;
+                }
                 b.as_mut()[hdr_at..offset].fill(0);
-                let pkt = &b.as_ref()[hdr_at..];
-                self.write_counted(pkt, 1, &mut report)?;
+                let frame = &b.as_ref()[hdr_at..];
+                self.write_counted(frame, 1, b.len() - offset, &mut report)?;
             }
             return Ok(report);
         }
@@ -395,13 +473,15 @@ impl TunQueue {
                 continue;
             }
             let segments = gso_segments(frame);
-            self.write_counted(frame, segments, report)?;
+            self.write_counted(frame, segments, gso_packet_bytes(frame), report)?;
         }
         Ok(())
     }
 
-    /// Writes one super-packet (longer than the MTU) as a GSO frame, or
-    /// drops it when it is not TCP.
+    /// Writes one packet longer than the MTU: a TCP super-packet as a GSO
+    /// frame; another packet (e.g. UDP reassembled from outer fragments) as
+    /// it is, for the node's stack to fragment or answer frag-needed about,
+    /// as it would after the kernel's tunl0; drops what is neither.
     fn write_super(
         &mut self,
         buf: &mut PacketBuf,
@@ -411,29 +491,43 @@ impl TunQueue {
         let hdr_at = offset - VIRTIO_NET_HDR_LEN;
         let frame = &mut buf.as_mut()[hdr_at..];
         let (hdr, pkt) = frame.split_at_mut(VIRTIO_NET_HDR_LEN);
+        let len = pkt.len();
         let Some(segments) = tcp4_gso_header(pkt, self.mtu, hdr) else {
-            tracing::trace!(len = pkt.len(), "oversize non-TCP packet dropped");
+            if oversize_writes_as_is(pkt) {
+                hdr.fill(0);
+                return self.write_counted(frame, 1, len, report);
+            }
+            tracing::trace!(len, "oversize packet dropped");
             report.dropped += 1;
             report.oversize_dropped += 1;
             return Ok(());
         };
         let before = report.sent;
-        self.write_counted(frame, segments, report)?;
+        self.write_counted(frame, segments, len, report)?;
         if report.sent > before {
             report.gso_written += 1;
         }
         Ok(())
     }
 
+    /// Writes one frame standing for `segments` packets of `bytes` bytes.
     fn write_counted(
         &self,
         frame: &[u8],
         segments: usize,
+        bytes: usize,
         report: &mut SendReport,
     ) -> io::Result<()> {
         match self.dev.send(frame) {
-            Ok(_) => report.sent += segments,
+            Ok(_) => {
+                report.sent += segments;
+                report.bytes += bytes;
+            }
             Err(e) if is_fatal(&e) => return Err(e),
+            Err(e) if e.raw_os_error() == Some(libc::EIO) => {
+                report.dropped += segments;
+                report.down += segments;
+            }
             Err(e) => {
                 tracing::trace!(error = %e, "TUN write dropped");
                 report.dropped += segments;

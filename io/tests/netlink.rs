@@ -27,6 +27,7 @@ fn tun() -> Tun {
         queues: 1,
         tx_queue_len: 1000,
         persist: false,
+        attach: false,
     })
     .expect("create TUN")
 }

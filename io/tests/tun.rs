@@ -23,6 +23,7 @@ fn config(name: &str, offload: bool, queues: usize) -> TunConfig {
         queues,
         tx_queue_len: 2000,
         persist: false,
+        attach: false,
     }
 }
 
@@ -70,6 +71,30 @@ fn second_create_of_a_held_device_says_busy() {
     });
 }
 
+/// A multi-queue device would take a second process's queues: creation is
+/// exclusive, so the second create fails as for a single queue, and the
+/// first one's device is untouched.
+#[test]
+#[ignore = "needs root: scripts/test"]
+fn second_create_of_a_held_multi_queue_device_says_busy() {
+    in_netns(|| {
+        for offload in [true, false] {
+            let held = Tun::create(&config("tt0", offload, 2)).expect("create TUN");
+            let err = Tun::create(&config("tt0", offload, 2)).expect_err("device is held");
+            assert!(matches!(err, IoError::DeviceBusy { .. }), "{err:?}");
+            assert_eq!(held.mtu().unwrap(), 1400);
+            let queues = held.into_queues();
+            assert_eq!(queues.len(), 2);
+            drop(queues);
+            // Gone with its queues: free again.
+            let again = Tun::create(&config("tt0", offload, 2)).expect("create again");
+            drop(again);
+        }
+    });
+}
+
+/// A persistent device outlives its queues with the routes on it; an
+/// exclusive create refuses it (it exists), and `attach` takes it again.
 #[test]
 #[ignore = "needs root: scripts/test"]
 fn a_persistent_device_keeps_its_routes_and_is_attached_to_again() {
@@ -97,7 +122,11 @@ fn a_persistent_device_keeps_its_routes_and_is_attached_to_again() {
             nl.routes_with_protocol(80, MAIN_TABLE).await.unwrap(),
             vec![(prefix, Some(PEER), Some(index))]
         );
-        // Attached again (same flags): same device, route untouched.
+        // An exclusive create refuses the existing device ...
+        let err = Tun::create(&cfg).expect_err("exclusive create of an existing device");
+        assert!(matches!(err, IoError::DeviceBusy { .. }), "{err:?}");
+        // ... attached again (same flags): same device, route untouched.
+        cfg.attach = true;
         let again = Tun::create(&cfg).expect("attach to the persistent device");
         assert_eq!(again.if_index().unwrap(), index);
         assert_eq!(again.into_queues().len(), 2);
@@ -106,7 +135,8 @@ fn a_persistent_device_keeps_its_routes_and_is_attached_to_again() {
             1
         );
         // Another queue layout is refused by the kernel.
-        let single = config("tt0", true, 1);
+        let mut single = config("tt0", true, 1);
+        single.attach = true;
         assert!(Tun::create(&single).is_err());
         nl.delete_link("tt0").await.unwrap();
         assert_eq!(nl.link_state("tt0").await.unwrap(), None);
@@ -492,32 +522,61 @@ fn tcp_super_packets_longer_than_the_mtu_are_written_as_gso_and_delivered() {
     });
 }
 
-/// A non-TCP packet longer than the MTU cannot be cut into segments without
-/// knowing its datagram boundaries: it is counted and dropped, and the
+/// A non-TCP packet longer than the MTU (e.g. UDP reassembled from outer
+/// fragments) is written as it is, with offload or without: the kernel
+/// takes a TUN write longer than the device MTU, and its stack delivers it
+/// (here), fragments it or answers frag-needed. A TCP super-packet without
+/// offload cannot be written as GSO: it is counted and dropped, and the
 /// batch goes on.
 #[test]
 #[ignore = "needs root: scripts/test"]
-fn oversize_non_tcp_packets_are_counted_not_written() {
-    in_netns(|| {
-        let mut queues = Tun::create(&config("tt0", true, 1)).unwrap().into_queues();
-        let q = &mut queues[0];
-        let sock = bound_udp(5001);
-        let mut batch = bufs(2);
-        load(
-            &mut batch[0],
-            &udp_packet(PEER, 4000, TUN_ADDR, 5001, &payload(3000, 1), 1),
-        );
-        load(
-            &mut batch[1],
-            &udp_packet(PEER, 4000, TUN_ADDR, 5001, b"after", 2),
-        );
-        let report = q.send_batch(&mut batch, HEADROOM).unwrap();
-        assert_eq!(
-            (report.sent, report.dropped, report.oversize_dropped),
-            (1, 1, 1)
-        );
-        let mut got = [0u8; 4096];
-        let (n, _) = sock.recv_from(&mut got).unwrap();
-        assert_eq!(&got[..n], b"after");
-    });
+fn oversize_non_tcp_packets_are_written_as_they_are() {
+    for offload in [true, false] {
+        in_netns(move || {
+            let mut queues = Tun::create(&config("tt0", offload, 1))
+                .unwrap()
+                .into_queues();
+            let q = &mut queues[0];
+            let sock = bound_udp(5001);
+            let big = udp_packet(PEER, 4000, TUN_ADDR, 5001, &payload(3000, 1), 1);
+            let after = udp_packet(PEER, 4000, TUN_ADDR, 5001, b"after", 2);
+            let tcp = tcp_packet(
+                PEER,
+                4000,
+                TUN_ADDR,
+                5002,
+                1,
+                1,
+                ACK,
+                &[],
+                &payload(3000, 3),
+            );
+            let mut batch = bufs(3);
+            load(&mut batch[0], &big);
+            load(&mut batch[1], &tcp);
+            load(&mut batch[2], &after);
+            let report = q.send_batch(&mut batch, HEADROOM).unwrap();
+            if offload {
+                // The TCP packet went as a GSO frame of three segments.
+                assert_eq!(
+                    (report.sent, report.dropped, report.oversize_dropped),
+                    (5, 0, 0),
+                    "{report:?}"
+                );
+                assert_eq!(report.bytes, big.len() + tcp.len() + after.len());
+            } else {
+                assert_eq!(
+                    (report.sent, report.dropped, report.oversize_dropped),
+                    (2, 1, 1),
+                    "{report:?}"
+                );
+                assert_eq!(report.bytes, big.len() + after.len());
+            }
+            let mut got = [0u8; 4096];
+            let (n, _) = sock.recv_from(&mut got).unwrap();
+            assert_eq!(&got[..n], &payload(3000, 1)[..], "offload {offload}");
+            let (n, _) = sock.recv_from(&mut got).unwrap();
+            assert_eq!(&got[..n], b"after", "offload {offload}");
+        });
+    }
 }

@@ -45,8 +45,9 @@ pub struct LabArgs {
     /// Dataplane workers per daemon.
     #[arg(long, default_value_t = 1)]
     pub workers: usize,
-    /// Where to write the underlay capture (default: a file in the lab's
-    /// temporary folder).
+    /// Where to write the underlay capture [default:
+    /// /tmp/tunl-lab-node1-underlay.pcap, in $TMPDIR when set: outside the
+    /// lab's folder, so it outlives the teardown].
     #[arg(long, value_name = "FILE")]
     pub pcap: Option<PathBuf>,
     /// Namespace tag (namespaces are named tunl-TAG-NAME).
@@ -137,6 +138,10 @@ pub fn run(args: &LabArgs, tunl: &Path, out: &mut dyn Write) -> Result<LabReport
     heading(out, "Building the cluster")?;
     let options = DaemonOptions {
         workers: args.workers,
+        // The capture shows the underlay with tcpdump, which sees no
+        // AF_XDP traffic on either end: the kernel's path, whatever the
+        // default underlay.
+        underlay: tunl::config::Underlay::Raw,
         ..DaemonOptions::default()
     };
     let tc = TunlCluster::start(spec, tunl, options)?;
@@ -161,7 +166,7 @@ pub fn run(args: &LabArgs, tunl: &Path, out: &mut dyn Write) -> Result<LabReport
         return Err(e);
     }
     if args.keep {
-        keep(tc, out)?;
+        keep(tc, tunl, out)?;
     } else {
         counters(&tc, out)?;
         heading(out, "Tearing down")?;
@@ -232,13 +237,7 @@ fn walk_through(
             node1.name
         ),
     )?;
-    let pcap = args
-        .pcap
-        .clone()
-        // Outside the cluster's folder, which the teardown removes.
-        .unwrap_or_else(|| {
-            std::env::temp_dir().join(format!("tunl-{}-node1-underlay.pcap", args.tag))
-        });
+    let pcap = args.pcap.clone().unwrap_or_else(|| default_pcap(&args.tag));
     let _ = std::fs::remove_file(&pcap);
     let pcap_arg = pcap.to_string_lossy().into_owned();
     let tcpdump = c.spawn(
@@ -296,6 +295,13 @@ fn walk_through(
     )?;
     report.throughput = Some(bps.bits_per_second);
     Ok(())
+}
+
+/// Where the capture goes without `--pcap`: `tunl-TAG-node1-underlay.pcap`
+/// in the temporary folder (`$TMPDIR`, else `/tmp`), outside the cluster's
+/// folder, which the teardown removes.
+pub fn default_pcap(tag: &str) -> PathBuf {
+    std::env::temp_dir().join(format!("tunl-{tag}-node1-underlay.pcap"))
 }
 
 /// Pings every pod from every other pod and prints a matrix.
@@ -436,7 +442,10 @@ fn counters(tc: &TunlCluster, out: &mut dyn Write) -> Result<(), LabError> {
     Ok(())
 }
 
-fn keep(tc: TunlCluster, out: &mut dyn Write) -> Result<(), LabError> {
+/// Prints how to use the cluster left up, each daemon's control socket and
+/// a ready `tunl status --socket ...` line (with the binary that ran it),
+/// then lets the cluster go.
+fn keep(tc: TunlCluster, tunl: &Path, out: &mut dyn Write) -> Result<(), LabError> {
     let c = tc.cluster();
     heading(out, "the cluster stays up (--keep)")?;
     if let Some(pod) = c.pods().next() {
@@ -444,11 +453,18 @@ fn keep(tc: TunlCluster, out: &mut dyn Write) -> Result<(), LabError> {
     }
     if let Some(node) = c.nodes().first() {
         writeln!(out, "Enter a node:     ip netns exec {} bash", node.netns)?;
+    }
+    for d in tc.daemons() {
+        let socket = tc.control_socket(&d.node);
+        writeln!(out, "tunl on {}:", d.node)?;
+        writeln!(out, "  control socket: {}", socket.display())?;
         writeln!(
             out,
-            "Daemon log:       {}",
-            tc.dir().join(format!("{}.log", node.name)).display()
+            "  status:         {} status --socket {}",
+            tunl.display(),
+            socket.display()
         )?;
+        writeln!(out, "  log:            {}", d.log.display())?;
     }
     writeln!(
         out,
@@ -458,7 +474,8 @@ fn keep(tc: TunlCluster, out: &mut dyn Write) -> Result<(), LabError> {
     let (tag, _) = tc.keep();
     writeln!(
         out,
-        "Tear it down:     tunl lab down{}",
+        "Tear it down:     {} lab{} down",
+        tunl.display(),
         if tag == LAB_TAG {
             String::new()
         } else {

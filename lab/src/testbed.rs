@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 use ipnetwork::Ipv4Network;
 
 use crate::topology::{Cluster, ClusterSpec, Node, Overlay, ProcessOutput, TopologyError};
+use tunl::config::Underlay;
 use tunl::daemon::ROUTE_PROTOCOL;
 
 /// How long a daemon may take to come up.
@@ -26,10 +27,15 @@ pub struct DaemonOptions {
     pub workers: usize,
     /// Use TUN offloads.
     pub offload: bool,
-    /// Send outer packets with AF_PACKET (`[dataplane] packet_tx`).
-    pub packet_tx: bool,
+    /// `[dataplane] underlay`: how outer packets reach the underlay
+    /// (`raw`, `packet`, `xdp`, `auto`).
+    pub underlay: Underlay,
     /// `[dataplane] busy_poll_us`.
     pub busy_poll_us: u32,
+    /// `[dataplane] poll_interval_us` (0: off).
+    pub poll_interval_us: u32,
+    /// `[dataplane] poll_quiet_us`.
+    pub poll_quiet_us: u32,
     /// Set `tunnel.blocks` (the relay check).
     pub blocks: bool,
     /// Write a `[[route]]` for every other node's block into each config
@@ -49,8 +55,10 @@ impl Default for DaemonOptions {
         DaemonOptions {
             workers: 1,
             offload: true,
-            packet_tx: false,
+            underlay: Underlay::DEFAULT,
             busy_poll_us: 0,
+            poll_interval_us: tunl::config::DEFAULT_POLL_INTERVAL_US,
+            poll_quiet_us: tunl::config::DEFAULT_POLL_QUIET_US,
             blocks: true,
             routes: true,
             allow: Vec::new(),
@@ -120,8 +128,14 @@ pub fn node_config(cluster: &Cluster, node: &Node, options: &DaemonOptions) -> S
     }
     let _ = writeln!(
         s,
-        "\n[dataplane]\nworkers = {}\noffload = {}\npacket_tx = {}\nbusy_poll_us = {}",
-        options.workers, options.offload, options.packet_tx, options.busy_poll_us
+        "\n[dataplane]\nworkers = {}\noffload = {}\nunderlay = \"{}\"\nbusy_poll_us = {}\n\
+         poll_interval_us = {}\npoll_quiet_us = {}",
+        options.workers,
+        options.offload,
+        options.underlay,
+        options.busy_poll_us,
+        options.poll_interval_us,
+        options.poll_quiet_us
     );
     let socket = control_socket(cluster, &node.name);
     let _ = writeln!(s, "\n[control]\nsocket = \"{}\"", socket.display());

@@ -372,7 +372,7 @@ mod tests {
         while g < 3001 || (seen_total.load(Ordering::Relaxed) < 1000 && g < 10_000_000) {
             g += 1;
             w.apply([RouteOp::Insert(a, g), RouteOp::Insert(b, g)]);
-            if g % 3 == 0 {
+            if g.is_multiple_of(3) {
                 w.apply([RouteOp::Remove(a), RouteOp::Remove(b)]);
             }
         }

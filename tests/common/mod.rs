@@ -68,11 +68,22 @@ pub fn tcp_transfer(
     total: usize,
 ) -> usize {
     let to = SocketAddrV4::new(tc.pod_ip(to_pod).unwrap(), port);
-    let (server_ns, client_ns) = (netns_of(tc, to_pod), netns_of(tc, from_pod));
+    tcp_transfer_between(&netns_of(tc, from_pod), &netns_of(tc, to_pod), to, total)
+}
+
+/// [`tcp_transfer`] between any two namespaces: from `client_ns` to a
+/// listener on `to` in `server_ns`.
+pub fn tcp_transfer_between(
+    client_ns: &str,
+    server_ns: &str,
+    to: SocketAddrV4,
+    total: usize,
+) -> usize {
+    let (server_ns, client_ns) = (server_ns.to_owned(), client_ns.to_owned());
     let (ready_tx, ready_rx) = std::sync::mpsc::channel();
     let server = std::thread::spawn(move || {
         in_netns(&server_ns, move || {
-            let listener = TcpListener::bind(to).expect("bind in the pod");
+            let listener = TcpListener::bind(to).expect("bind the listener");
             ready_tx.send(()).unwrap();
             let (mut s, _) = listener.accept().expect("accept");
             s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
@@ -98,8 +109,8 @@ pub fn tcp_transfer(
         .recv_timeout(Duration::from_secs(10))
         .expect("server listening");
     in_netns(&client_ns, move || {
-        let mut s = TcpStream::connect_timeout(&to.into(), Duration::from_secs(10))
-            .expect("connect across the tunnel");
+        let mut s =
+            TcpStream::connect_timeout(&to.into(), Duration::from_secs(10)).expect("connect");
         s.set_write_timeout(Some(Duration::from_secs(30))).unwrap();
         let mut buf = vec![0u8; 1 << 20];
         let mut at = 0;
@@ -112,6 +123,21 @@ pub fn tcp_transfer(
     })
     .unwrap();
     server.join().unwrap()
+}
+
+/// `tunl status` (the text) of the daemon on `node`.
+pub fn status_text(tc: &TunlCluster, node: &str) -> String {
+    let out = std::process::Command::new(tunl_bin())
+        .args(["status", "--socket"])
+        .arg(tc.control_socket(node))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
 /// A counter from the "counters at exit" line of a daemon's log.
@@ -253,4 +279,106 @@ pub fn listen_udp(
     });
     ready_rx.recv().unwrap();
     h
+}
+
+/// An interface's index and MAC address in `netns` (from sysfs, which `ip
+/// netns exec` mounts for the namespace).
+pub fn link_of(tc: &TunlCluster, netns: &str, ifname: &str) -> (u32, [u8; 6]) {
+    let c = tc.cluster();
+    let ifindex = c
+        .exec_ok(netns, &["cat", &format!("/sys/class/net/{ifname}/ifindex")])
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    let text = c
+        .exec_ok(netns, &["cat", &format!("/sys/class/net/{ifname}/address")])
+        .unwrap();
+    let mut mac = [0u8; 6];
+    for (b, part) in mac.iter_mut().zip(text.trim().split(':')) {
+        *b = u8::from_str_radix(part, 16).unwrap();
+    }
+    (ifindex, mac)
+}
+
+/// Sends IPv4 packets byte for byte, whatever their headers say (bad
+/// checksums, wrong lengths, fragments), from `from_node`'s `eth0` to
+/// `to_node`'s `eth0` in Ethernet frames (AF_PACKET): unlike a raw IP
+/// socket, the sending kernel fills in nothing.
+pub fn send_frames(tc: &TunlCluster, from_node: &str, to_node: &str, packets: &[Vec<u8>]) {
+    let (ifindex, _) = link_of(tc, &netns_of(tc, from_node), "eth0");
+    let (_, mac) = link_of(tc, &netns_of(tc, to_node), "eth0");
+    let packets = packets.to_vec();
+    in_netns(&netns_of(tc, from_node), move || {
+        let mut sender = tunl_io::PacketSender::open(ifindex, 1 << 20).unwrap();
+        for p in &packets {
+            // One at a time: the socket is non-blocking, the test is not.
+            let deadline = Instant::now() + Duration::from_secs(2);
+            loop {
+                let report = sender.send_batch(&[p], &[mac]).unwrap();
+                if report.sent == 1 {
+                    break;
+                }
+                assert!(Instant::now() < deadline, "cannot send a frame: {report:?}");
+                std::thread::sleep(Duration::from_millis(1));
+            }
+        }
+    })
+    .unwrap();
+}
+
+/// Every IPv4 packet a namespace sees (in and out, any interface), from
+/// [`Capture::start`] until [`Capture::stop`]: an AF_PACKET socket for all
+/// protocols, so a packet the namespace's own stack drops is seen too.
+pub struct Capture {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    thread: std::thread::JoinHandle<Vec<Vec<u8>>>,
+}
+
+impl Capture {
+    /// Starts capturing in `netns`; returns once the socket is open.
+    pub fn start(netns: &str) -> Capture {
+        use socket2::{Domain, Protocol, Socket, Type};
+        use std::sync::atomic::Ordering;
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+        let ns = netns.to_owned();
+        let flag = stop.clone();
+        let thread = std::thread::spawn(move || {
+            in_netns(&ns, move || {
+                let all = i32::from((libc::ETH_P_ALL as u16).to_be());
+                let sock = Socket::new(Domain::PACKET, Type::DGRAM, Some(Protocol::from(all)))
+                    .expect("AF_PACKET capture socket");
+                sock.set_read_timeout(Some(Duration::from_millis(20)))
+                    .unwrap();
+                ready_tx.send(()).unwrap();
+                let mut got = Vec::new();
+                let mut buf = vec![0u8; 65536];
+                while !flag.load(Ordering::Relaxed) {
+                    if let Ok(n) = (&sock).read(&mut buf)
+                        && buf.first().is_some_and(|v| v >> 4 == 4)
+                    {
+                        got.push(buf[..n].to_vec());
+                    }
+                }
+                got
+            })
+            .unwrap()
+        });
+        ready_rx
+            .recv_timeout(Duration::from_secs(5))
+            .expect("capture ready");
+        Capture { stop, thread }
+    }
+
+    /// Stops and returns what was seen, in order.
+    pub fn stop(self) -> Vec<Vec<u8>> {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        self.thread.join().unwrap()
+    }
+}
+
+/// Whether `haystack` holds `needle`.
+pub fn contains(haystack: &[u8], needle: &[u8]) -> bool {
+    !needle.is_empty() && haystack.windows(needle.len()).any(|w| w == needle)
 }

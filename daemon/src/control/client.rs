@@ -13,9 +13,30 @@ pub const CLIENT_TIMEOUT: Duration = Duration::from_secs(30);
 /// Why a client call failed.
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
-    /// No daemon listens on the socket.
+    /// No daemon listens on the socket (there is no socket file, or no
+    /// process behind it).
     #[error("no tunl daemon is running: cannot connect to {path}: {source}")]
     NotRunning {
+        /// The socket path.
+        path: PathBuf,
+        /// The connect error.
+        source: io::Error,
+    },
+    /// The socket, or a folder on its path, may not be used by this user.
+    #[error(
+        "permission denied on the control socket {path}: the daemon makes it root's with mode 0600, \
+         so only root may use it; run this as root (sudo tunl ...), or point --socket at a \
+         socket you may use"
+    )]
+    PermissionDenied {
+        /// The socket path.
+        path: PathBuf,
+        /// The connect error.
+        source: io::Error,
+    },
+    /// Connecting failed for another reason.
+    #[error("cannot connect to the control socket {path}: {source}")]
+    Connect {
         /// The socket path.
         path: PathBuf,
         /// The connect error.
@@ -34,6 +55,19 @@ pub enum ClientError {
     Refused(String),
 }
 
+/// What a failed `connect` to the socket at `path` means: no daemon
+/// (no socket file, or nobody listening), no permission, or something else.
+pub fn connect_error(path: &Path, source: io::Error) -> ClientError {
+    let path = path.to_owned();
+    match source.kind() {
+        io::ErrorKind::NotFound | io::ErrorKind::ConnectionRefused => {
+            ClientError::NotRunning { path, source }
+        }
+        io::ErrorKind::PermissionDenied => ClientError::PermissionDenied { path, source },
+        _ => ClientError::Connect { path, source },
+    }
+}
+
 /// A connection to a daemon's control socket.
 #[derive(Debug)]
 pub struct Client {
@@ -44,12 +78,8 @@ pub struct Client {
 impl Client {
     /// Connects to the socket at `path`.
     pub fn connect(path: &Path) -> Result<Client, ClientError> {
-        let stream = std::os::unix::net::UnixStream::connect(path).map_err(|source| {
-            ClientError::NotRunning {
-                path: path.to_owned(),
-                source,
-            }
-        })?;
+        let stream = std::os::unix::net::UnixStream::connect(path)
+            .map_err(|source| connect_error(path, source))?;
         let _ = stream.set_read_timeout(Some(CLIENT_TIMEOUT));
         let _ = stream.set_write_timeout(Some(CLIENT_TIMEOUT));
         Ok(Client {
@@ -149,6 +179,42 @@ mod tests {
         drop(c);
         server.join().unwrap();
         let _ = std::fs::remove_dir_all(path.parent().unwrap());
+    }
+
+    #[test]
+    fn connect_errors_say_what_is_needed() {
+        let path = Path::new("/run/tunl/tunl.sock");
+        let e = |errno| connect_error(path, io::Error::from_raw_os_error(errno));
+        for errno in [libc_errno::ENOENT, libc_errno::ECONNREFUSED] {
+            let err = e(errno);
+            assert!(matches!(err, ClientError::NotRunning { .. }), "{err:?}");
+            assert!(err.to_string().starts_with("no tunl daemon is running"));
+        }
+        for errno in [libc_errno::EACCES, libc_errno::EPERM] {
+            let err = e(errno);
+            assert!(
+                matches!(err, ClientError::PermissionDenied { .. }),
+                "{err:?}"
+            );
+            let text = err.to_string();
+            assert!(
+                text.starts_with("permission denied on the control socket /run/tunl/tunl.sock"),
+                "{text}"
+            );
+            assert!(text.contains("only root may use it"), "{text}");
+            assert!(!text.contains("no tunl daemon"), "{text}");
+        }
+        let err = e(libc_errno::ENOTSOCK);
+        assert!(matches!(err, ClientError::Connect { .. }), "{err:?}");
+    }
+
+    /// The errno values used above (std has no names for them).
+    mod libc_errno {
+        pub const EPERM: i32 = nix::errno::Errno::EPERM as i32;
+        pub const ENOENT: i32 = nix::errno::Errno::ENOENT as i32;
+        pub const EACCES: i32 = nix::errno::Errno::EACCES as i32;
+        pub const ENOTSOCK: i32 = nix::errno::Errno::ENOTSOCK as i32;
+        pub const ECONNREFUSED: i32 = nix::errno::Errno::ECONNREFUSED as i32;
     }
 
     #[test]

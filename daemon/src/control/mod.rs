@@ -17,5 +17,6 @@ pub use client::{CLIENT_TIMEOUT, Client, ClientError};
 pub use server::{BindError, Call, accept_loop, bind, serve_connection};
 pub use wire::{
     ListedNextHop, ListedRoute, MAX_REQUEST, NodeStatus, READ_TIMEOUT, RefusedStatus, Request,
-    Response, Route, RouteChange, RouteList, Stats, Status, parse_request, unix_ms,
+    Response, Route, RouteChange, RouteList, Stats, Status, UnderlayLink, UnderlayStatus,
+    parse_request, unix_ms,
 };

@@ -80,15 +80,76 @@ pub fn bind(path: &Path) -> Result<UnixListener, BindError> {
     Ok(listener)
 }
 
-/// Accepts connections until the channel closes, one task each.
+/// Control connections served at once; more are answered with an error
+/// and closed (each open one costs a task and its buffers: 5,000 idle ones
+/// took 55 MiB).
+pub const MAX_CONNECTIONS: usize = 64;
+
+/// How often a failing `accept` (out of file descriptors, say) is logged:
+/// the first failure at once, then one line per interval with the count.
+pub const ACCEPT_ERROR_LOG_INTERVAL: Duration = Duration::from_secs(10);
+
+/// A log line that may be written at most once per interval; the events in
+/// between are counted and reported with the next line.
+#[derive(Debug)]
+pub struct LogThrottle {
+    every: Duration,
+    last: Option<tokio::time::Instant>,
+    suppressed: u64,
+}
+
+impl LogThrottle {
+    /// At most one line per `every`.
+    pub fn new(every: Duration) -> LogThrottle {
+        LogThrottle {
+            every,
+            last: None,
+            suppressed: 0,
+        }
+    }
+
+    /// One more event at `now`: `Some(n)` when it is to be logged, `n`
+    /// being the events not logged since the last line; `None` when it is
+    /// only counted.
+    pub fn event(&mut self, now: tokio::time::Instant) -> Option<u64> {
+        if self.last.is_some_and(|last| now < last + self.every) {
+            self.suppressed += 1;
+            return None;
+        }
+        self.last = Some(now);
+        Some(std::mem::take(&mut self.suppressed))
+    }
+}
+
+/// Accepts connections until the channel closes, one task each, at most
+/// [`MAX_CONNECTIONS`] at once: a connection past that gets an error reply
+/// (`too many control connections`) and is closed. A failing `accept` is
+/// retried every 100 ms and logged at most once per
+/// [`ACCEPT_ERROR_LOG_INTERVAL`].
 pub async fn accept_loop(listener: UnixListener, calls: mpsc::Sender<Call>) {
+    let open = std::sync::Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
+    let mut errors = LogThrottle::new(ACCEPT_ERROR_LOG_INTERVAL);
     loop {
         match listener.accept().await {
-            Ok((stream, _)) => {
-                tokio::spawn(serve_connection(stream, calls.clone()));
-            }
+            Ok((stream, _)) => match open.clone().try_acquire_owned() {
+                Ok(permit) => {
+                    let calls = calls.clone();
+                    tokio::spawn(async move {
+                        serve_connection(stream, calls).await;
+                        drop(permit);
+                    });
+                }
+                Err(_) => refuse(&stream),
+            },
             Err(e) => {
-                tracing::warn!(error = %e, "control socket accept failed");
+                if let Some(more) = errors.event(tokio::time::Instant::now()) {
+                    tracing::warn!(
+                        error = %e,
+                        failed_since_last_line = more,
+                        "control socket accept failed; retrying every 100 ms, logged at most every {} s",
+                        ACCEPT_ERROR_LOG_INTERVAL.as_secs()
+                    );
+                }
                 tokio::time::sleep(Duration::from_millis(100)).await;
             }
         }
@@ -96,6 +157,19 @@ pub async fn accept_loop(listener: UnixListener, calls: mpsc::Sender<Call>) {
             return;
         }
     }
+}
+
+/// Answers a connection past [`MAX_CONNECTIONS`] with an error, without
+/// waiting (a client that does not read loses the reply), and closes it.
+fn refuse(stream: &UnixStream) {
+    let reply = Response::error(format!(
+        "too many control connections: {MAX_CONNECTIONS} are open; close one and try again"
+    ));
+    if let Ok(mut line) = serde_json::to_vec(&reply) {
+        line.push(b'\n');
+        let _ = stream.try_write(&line);
+    }
+    tracing::debug!("control connection refused: {MAX_CONNECTIONS} are open");
 }
 
 enum Line {
@@ -144,7 +218,10 @@ pub async fn serve_connection(stream: UnixStream, calls: mpsc::Sender<Call>) {
             Ok(Ok(Line::Request(line))) => line,
         };
         let response = match parse_request(&line) {
-            Err(e) => Response::error(e),
+            Err(e) => {
+                tracing::debug!(error = %e, "control request refused");
+                Response::error(e)
+            }
             Ok(request) => {
                 let (tx, rx) = oneshot::channel();
                 if calls.send(Call { request, reply: tx }).await.is_err() {
@@ -170,7 +247,7 @@ async fn reply(w: &mut tokio::net::unix::OwnedWriteHalf, r: &Response) -> io::Re
 
 #[cfg(test)]
 mod tests {
-    use std::io::{BufRead, BufReader, Write};
+    use std::io::{BufRead, BufReader, Read, Write};
 
     use super::*;
     use crate::control::{Client, RouteList};
@@ -218,6 +295,75 @@ mod tests {
             assert!(line.contains("longer than"), "{line}");
             line.clear();
             assert_eq!(raw.read_line(&mut line).unwrap(), 0, "closed: {line}");
+        })
+        .await
+        .unwrap();
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn the_accept_error_log_is_throttled_and_counts_what_it_skipped() {
+        let mut t = LogThrottle::new(Duration::from_secs(10));
+        let t0 = tokio::time::Instant::now();
+        assert_eq!(t.event(t0), Some(0), "the first at once");
+        // Every 100 ms for 10 s: counted, not logged.
+        for i in 1..100 {
+            assert_eq!(t.event(t0 + Duration::from_millis(100) * i), None);
+        }
+        assert_eq!(t.event(t0 + Duration::from_secs(10)), Some(99));
+        assert_eq!(t.event(t0 + Duration::from_secs(11)), None);
+        assert_eq!(t.event(t0 + Duration::from_secs(60)), Some(1));
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn connections_past_the_limit_are_refused_with_a_reason() {
+        let dir = std::env::temp_dir().join(format!("tunl-ctl-cap-{}", std::process::id()));
+        let path = dir.join("t.sock");
+        let listener = bind(&path).unwrap();
+        let (tx, mut rx) = mpsc::channel::<Call>(4);
+        tokio::spawn(accept_loop(listener, tx));
+        tokio::spawn(async move {
+            while let Some(call) = rx.recv().await {
+                let _ = call.reply.send(Response::ok(RouteList::default()));
+            }
+        });
+        let p = path.clone();
+        tokio::task::spawn_blocking(move || {
+            let connect = || {
+                let s = std::os::unix::net::UnixStream::connect(&p).unwrap();
+                s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+                s
+            };
+            // Idle connections up to the limit, each served (it answers).
+            let mut open: Vec<_> = (0..MAX_CONNECTIONS).map(|_| connect()).collect();
+            for s in open.iter_mut().take(1) {
+                s.write_all(b"{\"cmd\":\"route_list\"}\n").unwrap();
+                let mut line = String::new();
+                BufReader::new(&*s).read_line(&mut line).unwrap();
+                assert!(line.contains("\"ok\":true"), "{line}");
+            }
+            // One more: refused, saying why, and closed.
+            let mut extra = connect();
+            let mut text = String::new();
+            extra.read_to_string(&mut text).unwrap();
+            assert!(
+                text.contains("too many control connections: 64 are open"),
+                "{text:?}"
+            );
+            // Closing one makes room.
+            drop(open.pop());
+            let deadline = std::time::Instant::now() + Duration::from_secs(5);
+            loop {
+                let mut s = connect();
+                s.write_all(b"{\"cmd\":\"route_list\"}\n").unwrap();
+                let mut line = String::new();
+                let _ = BufReader::new(&s).read_line(&mut line);
+                if line.contains("\"ok\":true") {
+                    break;
+                }
+                assert!(std::time::Instant::now() < deadline, "no room: {line}");
+                std::thread::sleep(Duration::from_millis(20));
+            }
         })
         .await
         .unwrap();

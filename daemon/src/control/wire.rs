@@ -17,7 +17,8 @@ pub const READ_TIMEOUT: Duration = Duration::from_secs(10);
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Route {
-    /// The remote block.
+    /// The remote block, with its length.
+    #[serde(deserialize_with = "crate::config::deserialize_prefix")]
     pub prefix: Ipv4Network,
     /// The node owning it.
     pub via: Ipv4Addr,
@@ -29,14 +30,16 @@ pub struct Route {
 pub enum Request {
     /// Add a route, or change its next hop (idempotent).
     RouteAdd {
-        /// The remote block.
+        /// The remote block, with its length.
+        #[serde(deserialize_with = "crate::config::deserialize_prefix")]
         prefix: Ipv4Network,
         /// The node owning it.
         via: Ipv4Addr,
     },
     /// Remove a route (idempotent: removing an absent route succeeds).
     RouteDel {
-        /// The block.
+        /// The block, with its length.
+        #[serde(deserialize_with = "crate::config::deserialize_prefix")]
         prefix: Ipv4Network,
     },
     /// List the routes.
@@ -45,11 +48,43 @@ pub enum Request {
     RouteReplace {
         /// The whole new set.
         routes: Vec<Route>,
+        /// Whether an empty `routes` is meant: it removes every route, the
+        /// config's too, so it is refused unless this is `true`.
+        #[serde(default, skip_serializing_if = "is_false")]
+        allow_empty: bool,
     },
     /// Device, MTU, per-node traffic, refused sources.
     Status {},
     /// Every counter, with drops by reason.
     Stats {},
+}
+
+impl std::fmt::Display for Request {
+    /// The request in a few words, for the log: `route_add 10.20.105.192/26
+    /// via 172.16.36.5`, `route_replace of 3 routes`.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Request::RouteAdd { prefix, via } => write!(f, "route_add {prefix} via {via}"),
+            Request::RouteDel { prefix } => write!(f, "route_del {prefix}"),
+            Request::RouteList {} => f.write_str("route_list"),
+            Request::RouteReplace {
+                routes,
+                allow_empty,
+            } => {
+                write!(f, "route_replace of {} routes", routes.len())?;
+                if *allow_empty {
+                    f.write_str(" (allow_empty)")?;
+                }
+                Ok(())
+            }
+            Request::Status {} => f.write_str("status"),
+            Request::Stats {} => f.write_str("stats"),
+        }
+    }
+}
+
+fn is_false(b: &bool) -> bool {
+    !*b
 }
 
 /// The reply to a request: `{"ok": true, "result": ...}` or
@@ -174,6 +209,34 @@ pub struct RefusedStatus {
     pub packets: u64,
     /// Unix time in milliseconds of the last one.
     pub last_seen_unix_ms: u64,
+    /// Whether the running policy accepts this source now (a route via it
+    /// was added, or `security.allow` grew, after its packets were
+    /// refused). Absent in replies of older daemons: `false`.
+    #[serde(default)]
+    pub accepted_now: bool,
+}
+
+/// The underlay in `status`: what was asked for, what runs, and why not
+/// the first choice.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UnderlayStatus {
+    /// `[dataplane] underlay` as configured: `raw`, `packet`, `xdp` or `auto`.
+    pub requested: String,
+    /// The underlay running: `raw`, `packet` or `xdp`.
+    pub running: String,
+    /// With `xdp`: the program's mode on the device, `generic` or `native`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub xdp_mode: Option<String>,
+    /// With `xdp`: the AF_XDP sockets (one per RX queue in use).
+    #[serde(default)]
+    pub xdp_sockets: usize,
+    /// With `xdp`: the workers holding one (the others transmit through
+    /// `packet`).
+    #[serde(default)]
+    pub xdp_workers: usize,
+    /// Why an underlay asked for (or tried by `auto`) is not running.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fallback: Option<String>,
 }
 
 /// Result of `status`.
@@ -191,6 +254,9 @@ pub struct Status {
     pub blocks: Vec<Ipv4Network>,
     /// Dataplane worker threads.
     pub workers: usize,
+    /// The underlay in use.
+    #[serde(default)]
+    pub underlay: UnderlayStatus,
     /// Number of routes.
     pub routes: usize,
     /// The routes by origin, e.g. `[["bird", 12], ["tunl", 1]]`.
@@ -209,12 +275,41 @@ pub struct Status {
     pub last_route_update_ns: u64,
     /// Unix time in milliseconds when the reply was made.
     pub now_unix_ms: u64,
+    /// Unix time in milliseconds when the daemon started (0 from daemons
+    /// older than this field).
+    #[serde(default)]
+    pub started_unix_ms: u64,
+    /// The daemon's release, e.g. `0.1.0` (empty from older daemons).
+    #[serde(default)]
+    pub version: String,
+    /// The git commit the daemon was built from, short, or `unknown`
+    /// (empty from older daemons).
+    #[serde(default)]
+    pub commit: String,
     /// Every remote node, by address.
     pub nodes: Vec<NodeStatus>,
     /// IPIP sources refused (at most 32 remembered).
     pub refused: Vec<RefusedStatus>,
     /// Refused packets from sources past that table.
     pub refused_other_packets: u64,
+    /// The underlay's address and link as the daemon sees them now (absent
+    /// from older daemons).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub underlay_link: Option<UnderlayLink>,
+}
+
+/// The underlay's address and link in `status`: whether `local` is still an
+/// address of the node, and the state of the device holding it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UnderlayLink {
+    /// Whether `local` is an address of this node; while it is not, nothing
+    /// is sent (dropped as `no_local_address`).
+    pub local_present: bool,
+    /// The underlay device: the one holding `local`, or the one that last
+    /// did (absent when none ever did).
+    pub device: Option<String>,
+    /// Its state: `up`, `down` (or without carrier) or `gone`.
+    pub state: String,
 }
 
 /// Result of `stats`.
@@ -298,7 +393,17 @@ mod tests {
                 prefix: "10.20.105.192/26".parse().unwrap(),
             },
             Request::RouteList {},
-            Request::RouteReplace { routes: vec![] },
+            Request::RouteReplace {
+                routes: vec![],
+                allow_empty: true,
+            },
+            Request::RouteReplace {
+                routes: vec![Route {
+                    prefix: "10.20.105.192/26".parse().unwrap(),
+                    via: Ipv4Addr::new(172, 16, 36, 5),
+                }],
+                allow_empty: false,
+            },
             Request::Status {},
             Request::Stats {},
         ] {
@@ -309,11 +414,48 @@ mod tests {
             serde_json::to_string(&Request::RouteList {}).unwrap(),
             r#"{"cmd":"route_list"}"#
         );
+        // `allow_empty` is optional and false by default.
+        assert_eq!(
+            parse_request(br#"{"cmd":"route_replace","routes":[]}"#).unwrap(),
+            Request::RouteReplace {
+                routes: vec![],
+                allow_empty: false
+            }
+        );
+        let empty = Request::RouteReplace {
+            routes: vec![],
+            allow_empty: false,
+        };
+        assert_eq!(
+            serde_json::to_string(&empty).unwrap(),
+            r#"{"cmd":"route_replace","routes":[]}"#
+        );
+    }
+
+    #[test]
+    fn requests_in_a_few_words() {
+        let add = Request::RouteAdd {
+            prefix: "10.20.105.192/26".parse().unwrap(),
+            via: Ipv4Addr::new(172, 16, 36, 5),
+        };
+        assert_eq!(
+            add.to_string(),
+            "route_add 10.20.105.192/26 via 172.16.36.5"
+        );
+        let replace = Request::RouteReplace {
+            routes: vec![],
+            allow_empty: true,
+        };
+        assert_eq!(
+            replace.to_string(),
+            "route_replace of 0 routes (allow_empty)"
+        );
+        assert_eq!(Request::Status {}.to_string(), "status");
     }
 
     #[test]
     fn bad_requests_say_why() {
-        let cases: [(&[u8], &str); 7] = [
+        let cases: [(&[u8], &str); 8] = [
             (b"{", "not JSON"),
             (b"", "empty"),
             (b"\xff\xfe", "UTF-8"),
@@ -324,6 +466,10 @@ mod tests {
                 "bad request",
             ),
             (br#"{"cmd":"route_list","extra":1}"#, "bad request"),
+            (
+                br#"{"cmd":"route_del","prefix":"10.0.0.0"}"#,
+                "has no prefix length",
+            ),
         ];
         for (line, want) in cases {
             let e = parse_request(line).unwrap_err();

@@ -73,10 +73,10 @@ pub enum DaemonError {
         /// Who holds it: `another tunl instance` or `another process`.
         holder: &'static str,
     },
-    /// The device's lock file could not be created or locked.
+    /// The device's lock (an abstract socket) could not be taken.
     #[error("cannot lock {path}: {source}")]
     DeviceLock {
-        /// The lock file.
+        /// The lock, `@tunl/device/NAME`.
         path: std::path::PathBuf,
         /// The OS error.
         #[source]

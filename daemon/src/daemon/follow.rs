@@ -21,6 +21,7 @@ use tunl_io::netlink::{NetlinkError, RouteEvent, RouteListener, Subscription, du
 
 use super::error::DaemonError;
 use super::mirror::RouteMirror;
+use super::routes::Routes;
 
 /// Events handled per batch at most (one LPM publication each).
 const BATCH: usize = 4096;
@@ -137,14 +138,23 @@ impl KernelFeed {
 }
 
 /// Replaces the mirror's content with a dump of its table (start, resync),
-/// in one LPM publication; returns the number of routes dumped.
+/// in one LPM publication, keeping tunl's own routes (`own`) that the dump
+/// lacks ([`super::mirror::Replacement::keep_own`]); returns the number of
+/// routes dumped.
 ///
 /// # Errors
 /// The dump failed; the mirror is as it was.
-pub(super) async fn load(mirror: &mut RouteMirror) -> Result<usize, NetlinkError> {
+pub(super) async fn load(mirror: &mut RouteMirror, own: &Routes) -> Result<usize, NetlinkError> {
     let table = mirror.table();
     let mut replacement = mirror.replace();
     dump_ipv4_routes(table, |route| replacement.add(&route)).await?;
+    let kept = replacement.keep_own(own.iter().map(|(p, v)| (*p, *v)));
+    if kept > 0 {
+        debug!(
+            routes = kept,
+            "tunl's routes the kernel lacks kept in the table until they are put back"
+        );
+    }
     Ok(replacement.commit())
 }
 
@@ -152,7 +162,12 @@ pub(super) async fn load(mirror: &mut RouteMirror) -> Result<usize, NetlinkError
 /// then reloads the mirror; counts resyncs after a loss. Failures are
 /// logged and leave the mirror as it was (the next loss or link change
 /// tries again).
-pub(super) async fn resync(feed: &mut KernelFeed, mirror: &mut RouteMirror, why: Resync) {
+pub(super) async fn resync(
+    feed: &mut KernelFeed,
+    mirror: &mut RouteMirror,
+    own: &Routes,
+    why: Resync,
+) {
     if why == Resync::No {
         return;
     }
@@ -163,7 +178,7 @@ pub(super) async fn resync(feed: &mut KernelFeed, mirror: &mut RouteMirror, why:
             return;
         }
     }
-    match load(mirror).await {
+    match load(mirror, own).await {
         Ok(n) => debug!(
             routes = n,
             mirrored = mirror.len(),

@@ -1,31 +1,41 @@
 //! The daemon's life: the startup steps in order, the main loop, shutdown.
 
 use std::sync::Arc;
+use std::time::SystemTime;
 
 use tokio::net::{TcpListener, UnixListener};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 use tunl_io::netlink::Netlink;
 
+use super::BuildInfo;
 use super::error::DaemonError;
 use super::follow::{self, KernelFeed};
-use super::mirror::{RouteMirror, RouteStats};
+use super::mirror::RouteMirror;
 use super::neighbours::watch_neighbours;
+use super::notify::Notifier;
 use super::requests::{DeviceInfo, handle};
-use super::routes::{KernelRoutes, NetlinkRoutes, RouteManager, wanted_routes};
+use super::routes::{KernelRoutes, NetlinkRoutes, RouteManager, RouteOrigin, wanted_routes};
 use super::signals::{Asked, Signals};
 use super::startup::{self, DataplaneParts};
-use super::{privileges, reload};
+use super::watch::{LinkEvent, Seen, Watched, watch_links};
+use super::{privileges, reload, underlay};
 use crate::config::Config;
 use crate::control::{self, Call};
-use crate::dataplane::{CounterSnapshot, Router, Shared};
-use crate::metrics::MetricsSource;
+use crate::dataplane::{CounterSnapshot, Router, RouterXdp, Shared};
+use crate::metrics::{DeviceLabels, MetricsSource, XdpReaders};
+use tunl_io::xdp::{XdpLink, XdpProgram};
 
 /// Runs the daemon on `config` until SIGINT or SIGTERM, or until the
 /// dataplane fails.
-pub(super) async fn run(config: Config) -> Result<(), DaemonError> {
+pub(super) async fn run(
+    config: Config,
+    build: BuildInfo,
+    started: SystemTime,
+) -> Result<(), DaemonError> {
     let signals = Signals::catch()?;
+    let notifier = Notifier::from_env();
     let user = startup::look_up_user(&config)?;
     let netlink = startup::open_netlink()?;
     let _lock = startup::lock_device(&config)?;
@@ -45,7 +55,7 @@ pub(super) async fn run(config: Config) -> Result<(), DaemonError> {
     let mut feed = KernelFeed::start(config.routing.listen_buffer)?;
     let mut mirror = RouteMirror::new(config.routing.table, ifindex, shared.clone());
     let dump_started = std::time::Instant::now();
-    let dumped = follow::load(&mut mirror).await?;
+    let dumped = follow::load(&mut mirror, &Default::default()).await?;
     info!(
         routes = mirror.len(),
         dumped,
@@ -59,7 +69,24 @@ pub(super) async fn run(config: Config) -> Result<(), DaemonError> {
     routes.remove_stale(&wanted_routes(&config)).await;
     let metrics_listener = startup::bind_metrics(&config).await?;
 
-    let packet_tx = startup::packet_tx_device(&config, underlay.as_ref());
+    // Still privileged: the XDP program and its sockets are set up here.
+    let selected = underlay::select(&config, underlay.as_ref(), config.dataplane.workers);
+    let packet_tx = selected.packet_ifindex;
+    let underlay_status = selected.status.clone();
+    let (xdp, attachment, xdp_readers) = match selected.xdp {
+        Some(setup) => {
+            let readers = XdpReaders {
+                program: setup.program.stats_reader(),
+                sockets: setup.sockets.iter().map(|s| s.stats_reader()).collect(),
+            };
+            let xdp = RouterXdp {
+                sockets: setup.sockets,
+                src_mac: setup.src_mac,
+            };
+            (Some(xdp), Some((setup.program, setup.link)), Some(readers))
+        }
+        None => (None, None, None),
+    };
     let parts = DataplaneParts {
         device,
         receivers,
@@ -67,6 +94,7 @@ pub(super) async fn run(config: Config) -> Result<(), DaemonError> {
         shared: shared.clone(),
         mtu,
         packet_tx,
+        xdp,
     };
     let router = startup::start_dataplane(&config, user.as_ref(), parts)?;
     let mut running = Running {
@@ -75,6 +103,7 @@ pub(super) async fn run(config: Config) -> Result<(), DaemonError> {
         netlink: netlink.clone(),
         name: config.tunnel.name.clone(),
         persist: config.tunnel.persist,
+        xdp: attachment,
     };
     if let Err(e) = running.finish_start(&config).await {
         running.stop().await;
@@ -90,29 +119,60 @@ pub(super) async fn run(config: Config) -> Result<(), DaemonError> {
         local: config.tunnel.local,
         address: config.tunnel.address,
         workers: running.router.workers(),
+        underlay: underlay_status,
+        build,
+        started,
     };
     log_up(&config, &device, offload);
 
     let (calls_tx, calls) = mpsc::channel(16);
-    let tasks = Tasks::spawn(
-        listener,
-        calls_tx,
-        metrics_listener,
-        packet_tx,
-        &shared,
-        running.routes.stats(),
-        device.workers,
-    );
+    let (links_tx, links) = mpsc::channel(4);
+    let watch = LinkWatcher {
+        watched: Watched {
+            local: config.tunnel.local,
+            tunnel: running.routes.tunnel_device(),
+            tunnel_name: config.tunnel.name.clone(),
+        },
+        seen: Seen::at_start(underlay.as_ref().map(|u| (u.ifindex, u.name.clone()))),
+        events: links_tx,
+    };
+    let metrics = metrics_listener.map(|listener| {
+        let source = MetricsSource {
+            shared: shared.clone(),
+            routes: running.routes.stats(),
+            route_apply: running.routes.apply_metrics(),
+            workers: device.workers,
+            device: DeviceLabels {
+                name: device.name.clone(),
+                local: device.local,
+                mtu: device.mtu,
+            },
+            underlay: device.underlay.clone(),
+            xdp: xdp_readers,
+        };
+        (listener, source)
+    });
+    let tasks = Tasks::spawn(listener, calls_tx, metrics, packet_tx, watch, &shared);
+    notifier.ready(&format!(
+        "routing {} routes on {}",
+        running.routes.mirror().len(),
+        device.name
+    ));
     let mut config = config;
     let served = serve(
         signals,
         &mut config,
         &mut running.routes,
         &mut feed,
-        calls,
+        (calls, links),
         &device,
     )
     .await;
+    notifier.stopping(if running.persist {
+        "removing tunl's routes (the device stays: tunnel.persist)"
+    } else {
+        "removing the routes and the device"
+    });
     tasks.abort();
     running.stop().await;
     match shared.failure() {
@@ -122,13 +182,14 @@ pub(super) async fn run(config: Config) -> Result<(), DaemonError> {
 }
 
 /// The main loop: signals, control requests one at a time, the kernel's
-/// route changes in batches, and the dataplane's failure, until a stop.
+/// route changes in batches, the link watcher's events, and the
+/// dataplane's failure, until a stop.
 async fn serve<K: KernelRoutes>(
     mut signals: Signals,
     config: &mut Config,
     routes: &mut RouteManager<K>,
     feed: &mut KernelFeed,
-    mut calls: mpsc::Receiver<Call>,
+    (mut calls, mut links): (mpsc::Receiver<Call>, mpsc::Receiver<LinkEvent>),
     device: &DeviceInfo,
 ) -> Result<(), DaemonError> {
     let shared = routes.shared().clone();
@@ -143,12 +204,21 @@ async fn serve<K: KernelRoutes>(
             },
             reason = shared.failed() => return Err(DaemonError::DataplaneStopped { reason }),
             Some(call) = calls.recv() => {
+                let request = call.request.to_string();
                 let response = handle(call.request, config, routes, device).await;
+                if let Some(error) = &response.error {
+                    debug!(%request, %error, "control request refused");
+                }
                 let _ = call.reply.send(response);
             }
             () = feed.recv() => {
                 let why = feed.apply(routes.mirror_mut());
-                follow::resync(feed, routes.mirror_mut(), why).await;
+                let (mirror, own) = routes.mirror_and_own();
+                follow::resync(feed, mirror, own, why).await;
+            }
+            Some(LinkEvent::TunnelUp) = links.recv() => {
+                let n = routes.reinstall().await;
+                info!(device = %device.name, routes = n, "routes put back on the tunnel device");
             }
         }
     }
@@ -159,44 +229,79 @@ fn log_up(config: &Config, device: &DeviceInfo, offload: bool) {
         device = %device.name,
         local = %device.local,
         mtu = device.mtu,
-        address = ?device.address.map(|a| a.to_string()),
+        address = %or_none(device.address),
         ttl = %config.tunnel.ttl,
-        blocks = ?config.tunnel.blocks.iter().map(|b| b.to_string()).collect::<Vec<_>>(),
+        blocks = %list(&config.tunnel.blocks),
         routes = config.routes.len(),
         workers = device.workers,
         offload,
+        version = %device.build.version,
+        commit = %device.build.commit,
         control = %config.control.socket.display(),
-        metrics = ?config.metrics.listen.map(|a| a.to_string()),
-        capabilities = ?privileges::effective(),
+        metrics = %or_none(config.metrics.listen),
+        underlay = %device.underlay.running,
+        capabilities = %list(&privileges::effective()),
         "tunl is up"
     );
 }
 
+/// A value for the log, `none` when absent.
+pub(super) fn or_none<T: std::fmt::Display>(v: Option<T>) -> String {
+    v.map_or_else(|| "none".to_owned(), |v| v.to_string())
+}
+
+/// A list for the log: `a,b,c`, `none` when empty.
+pub(super) fn list<T: std::fmt::Display>(items: &[T]) -> String {
+    if items.is_empty() {
+        return "none".to_owned();
+    }
+    items
+        .iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+/// What the link watcher starts from.
+struct LinkWatcher {
+    watched: Watched,
+    seen: Seen,
+    events: mpsc::Sender<LinkEvent>,
+}
+
 /// The control plane's tasks beside the main loop: the control socket's
-/// accept loop, the metrics endpoint, the neighbour watcher.
+/// accept loop, the metrics endpoint, the neighbour and link watchers.
 struct Tasks(Vec<JoinHandle<()>>);
 
 impl Tasks {
     fn spawn(
         control: UnixListener,
         calls: mpsc::Sender<Call>,
-        metrics: Option<TcpListener>,
+        metrics: Option<(TcpListener, MetricsSource)>,
         packet_tx: Option<u32>,
+        links: LinkWatcher,
         shared: &Arc<Shared>,
-        route_stats: Arc<RouteStats>,
-        workers: usize,
     ) -> Tasks {
         let mut tasks = vec![
             tokio::spawn(control::accept_loop(control, calls)),
             // Learned path MTUs: applied and pruned here, off the workers.
             tokio::spawn(crate::dataplane::maintain_path_mtu(shared.clone())),
         ];
-        if let Some(listener) = metrics {
-            let source = MetricsSource {
-                shared: shared.clone(),
-                routes: route_stats,
-                workers,
-            };
+        // Its own connections (a listener that only receives, and one for
+        // its dumps), as the neighbour watcher has.
+        match tunl_io::watch::LinkWatch::open() {
+            Ok(watch) => tasks.push(tokio::spawn(watch_links(
+                watch,
+                links.watched,
+                links.seen,
+                shared.clone(),
+                links.events,
+            ))),
+            Err(e) => {
+                warn!(error = %e, "cannot watch links over netlink; changes of the underlay and the device go unnoticed");
+            }
+        }
+        if let Some((listener, source)) = metrics {
             tasks.push(tokio::spawn(crate::metrics::serve(
                 listener,
                 Arc::new(source),
@@ -209,7 +314,7 @@ impl Tasks {
             match Netlink::new() {
                 Ok(nl) => tasks.push(tokio::spawn(watch_neighbours(nl, ifindex, shared.clone()))),
                 Err(e) => {
-                    warn!(error = %e, "cannot open netlink for the neighbour table; packet_tx sends through the raw socket");
+                    warn!(error = %e, "cannot open netlink for the neighbour table; outer packets take the raw socket");
                 }
             }
         }
@@ -233,6 +338,9 @@ struct Running {
     /// `tunnel.persist`: keep the device (and the routes others installed
     /// on it) at exit.
     persist: bool,
+    /// The XDP program and its attachment, detached when this goes (after
+    /// the workers and their sockets stopped).
+    xdp: Option<(XdpProgram, XdpLink)>,
 }
 
 impl Running {
@@ -240,7 +348,9 @@ impl Running {
     /// CAP_NET_ADMIN, then the config's routes go in.
     async fn finish_start(&mut self, config: &Config) -> Result<(), DaemonError> {
         privileges::keep_control_plane_only()?;
-        self.routes.apply(&wanted_routes(config)).await?;
+        self.routes
+            .apply(&wanted_routes(config), RouteOrigin::Config)
+            .await?;
         Ok(())
     }
 
@@ -253,6 +363,8 @@ impl Running {
         self.routes.remove_all().await;
         let shared = self.router.shared().clone();
         self.router.stop();
+        // Detach: the device's frames go up the stack again.
+        drop(self.xdp.take());
         if self.persist {
             let others = self.routes.mirror().len();
             info!(device = %self.name, routes = others, "device kept (tunnel.persist) with the routes others installed on it");
@@ -283,6 +395,17 @@ mod tests {
 
     use super::*;
     use crate::dataplane::Policy;
+
+    #[test]
+    fn log_values_are_for_people() {
+        assert_eq!(or_none(None::<u16>), "none");
+        assert_eq!(or_none(Some(Ipv4Addr::new(10, 20, 42, 0))), "10.20.42.0");
+        assert_eq!(list::<String>(&[]), "none");
+        assert_eq!(
+            list(&["cap_net_admin", "cap_net_raw"]),
+            "cap_net_admin,cap_net_raw"
+        );
+    }
 
     #[test]
     fn a_dataplane_failure_reaches_the_main_loop_over_the_channel() {

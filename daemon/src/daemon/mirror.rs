@@ -902,6 +902,27 @@ impl Replacement<'_> {
         }
     }
 
+    /// Keeps tunl's own routes `own` that the dump lacks (the kernel
+    /// flushed them with the device going down; tunl puts them back when
+    /// it is up): their blocks stay routed and their nodes accepted IPIP
+    /// sources meanwhile, as before the device went down. Call it after the
+    /// dump's routes. Returns how many were kept so.
+    pub fn keep_own(&mut self, own: impl IntoIterator<Item = (Ipv4Network, Ipv4Addr)>) -> usize {
+        let mut kept = 0;
+        for (prefix, via) in own {
+            let there = self
+                .prefixes
+                .get(&prefix)
+                .is_some_and(|a| a.as_slice().iter().any(|a| a.same_key(0, 0)));
+            if !there {
+                let route = own_route(prefix, via, self.mirror.table, self.mirror.device);
+                self.add(&route);
+                kept += 1;
+            }
+        }
+        kept
+    }
+
     /// Swaps the routes added in; returns how many prefixes the mirror
     /// now holds.
     pub fn commit(mut self) -> usize {
@@ -1230,6 +1251,31 @@ pub(crate) mod tests {
         ]);
         assert_eq!(lookup(&r, "10.20.2.1"), None);
         assert_eq!(vias(&m), vec![node(5)]);
+    }
+
+    #[test]
+    fn a_reload_keeps_tunls_own_routes_the_kernel_flushed() {
+        let (mut m, r) = mirror();
+        m.apply(&[new(via("10.20.2.0/26", 32, 6))]);
+        m.claim(net("10.20.1.0/26"), node(5));
+        // The device went down: the dump has none of its routes.
+        let mut dump = m.replace();
+        let own = [(net("10.20.1.0/26"), node(5))];
+        assert_eq!(dump.keep_own(own), 1);
+        dump.commit();
+        assert_eq!(lookup(&r, "10.20.1.1"), Some(NextHop::Node(node(5))));
+        assert_eq!(lookup(&r, "10.20.2.1"), None, "another program's is gone");
+        assert_eq!(vias(&m), vec![node(5)]);
+        // A dump that has it keeps it as dumped, once.
+        let mut dump = m.replace();
+        dump.add(&route(
+            "10.20.1.0/26",
+            0,
+            ROUTE_PROTOCOL,
+            &[(DEVICE, Some(5), 1)],
+        ));
+        assert_eq!(dump.keep_own(own), 0);
+        assert_eq!(dump.commit(), 1);
     }
 
     #[test]

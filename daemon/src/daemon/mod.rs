@@ -18,7 +18,13 @@
 //!   stats), handled one at a time by the main loop, which owns the
 //!   [`RouteManager`];
 //! - `reload`: SIGHUP;
-//! - `neighbours`: the underlay's neighbour table for `packet_tx`;
+//! - `underlay`: choosing the underlay (`xdp`, `packet`, `raw`) and setting
+//!   up the XDP program and its sockets;
+//! - `neighbours`: the underlay's neighbour table for `packet` and `xdp`;
+//! - `watch`: the underlay's address and link, and the tunnel device's
+//!   state, followed over netlink (logged once per change, shown in
+//!   status, and the routes put back when the device is up again);
+//! - `notify`: readiness for systemd (`READY=1` once the routes are in);
 //! - `signals`: the signals caught from the start;
 //! - [`privileges`]: the capability drop, in three steps;
 //! - `error`: [`DaemonError`] and [`RouteError`].
@@ -34,34 +40,58 @@ mod follow;
 mod lifecycle;
 pub mod mirror;
 mod neighbours;
+mod notify;
 pub mod privileges;
 mod reload;
 mod requests;
 pub mod routes;
 mod signals;
 mod startup;
+mod underlay;
+mod watch;
 
 pub use error::{DaemonError, RouteError};
 pub use mirror::{RouteMirror, RouteStats, origin_name};
 pub use requests::stats;
-pub use routes::{KernelRoutes, NetlinkRoutes, RouteManager};
+pub use routes::{KernelRoutes, NetlinkRoutes, RouteManager, RouteOrigin};
 
-use crate::config::Config;
+use crate::config::{Config, ConfigError};
 
 /// The routing protocol number tunl tags its kernel routes with
 /// (`ip route show proto 116`), so it can find and remove its own routes.
 pub const ROUTE_PROTOCOL: u8 = 116;
+
+/// What `tunl check` checks of this host beyond the file itself: that
+/// `security.user` names a user. (The underlay MTU needs the device, and
+/// is checked at start.)
+///
+/// # Errors
+/// [`ConfigError::Invalid`] naming `security.user`.
+pub fn check_host(config: &Config) -> Result<(), ConfigError> {
+    startup::look_up_user(config).map(|_| ())
+}
+
+/// What the daemon says of its build (`tunl status` shows it); the binary
+/// gives it, since only the binary knows its git commit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BuildInfo {
+    /// The release, e.g. `0.1.0`.
+    pub version: &'static str,
+    /// The short git commit it was built from, or `unknown`.
+    pub commit: &'static str,
+}
 
 /// Runs the daemon until SIGINT or SIGTERM (or a dataplane failure).
 ///
 /// # Errors
 /// [`DaemonError`]: the config is invalid (in itself or on this host), a
 /// setup step failed, or the dataplane stopped.
-pub fn run(config_path: &Path) -> Result<(), DaemonError> {
+pub fn run(config_path: &Path, build: BuildInfo) -> Result<(), DaemonError> {
+    let started = std::time::SystemTime::now();
     let config = Config::load(config_path)?;
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .map_err(|source| DaemonError::Runtime { source })?;
-    rt.block_on(lifecycle::run(config))
+    rt.block_on(lifecycle::run(config, build, started))
 }

@@ -4,7 +4,9 @@
 //! creator's. So the daemon drops in three steps:
 //!
 //! 1. [`drop_to`] before the dataplane threads start, once the TUN device
-//!    and the IPIP/ICMP receive sockets are open: the bounding set (when
+//!    and the IPIP/ICMP receive sockets are open (and, with the XDP
+//!    underlay, the program loaded and attached and its AF_XDP sockets
+//!    bound, which needs CAP_BPF): the bounding set (when
 //!    the process holds CAP_SETPCAP to do so), inheritable and ambient sets
 //!    are emptied, `no_new_privs` is set, the process
 //!    optionally switches to `[security] user` (looked up at start with

@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use tracing::{error, info, warn};
 
-use super::routes::{KernelRoutes, RouteManager, wanted_routes};
+use super::routes::{KernelRoutes, RouteManager, RouteOrigin, wanted_routes};
 use super::startup::policy_for;
 use crate::config::{Config, ConfigError};
 
@@ -33,11 +33,14 @@ async fn apply<K: KernelRoutes>(
     };
     if !pending.is_empty() {
         warn!(
-            keys = ?pending,
+            keys = %pending.join(","),
             "SIGHUP: these keys take effect at the next restart; the rest of the file is applied"
         );
     }
-    if let Err(e) = routes.apply(&wanted_routes(&new)).await {
+    if let Err(e) = routes
+        .apply(&wanted_routes(&new), RouteOrigin::Reload)
+        .await
+    {
         error!("SIGHUP: {e}; still running on the previous config");
         return;
     }
@@ -80,7 +83,7 @@ mod tests {
         let config = parse(OLD).unwrap();
         let (mut m, _) = manager();
         m.shared().policy.store(Arc::new(policy_for(&config, 1400)));
-        run(m.apply(&wanted_routes(&config))).unwrap();
+        run(m.apply(&wanted_routes(&config), RouteOrigin::Config)).unwrap();
         (config, m)
     }
 

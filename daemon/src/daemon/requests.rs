@@ -9,12 +9,15 @@
 
 use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
+use std::time::SystemTime;
 
 use ipnetwork::Ipv4Network;
+use tunl_encap::DecapPolicy;
 
+use super::BuildInfo;
 use super::mirror::{MirroredRoute, RouteMirror, origin_name};
-use super::routes::{KernelRoutes, RouteManager, Routes};
-use crate::config::{Config, ConfigError, RouteEntry};
+use super::routes::{KernelRoutes, RouteManager, RouteOrigin, Routes};
+use crate::config::{Config, RouteEntry};
 use crate::control::{self, Request, Response};
 use crate::dataplane::{CounterSnapshot, NextHop};
 
@@ -31,6 +34,12 @@ pub(super) struct DeviceInfo {
     pub address: Option<Ipv4Network>,
     /// Dataplane worker threads.
     pub workers: usize,
+    /// The daemon's build.
+    pub build: BuildInfo,
+    /// When the daemon started.
+    pub started: SystemTime,
+    /// The underlay running and why.
+    pub underlay: control::UnderlayStatus,
 }
 
 /// Carries out one control request.
@@ -75,7 +84,17 @@ pub(super) async fn handle<K: KernelRoutes>(
             wanted.remove(&prefix);
             wanted
         }
-        Request::RouteReplace { routes: list } => {
+        Request::RouteReplace {
+            routes: list,
+            allow_empty,
+        } => {
+            if list.is_empty() && !allow_empty {
+                return Response::error(format!(
+                    "route set refused, nothing changed: an empty set would remove every route \
+                     ({} now, the config's included); send \"allow_empty\": true to mean it",
+                    current.len()
+                ));
+            }
             let entries: Vec<RouteEntry> = list
                 .iter()
                 .map(|r| RouteEntry {
@@ -84,18 +103,20 @@ pub(super) async fn handle<K: KernelRoutes>(
                 })
                 .collect();
             if let Err(e) = config.with_routes(entries) {
-                let e = match e {
-                    ConfigError::Invalid { key, problem, .. } => {
-                        format!("{}: {problem}", key.replace("route[", "routes["))
-                    }
-                    other => other.to_string(),
+                let e = match e.problems() {
+                    [] => e.to_string(),
+                    problems => problems
+                        .iter()
+                        .map(|p| format!("{}: {}", p.key.replace("route[", "routes["), p.problem))
+                        .collect::<Vec<_>>()
+                        .join("; "),
                 };
                 return Response::error(format!("route set refused, nothing changed: {e}"));
             }
             list.iter().map(|r| (r.prefix, r.via)).collect()
         }
     };
-    match routes.apply(&wanted).await {
+    match routes.apply(&wanted, RouteOrigin::Control).await {
         Ok(change) => Response::ok(change),
         Err(e) => Response::error(e.to_string()),
     }
@@ -114,9 +135,13 @@ fn validate(config: &Config, routes: &Routes) -> Result<(), String> {
     config
         .with_routes(entries)
         .map(|_| ())
-        .map_err(|e| match e {
-            ConfigError::Invalid { problem, .. } => problem,
-            other => other.to_string(),
+        .map_err(|e| match e.problems() {
+            [] => e.to_string(),
+            problems => problems
+                .iter()
+                .map(|p| p.problem.as_str())
+                .collect::<Vec<_>>()
+                .join("; "),
         })
 }
 
@@ -202,6 +227,7 @@ fn status<K: KernelRoutes>(routes: &RouteManager<K>, device: &DeviceInfo) -> con
         address: device.address,
         blocks: policy.blocks.clone(),
         workers: device.workers,
+        underlay: device.underlay.clone(),
         routes: mirror.len(),
         routes_by_origin: stats
             .by_origin()
@@ -211,7 +237,10 @@ fn status<K: KernelRoutes>(routes: &RouteManager<K>, device: &DeviceInfo) -> con
         route_resyncs: stats.resyncs(),
         route_updates,
         last_route_update_ns,
-        now_unix_ms: control::unix_ms(std::time::SystemTime::now()),
+        now_unix_ms: control::unix_ms(SystemTime::now()),
+        started_unix_ms: control::unix_ms(device.started),
+        version: device.build.version.to_owned(),
+        commit: device.build.commit.to_owned(),
         nodes,
         refused: refused
             .sources
@@ -220,9 +249,18 @@ fn status<K: KernelRoutes>(routes: &RouteManager<K>, device: &DeviceInfo) -> con
                 source: r.source,
                 packets: r.packets,
                 last_seen_unix_ms: control::unix_ms(r.last_seen),
+                accepted_now: policy.source_allowed(r.source),
             })
             .collect(),
         refused_other_packets: refused.other_packets,
+        underlay_link: Some({
+            let u = shared.links.report();
+            control::UnderlayLink {
+                local_present: u.local_present,
+                device: u.device,
+                state: u.state.as_str().to_owned(),
+            }
+        }),
     }
 }
 
@@ -264,6 +302,17 @@ mod tests {
             local: Ipv4Addr::new(172, 16, 35, 4),
             address: None,
             workers: 1,
+            build: BuildInfo {
+                version: "0.1.0",
+                commit: "abc1234",
+            },
+            started: SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(1_764_000_000),
+            underlay: control::UnderlayStatus {
+                requested: "auto".to_owned(),
+                running: "packet".to_owned(),
+                fallback: Some("xdp: not permitted".to_owned()),
+                ..control::UnderlayStatus::default()
+            },
         }
     }
 
@@ -318,6 +367,19 @@ mod tests {
             (
                 add("10.20.1.0/26", Ipv4Addr::BROADCAST),
                 "cannot add 10.20.1.0/26 via 255.255.255.255: 255.255.255.255 is not a unicast host address",
+            ),
+            (
+                add("0.0.0.0/0", node(5)),
+                "cannot add 0.0.0.0/0 via 172.16.36.5: 0.0.0.0/0 would be a default route into the \
+                 tunnel: every destination without a more specific route would go to 172.16.36.5, \
+                 and installing it would replace the host's own default route; route the pod \
+                 blocks (e.g. 10.20.105.192/26) or the IP pool (e.g. 10.20.0.0/16) instead",
+            ),
+            (
+                add("172.16.35.0/24", node(5)),
+                "cannot add 172.16.35.0/24 via 172.16.36.5: 172.16.35.0/24 contains this node's \
+                 own address 172.16.35.4 (tunnel.local): the route would take the underlay's \
+                 traffic into the tunnel",
             ),
         ];
         for (request, want) in cases {
@@ -402,6 +464,7 @@ mod tests {
                     via: node(*n),
                 })
                 .collect(),
+            allow_empty: false,
         };
         call::<RouteChange>(&mut m, list(&[("10.20.1.0/26", 5), ("10.20.2.0/26", 6)])).unwrap();
         m.kernel_mut().calls.clear();
@@ -434,6 +497,41 @@ mod tests {
     }
 
     #[test]
+    fn an_empty_replace_is_refused_unless_allowed() {
+        let (mut m, _) = manager();
+        call::<RouteChange>(&mut m, add("10.20.1.0/26", node(5))).unwrap();
+        call::<RouteChange>(&mut m, add("10.20.2.0/26", node(6))).unwrap();
+        m.kernel_mut().calls.clear();
+        let empty = |allow_empty| Request::RouteReplace {
+            routes: vec![],
+            allow_empty,
+        };
+        let e = call::<RouteChange>(&mut m, empty(false)).unwrap_err();
+        assert_eq!(
+            e,
+            "route set refused, nothing changed: an empty set would remove every route \
+             (2 now, the config's included); send \"allow_empty\": true to mean it"
+        );
+        assert_eq!(m.routes().len(), 2);
+        assert!(m.kernel().call_list().is_empty(), "nothing touched");
+        assert_eq!(m.kernel().ours().len(), 2);
+        let change: RouteChange = call(&mut m, empty(true)).unwrap();
+        assert_eq!(change.removed.len(), 2);
+        assert!(m.routes().is_empty());
+        assert!(m.kernel().ours().is_empty());
+        // `allow_empty` with a non-empty set is a plain replace.
+        let one = Request::RouteReplace {
+            routes: vec![control::Route {
+                prefix: net("10.20.3.0/26"),
+                via: node(7),
+            }],
+            allow_empty: true,
+        };
+        let change: RouteChange = call(&mut m, one).unwrap();
+        assert_eq!(change.added.len(), 1);
+    }
+
+    #[test]
     fn a_kernel_refusal_is_the_reply() {
         let (mut m, _) = manager();
         m.kernel_mut()
@@ -460,6 +558,12 @@ mod tests {
         }
         let s: Status = call(&mut m, Request::Status {}).unwrap();
         assert_eq!((s.device.as_str(), s.mtu, s.routes), ("tunl0", 1480, 3));
+        assert_eq!(
+            (s.version.as_str(), s.commit.as_str()),
+            ("0.1.0", "abc1234")
+        );
+        assert_eq!(s.started_unix_ms, 1_764_000_000_000);
+        assert!(s.now_unix_ms > s.started_unix_ms);
         let nodes: Vec<(Ipv4Addr, Vec<Ipv4Network>)> =
             s.nodes.iter().map(|n| (n.node, n.blocks.clone())).collect();
         assert_eq!(
@@ -470,8 +574,49 @@ mod tests {
             ]
         );
         assert!(s.nodes.iter().all(|n| n.last_seen_unix_ms.is_none()));
+        assert_eq!(s.underlay, device().underlay, "the underlay as started");
         let stats: control::Stats = call(&mut m, Request::Stats {}).unwrap();
         assert_eq!(stats.drops_total, 0);
         assert!(stats.counter("tx_packets").is_some());
+    }
+
+    #[test]
+    fn refused_sources_are_judged_against_the_running_policy() {
+        let (mut m, _) = manager();
+        // IPIP from two unknown sources, refused by the dataplane.
+        let mut local = crate::dataplane::nodes::LocalNodeCounters::default();
+        for source in [node(7), node(9), node(9)] {
+            local.refused(source);
+        }
+        local.flush(&[], &m.shared().nodes);
+        let judged = |m: &mut RouteManager<FakeKernel>| -> Vec<(Ipv4Addr, u64, bool)> {
+            let s: Status = call(m, Request::Status {}).unwrap();
+            s.refused
+                .iter()
+                .map(|r| (r.source, r.packets, r.accepted_now))
+                .collect()
+        };
+        assert_eq!(
+            judged(&mut m),
+            vec![(node(7), 1, false), (node(9), 2, false)]
+        );
+        // Then node 7 becomes a node: a route via it is added.
+        call::<RouteChange>(&mut m, add("10.20.1.0/26", node(7))).unwrap();
+        assert_eq!(
+            judged(&mut m),
+            vec![(node(7), 1, true), (node(9), 2, false)]
+        );
+        // And when the route goes, it is refused again.
+        call::<RouteChange>(
+            &mut m,
+            Request::RouteDel {
+                prefix: net("10.20.1.0/26"),
+            },
+        )
+        .unwrap();
+        assert_eq!(
+            judged(&mut m),
+            vec![(node(7), 1, false), (node(9), 2, false)]
+        );
     }
 }

@@ -14,9 +14,10 @@
 use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
 use std::sync::Arc;
+use std::time::Instant;
 
 use ipnetwork::Ipv4Network;
-use tracing::{error, info, warn};
+use tracing::{debug, error, info, warn};
 use tunl_io::netlink::{Netlink, NetlinkError, dump_ipv4_routes_of};
 
 use super::ROUTE_PROTOCOL;
@@ -25,9 +26,39 @@ use super::mirror::{Claim, RouteMirror, RouteStats};
 use crate::config::Config;
 use crate::control::{self, RouteChange};
 use crate::dataplane::Shared;
+use crate::metrics::RouteApplyMetrics;
 
 /// A route set: block to next hop.
 pub type Routes = BTreeMap<Ipv4Network, Ipv4Addr>;
+
+/// Where a route change came from; its log lines say (`origin=SIGHUP`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum RouteOrigin {
+    /// The config file, at start.
+    Config,
+    /// The config file, re-read on SIGHUP.
+    Reload,
+    /// A request on the control socket.
+    Control,
+}
+
+impl RouteOrigin {
+    /// The name the log uses.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            RouteOrigin::Config => "config",
+            RouteOrigin::Reload => "SIGHUP",
+            RouteOrigin::Control => "control socket",
+        }
+    }
+}
+
+impl std::fmt::Display for RouteOrigin {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
 
 /// The config's routes as a route set.
 pub fn wanted_routes(config: &Config) -> Routes {
@@ -126,6 +157,7 @@ pub struct RouteManager<K> {
     kernel: K,
     /// tunl's own routes, as the kernel accepted them.
     own: Routes,
+    apply_metrics: Arc<RouteApplyMetrics>,
 }
 
 impl<K: KernelRoutes> RouteManager<K> {
@@ -136,6 +168,7 @@ impl<K: KernelRoutes> RouteManager<K> {
             mirror,
             kernel,
             own: Routes::new(),
+            apply_metrics: Arc::default(),
         }
     }
 
@@ -154,14 +187,31 @@ impl<K: KernelRoutes> RouteManager<K> {
         &mut self.mirror
     }
 
+    /// The mirror, to reload it, and tunl's own routes, which a reload
+    /// keeps.
+    pub fn mirror_and_own(&mut self) -> (&mut RouteMirror, &Routes) {
+        (&mut self.mirror, &self.own)
+    }
+
     /// The route figures, kept for the metrics endpoint.
     pub fn stats(&self) -> Arc<RouteStats> {
         self.mirror.stats().clone()
     }
 
+    /// How route changes went (durations, failures), kept for the metrics
+    /// endpoint.
+    pub fn apply_metrics(&self) -> Arc<RouteApplyMetrics> {
+        self.apply_metrics.clone()
+    }
+
     /// The state shared with the dataplane.
     pub fn shared(&self) -> &Arc<Shared> {
         self.mirror.shared()
+    }
+
+    /// The index of the device the routes go through.
+    pub fn tunnel_device(&self) -> u32 {
+        self.kernel.device()
     }
 
     /// The kernel side (tests look at the fake's record).
@@ -176,7 +226,24 @@ impl<K: KernelRoutes> RouteManager<K> {
         &mut self.kernel
     }
 
-    /// Makes tunl's route set equal to `wanted`, all or nothing: the
+    /// Installs every one of tunl's routes in the kernel again (each a
+    /// replace, so those still there are unchanged): after the device was
+    /// set down and up, the kernel has removed them, without a word. The
+    /// LPM is left to the mirror, which learns them back from the kernel's
+    /// notifications. Returns how many went in; a refused one is logged.
+    pub async fn reinstall(&mut self) -> usize {
+        let mut done = 0;
+        for (prefix, via) in self.routes() {
+            match self.kernel.add(prefix, via).await {
+                Ok(()) => done += 1,
+                Err(e) => warn!(%prefix, %via, error = %e, "cannot put a route back"),
+            }
+        }
+        done
+    }
+
+    /// Makes tunl's route set equal to `wanted` (asked for by `origin`,
+    /// which the log lines name), all or nothing: the
     /// dataplane learns new routes before the kernel sends packets for
     /// them, and forgets old ones after the kernel stopped. Unchanged routes
     /// are not touched, so they carry packets throughout. When the kernel
@@ -188,7 +255,11 @@ impl<K: KernelRoutes> RouteManager<K> {
     /// # Errors
     /// [`RouteError`]: a prefix another live tunl instance routes, a failed
     /// check for one, or a kernel refusal; in each case nothing was changed.
-    pub async fn apply(&mut self, wanted: &Routes) -> Result<RouteChange, RouteError> {
+    pub async fn apply(
+        &mut self,
+        wanted: &Routes,
+        origin: RouteOrigin,
+    ) -> Result<RouteChange, RouteError> {
         let current = self.own.clone();
         let added: Vec<(Ipv4Network, Ipv4Addr)> = wanted
             .iter()
@@ -214,6 +285,34 @@ impl<K: KernelRoutes> RouteManager<K> {
         if added.is_empty() && removed.is_empty() {
             return Ok(change);
         }
+        let started = Instant::now();
+        let result = self
+            .change(&current, wanted, &added, &removed, origin)
+            .await;
+        self.apply_metrics.record(started.elapsed(), result.is_ok());
+        if result.is_ok() {
+            // One line per change set; each route at debug level.
+            info!(
+                added = added.len(),
+                removed = removed.len(),
+                unchanged = change.unchanged,
+                %origin,
+                "routes changed"
+            );
+        }
+        result.map(|()| change)
+    }
+
+    /// The part of [`RouteManager::apply`] that changes something, timed
+    /// for the metrics.
+    async fn change(
+        &mut self,
+        current: &Routes,
+        wanted: &Routes,
+        added: &[(Ipv4Network, Ipv4Addr)],
+        removed: &[Ipv4Network],
+        origin: RouteOrigin,
+    ) -> Result<(), RouteError> {
         let new = |p: &Ipv4Network| !current.contains_key(p) && wanted.contains_key(p);
         if added.iter().any(|(p, _)| new(p)) {
             let held = self
@@ -231,19 +330,20 @@ impl<K: KernelRoutes> RouteManager<K> {
         let mut installed = Vec::new();
         let mut deleted = Vec::new();
         let result = self
-            .change_kernel(&added, &removed, &mut installed, &mut deleted)
+            .change_kernel(added, removed, origin, &mut installed, &mut deleted)
             .await;
         if let Err(e) = result {
-            self.roll_back(&current, claims, &installed, &deleted).await;
+            self.roll_back(current, claims, &installed, &deleted, origin)
+                .await;
             return Err(e);
         }
-        for prefix in &removed {
+        for prefix in removed {
             if let Some(via) = current.get(prefix) {
                 self.mirror.forget(*prefix, *via);
             }
         }
         self.own.clone_from(wanted);
-        Ok(change)
+        Ok(())
     }
 
     /// Installs `added`, then removes `removed`, until the kernel refuses
@@ -252,6 +352,7 @@ impl<K: KernelRoutes> RouteManager<K> {
         &mut self,
         added: &[(Ipv4Network, Ipv4Addr)],
         removed: &[Ipv4Network],
+        origin: RouteOrigin,
         installed: &mut Vec<Ipv4Network>,
         deleted: &mut Vec<Ipv4Network>,
     ) -> Result<(), RouteError> {
@@ -264,7 +365,7 @@ impl<K: KernelRoutes> RouteManager<K> {
                     via,
                     source,
                 })?;
-            info!(%prefix, %via, "route installed");
+            debug!(%prefix, %via, %origin, "route installed");
             installed.push(prefix);
         }
         let device = self.kernel.device();
@@ -273,7 +374,7 @@ impl<K: KernelRoutes> RouteManager<K> {
                 .del(prefix, device)
                 .await
                 .map_err(|source| RouteError::Remove { prefix, source })?;
-            info!(%prefix, "route removed");
+            debug!(%prefix, %origin, "route removed");
             deleted.push(prefix);
         }
         Ok(())
@@ -286,6 +387,7 @@ impl<K: KernelRoutes> RouteManager<K> {
         claims: Vec<Claim>,
         installed: &[Ipv4Network],
         deleted: &[Ipv4Network],
+        origin: RouteOrigin,
     ) {
         let device = self.kernel.device();
         for prefix in deleted.iter().chain(installed) {
@@ -300,7 +402,7 @@ impl<K: KernelRoutes> RouteManager<K> {
         for claim in claims.into_iter().rev() {
             self.mirror.unclaim(claim);
         }
-        warn!("route change rolled back");
+        warn!(%origin, "route change rolled back");
     }
 
     /// Removes every kernel route this instance installed (the daemon is
@@ -334,6 +436,7 @@ impl<K: KernelRoutes> RouteManager<K> {
             }
         };
         let device = self.kernel.device();
+        let (mut removed, mut other_instance) = (0usize, 0usize);
         for (prefix, oif) in existing {
             if wanted.contains_key(&prefix) {
                 continue;
@@ -341,7 +444,8 @@ impl<K: KernelRoutes> RouteManager<K> {
             if oif != device {
                 match self.kernel.tun_name(oif).await {
                     Ok(Some(dev)) => {
-                        info!(%prefix, device = %dev, "route with tunl's tag on another TUN device (another tunl instance?) left alone");
+                        debug!(%prefix, device = %dev, "route with tunl's tag on another TUN device (another tunl instance?) left alone");
+                        other_instance += 1;
                         continue;
                     }
                     Ok(None) => {}
@@ -352,9 +456,21 @@ impl<K: KernelRoutes> RouteManager<K> {
                 }
             }
             match self.kernel.del(prefix, oif).await {
-                Ok(()) => info!(%prefix, "stale tunl route removed"),
+                Ok(()) => {
+                    debug!(%prefix, "stale tunl route removed");
+                    removed += 1;
+                }
                 Err(e) => warn!(%prefix, error = %e, "cannot remove stale tunl route"),
             }
+        }
+        if removed > 0 {
+            info!(routes = removed, "stale tunl routes removed");
+        }
+        if other_instance > 0 {
+            info!(
+                routes = other_instance,
+                "routes with tunl's tag on another TUN device (another tunl instance?) left alone"
+            );
         }
     }
 
@@ -564,10 +680,26 @@ pub(crate) mod tests {
     }
 
     #[test]
+    fn reinstall_puts_back_what_the_kernel_dropped() {
+        let (mut m, reader) = manager();
+        let set = routes(&[("10.20.1.0/26", 5), ("10.20.2.0/26", 6)]);
+        run(m.apply(&set, RouteOrigin::Config)).unwrap();
+        // The device went down: the kernel flushed its routes.
+        m.kernel.routes.clear();
+        m.kernel.refuse = vec![KernelCall::Add(net("10.20.2.0/26"), node(6))];
+        assert_eq!(run(m.reinstall()), 1, "one refused");
+        assert_eq!(m.kernel.ours(), routes(&[("10.20.1.0/26", 5)]));
+        m.kernel.refuse.clear();
+        assert_eq!(run(m.reinstall()), 2);
+        assert_eq!(m.kernel.ours(), set);
+        assert_eq!(lpm(&reader), set, "the LPM is as it was");
+    }
+
+    #[test]
     fn the_lpm_learns_a_route_before_the_kernel_and_forgets_it_after() {
         let (mut m, reader) = manager();
         let first = routes(&[("10.20.1.0/26", 5), ("10.20.2.0/26", 6)]);
-        let change = run(m.apply(&first)).unwrap();
+        let change = run(m.apply(&first, RouteOrigin::Config)).unwrap();
         assert_eq!(change.added.len(), 2);
         assert_eq!((change.removed.len(), change.unchanged), (0, 0));
         assert_eq!(m.kernel.ours(), first);
@@ -586,7 +718,7 @@ pub(crate) mod tests {
 
         m.kernel.calls.clear();
         let second = routes(&[("10.20.1.0/26", 5)]);
-        let change = run(m.apply(&second)).unwrap();
+        let change = run(m.apply(&second, RouteOrigin::Config)).unwrap();
         assert_eq!(change.removed, vec![net("10.20.2.0/26")]);
         assert_eq!(change.unchanged, 1);
         let [(call, lpm_then)] = &m.kernel.calls[..] else {
@@ -607,7 +739,7 @@ pub(crate) mod tests {
     fn an_add_refused_after_others_succeeded_changes_nothing() {
         let (mut m, reader) = manager();
         let before = routes(&[("10.20.1.0/26", 5), ("10.20.2.0/26", 5)]);
-        run(m.apply(&before)).unwrap();
+        run(m.apply(&before, RouteOrigin::Config)).unwrap();
         // 10.20.2.0/26 moves to node 6, 10.20.3.0/26 is new, 10.20.4.0/26
         // is new and refused: the first two were done by then.
         let wanted = routes(&[
@@ -618,7 +750,7 @@ pub(crate) mod tests {
         ]);
         m.kernel.refuse = vec![KernelCall::Add(net("10.20.4.0/26"), node(7))];
         m.kernel.calls.clear();
-        let e = run(m.apply(&wanted)).unwrap_err();
+        let e = run(m.apply(&wanted, RouteOrigin::Config)).unwrap_err();
         assert!(
             matches!(&e, RouteError::Install { prefix, .. } if *prefix == net("10.20.4.0/26")),
             "{e:?}"
@@ -651,12 +783,12 @@ pub(crate) mod tests {
             ("10.20.2.0/26", 6),
             ("10.20.3.0/26", 6),
         ]);
-        run(m.apply(&before)).unwrap();
+        run(m.apply(&before, RouteOrigin::Config)).unwrap();
         // Add one, remove two; the second removal is refused.
         let wanted = routes(&[("10.20.1.0/26", 5), ("10.20.9.0/26", 8)]);
         m.kernel.refuse = vec![KernelCall::Del(net("10.20.3.0/26"), DEVICE)];
         m.kernel.calls.clear();
-        let e = run(m.apply(&wanted)).unwrap_err();
+        let e = run(m.apply(&wanted, RouteOrigin::Config)).unwrap_err();
         assert!(matches!(e, RouteError::Remove { .. }), "{e:?}");
         let text = e.to_string();
         assert!(text.contains("cannot remove route 10.20.3.0/26"), "{text}");
@@ -685,7 +817,11 @@ pub(crate) mod tests {
         m.kernel.tun_devices.insert(9, "tunl9".to_owned());
         // A route on a device that is not TUN (moved by hand) is no conflict.
         m.kernel.routes.insert(net("10.98.0.0/26"), (node(5), 2));
-        let e = run(m.apply(&routes(&[("10.20.1.0/26", 5), ("10.97.0.0/26", 6)]))).unwrap_err();
+        let e = run(m.apply(
+            &routes(&[("10.20.1.0/26", 5), ("10.97.0.0/26", 6)]),
+            RouteOrigin::Config,
+        ))
+        .unwrap_err();
         assert_eq!(
             e.to_string(),
             "route 10.97.0.0/26 is already installed by tunl on the TUN device tunl9 \
@@ -701,7 +837,7 @@ pub(crate) mod tests {
             m.kernel.call_list()
         );
         assert!(lpm(&reader).is_empty());
-        run(m.apply(&routes(&[("10.98.0.0/26", 6)]))).unwrap();
+        run(m.apply(&routes(&[("10.98.0.0/26", 6)]), RouteOrigin::Config)).unwrap();
         assert_eq!(m.kernel.ours(), routes(&[("10.98.0.0/26", 6)]));
     }
 
@@ -709,7 +845,7 @@ pub(crate) mod tests {
     fn the_other_instance_check_fails_closed() {
         let (mut m, reader) = manager();
         m.kernel.refuse = vec![KernelCall::Tagged];
-        let e = run(m.apply(&routes(&[("10.20.1.0/26", 5)]))).unwrap_err();
+        let e = run(m.apply(&routes(&[("10.20.1.0/26", 5)]), RouteOrigin::Config)).unwrap_err();
         assert!(matches!(e, RouteError::OtherInstanceCheck { .. }), "{e:?}");
         assert!(e.to_string().ends_with("nothing was changed"), "{e}");
         assert!(lpm(&reader).is_empty());
@@ -719,16 +855,16 @@ pub(crate) mod tests {
     #[test]
     fn moving_a_route_needs_no_other_instance_check() {
         let (mut m, _) = manager();
-        run(m.apply(&routes(&[("10.20.1.0/26", 5)]))).unwrap();
+        run(m.apply(&routes(&[("10.20.1.0/26", 5)]), RouteOrigin::Config)).unwrap();
         m.kernel.calls.clear();
-        let change = run(m.apply(&routes(&[("10.20.1.0/26", 6)]))).unwrap();
+        let change = run(m.apply(&routes(&[("10.20.1.0/26", 6)]), RouteOrigin::Config)).unwrap();
         assert_eq!(change.added.len(), 1);
         assert_eq!(
             m.kernel.call_list(),
             vec![KernelCall::Add(net("10.20.1.0/26"), node(6))]
         );
         m.kernel.calls.clear();
-        let change = run(m.apply(&routes(&[("10.20.1.0/26", 6)]))).unwrap();
+        let change = run(m.apply(&routes(&[("10.20.1.0/26", 6)]), RouteOrigin::Config)).unwrap();
         assert_eq!((change.added.len(), change.unchanged), (0, 1));
         assert!(m.kernel.calls.is_empty(), "nothing to do, nothing done");
     }
@@ -748,11 +884,37 @@ pub(crate) mod tests {
     }
 
     #[test]
+    fn changes_are_timed_and_failures_counted_for_the_metrics() {
+        let (mut m, _) = manager();
+        let metrics = m.apply_metrics();
+        run(m.apply(&routes(&[("10.20.1.0/26", 5)]), RouteOrigin::Config)).unwrap();
+        // Nothing to change: not a route change, not timed.
+        run(m.apply(&routes(&[("10.20.1.0/26", 5)]), RouteOrigin::Config)).unwrap();
+        m.kernel.refuse = vec![KernelCall::Add(net("10.20.2.0/26"), node(6))];
+        run(m.apply(
+            &routes(&[("10.20.1.0/26", 5), ("10.20.2.0/26", 6)]),
+            RouteOrigin::Config,
+        ))
+        .unwrap_err();
+        m.kernel.refuse = vec![KernelCall::Tagged];
+        run(m.apply(&routes(&[("10.20.3.0/26", 7)]), RouteOrigin::Config)).unwrap_err();
+        let h = metrics.histogram();
+        assert_eq!(h.count, 3, "{h:?}");
+        // The fake kernel answers at once: all in the 10 s bucket.
+        assert_eq!(h.cumulative.last(), Some(&3), "{h:?}");
+        assert_eq!(metrics.failures(), 2);
+    }
+
+    #[test]
     fn remove_all_empties_kernel_and_lpm() {
         let (mut m, reader) = manager();
         m.kernel.routes.insert(net("10.97.0.0/26"), (node(5), 9));
         m.kernel.tun_devices.insert(9, "tunl9".to_owned());
-        run(m.apply(&routes(&[("10.20.1.0/26", 5), ("10.20.2.0/26", 6)]))).unwrap();
+        run(m.apply(
+            &routes(&[("10.20.1.0/26", 5), ("10.20.2.0/26", 6)]),
+            RouteOrigin::Config,
+        ))
+        .unwrap();
         run(m.remove_all());
         assert!(m.kernel.ours().is_empty());
         assert!(lpm(&reader).is_empty());

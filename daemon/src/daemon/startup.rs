@@ -11,15 +11,14 @@
 //!    derive the tunnel MTU from it ([`tunnel_mtu`], config errors naming the
 //!    key when the host cannot carry it);
 //! 5. create (or attach to) the TUN device and open the raw receive sockets;
-//! 6. bind the metrics listener;
+//! 6. set up the underlay ([`super::underlay`]: the XDP program and its
+//!    sockets, or the next underlay), bind the metrics listener;
 //! 7. drop privileges and start the dataplane ([`start_dataplane`]): see
 //!    [`super::privileges`] for the order.
 //!
 //! Between 5 and 7 the lifecycle subscribes to the kernel's route changes
 //! and loads the routes already on the device ([`super::follow`]).
 
-use std::fs::File;
-use std::os::unix::fs::MetadataExt;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -35,7 +34,7 @@ use super::error::DaemonError;
 use super::privileges;
 use crate::config::{Config, ConfigError, MAX_MTU, MIN_MTU};
 use crate::control;
-use crate::dataplane::{NextHop, Policy, Router, RouterIo, Shared, WorkerOptions};
+use crate::dataplane::{NextHop, Policy, Router, RouterIo, RouterXdp, Shared, WorkerOptions};
 
 /// The outer IPv4 header each tunnel packet carries on the underlay.
 const OUTER_HEADER: u32 = 20;
@@ -49,6 +48,9 @@ pub(super) struct Underlay {
     pub name: String,
     /// Its MTU.
     pub mtu: u32,
+    /// Whether it is an Ethernet device (it has a MAC): AF_PACKET and
+    /// AF_XDP frames need one.
+    pub ethernet: bool,
 }
 
 /// Step 1: the user to switch to (`security.user`), looked up before
@@ -70,75 +72,47 @@ pub(super) fn open_netlink() -> Result<Netlink, DaemonError> {
     Netlink::new().map_err(|source| DaemonError::NetlinkOpen { source })
 }
 
-/// Where the per-device locks live.
-const LOCK_DIR: &str = "/run/tunl";
-
-/// The lock of one device name in one network namespace, held (`flock`)
-/// while the daemon runs; its file is removed at exit. Every tunl instance
-/// takes it before it touches the device, so two of them never share one:
-/// a persistent device outlives its daemon, and a multi-queue TUN device
-/// would let a second process attach more queues.
+/// The lock of one device name in this network namespace: an abstract
+/// Unix socket, `@tunl/device/NAME`, bound while the daemon runs. Abstract
+/// socket names belong to the network namespace, need no file (so no
+/// folder a non-root daemon cannot write) and go with the process, however
+/// it ends. Every tunl instance takes it before it touches the device, so
+/// two of them never share one: a persistent device outlives its daemon,
+/// and a multi-queue TUN device would let a second process attach more
+/// queues.
 #[derive(Debug)]
 pub(super) struct DeviceLock {
-    path: PathBuf,
-    _file: nix::fcntl::Flock<File>,
+    _socket: std::os::unix::net::UnixListener,
 }
 
-impl Drop for DeviceLock {
-    fn drop(&mut self) {
-        // Removed while still locked: a daemon waiting on this file finds it
-        // replaced and locks the new one (see lock_device).
-        let _ = std::fs::remove_file(&self.path);
-    }
+/// The abstract socket name of `tunnel.name`'s lock.
+fn lock_name(device: &str) -> String {
+    format!("tunl/device/{device}")
 }
 
 /// Step 2: takes the lock of `tunnel.name` in this network namespace
-/// (`/run/tunl/NAME.net-INODE.lock`).
+/// (the abstract socket `@tunl/device/NAME`).
 ///
 /// # Errors
 /// [`DaemonError::DeviceInUse`] when another tunl instance holds it,
-/// [`DaemonError::DeviceLock`] when the file cannot be made or locked.
+/// [`DaemonError::DeviceLock`] when the socket cannot be made.
 pub(super) fn lock_device(config: &Config) -> Result<DeviceLock, DaemonError> {
-    use nix::fcntl::{Flock, FlockArg};
+    use std::os::linux::net::SocketAddrExt;
+    use std::os::unix::net::{SocketAddr, UnixListener};
     let name = &config.tunnel.name;
-    let netns = std::fs::metadata("/proc/thread-self/ns/net")
-        .map(|m| m.ino())
-        .unwrap_or(0);
-    let path = PathBuf::from(LOCK_DIR).join(format!("{name}.net-{netns}.lock"));
+    let abstract_name = lock_name(name);
     let lock_err = |source: std::io::Error| DaemonError::DeviceLock {
-        path: path.clone(),
+        path: PathBuf::from(format!("@{abstract_name}")),
         source,
     };
-    std::fs::create_dir_all(LOCK_DIR).map_err(lock_err)?;
-    loop {
-        let file = std::fs::OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(&path)
-            .map_err(lock_err)?;
-        let locked = match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
-            Ok(l) => l,
-            Err((_, nix::errno::Errno::EWOULDBLOCK)) => {
-                return Err(DaemonError::DeviceInUse {
-                    name: name.clone(),
-                    holder: "another tunl instance",
-                });
-            }
-            Err((_, e)) => return Err(lock_err(e.into())),
-        };
-        // The holder before us may have removed the file between our open
-        // and our lock: then lock the file that is there now.
-        let same = match (locked.metadata(), std::fs::metadata(&path)) {
-            (Ok(ours), Ok(there)) => ours.ino() == there.ino() && ours.dev() == there.dev(),
-            _ => false,
-        };
-        if same {
-            return Ok(DeviceLock {
-                path,
-                _file: locked,
-            });
-        }
+    let addr = SocketAddr::from_abstract_name(abstract_name.as_bytes()).map_err(lock_err)?;
+    match UnixListener::bind_addr(&addr) {
+        Ok(socket) => Ok(DeviceLock { _socket: socket }),
+        Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => Err(DaemonError::DeviceInUse {
+            name: name.clone(),
+            holder: "another tunl instance",
+        }),
+        Err(e) => Err(lock_err(e)),
     }
 }
 
@@ -185,7 +159,15 @@ pub(super) async fn find_underlay(
     config: &Config,
 ) -> Result<Option<Underlay>, DaemonError> {
     let found = netlink.interface_with_address(config.tunnel.local).await?;
-    Ok(found.map(|(ifindex, name, mtu)| Underlay { ifindex, name, mtu }))
+    Ok(found.map(|(ifindex, name, mtu)| {
+        let ethernet = tunl_io::link::hardware_address(&name).is_ok();
+        Underlay {
+            ifindex,
+            name,
+            mtu,
+            ethernet,
+        }
+    }))
 }
 
 /// Step 4: the tunnel MTU: `tunnel.mtu`, which must fit the underlay, or
@@ -209,7 +191,7 @@ pub(super) fn tunnel_mtu(config: &Config, underlay: Option<&Underlay>) -> Result
         }
         (Some(mtu), Some(_)) => mtu,
         (Some(mtu), None) => {
-            warn!(%local, "tunnel.local is not an address of any interface: IPIP addressed to it will not arrive");
+            warn!(%local, "tunnel.local is not an address of any interface: IPIP addressed to it will not arrive, and nothing is sent from it until it is (no_local_address)");
             mtu
         }
         (None, Some(u)) => {
@@ -270,6 +252,9 @@ pub(super) async fn create_device(
         queues: config.dataplane.workers,
         tx_queue_len: config.dataplane.tx_queue_len,
         persist: config.tunnel.persist,
+        // Exclusive creation, unless check_device found a device that no
+        // one holds: then it is attached to, under the device lock.
+        attach: existing.is_some(),
     };
     let device_err = |source| DaemonError::Device {
         name: name.clone(),
@@ -279,7 +264,11 @@ pub(super) async fn create_device(
         Err(IoError::IncompatibleDevice { .. }) if existing.is_some() => {
             warn!(device = %name, "the existing device does not fit [dataplane] (its queues differ): creating it again; the routes on it are gone");
             netlink.delete_link(name).await?;
-            Tun::create(&tun_config).map_err(device_err)?
+            let fresh = TunConfig {
+                attach: false,
+                ..tun_config
+            };
+            Tun::create(&fresh).map_err(device_err)?
         }
         other => other.map_err(device_err)?,
     };
@@ -360,18 +349,10 @@ pub(super) struct DataplaneParts<'a> {
     pub shared: Arc<Shared>,
     /// The tunnel MTU.
     pub mtu: u16,
-    /// The underlay device for AF_PACKET transmit ([`packet_tx_device`]).
+    /// The underlay device for AF_PACKET transmit, if the underlay uses it.
     pub packet_tx: Option<u32>,
-}
-
-/// The device AF_PACKET transmit goes out of, with `[dataplane] packet_tx`:
-/// the one holding `tunnel.local`.
-pub(super) fn packet_tx_device(config: &Config, underlay: Option<&Underlay>) -> Option<u32> {
-    config
-        .dataplane
-        .packet_tx
-        .then(|| underlay.map(|u| u.ifindex))
-        .flatten()
+    /// The AF_XDP sockets and the device's MAC, with the XDP underlay.
+    pub xdp: Option<RouterXdp>,
 }
 
 /// Step 7: everything privileged is open: drops to [`privileges::DATAPLANE_START`]
@@ -391,6 +372,7 @@ pub(super) fn start_dataplane(
             icmp: parts.receivers.icmp,
             socket_buffer: config.dataplane.socket_buffer,
             packet_tx: parts.packet_tx,
+            xdp: parts.xdp,
         },
         parts.routes,
         parts.shared,
@@ -398,6 +380,8 @@ pub(super) fn start_dataplane(
             tunnel_mtu: parts.mtu,
             icmp_rate: config.dataplane.icmp_rate,
             busy_poll: Duration::from_micros(config.dataplane.busy_poll_us.into()),
+            poll_interval: Duration::from_micros(config.dataplane.poll_interval_us.into()),
+            poll_quiet: Duration::from_micros(config.dataplane.poll_quiet_us.into()),
         },
     )
     .map_err(|source| DaemonError::DataplaneStart { source })
@@ -420,13 +404,14 @@ mod tests {
             ifindex: 2,
             name: "eth0".to_owned(),
             mtu,
+            ethernet: true,
         }
     }
 
     fn key_and_problem(e: ConfigError) -> (String, String) {
-        match e {
-            ConfigError::Invalid { key, problem, .. } => (key, problem),
-            other => panic!("expected an invalid key, got {other:?}"),
+        match e.problems() {
+            [p] => (p.key.clone(), p.problem.clone()),
+            _ => panic!("expected one invalid key, got {e:?}"),
         }
     }
 

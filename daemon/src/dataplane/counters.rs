@@ -9,7 +9,8 @@
 //! `drops`, and only those make up `drops_total`
 //! ([`CounterSnapshot::total_drops`]). Packets lost to I/O are counted
 //! apart, each in its own unit: `tx_errors`, `tx_buffer_full` (outer
-//! packets), `rx_tun_full`, `rx_oversize` (inner packets or super-packets),
+//! packets), `rx_tun_full`, `rx_tun_down`, `rx_oversize` (inner packets or
+//! super-packets),
 //! `rx_truncated` (outer packets), `tun_split_errors` (TUN reads, each of
 //! which may have held a whole TSO burst). Folding them into
 //! `drops_total` would add unlike units and make a reason-less share of
@@ -113,6 +114,10 @@ counters! {
     tx_errors,
     /// Decapsulated packets the TUN device did not take (queue full).
     rx_tun_full,
+    /// Decapsulated packets dropped because the TUN device was down (`ip
+    /// link set tunl0 down`, as an administrator may do; tunl logs it once
+    /// and delivers again once the device is up).
+    rx_tun_down,
     /// Packets received truncated from the raw socket (buffer too small).
     rx_truncated,
     /// ICMP errors tunl generated (frag-needed, unreachable).
@@ -121,6 +126,11 @@ counters! {
     icmp_rate_limited,
     /// ICMP errors from the underlay about our outer packets.
     underlay_icmp,
+    /// ICMP errors from the underlay naming our packets to one of our
+    /// nodes that tunl refused: the quote stops short of the inner header
+    /// (RFC 2003 §4), its inner source is not one of this node's pods, or
+    /// it would lower a node's path MTU again within a second.
+    underlay_icmp_refused,
     /// Path MTU reductions learned from underlay frag-needed messages (as
     /// the control plane applies them; the workers only offer them).
     pmtu_updates,
@@ -134,9 +144,16 @@ counters! {
     /// ring) and that were sent again.
     tx_retries,
     /// Outer packets sent through the AF_PACKET socket (`[dataplane]
-    /// packet_tx`); the rest of `tx_packets` took the raw IP socket (no
-    /// `packet_tx`, or a next hop whose MAC was not known yet).
+    /// underlay = "packet"`, or a worker without an AF_XDP socket under
+    /// `"xdp"`); the rest of `tx_packets` took the raw IP socket or AF_XDP.
     tx_af_packet,
+    /// Outer packets sent through an AF_XDP socket (`[dataplane] underlay
+    /// = "xdp"`); the rest of `tx_packets` took the raw IP socket (a next
+    /// hop whose MAC was not known yet) or AF_PACKET.
+    tx_xdp,
+    /// Outer packets received through an AF_XDP socket; the rest of the
+    /// received ones came through the raw IPIP socket.
+    rx_xdp,
     /// Outer packets not sent because the underlay socket's send buffer
     /// stayed full after one short wait (at most 100 µs per batch); not
     /// counted in `tx_errors`.
@@ -149,6 +166,14 @@ counters! {
     /// busy-poll window after its last packet (`[dataplane]
     /// busy_poll_us`); stays 0 with busy polling off.
     busy_polls,
+    /// Timer sleeps a worker took under load instead of blocking in epoll
+    /// (`[dataplane] poll_interval_us`); grows while traffic flows, stands
+    /// still once the workers block again.
+    timer_polls,
+    /// Times a worker that polled on the timer went back to blocking in
+    /// epoll after a quiet spell without packets (`[dataplane]
+    /// poll_quiet_us`).
+    poll_blocks,
 }
 
 impl LocalCounters {

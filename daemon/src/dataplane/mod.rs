@@ -15,6 +15,7 @@
 //! task the daemon runs beside the workers.
 
 pub mod counters;
+pub mod links;
 pub mod nexthop;
 pub mod nodes;
 pub mod pipeline;
@@ -31,17 +32,19 @@ use std::time::{Duration, Instant};
 
 use mio::Waker;
 use tunl_encap::TokenBucket;
+use tunl_io::xdp::Xsk;
 use tunl_io::{IcmpReceiver, IpipReceiver, IpipSender, PacketSender, TunQueue};
 use tunl_routing::RouteReader;
 
 pub use counters::{CounterSnapshot, Counters};
+pub use links::{DeviceState, LinkStates, UnderlayReport};
 pub use nexthop::{MultipathGroup, NextHop};
 pub use nodes::{NodeCounters, NodeTraffic, RefusedSnapshot};
 pub use pipeline::Pipeline;
 pub use pmtu::PathMtu;
 pub use state::{Neighbour, NeighbourTable, Policy, Shared};
 pub use stats::Stats;
-pub use worker::{RxPart, Worker};
+pub use worker::{RxPart, Worker, XdpPart};
 
 /// Running dataplane threads.
 pub struct Router {
@@ -60,9 +63,22 @@ pub struct RouterIo {
     /// Send buffer size for each worker's underlay socket.
     pub socket_buffer: usize,
     /// The index of the underlay device to send outer packets on with
-    /// AF_PACKET (`[dataplane] packet_tx`), or `None` for the raw IP socket
-    /// only. The next hops' MACs come from [`Shared::neighbours`].
+    /// AF_PACKET (`[dataplane] underlay = "packet"`, and the workers
+    /// without an AF_XDP socket under `"xdp"`), or `None` for the raw IP
+    /// socket only. The next hops' MACs come from [`Shared::neighbours`].
     pub packet_tx: Option<u32>,
+    /// The AF_XDP sockets (`underlay = "xdp"`).
+    pub xdp: Option<RouterXdp>,
+}
+
+/// The AF_XDP sockets for the workers, one per RX queue.
+pub struct RouterXdp {
+    /// The sockets in queue order: socket `i` goes to worker `i % workers`,
+    /// so workers beyond the queues get none and transmit through
+    /// AF_PACKET.
+    pub sockets: Vec<Xsk>,
+    /// The underlay device's MAC.
+    pub src_mac: [u8; 6],
 }
 
 /// How the workers run.
@@ -76,6 +92,14 @@ pub struct WorkerOptions {
     /// How long a worker keeps polling without sleeping after its last
     /// packet (`[dataplane] busy_poll_us`); zero sleeps at once.
     pub busy_poll: Duration,
+    /// Under load, how long a worker whose sources ran dry sleeps before
+    /// it looks again, instead of blocking in epoll (`[dataplane]
+    /// poll_interval_us`); zero blocks at once.
+    pub poll_interval: Duration,
+    /// How long a worker keeps sleeping on `poll_interval` without finding
+    /// a packet before it blocks in epoll again (`[dataplane]
+    /// poll_quiet_us`).
+    pub poll_quiet: Duration,
 }
 
 /// Applies the path MTUs the workers learned and prunes expired ones
@@ -112,10 +136,25 @@ impl Router {
             shared: shared.clone(),
             workers: Vec::new(),
         };
-        for (id, queue) in io_parts.queues.into_iter().enumerate() {
+        let workers = io_parts.queues.len().max(1);
+        let mut xdp_parts: Vec<Option<XdpPart>> = (0..workers).map(|_| None).collect();
+        if let Some(xdp) = io_parts.xdp {
+            for (i, socket) in xdp.sockets.into_iter().enumerate() {
+                xdp_parts[i % workers]
+                    .get_or_insert_with(|| XdpPart {
+                        sockets: Vec::new(),
+                        src_mac: xdp.src_mac,
+                    })
+                    .sockets
+                    .push(socket);
+            }
+        }
+        for ((id, queue), xdp) in io_parts.queues.into_iter().enumerate().zip(xdp_parts) {
             let sender = IpipSender::open(io_parts.socket_buffer).map_err(io::Error::other)?;
+            // A worker with an AF_XDP socket transmits through it instead.
             let packet_tx = io_parts
                 .packet_tx
+                .filter(|_| xdp.is_none())
                 .map(|ifindex| PacketSender::open(ifindex, io_parts.socket_buffer))
                 .transpose()
                 .map_err(io::Error::other)?;
@@ -124,6 +163,7 @@ impl Router {
                 queue,
                 sender,
                 packet_tx,
+                xdp,
                 rx.take(),
                 routes.clone(),
                 shared.clone(),

@@ -13,11 +13,19 @@
 use std::collections::{BTreeMap, HashMap};
 use std::net::Ipv4Addr;
 use std::sync::Mutex;
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 /// Distinct refused sources remembered; more are counted in
 /// [`RefusedSnapshot::other_packets`].
 pub const MAX_REFUSED_SOURCES: usize = 32;
+
+/// How long a refused source keeps its place in a full table: a new source
+/// takes the place of the one seen longest ago, if that was longer ago
+/// than this (its packets then count in
+/// [`RefusedSnapshot::other_packets`]). So the recent offenders show,
+/// while a flood of fresh spoofed sources changes at most
+/// [`MAX_REFUSED_SOURCES`] entries (and log lines) per period.
+pub const REFUSED_SOURCE_EXPIRY: Duration = Duration::from_secs(5 * 60);
 
 /// Traffic with one remote node.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
@@ -32,6 +40,8 @@ pub struct NodeTraffic {
     pub rx_bytes: u64,
     /// When a packet was last sent to or received from the node.
     pub last_seen: Option<SystemTime>,
+    /// When a packet was last received from the node.
+    pub last_rx: Option<SystemTime>,
 }
 
 #[derive(Debug, Default, Clone, Copy)]
@@ -124,6 +134,9 @@ impl LocalNodeCounters {
                 e.rx_packets += t.rx_packets;
                 e.rx_bytes += t.rx_bytes;
                 e.last_seen = Some(now);
+                if t.rx_packets > 0 {
+                    e.last_rx = Some(now);
+                }
                 *t = Tally::default();
             }
             self.dirty = false;
@@ -145,21 +158,45 @@ struct RefusedTable {
 }
 
 impl RefusedTable {
+    /// Makes room for a new source in a full table: forgets the source seen
+    /// longest ago, if that was more than [`REFUSED_SOURCE_EXPIRY`] before
+    /// `now` (its packets go to `other_packets`). Returns whether there is
+    /// room.
+    fn make_room(&mut self, now: SystemTime) -> bool {
+        if self.sources.len() < MAX_REFUSED_SOURCES {
+            return true;
+        }
+        let Some((&oldest, &(packets, seen))) =
+            self.sources.iter().min_by_key(|(_, (_, seen))| *seen)
+        else {
+            return true;
+        };
+        let stale = now
+            .duration_since(seen)
+            .is_ok_and(|age| age > REFUSED_SOURCE_EXPIRY);
+        if stale {
+            self.sources.remove(&oldest);
+            self.other_packets += packets;
+        }
+        stale
+    }
+
     fn add(&mut self, source: Ipv4Addr, n: u64, now: SystemTime) {
         if let Some((count, seen)) = self.sources.get_mut(&source) {
             *count += n;
             *seen = now;
-        } else if source.is_unspecified() || self.sources.len() >= MAX_REFUSED_SOURCES {
+        } else if source.is_unspecified() || !self.make_room(now) {
             self.other_packets += n;
             if !self.logged_overflow {
                 self.logged_overflow = true;
                 tracing::warn!(
                     max = MAX_REFUSED_SOURCES,
-                    "IPIP from more unknown sources than tunl remembers; further ones are only counted"
+                    "IPIP from more unknown sources than tunl remembers; further ones are only counted until a remembered one has been quiet for 5 minutes"
                 );
             }
         } else {
-            // One log line per new source, at most MAX_REFUSED_SOURCES in all.
+            // One log line per new source, at most MAX_REFUSED_SOURCES per
+            // REFUSED_SOURCE_EXPIRY.
             tracing::warn!(%source, "refused IPIP from a source that is neither a route's node nor allowed");
             self.sources.insert(source, (n, now));
         }
@@ -242,6 +279,8 @@ mod tests {
         assert_eq!((t[&a].tx_packets, t[&a].tx_bytes), (2, 150));
         assert_eq!((t[&b].rx_packets, t[&b].rx_bytes), (1, 84));
         assert!(t[&a].last_seen.is_some());
+        assert!(t[&a].last_rx.is_none(), "only sent to");
+        assert!(t[&b].last_rx.is_some());
     }
 
     #[test]
@@ -258,5 +297,41 @@ mod tests {
         let total: u64 = r.sources.iter().map(|s| s.packets).sum::<u64>() + r.other_packets;
         assert_eq!(total, 200);
         assert_eq!(r.sources[0].packets, 101);
+    }
+
+    #[test]
+    fn a_full_table_gives_way_to_new_sources_after_the_oldest_went_quiet() {
+        let mut t = RefusedTable::default();
+        let t0 = SystemTime::UNIX_EPOCH + Duration::from_secs(1_000_000);
+        let source = |i: u32| Ipv4Addr::from(0x0a00_0000 + i);
+        for i in 0..MAX_REFUSED_SOURCES as u32 {
+            // Seen one second apart: source 0 first.
+            t.add(source(i), 2, t0 + Duration::from_secs(u64::from(i)));
+        }
+        // A busy one keeps its place: seen again now.
+        t.add(source(0), 1, t0 + Duration::from_secs(100));
+        let new = Ipv4Addr::new(172, 16, 40, 7);
+        // Within the expiry: only counted.
+        t.add(new, 5, t0 + Duration::from_secs(60));
+        assert!(!t.sources.contains_key(&new));
+        assert_eq!(t.other_packets, 5);
+        // Source 1, quiet for longer than the expiry, gives way; source 0,
+        // seen later, stays.
+        let later = t0 + Duration::from_secs(1) + REFUSED_SOURCE_EXPIRY + Duration::from_secs(1);
+        t.add(new, 3, later);
+        assert_eq!(t.sources.get(&new), Some(&(3, later)));
+        assert!(!t.sources.contains_key(&source(1)));
+        assert!(t.sources.contains_key(&source(0)));
+        assert_eq!(t.sources.len(), MAX_REFUSED_SOURCES);
+        assert_eq!(t.other_packets, 5 + 2, "the forgotten source's packets");
+        let total: u64 = t.sources.values().map(|(n, _)| n).sum::<u64>() + t.other_packets;
+        assert_eq!(total, 2 * MAX_REFUSED_SOURCES as u64 + 1 + 5 + 3);
+        // A clock that went back never evicts.
+        let mut t2 = RefusedTable::default();
+        for i in 0..MAX_REFUSED_SOURCES as u32 {
+            t2.add(source(i), 1, t0);
+        }
+        t2.add(new, 1, t0 - Duration::from_secs(3600));
+        assert!(!t2.sources.contains_key(&new));
     }
 }

@@ -27,8 +27,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use tunl_encap::{
-    DropReason, EncapError, HEADROOM, ICMP_ERROR_MAX_LEN, IdentGenerator, TokenBucket,
-    TunnelSettings, decapsulate, encapsulate, inner_destination,
+    DropReason, EncapError, HEADROOM, ICMP_ERROR_MAX_LEN, IdentGenerator, OuterChecksum,
+    TokenBucket, TunnelSettings, decapsulate_with, encapsulate, inner_destination,
 };
 use tunl_encap::{UnderlayError, Unreachable};
 use tunl_io::PacketBuf;
@@ -56,6 +56,9 @@ pub const ICMP_ANSWERS: usize = 16;
 /// The lowest underlay path MTU tunl accepts from ICMP (Linux's
 /// `net.ipv4.route.min_pmtu` default).
 pub const MIN_PATH_MTU: u16 = 552;
+/// The shortest time between two path MTU reductions toward one node: a
+/// frag-needed that would lower it again sooner is refused.
+pub const PMTU_REDUCTION_INTERVAL: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// What becomes of one packet of a batch.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -88,9 +91,12 @@ pub enum Sender {
     /// The raw IP socket: the kernel routes each packet and resolves its
     /// next hop (ARP).
     Raw,
-    /// The AF_PACKET socket (`[dataplane] packet_tx`), with every next
-    /// hop's MAC in [`EncapOutcome::macs`].
+    /// The AF_PACKET socket (`[dataplane] underlay = "packet"`), with every
+    /// next hop's MAC in [`EncapOutcome::macs`].
     Packet,
+    /// The worker's AF_XDP socket (`underlay = "xdp"`), with every next
+    /// hop's MAC in [`EncapOutcome::macs`].
+    Xdp,
 }
 
 /// One ICMP error to write into TUN, toward the inner source of a dropped
@@ -239,13 +245,14 @@ impl EncapOutcome {
     }
 
     /// The next hop's MAC of each transmit; meaningful with
-    /// [`Sender::Packet`] only.
+    /// [`Sender::Packet`] and [`Sender::Xdp`] only.
     pub fn macs(&self) -> &[[u8; 6]] {
         &self.macs[..self.sends]
     }
 
-    /// The socket the transmits leave through: [`Sender::Packet`] when the
-    /// neighbour table was given and holds every next hop's MAC.
+    /// The socket the transmits leave through: [`EncapState::direct`] when
+    /// the neighbour table was given and holds every next hop's MAC,
+    /// otherwise [`Sender::Raw`].
     pub fn sender(&self) -> Sender {
         self.sender
     }
@@ -294,11 +301,19 @@ pub struct EncapState<'a> {
     pub routes: &'a Lpm<NextHop>,
     /// The learned path MTUs.
     pub pmtu: &'a PathMtu,
-    /// The next hops' MACs, sorted by address, when the worker has an
-    /// AF_PACKET sender; `None` sends every batch through the raw socket.
+    /// The next hops' MACs, sorted by address, when the worker has a
+    /// link-layer sender (AF_PACKET or AF_XDP); `None` sends every batch
+    /// through the raw socket.
     pub neighbours: Option<&'a [Neighbour]>,
+    /// The link-layer sender a batch whose next hops' MACs are all known
+    /// goes through ([`Sender::Packet`] or [`Sender::Xdp`]).
+    pub direct: Sender,
     /// The time of the batch (ICMP rate limit, path MTU expiry).
     pub now: Instant,
+    /// Whether `tunnel.local` is an address of this node
+    /// ([`LinkStates::local_present`](super::LinkStates::local_present)):
+    /// when it is not, nothing is sent from it.
+    pub local_present: bool,
 }
 
 /// A worker's handle on the daemon-wide ICMP token bucket. Once the bucket
@@ -365,12 +380,14 @@ impl Pipeline {
     /// buffers. Counts drops by reason, `icmp_rate_limited`, `tx_bytes` and
     /// the per-node traffic into `counts`.
     ///
-    /// A packet without a route is dropped with a net-unreachable answer; a
+    /// A packet without a route is dropped with a net-unreachable answer;
+    /// while `tunnel.local` is not an address of this node, every routed
+    /// packet is dropped (`no_local_address`) with a host-unreachable one; a
     /// packet too big for the MTU toward its node (the learned path MTU
     /// when one holds) is dropped with a frag-needed carrying that MTU.
-    pub fn encap(
+    pub fn encap<B: AsRef<[u8]> + AsMut<[u8]>>(
         &mut self,
-        bufs: &mut [PacketBuf],
+        bufs: &mut [B],
         state: &EncapState<'_>,
         counts: &mut BatchCounts,
     ) -> &EncapOutcome {
@@ -386,7 +403,7 @@ impl Pipeline {
         let BatchCounts { local, nodes } = counts;
         for (i, buf) in bufs.iter_mut().take(TX_BATCH).enumerate() {
             out.packets = i + 1;
-            let inner_len = buf.len().saturating_sub(HEADROOM);
+            let inner_len = buf.as_ref().len().saturating_sub(HEADROOM);
             let Some(dst) = buf.as_ref().get(HEADROOM..).and_then(inner_destination) else {
                 local.drop(DropReason::MalformedInner);
                 out.verdicts[i] = Verdict::Drop(DropReason::MalformedInner);
@@ -410,6 +427,17 @@ impl Pipeline {
                 });
                 continue;
             };
+            if !state.local_present {
+                // As the kernel's tunl0 when its source address is gone:
+                // host unreachable, and nothing sent.
+                local.drop(DropReason::NoLocalAddress);
+                out.verdicts[i] = Verdict::Drop(DropReason::NoLocalAddress);
+                let inner = &buf.as_ref()[HEADROOM..];
+                out.icmp.answer(icmp_limit, state.now, local, i, |o| {
+                    tunl_encap::unreachable(inner, Unreachable::Host, dst, o)
+                });
+                continue;
+            }
             let mtu = state
                 .pmtu
                 .effective(next_hop, inner_len, settings.mtu, state.now);
@@ -442,12 +470,13 @@ impl Pipeline {
                 }
             }
         }
-        // AF_PACKET when every next hop's MAC is known; otherwise the batch
-        // goes through the IP stack, which resolves them (ARP).
+        // The link layer (AF_PACKET or AF_XDP) when every next hop's MAC is
+        // known; otherwise the batch goes through the IP stack, which
+        // resolves them (ARP).
         if let Some(table) = state.neighbours.filter(|_| out.sends > 0) {
             let n = out.sends;
             if resolve_macs(table, &out.nodes[..n], &mut out.macs[..n]).is_some() {
-                out.sender = Sender::Packet;
+                out.sender = state.direct;
             } else {
                 out.neighbour_miss = true;
             }
@@ -461,12 +490,20 @@ impl Pipeline {
     /// its inner packet starts at [`HEADROOM`] (the common offset of the
     /// batched TUN write), and its buffer is swapped to the front: the
     /// first [`DecapOutcome::deliver`] buffers are the ones to write. Counts
-    /// drops by reason, refused sources, `rx_bytes` and the per-node
-    /// traffic into `counts`.
+    /// drops by reason, refused sources and the per-node traffic into
+    /// `counts` (`rx_packets` and `rx_bytes` are the TUN write's to count:
+    /// only what the device took).
+    ///
+    /// `outer` says who has checked the outer header checksums: the raw
+    /// socket's packets passed the kernel's IP layer
+    /// ([`OuterChecksum::VerifiedByKernel`]: not checked again, so record
+    /// route and timestamp options the kernel filled in pass); frames no
+    /// kernel looked at (AF_XDP) need [`OuterChecksum::Verify`].
     pub fn decap(
         &mut self,
         bufs: &mut [PacketBuf],
         policy: &Policy,
+        outer: OuterChecksum,
         counts: &mut BatchCounts,
     ) -> &DecapOutcome {
         let out = &mut *self.decap;
@@ -480,7 +517,7 @@ impl Pipeline {
                 out.verdicts[i] = Verdict::Skip;
                 continue;
             }
-            match decapsulate(buf.as_mut(), policy) {
+            match decapsulate_with(buf.as_mut(), policy, outer) {
                 Ok(d) => {
                     let len = d.inner.len();
                     if d.inner.start != HEADROOM {
@@ -489,7 +526,6 @@ impl Pipeline {
                         buf.as_mut().copy_within(d.inner.clone(), HEADROOM);
                     }
                     buf.set_len(HEADROOM + len);
-                    local.rx_bytes += len as u64;
                     nodes.rx(&policy.vias, d.outer_src, len);
                     out.verdicts[i] = Verdict::Deliver {
                         node: d.outer_src,
@@ -512,6 +548,27 @@ impl Pipeline {
     }
 }
 
+/// The outer IPv4 packet of an Ethernet frame from an AF_XDP socket, as the
+/// kernel's `ip_rcv` would have handed it to the raw socket: the frame is
+/// IPv4 (Ethernet type 0x0800) and its total length, at least a header, fits
+/// the frame, whose padding past it is trimmed. `None` for anything else
+/// (count it as [`DropReason::MalformedOuter`]). The rest of what `ip_rcv`
+/// checks (version, header length, checksum) [`Pipeline::decap`] checks;
+/// the XDP program only hands over frames addressed to `tunnel.local`
+/// without options or fragmentation.
+pub fn underlay_frame(frame: &[u8]) -> Option<&[u8]> {
+    const ETH: usize = tunl_io::xdp::ETH_HEADER_LEN;
+    let ip = frame.get(ETH..)?;
+    if frame.get(12..14)? != [0x08, 0x00] {
+        return None;
+    }
+    let total = usize::from(u16::from_be_bytes([*ip.get(2)?, *ip.get(3)?]));
+    if total < tunl_encap::IPV4_HEADER_LEN {
+        return None;
+    }
+    ip.get(..total)
+}
+
 /// What [`underlay_icmp`] made of an ICMP error from the underlay.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum UnderlayVerdict {
@@ -526,6 +583,14 @@ pub enum UnderlayVerdict {
         /// What the underlay reported.
         error: UnderlayError,
     },
+    /// About one of our packets, refused (counted in
+    /// `underlay_icmp_refused`, not in `underlay_icmp`).
+    Refused {
+        /// The node our packet was going to, as the quote says.
+        node: Ipv4Addr,
+        /// Why.
+        why: IcmpRefusal,
+    },
     /// A frag-needed that lowers the tunnel MTU toward `node` to `mtu`:
     /// [offer](PathMtu::offer) it (counted in `underlay_icmp`).
     LowerMtu {
@@ -537,13 +602,32 @@ pub enum UnderlayVerdict {
     },
 }
 
+/// Why [`underlay_icmp`] refused an ICMP error about one of our packets.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum IcmpRefusal {
+    /// The quote stops short of the inner header's first 20 bytes (RFC
+    /// 2003 §4 asks routers for them), so nothing says the packet was ours:
+    /// anyone who knows two node addresses could have written it.
+    ShortQuote,
+    /// The quoted inner source is not in this node's `tunnel.blocks`.
+    NotOurPod,
+    /// It would lower the node's path MTU again within
+    /// [`PMTU_REDUCTION_INTERVAL`] of the last reduction.
+    RateLimited,
+}
+
 /// Decides what an ICMP error read from the underlay means (`packet`
 /// starts at its IPv4 header): only errors about packets we sent (the
-/// quoted source is our local address) toward a node we route to count. A
-/// frag-needed lowers the tunnel MTU toward the node when its MTU, clamped
-/// at [`MIN_PATH_MTU`] (a spoofed tiny MTU must not cripple every flow
-/// toward the node, as the kernel's `min_pmtu`), is below both the tunnel
-/// MTU and the one learned at `now`.
+/// quoted source is our local address) toward a node we route to count,
+/// and of those only the ones whose quote reaches the inner header and
+/// whose inner source is one of this node's pods (in `tunnel.blocks`; any
+/// source when no blocks are set, as the kernel's tunl0 checks none);
+/// others are [refused](UnderlayVerdict::Refused). A frag-needed lowers the
+/// tunnel MTU toward the node when its MTU, clamped at [`MIN_PATH_MTU`] (a
+/// spoofed tiny MTU must not cripple every flow toward the node, as the
+/// kernel's `min_pmtu`), is below both the tunnel MTU and the one learned
+/// at `now`, and the last reduction toward that node is at least
+/// [`PMTU_REDUCTION_INTERVAL`] old.
 pub fn underlay_icmp(
     packet: &[u8],
     policy: &Policy,
@@ -557,7 +641,20 @@ pub fn underlay_icmp(
     if msg.outer_src != policy.settings.local || policy.vias.binary_search(&msg.node).is_err() {
         return UnderlayVerdict::Ignored;
     }
-    local.underlay_icmp += 1;
+    let refused = |local: &mut LocalCounters, why| {
+        local.underlay_icmp_refused += 1;
+        UnderlayVerdict::Refused {
+            node: msg.node,
+            why,
+        }
+    };
+    // The source and destination (bytes 12..20) of the inner header.
+    let (Some(inner_src), Some(_)) = (msg.inner_src, msg.inner_dst) else {
+        return refused(local, IcmpRefusal::ShortQuote);
+    };
+    if !policy.blocks.is_empty() && !policy.blocks.iter().any(|b| b.contains(inner_src)) {
+        return refused(local, IcmpRefusal::NotOurPod);
+    }
     match msg.error {
         UnderlayError::FragNeeded { mtu } => {
             let tunnel_mtu = mtu.max(MIN_PATH_MTU) - 20;
@@ -565,6 +662,13 @@ pub fn underlay_icmp(
                 && pmtu
                     .lookup(msg.node, now)
                     .is_none_or(|learned| tunnel_mtu < learned);
+            let recent = pmtu
+                .lowered_at(msg.node, now)
+                .is_some_and(|at| now.saturating_duration_since(at) < PMTU_REDUCTION_INTERVAL);
+            if lower && recent {
+                return refused(local, IcmpRefusal::RateLimited);
+            }
+            local.underlay_icmp += 1;
             if lower {
                 UnderlayVerdict::LowerMtu {
                     node: msg.node,
@@ -577,10 +681,13 @@ pub fn underlay_icmp(
                 }
             }
         }
-        error => UnderlayVerdict::Noted {
-            node: msg.node,
-            error,
-        },
+        error => {
+            local.underlay_icmp += 1;
+            UnderlayVerdict::Noted {
+                node: msg.node,
+                error,
+            }
+        }
     }
 }
 
@@ -652,6 +759,7 @@ mod tests {
         pipeline: Pipeline,
         counts: BatchCounts,
         now: Instant,
+        local_present: bool,
     }
 
     impl Fixture {
@@ -683,6 +791,7 @@ mod tests {
                 bucket,
                 counts: BatchCounts::default(),
                 now: Instant::now(),
+                local_present: true,
             }
         }
 
@@ -698,14 +807,17 @@ mod tests {
                 routes: &routes,
                 pmtu: &self.shared.pmtu,
                 neighbours,
+                direct: Sender::Packet,
                 now: self.now,
+                local_present: self.local_present,
             };
             self.pipeline.encap(bufs, &state, &mut self.counts)
         }
 
         fn decap(&mut self, bufs: &mut [PacketBuf]) -> &DecapOutcome {
             let policy = self.shared.policy.load();
-            self.pipeline.decap(bufs, &policy, &mut self.counts)
+            self.pipeline
+                .decap(bufs, &policy, OuterChecksum::Verify, &mut self.counts)
         }
 
         fn dropped(&self, reason: DropReason) -> u64 {
@@ -746,6 +858,28 @@ mod tests {
         assert_eq!(icmp_fields(answers[0]), (3, 0, 0, NOWHERE, POD));
         assert_eq!(f.dropped(DropReason::NoRoute), 1);
         assert_eq!(f.counts.local.icmp_rate_limited, 0);
+    }
+
+    #[test]
+    fn nothing_is_sent_from_a_local_address_the_node_lost() {
+        let mut f = Fixture::new();
+        f.local_present = false;
+        let mut bufs = [pod_packet(POD_A, 100), pod_packet(NOWHERE, 100)];
+        let out = f.encap(&mut bufs, None);
+        assert_eq!(out.verdicts()[0], Verdict::Drop(DropReason::NoLocalAddress));
+        assert_eq!(out.verdicts()[1], Verdict::Drop(DropReason::NoRoute));
+        assert!(out.transmits().is_empty());
+        let answers: Vec<_> = out.icmp().iter().map(icmp_fields).collect();
+        // Host unreachable from the destination, net unreachable.
+        assert_eq!(answers, [(3, 1, 0, POD_A, POD), (3, 0, 0, NOWHERE, POD)]);
+        assert_eq!(f.dropped(DropReason::NoLocalAddress), 1);
+        assert_eq!(f.counts.local.tx_bytes, 0);
+        f.local_present = true;
+        let mut bufs = [pod_packet(POD_A, 100)];
+        assert!(matches!(
+            f.encap(&mut bufs, None).verdicts()[0],
+            Verdict::Send { .. }
+        ));
     }
 
     #[test]
@@ -860,6 +994,64 @@ mod tests {
     }
 
     #[test]
+    fn the_link_layer_sender_is_the_states() {
+        let mut f = Fixture::new();
+        let both: &[Neighbour] = &[(NODE_A, [0xa; 6]), (NODE_B, [0xb; 6])];
+        let policy = f.shared.policy.load();
+        let routes = f.routes.load();
+        let state = EncapState {
+            policy: &policy,
+            routes: &routes,
+            pmtu: &f.shared.pmtu,
+            neighbours: Some(both),
+            direct: Sender::Xdp,
+            now: f.now,
+            local_present: true,
+        };
+        let mut bufs = [pod_packet(POD_A, 100)];
+        let out = f.pipeline.encap(&mut bufs, &state, &mut f.counts);
+        assert_eq!(out.sender(), Sender::Xdp);
+        assert_eq!(out.macs(), [[0xa; 6]]);
+        let state = EncapState {
+            neighbours: Some(&both[1..]),
+            ..state
+        };
+        let out = f.pipeline.encap(&mut bufs, &state, &mut f.counts);
+        assert_eq!(out.sender(), Sender::Raw, "NODE_A's MAC unknown");
+        assert!(out.neighbour_miss());
+    }
+
+    #[test]
+    fn underlay_frames_are_trimmed_to_the_outer_total_length() {
+        let inner = ipv4(POD_A, POD, 28, 0, 63);
+        let packet = outer(NODE_A, 0, &inner);
+        let packet = packet.as_ref();
+        let mut frame = vec![0u8; 14];
+        frame[12..14].copy_from_slice(&[0x08, 0x00]);
+        frame.extend_from_slice(packet);
+        assert_eq!(underlay_frame(&frame), Some(packet));
+        // Ethernet padding (a 60-byte minimum frame) is not part of it.
+        let mut padded = frame.clone();
+        padded.resize(packet.len() + 14 + 12, 0xee);
+        assert_eq!(underlay_frame(&padded), Some(packet));
+        // A total length past the frame, below a header, or not IPv4.
+        let mut long = frame.clone();
+        long[16..18].copy_from_slice(&((packet.len() + 1) as u16).to_be_bytes());
+        assert_eq!(underlay_frame(&long), None);
+        let mut short = frame.clone();
+        short[16..18].copy_from_slice(&19u16.to_be_bytes());
+        assert_eq!(underlay_frame(&short), None);
+        let mut arp = frame.clone();
+        arp[12..14].copy_from_slice(&[0x08, 0x06]);
+        assert_eq!(underlay_frame(&arp), None);
+        assert_eq!(underlay_frame(&frame[..15]), None);
+        // What it returns goes through decap's own outer checks.
+        let mut f = Fixture::new();
+        let mut bufs = [buf_at(underlay_frame(&padded).unwrap(), 0)];
+        assert_eq!(f.decap(&mut bufs).deliver(), 1);
+    }
+
+    #[test]
     fn unknown_sources_are_refused_counted_and_recorded() {
         let mut f = Fixture::new();
         let inner = ipv4(POD_A, POD, 84, 0, 63);
@@ -889,7 +1081,7 @@ mod tests {
             "delivered first, at HEADROOM"
         );
         assert_eq!(f.dropped(DropReason::UnknownSource), 2);
-        assert_eq!(f.counts.local.rx_bytes, 84);
+        assert_eq!(f.counts.local.rx_bytes, 0, "counted by the TUN write");
         f.counts
             .nodes
             .flush(&f.shared.policy.load().vias, &f.shared.nodes);
@@ -986,17 +1178,31 @@ mod tests {
     }
 
     /// An ICMP error (3/4 when `mtu` is Some, else 3/1) from a router about
-    /// an outer packet `from` -> `to`.
+    /// an outer packet `from` -> `to` carrying a packet of this node's pod,
+    /// quoting the outer header and 28 bytes of the inner packet.
     fn underlay_error(from: Ipv4Addr, to: Ipv4Addr, mtu: Option<u16>) -> Vec<u8> {
+        underlay_error_quoting(from, to, mtu, POD, 28)
+    }
+
+    /// [`underlay_error`] whose inner packet comes from `inner_src`, with
+    /// `inner_quote` bytes of it quoted.
+    fn underlay_error_quoting(
+        from: Ipv4Addr,
+        to: Ipv4Addr,
+        mtu: Option<u16>,
+        inner_src: Ipv4Addr,
+        inner_quote: usize,
+    ) -> Vec<u8> {
         let mut quoted = ipv4(from, to, 1500, 0, 64);
         quoted[9] = 4;
         quoted[10..12].copy_from_slice(&[0, 0]);
         let sum = checksum::checksum(&quoted[..20]);
         quoted[10..12].copy_from_slice(&sum.to_be_bytes());
+        quoted[20..20 + 28].copy_from_slice(&ipv4(inner_src, POD_A, 1480, 0, 64)[..28]);
         let code = if mtu.is_some() { 4 } else { 1 };
         let mut icmp = vec![3, code, 0, 0, 0, 0];
         icmp.extend_from_slice(&mtu.unwrap_or(0).to_be_bytes());
-        icmp.extend_from_slice(&quoted[..28]);
+        icmp.extend_from_slice(&quoted[..20 + inner_quote]);
         let sum = checksum::checksum(&icmp);
         icmp[2..4].copy_from_slice(&sum.to_be_bytes());
         let mut p = ipv4(Ipv4Addr::new(172, 16, 0, 1), from, 20 + icmp.len(), 0, 64);
@@ -1006,6 +1212,85 @@ mod tests {
         let sum = checksum::checksum(&p[..20]);
         p[10..12].copy_from_slice(&sum.to_be_bytes());
         p
+    }
+
+    #[test]
+    fn underlay_errors_must_quote_one_of_our_pods_and_reductions_are_spaced() {
+        let f = Fixture::new();
+        let policy = f.shared.policy.load();
+        let pmtu = &f.shared.pmtu;
+        let mut local = LocalCounters::default();
+        let mut verdict =
+            |packet: &[u8], now| underlay_icmp(packet, &policy, pmtu, now, &mut local);
+        let refused = |why| UnderlayVerdict::Refused { node: NODE_A, why };
+        let t0 = f.now;
+        for (quote, why) in [
+            (0, "the outer header only"),
+            (8, "8 bytes of the inner header"),
+            (19, "one byte short of its addresses"),
+        ] {
+            let p = underlay_error_quoting(LOCAL, NODE_A, Some(1400), POD, quote);
+            assert_eq!(verdict(&p, t0), refused(IcmpRefusal::ShortQuote), "{why}");
+        }
+        let stranger_pod = underlay_error_quoting(LOCAL, NODE_A, Some(1400), POD_A, 20);
+        assert_eq!(verdict(&stranger_pod, t0), refused(IcmpRefusal::NotOurPod));
+        let unreachable = underlay_error_quoting(LOCAL, NODE_A, None, POD_A, 20);
+        assert_eq!(
+            verdict(&unreachable, t0),
+            refused(IcmpRefusal::NotOurPod),
+            "not a frag-needed: refused all the same"
+        );
+        // Exactly the inner addresses quoted is enough.
+        let whole = underlay_error_quoting(LOCAL, NODE_A, Some(1400), POD, 20);
+        assert_eq!(
+            verdict(&whole, t0),
+            UnderlayVerdict::LowerMtu {
+                node: NODE_A,
+                mtu: 1380
+            }
+        );
+        assert!(pmtu.offer(NODE_A, 1380));
+        pmtu.maintain(t0);
+        // Lower again within the second: refused; noted when not lower; after
+        // the second, lowered.
+        let lower = underlay_error(LOCAL, NODE_A, Some(1300));
+        let t = t0 + Duration::from_millis(500);
+        assert_eq!(verdict(&lower, t), refused(IcmpRefusal::RateLimited));
+        assert!(matches!(
+            verdict(&underlay_error(LOCAL, NODE_A, Some(1450)), t),
+            UnderlayVerdict::Noted { .. }
+        ));
+        let t = t0 + PMTU_REDUCTION_INTERVAL;
+        assert_eq!(
+            verdict(&lower, t),
+            UnderlayVerdict::LowerMtu {
+                node: NODE_A,
+                mtu: 1280
+            }
+        );
+        // Another node's reductions are its own.
+        assert!(matches!(
+            verdict(&underlay_error(LOCAL, NODE_B, Some(1300)), t0),
+            UnderlayVerdict::LowerMtu { node: NODE_B, .. }
+        ));
+        assert_eq!(local.underlay_icmp_refused, 6);
+        assert_eq!(local.underlay_icmp, 4);
+
+        // Without tunnel.blocks, any inner source (as the kernel's tunl0);
+        // the quote must still reach it.
+        let mut open = Policy::clone(&policy);
+        open.blocks.clear();
+        let mut local = LocalCounters::default();
+        let pm = PathMtu::default();
+        assert!(matches!(
+            underlay_icmp(&stranger_pod, &open, &pm, t0, &mut local),
+            UnderlayVerdict::LowerMtu { .. }
+        ));
+        let short = underlay_error_quoting(LOCAL, NODE_A, Some(1400), POD, 8);
+        assert_eq!(
+            underlay_icmp(&short, &open, &pm, t0, &mut local),
+            refused(IcmpRefusal::ShortQuote)
+        );
     }
 
     #[test]
@@ -1056,9 +1341,10 @@ mod tests {
                 error: UnderlayError::Unreachable { code: 1 }
             }
         );
-        // Once the control plane has applied 1380, only lower ones count.
+        // Once the control plane has applied 1380, only lower ones count
+        // (a second later: reductions toward one node are spaced).
         assert!(pmtu.offer(NODE_A, 1380));
-        assert_eq!(pmtu.maintain(f.now), 1);
+        assert_eq!(pmtu.maintain(f.now - PMTU_REDUCTION_INTERVAL), 1);
         assert_eq!(
             verdict(&underlay_error(LOCAL, NODE_A, Some(1450))),
             UnderlayVerdict::Noted {

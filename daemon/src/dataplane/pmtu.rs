@@ -109,6 +109,15 @@ impl PathMtu {
         }
     }
 
+    /// When the MTU toward `node` was last lowered, if a learned one holds
+    /// at `now`.
+    pub fn lowered_at(&self, node: Ipv4Addr, now: Instant) -> Option<Instant> {
+        match self.table.load().get(&node) {
+            Some((_, expires)) if *expires > now => expires.checked_sub(PMTU_EXPIRES),
+            _ => None,
+        }
+    }
+
     /// Every learned MTU still in force at `now`, by node.
     pub fn entries(&self, now: Instant) -> Vec<(Ipv4Addr, u16)> {
         let mut v: Vec<_> = self
@@ -257,6 +266,9 @@ mod tests {
         assert!(!pm.learn(NODE, 1400, now), "a higher MTU does not raise it");
         assert!(pm.learn(NODE, 1280, now));
         assert_eq!(pm.lookup(NODE, now), Some(1280));
+        assert_eq!(pm.lowered_at(NODE, now), Some(now));
+        assert_eq!(pm.lowered_at(OTHER, now), None);
+        assert_eq!(pm.lowered_at(NODE, now + PMTU_EXPIRES), None, "expired");
         assert_eq!(pm.entries(now), vec![(NODE, 1280)]);
         assert_eq!(pm.updates(), 2);
     }

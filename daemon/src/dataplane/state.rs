@@ -10,6 +10,8 @@
 //!   also pay an `ArcSwap` load and a map lookup. Learning goes through
 //!   [`PathMtu::offer`] (atomic slots); the control plane applies it;
 //! - with `packet_tx`, the neighbour table: one `ArcSwap` load;
+//! - whether `tunnel.local` is still this node's ([`LinkStates`]): one
+//!   relaxed load;
 //! - its [`Counters`]: relaxed `fetch_add`s, once per batch.
 //!
 //! Locks a worker does take, none per packet:
@@ -33,6 +35,7 @@ use ipnetwork::Ipv4Network;
 use tunl_encap::{DecapPolicy, TunnelSettings};
 
 use super::counters::{CounterSnapshot, Counters};
+use super::links::LinkStates;
 use super::nexthop::{MultipathGroup, NextHop, flow_hash};
 use super::nodes::NodeCounters;
 use super::pmtu::PathMtu;
@@ -175,6 +178,9 @@ pub struct Shared {
     pub nodes: NodeCounters,
     /// Next-hop MACs for AF_PACKET transmit.
     pub neighbours: NeighbourTable,
+    /// Whether `tunnel.local` is still this node's, and the underlay
+    /// device's state (kept by the link watcher).
+    pub links: LinkStates,
     counters: Mutex<Vec<Arc<Counters>>>,
     /// The first failure a worker reported; the main loop waits on it.
     failure: tokio::sync::watch::Sender<Option<String>>,
@@ -189,6 +195,7 @@ impl Shared {
             stop: AtomicBool::new(false),
             nodes: NodeCounters::default(),
             neighbours: NeighbourTable::default(),
+            links: LinkStates::default(),
             counters: Mutex::new(Vec::new()),
             failure: tokio::sync::watch::Sender::new(None),
         }

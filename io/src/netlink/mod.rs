@@ -55,7 +55,7 @@ pub enum NetlinkError {
 }
 
 impl NetlinkError {
-    fn new(op: impl Into<String>, e: rtnetlink::Error) -> Self {
+    pub(crate) fn new(op: impl Into<String>, e: rtnetlink::Error) -> Self {
         match e {
             rtnetlink::Error::NetlinkError(msg) => NetlinkError::Kernel {
                 op: op.into(),

@@ -4,20 +4,27 @@
 
 use std::time::{Duration, Instant};
 
-/// CPU use over a window, in % of one core.
+/// CPU use over a window, in % of one core, and how fast a counter grew.
 #[derive(Debug, Clone, Copy)]
 pub(super) struct CpuUse {
     pub(super) machine_percent: f64,
     pub(super) processes_percent: f64,
+    /// The growth per second of the counter given to
+    /// [`with_cpu_sampling`], over the same window (`None` without one, or
+    /// when it could not be read).
+    pub(super) counter_per_second: Option<f64>,
 }
 
 /// Runs `f` (a measurement of `seconds`) on another thread and samples CPU
 /// time meanwhile: from 0.5 s after the start to 0.25 s before the
 /// expected end, inside the transfer, so tool start-up and teardown are
 /// left out (for runs under 2 s: around the whole call).
+/// `counter`, when it reads, is sampled at the same two instants (the
+/// sending daemon's `tx_packets`, for the underlay frame rate).
 pub(super) fn with_cpu_sampling<T: Send>(
     seconds: u32,
     pids: &[u32],
+    counter: impl Fn() -> Option<u64>,
     f: impl FnOnce() -> T + Send,
 ) -> (T, Option<CpuUse>) {
     let ticks = clock_ticks();
@@ -33,24 +40,34 @@ pub(super) fn with_cpu_sampling<T: Send>(
         let worker = s.spawn(f);
         std::thread::sleep(lead);
         let before = CpuSnapshot::take(pids);
+        let count_before = counter();
         let t0 = Instant::now();
         let result = if window.is_zero() {
             let r = worker.join();
-            (r, CpuSnapshot::take(pids), t0.elapsed())
+            (r, CpuSnapshot::take(pids), counter(), t0.elapsed())
         } else {
             std::thread::sleep(window);
             let after = CpuSnapshot::take(pids);
+            let count_after = counter();
             let elapsed = t0.elapsed();
-            (worker.join(), after, elapsed)
+            (worker.join(), after, count_after, elapsed)
         };
-        let (joined, after, elapsed) = result;
+        let (joined, after, count_after, elapsed) = result;
         let value = match joined {
             Ok(v) => v,
             Err(panic) => std::panic::resume_unwind(panic),
         };
+        let rate = count_before
+            .zip(count_after)
+            .filter(|_| !elapsed.is_zero())
+            .map(|(b, a)| a.saturating_sub(b) as f64 / elapsed.as_secs_f64());
         let cpu = before
             .zip(after)
-            .and_then(|(b, a)| CpuSnapshot::usage(&b, &a, elapsed, ticks));
+            .and_then(|(b, a)| CpuSnapshot::usage(&b, &a, elapsed, ticks))
+            .map(|c| CpuUse {
+                counter_per_second: rate,
+                ..c
+            });
         (value, cpu)
     })
 }
@@ -101,6 +118,7 @@ impl CpuSnapshot {
         Some(CpuUse {
             machine_percent,
             processes_percent,
+            counter_per_second: None,
         })
     }
 }

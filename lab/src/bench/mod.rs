@@ -58,6 +58,8 @@ use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use tunl::config::Underlay;
+
 use crate::testbed::{DaemonOptions, TunlCluster};
 use crate::topology::{self, Cluster, ClusterSpec, Overlay, TopologyError};
 
@@ -100,16 +102,30 @@ pub struct BenchArgs {
     /// Dataplane worker threads of each tunl daemon.
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=256))]
     pub workers: u16,
-    /// Run tunl with `[dataplane] packet_tx = true` (AF_PACKET transmit,
-    /// which bypasses the node's OUTPUT firewall; see docs/operating.md).
-    #[arg(long)]
-    pub packet_tx: bool,
+    /// The daemons' `[dataplane] underlay`: raw (the default), packet
+    /// (AF_PACKET transmit, which bypasses the node's OUTPUT firewall),
+    /// xdp (AF_XDP both ways, which bypasses netfilter for IPIP; see
+    /// docs/operating.md) or auto (the fastest that works).
+    #[arg(long, value_name = "UNDERLAY", default_value_t = Underlay::DEFAULT)]
+    pub underlay: Underlay,
     /// Run tunl with `[dataplane] busy_poll_us = N`: workers poll for N µs
     /// after their last packet instead of sleeping at once (lower latency,
     /// more CPU). 0 = the default, sleep at once.
     #[arg(long, value_name = "N", default_value_t = 0,
           value_parser = clap::value_parser!(u32).range(0..=i64::from(tunl::config::MAX_BUSY_POLL_US)))]
     pub busy_poll_us: u32,
+    /// Run tunl with `[dataplane] poll_interval_us = N`: under load, workers
+    /// whose sources ran dry sleep N µs and look again instead of blocking
+    /// in epoll. 0 = off (block at once).
+    #[arg(long, value_name = "N", default_value_t = tunl::config::DEFAULT_POLL_INTERVAL_US,
+          value_parser = clap::value_parser!(u32).range(0..=i64::from(tunl::config::MAX_POLL_INTERVAL_US)))]
+    pub poll_interval_us: u32,
+    /// Run tunl with `[dataplane] poll_quiet_us = N`: the timer polling
+    /// ends after N µs without a packet (0 = off; otherwise at least
+    /// `--poll-interval-us`).
+    #[arg(long, value_name = "N", default_value_t = tunl::config::DEFAULT_POLL_QUIET_US,
+          value_parser = clap::value_parser!(u32).range(0..=i64::from(tunl::config::MAX_POLL_QUIET_US)))]
+    pub poll_quiet_us: u32,
     /// Write every figure (each sample, median, min, max, units, machine)
     /// as JSON to FILE.
     #[arg(long, value_name = "FILE")]
@@ -129,8 +145,10 @@ impl Default for BenchArgs {
             seconds: 5,
             rounds: 3,
             workers: 1,
-            packet_tx: false,
+            underlay: Underlay::DEFAULT,
             busy_poll_us: 0,
+            poll_interval_us: tunl::config::DEFAULT_POLL_INTERVAL_US,
+            poll_quiet_us: tunl::config::DEFAULT_POLL_QUIET_US,
             json: None,
             svg: None,
             quick: false,
@@ -213,8 +231,10 @@ pub fn run(args: &BenchArgs, tunl_binary: &Path) -> Result<BenchReport, BenchErr
         seconds,
         rounds,
         workers: args.workers,
-        packet_tx: args.packet_tx,
+        underlay: args.underlay.to_string(),
         busy_poll_us: args.busy_poll_us,
+        poll_interval_us: args.poll_interval_us,
+        poll_quiet_us: args.poll_quiet_us,
         tunl_binary: tunl_binary.to_owned(),
         pings,
         ping_interval_ms: PING_INTERVAL.as_secs_f64() * 1e3,
@@ -233,8 +253,10 @@ pub fn run(args: &BenchArgs, tunl_binary: &Path) -> Result<BenchReport, BenchErr
                 pings,
                 daemon: DaemonOptions {
                     workers: usize::from(args.workers),
-                    packet_tx: args.packet_tx,
+                    underlay: args.underlay,
                     busy_poll_us: args.busy_poll_us,
+                    poll_interval_us: args.poll_interval_us,
+                    poll_quiet_us: args.poll_quiet_us,
                     log: "warn".to_owned(),
                     ..DaemonOptions::default()
                 },
@@ -343,6 +365,20 @@ impl Built {
             Built::Plain(_) => Vec::new(),
             Built::Tunl(tc) => tc.daemons().iter().map(|d| d.pid).collect(),
         }
+    }
+
+    /// The `tx_packets` counter of the daemon on the sending pod's node
+    /// (outer frames it put on the underlay), over its control socket.
+    fn sender_tx_packets(&self) -> Option<u64> {
+        let Built::Tunl(tc) = self else {
+            return None;
+        };
+        let node = tc.cluster().pod(CLIENT_POD)?.node.clone();
+        let stats: tunl::control::Stats = tunl::control::Client::connect(&tc.control_socket(&node))
+            .ok()?
+            .call(&tunl::control::Request::Stats {})
+            .ok()?;
+        stats.counter("tx_packets")
     }
 
     /// The last lines of every daemon's log, to explain a failure.
@@ -471,7 +507,8 @@ fn measure_step(
     let secs = ctx.seconds;
     match step {
         Step::Tcp1 => {
-            let (result, cpu) = with_cpu_sampling(secs, &built.daemon_pids(), || {
+            let sent = || built.sender_tx_packets();
+            let (result, cpu) = with_cpu_sampling(secs, &built.daemon_pids(), sent, || {
                 cluster.iperf3_tcp(CLIENT_POD, SERVER_POD, secs, 1)
             });
             let result = result.map_err(topo)?;
@@ -485,6 +522,9 @@ fn measure_step(
                 out.push((Metric::CpuMachine, cpu.machine_percent / gbps));
                 if ctx.path == Datapath::Tunl {
                     out.push((Metric::CpuTunl, cpu.processes_percent / gbps));
+                }
+                if let Some(rate) = cpu.counter_per_second {
+                    out.push((Metric::UnderlayFrames, rate / 1e3));
                 }
             }
         }

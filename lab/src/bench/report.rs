@@ -62,11 +62,16 @@ pub enum Metric {
     CpuTunl,
     /// Peak RSS of a tunl daemon (the larger of the two).
     PeakRss,
+    /// Outer frames per second the sending tunl daemon put on the
+    /// underlay during the 1-stream TCP run (its `tx_packets` counter),
+    /// to set beside the underlay-ceiling instrument's figure for the same
+    /// interface.
+    UnderlayFrames,
 }
 
 impl Metric {
     /// Every figure, in table order.
-    pub const ALL: [Metric; 10] = [
+    pub const ALL: [Metric; 11] = [
         Metric::TcpOneStream,
         Metric::TcpFourStreams,
         Metric::TcpRetransmits,
@@ -77,6 +82,7 @@ impl Metric {
         Metric::CpuMachine,
         Metric::CpuTunl,
         Metric::PeakRss,
+        Metric::UnderlayFrames,
     ];
 
     /// The figures drawn by [`svg_chart`](super::svg_chart).
@@ -103,6 +109,7 @@ impl Metric {
             Metric::CpuMachine => "CPU, machine (TCP 1)",
             Metric::CpuTunl => "CPU, tunl daemons (TCP 1)",
             Metric::PeakRss => "tunl daemon peak RSS",
+            Metric::UnderlayFrames => "tunl underlay frames sent (TCP 1)",
         }
     }
 
@@ -115,6 +122,7 @@ impl Metric {
             Metric::LatencyMedian | Metric::LatencyP99 => "µs",
             Metric::CpuMachine | Metric::CpuTunl => "%CPU per Gbit/s",
             Metric::PeakRss => "MiB",
+            Metric::UnderlayFrames => "kframes/s",
         }
     }
 
@@ -131,7 +139,11 @@ impl Metric {
     pub fn higher_is_better(self) -> bool {
         matches!(
             self,
-            Metric::TcpOneStream | Metric::TcpFourStreams | Metric::Udp64 | Metric::Udp1400
+            Metric::TcpOneStream
+                | Metric::TcpFourStreams
+                | Metric::Udp64
+                | Metric::Udp1400
+                | Metric::UnderlayFrames
         )
     }
 }
@@ -190,10 +202,15 @@ pub struct Settings {
     pub rounds: u32,
     /// Dataplane workers per daemon.
     pub workers: u16,
-    /// Whether the daemons sent with AF_PACKET (`packet_tx`).
-    pub packet_tx: bool,
+    /// The daemons' `[dataplane] underlay` (as asked for: `tunl status`
+    /// of a daemon says what ran).
+    pub underlay: String,
     /// The daemons' `busy_poll_us` (0: sleep at once).
     pub busy_poll_us: u32,
+    /// The daemons' `poll_interval_us` (0: block at once).
+    pub poll_interval_us: u32,
+    /// The daemons' `poll_quiet_us`.
+    pub poll_quiet_us: u32,
     /// The tunl binary the daemons ran.
     pub tunl_binary: PathBuf,
     /// Ping requests per latency sample.
@@ -354,8 +371,10 @@ pub(super) fn sample_report() -> BenchReport {
         seconds: 5,
         rounds: 3,
         workers: 1,
-        packet_tx: false,
+        underlay: "raw".to_owned(),
         busy_poll_us: 0,
+        poll_interval_us: 50,
+        poll_quiet_us: 1000,
         tunl_binary: "/bin/tunl".into(),
         pings: 500,
         ping_interval_ms: 2.0,

@@ -100,19 +100,29 @@ pub fn format_table(report: &BenchReport) -> String {
     }
     let _ = writeln!(
         s,
-        "tunl settings: {} worker(s), transmit via {}, {}",
+        "tunl settings: {} worker(s), transmit via {}, {}, {}",
         s_.workers,
-        if s_.packet_tx {
-            "AF_PACKET (packet_tx)"
-        } else {
-            "raw IP socket (default)"
+        match s_.underlay.as_str() {
+            "raw" => "raw IP socket (default)",
+            "packet" => "AF_PACKET (underlay packet)",
+            "xdp" => "AF_XDP (underlay xdp)",
+            "auto" => "the fastest underlay that works (auto)",
+            _ => "?",
         },
         if s_.busy_poll_us == 0 {
-            "workers sleep when idle (default)".to_owned()
+            "no busy polling (default)".to_owned()
         } else {
             format!(
                 "workers busy-poll {} µs after the last packet",
                 s_.busy_poll_us
+            )
+        },
+        if s_.poll_interval_us == 0 || s_.poll_quiet_us == 0 {
+            "workers block in epoll when dry".to_owned()
+        } else {
+            format!(
+                "under load workers poll every {} µs until {} µs without packets",
+                s_.poll_interval_us, s_.poll_quiet_us
             )
         }
     );
