@@ -315,7 +315,13 @@ impl Worker {
                     Some(Duration::ZERO)
                 }
                 Some(Wait::Block { left_timer }) => {
-                    local.poll_blocks += u64::from(left_timer);
+                    if left_timer {
+                        // Published now: the worker may block for long,
+                        // and the counters are otherwise flushed after the
+                        // wakeup.
+                        local.poll_blocks += 1;
+                        self.stats.flush();
+                    }
                     None
                 }
             };
