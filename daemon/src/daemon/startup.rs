@@ -30,7 +30,7 @@ use super::error::DaemonError;
 use super::privileges;
 use crate::config::{Config, ConfigError, MAX_MTU, MIN_MTU};
 use crate::control;
-use crate::dataplane::{Policy, Dataplane, DataplaneIo, DataplaneXdp, Shared, WorkerOptions};
+use crate::dataplane::{Dataplane, DataplaneIo, DataplaneXdp, Policy, Shared, WorkerOptions};
 
 /// The outer IPv4 header each tunnel packet carries on the underlay.
 const OUTER_HEADER: u32 = 20;
