@@ -527,7 +527,11 @@ mod tests {
         );
         // A daemon from before the field: no line.
         s.underlay = UnderlayStatus::default();
-        assert!(!format_status(&s).contains("underlay"));
+        let text = format_status(&s);
+        assert!(
+            !text.contains("underlay:") && !text.contains("underlay fallback"),
+            "{text}"
+        );
     }
 
     #[test]

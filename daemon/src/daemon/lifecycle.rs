@@ -23,7 +23,7 @@ use super::watch::{LinkEvent, Seen, Watched, watch_links};
 use super::{privileges, reload, underlay};
 use crate::config::Config;
 use crate::control::{self, Call};
-use crate::dataplane::{CounterSnapshot, Router, RouterXdp, Shared};
+use crate::dataplane::{CounterSnapshot, Dataplane, DataplaneXdp, Shared};
 use crate::metrics::{DeviceLabels, MetricsSource, XdpReaders};
 use tunl_io::xdp::{XdpLink, XdpProgram};
 
@@ -79,7 +79,7 @@ pub(super) async fn run(
                 program: setup.program.stats_reader(),
                 sockets: setup.sockets.iter().map(|s| s.stats_reader()).collect(),
             };
-            let xdp = RouterXdp {
+            let xdp = DataplaneXdp {
                 sockets: setup.sockets,
                 src_mac: setup.src_mac,
             };
@@ -96,9 +96,9 @@ pub(super) async fn run(
         packet_tx,
         xdp,
     };
-    let router = startup::start_dataplane(&config, user.as_ref(), parts)?;
+    let dataplane = startup::start_dataplane(&config, user.as_ref(), parts)?;
     let mut running = Running {
-        router,
+        dataplane,
         routes,
         netlink: netlink.clone(),
         name: config.tunnel.name.clone(),
@@ -118,7 +118,7 @@ pub(super) async fn run(
         mtu,
         local: config.tunnel.local,
         address: config.tunnel.address,
-        workers: running.router.workers(),
+        workers: running.dataplane.workers(),
         underlay: underlay_status,
         build,
         started,
@@ -331,7 +331,7 @@ impl Tasks {
 /// What stopping takes down: tunl's routes, the dataplane, the device
 /// unless it persists.
 struct Running {
-    router: Router,
+    dataplane: Dataplane,
     routes: RouteManager<NetlinkRoutes>,
     netlink: Netlink,
     name: String,
@@ -361,8 +361,8 @@ impl Running {
     /// and without one the kernel drops them with the device.
     async fn stop(mut self) {
         self.routes.remove_all().await;
-        let shared = self.router.shared().clone();
-        self.router.stop();
+        let shared = self.dataplane.shared().clone();
+        self.dataplane.stop();
         // Detach: the device's frames go up the stack again.
         drop(self.xdp.take());
         if self.persist {

@@ -34,7 +34,9 @@ use super::error::DaemonError;
 use super::privileges;
 use crate::config::{Config, ConfigError, MAX_MTU, MIN_MTU};
 use crate::control;
-use crate::dataplane::{NextHop, Policy, Router, RouterIo, RouterXdp, Shared, WorkerOptions};
+use crate::dataplane::{
+    Dataplane, DataplaneIo, DataplaneXdp, NextHop, Policy, Shared, WorkerOptions,
+};
 
 /// The outer IPv4 header each tunnel packet carries on the underlay.
 const OUTER_HEADER: u32 = 20;
@@ -352,7 +354,7 @@ pub(super) struct DataplaneParts<'a> {
     /// The underlay device for AF_PACKET transmit, if the underlay uses it.
     pub packet_tx: Option<u32>,
     /// The AF_XDP sockets and the device's MAC, with the XDP underlay.
-    pub xdp: Option<RouterXdp>,
+    pub xdp: Option<DataplaneXdp>,
 }
 
 /// Step 7: everything privileged is open: drops to [`privileges::DATAPLANE_START`]
@@ -363,10 +365,10 @@ pub(super) fn start_dataplane(
     config: &Config,
     user: Option<&User>,
     parts: DataplaneParts<'_>,
-) -> Result<Router, DaemonError> {
+) -> Result<Dataplane, DaemonError> {
     privileges::drop_to(user, privileges::DATAPLANE_START)?;
-    Router::start(
-        RouterIo {
+    Dataplane::start(
+        DataplaneIo {
             queues: parts.device.tun.into_queues(),
             ipip: parts.receivers.ipip,
             icmp: parts.receivers.icmp,

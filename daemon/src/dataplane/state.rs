@@ -23,8 +23,9 @@
 //! - [`NeighbourTable::report_miss`], once per batch that met a next hop
 //!   without a known MAC: a tokio `Notify`, which locks its waiter list
 //!   and wakes the control-plane task waiting on it;
-//! - the failure mutex of [`Shared::fail`], and the counters list once at
-//!   start ([`Shared::register_counters`]).
+//! - the failure watch channel of [`Shared::fail`] (its lock, once, on
+//!   the way out), and the counters list once at start
+//!   ([`Shared::register_counters`]).
 
 use std::net::Ipv4Addr;
 use std::sync::atomic::{AtomicBool, Ordering};

@@ -373,7 +373,7 @@ pub(super) fn sample_report() -> BenchReport {
         workers: 1,
         underlay: "raw".to_owned(),
         busy_poll_us: 0,
-        poll_interval_us: 50,
+        poll_interval_us: 100,
         poll_quiet_us: 1000,
         tunl_binary: "/bin/tunl".into(),
         pings: 500,
