@@ -32,6 +32,12 @@ pub struct DaemonOptions {
     pub busy_poll_us: u32,
     /// Set `tunnel.blocks` (the relay check).
     pub blocks: bool,
+    /// Blocks added to every node's `tunnel.blocks` (with `blocks`), e.g. a
+    /// block that moves between nodes.
+    pub extra_blocks: Vec<Ipv4Network>,
+    /// Write a `[[route]]` to every other node's block into each config;
+    /// off when a routing daemon (BIRD) installs the routes instead.
+    pub static_routes: bool,
     /// Extra `[security] allow` prefixes.
     pub allow: Vec<Ipv4Network>,
     /// Log filter passed as `--log`.
@@ -48,6 +54,8 @@ impl Default for DaemonOptions {
             packet_tx: false,
             busy_poll_us: 0,
             blocks: true,
+            extra_blocks: Vec::new(),
+            static_routes: true,
             allow: Vec::new(),
             log: "info".to_owned(),
             extra_config: String::new(),
@@ -102,10 +110,16 @@ pub fn node_config(cluster: &Cluster, node: &Node, options: &DaemonOptions) -> S
     );
     let _ = writeln!(s, "address = \"{}/32\"", node.block.network());
     if options.blocks {
-        let _ = writeln!(s, "blocks = [\"{}\"]", node.block);
+        let blocks: Vec<String> = std::iter::once(&node.block)
+            .chain(&options.extra_blocks)
+            .map(|b| format!("\"{b}\""))
+            .collect();
+        let _ = writeln!(s, "blocks = [{}]", blocks.join(", "));
     }
-    for (prefix, via) in cluster.remote_routes(&node.name) {
-        let _ = writeln!(s, "\n[[route]]\nprefix = \"{prefix}\"\nvia = \"{via}\"");
+    if options.static_routes {
+        for (prefix, via) in cluster.remote_routes(&node.name) {
+            let _ = writeln!(s, "\n[[route]]\nprefix = \"{prefix}\"\nvia = \"{via}\"");
+        }
     }
     if !options.allow.is_empty() {
         let allow: Vec<String> = options.allow.iter().map(|a| format!("\"{a}\"")).collect();
@@ -229,7 +243,11 @@ impl TunlCluster {
     /// the kernel; fails with its log if it exits first.
     pub fn wait_ready(&self, node: &str) -> Result<(), TopologyError> {
         let daemon = self.daemon(node)?;
-        let expected = self.cluster().remote_routes(node).len();
+        let expected = if self.options.static_routes {
+            self.cluster().remote_routes(node).len()
+        } else {
+            0
+        };
         let deadline = Instant::now() + START_TIMEOUT;
         let proto = ROUTE_PROTOCOL.to_string();
         loop {
