@@ -1,11 +1,13 @@
 #!/usr/bin/env bash
 # Installs what tunl's lab, tests and benchmarks need on a Debian/Ubuntu host:
 # iproute2 (ip netns, veth, vxlan), ping, iperf3, tcpdump, ethtool, setpriv
-# (util-linux, for the capability test), and a C
-# toolchain for crates with build scripts. Idempotent; run as root or with sudo.
+# (util-linux, for the capability test), BIRD 2 (bird2, for `tunl lab --bgp`
+# and the BGP tests, which run their own BIRD instances in namespaces), and a
+# C toolchain for crates with build scripts. Idempotent; run as root or with
+# sudo.
 set -euo pipefail
 
-packages=(iproute2 iputils-ping iperf3 tcpdump ethtool procps util-linux build-essential pkg-config)
+packages=(iproute2 iputils-ping iperf3 tcpdump ethtool procps util-linux bird2 build-essential pkg-config)
 
 missing=()
 for p in "${packages[@]}"; do

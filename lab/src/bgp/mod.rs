@@ -295,6 +295,7 @@ impl BgpCluster {
         mut options: DaemonOptions,
     ) -> Result<BgpCluster, BgpError> {
         let cluster_spec = spec.cluster_spec()?;
+        check_bird()?;
         options.static_routes = false;
         if !options.extra_blocks.contains(&MOVED_BLOCK) {
             options.extra_blocks.push(MOVED_BLOCK);
@@ -650,6 +651,36 @@ impl BgpCluster {
         self.tc
             .take()
             .expect("the testbed is only taken by keep(), which consumes self")
+    }
+}
+
+/// Checks that BIRD 2 is installed: the configs use BIRD 2 syntax, and
+/// the export filter that installs `via NODE dev tunl0 onlink` was verified
+/// with 2.0.12.
+fn check_bird() -> Result<(), BgpError> {
+    let command = "bird --version".to_owned();
+    let out = std::process::Command::new("bird")
+        .arg("--version")
+        .stdin(std::process::Stdio::null())
+        .output()
+        .map_err(|source| TopologyError::Spawn {
+            command: format!("{command} (install Debian's bird2: scripts/setup.sh)"),
+            source,
+        })?;
+    // BIRD prints its version on stderr.
+    let text =
+        String::from_utf8_lossy(&out.stderr).into_owned() + &String::from_utf8_lossy(&out.stdout);
+    if text.contains("BIRD version 2.") {
+        Ok(())
+    } else {
+        Err(TopologyError::Command {
+            command,
+            status: out.status,
+            stderr: format!(
+                "the BGP lab needs BIRD 2 (Debian's bird2), found: {}",
+                text.trim()
+            ),
+        })
     }
 }
 
