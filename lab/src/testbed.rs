@@ -32,12 +32,13 @@ pub struct DaemonOptions {
     pub busy_poll_us: u32,
     /// Set `tunnel.blocks` (the relay check).
     pub blocks: bool,
+    /// Write a `[[route]]` for every other node's block into each config
+    /// (`false`: the routes come from elsewhere, BIRD or `ip route`, and
+    /// tunl learns them from the kernel).
+    pub routes: bool,
     /// Blocks added to every node's `tunnel.blocks` (with `blocks`), e.g. a
     /// block that moves between nodes.
     pub extra_blocks: Vec<Ipv4Network>,
-    /// Write a `[[route]]` to every other node's block into each config;
-    /// off when a routing daemon (BIRD) installs the routes instead.
-    pub static_routes: bool,
     /// Extra `[security] allow` prefixes.
     pub allow: Vec<Ipv4Network>,
     /// Log filter passed as `--log`.
@@ -54,8 +55,8 @@ impl Default for DaemonOptions {
             packet_tx: false,
             busy_poll_us: 0,
             blocks: true,
+            routes: true,
             extra_blocks: Vec::new(),
-            static_routes: true,
             allow: Vec::new(),
             log: "info".to_owned(),
             extra_config: String::new(),
@@ -116,7 +117,7 @@ pub fn node_config(cluster: &Cluster, node: &Node, options: &DaemonOptions) -> S
             .collect();
         let _ = writeln!(s, "blocks = [{}]", blocks.join(", "));
     }
-    if options.static_routes {
+    if options.routes {
         for (prefix, via) in cluster.remote_routes(&node.name) {
             let _ = writeln!(s, "\n[[route]]\nprefix = \"{prefix}\"\nvia = \"{via}\"");
         }
@@ -243,7 +244,7 @@ impl TunlCluster {
     /// the kernel; fails with its log if it exits first.
     pub fn wait_ready(&self, node: &str) -> Result<(), TopologyError> {
         let daemon = self.daemon(node)?;
-        let expected = if self.options.static_routes {
+        let expected = if self.options.routes {
             self.cluster().remote_routes(node).len()
         } else {
             0

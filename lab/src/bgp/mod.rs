@@ -296,7 +296,7 @@ impl BgpCluster {
     ) -> Result<BgpCluster, BgpError> {
         let cluster_spec = spec.cluster_spec()?;
         check_bird()?;
-        options.static_routes = false;
+        options.routes = false;
         if !options.extra_blocks.contains(&MOVED_BLOCK) {
             options.extra_blocks.push(MOVED_BLOCK);
         }

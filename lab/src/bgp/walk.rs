@@ -98,7 +98,15 @@ pub(crate) fn run(
         return Err(e);
     }
     if args.keep {
+        let ask = bgp
+            .birds()
+            .iter()
+            .find(|b| !b.reflector)
+            .map(|b| b.socket.display().to_string());
         lab::keep(bgp.keep(), out)?;
+        if let Some(socket) = ask {
+            writeln!(out, "Ask BIRD:         birdc -s {socket} show route")?;
+        }
     } else {
         lab::counters(bgp.tunl(), out)?;
         heading(out, "Tearing down")?;
