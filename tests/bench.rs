@@ -6,7 +6,6 @@ use std::path::Path;
 use tunl_lab::bench::{self, BenchArgs, Datapath, Metric};
 
 #[test]
-
 #[ignore = "needs root: scripts/test"]
 fn quick_bench_measures_every_path_and_writes_json_and_svg() {
     let dir = std::env::temp_dir().join(format!("tunl-bench-test-{}", std::process::id()));

@@ -31,7 +31,6 @@ fn polls_during(tc: &TunlCluster, d: Duration) -> u64 {
 }
 
 #[test]
-
 #[ignore = "needs root: scripts/test"]
 fn busy_polling_daemons_carry_traffic_and_go_back_to_sleep() {
     let tc = TunlCluster::start(

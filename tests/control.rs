@@ -111,7 +111,6 @@ fn udp_stream(
 }
 
 #[test]
-
 #[ignore = "needs root: scripts/test"]
 fn route_add_del_replace_while_traffic_flows_lose_nothing_on_unchanged_routes() {
     let tc = cluster(ClusterSpec::generated(3, 1), "");
@@ -254,7 +253,6 @@ fn metric(text: &str, name: &str, labels: &str) -> u64 {
 }
 
 #[test]
-
 #[ignore = "needs root: scripts/test"]
 fn status_stats_and_metrics_show_known_traffic() {
     let tc = cluster(
@@ -343,7 +341,7 @@ fn status_stats_and_metrics_show_known_traffic() {
         metric(&m, "tunl_drops_total", "reason=\"unknown_source\""),
         0
     );
-    assert_eq!(metric(&m, "tunl_routes", ""), 1);
+    assert_eq!(metric(&m, "tunl_routes", "origin=\"tunl\""), 1);
     assert_eq!(metric(&m, "tunl_dataplane_workers", ""), 1);
     assert_eq!(
         metric(&m, "tunl_path_mtu_bytes", &format!("node=\"{node2}\"")),
@@ -382,7 +380,6 @@ fn another_instance_config(tc: &TunlCluster, device: &str, prefix: &str) -> std:
 }
 
 #[test]
-
 #[ignore = "needs root: scripts/test"]
 fn a_second_instance_on_another_device_leaves_the_first_ones_routes_alone_and_cannot_take_them() {
     let tc = cluster(ClusterSpec::seed(), "");
@@ -446,7 +443,6 @@ fn a_second_instance_on_another_device_leaves_the_first_ones_routes_alone_and_ca
 }
 
 #[test]
-
 #[ignore = "needs root: scripts/test"]
 fn restart_after_kill_9_leaves_no_stale_route() {
     let tc = cluster(ClusterSpec::seed(), "");
@@ -549,7 +545,6 @@ fn assert_dropped(tc: &TunlCluster, node: &str) -> u32 {
 }
 
 #[test]
-
 #[ignore = "needs root: scripts/test"]
 fn privileges_are_dropped_and_routes_still_change() {
     let tc = cluster(ClusterSpec::seed(), "");
@@ -570,7 +565,6 @@ fn privileges_are_dropped_and_routes_still_change() {
 }
 
 #[test]
-
 #[ignore = "needs root: scripts/test"]
 fn runs_with_only_net_admin_and_net_raw() {
     // Started with CAP_NET_ADMIN and CAP_NET_RAW alone, as ambient
@@ -620,7 +614,6 @@ fn runs_with_only_net_admin_and_net_raw() {
 }
 
 #[test]
-
 #[ignore = "needs root: scripts/test"]
 fn security_user_switches_user_and_keeps_only_net_admin() {
     let tc = cluster(ClusterSpec::seed(), "\n[security]\nuser = \"nobody\"\n");
@@ -653,7 +646,6 @@ fn ipip(outer_src: Ipv4Addr, outer_dst: Ipv4Addr, inner_dst: Ipv4Addr) -> Vec<u8
 }
 
 #[test]
-
 #[ignore = "needs root: scripts/test"]
 fn spoofed_ipip_flood_is_refused_counted_and_shown() {
     let tc = cluster(ClusterSpec::seed(), "");
@@ -691,19 +683,39 @@ fn spoofed_ipip_flood_is_refused_counted_and_shown() {
 }
 
 #[test]
-
 #[ignore = "needs root: scripts/test"]
 fn icmp_tunl_generates_stays_under_the_rate_limit_in_a_flood() {
     let tc = cluster(ClusterSpec::seed(), "");
     let c = tc.cluster();
-    // A pool route into the tunnel wider than tunl's routes: packets to
-    // 10.20.200.0/24 reach tunl, which has no route and answers net
-    // unreachable, rate-limited (dataplane.icmp_rate = 100/s, burst 10).
-    c.exec_ok(
-        NODE2,
-        &["ip", "route", "add", "10.20.0.0/16", "dev", "tunl0"],
-    )
-    .unwrap();
+    // A pool route into the tunnel that tunl does not follow (table 100,
+    // after main): packets to 10.20.200.0/24 reach tunl, which has no route
+    // and answers net unreachable, rate-limited (dataplane.icmp_rate =
+    // 100/s, burst 10).
+    for args in [
+        &[
+            "ip",
+            "route",
+            "add",
+            "10.20.0.0/16",
+            "dev",
+            "tunl0",
+            "table",
+            "100",
+        ][..],
+        &[
+            "ip",
+            "rule",
+            "add",
+            "to",
+            "10.20.0.0/16",
+            "table",
+            "100",
+            "pref",
+            "40000",
+        ],
+    ] {
+        c.exec_ok(NODE2, args).unwrap();
+    }
     let flood = 5000;
     let start = Instant::now();
     in_netns(&netns_of(&tc, PERF), move || {
@@ -760,7 +772,6 @@ fn raw_request(path: &Path, bytes: &[u8]) -> String {
 }
 
 #[test]
-
 #[ignore = "needs root: scripts/test"]
 fn malformed_requests_get_errors_and_the_daemon_goes_on() {
     let tc = cluster(ClusterSpec::seed(), "");

@@ -5,12 +5,12 @@ mod common;
 
 use std::net::{Ipv4Addr, SocketAddrV4, UdpSocket};
 use std::process::Command;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::{
-    ipv4_packet, logs, netns_of, run_to_exit, send_raw, tcp_transfer, tunl_bin, wait_until,
+    inject_ipip, ipv4_packet, listen_udp, logs, netns_of, run_to_exit, send_raw, tcp_transfer,
+    tunl_bin, wait_until,
 };
-use etherparse::PacketBuilder;
 use tunl_lab::testbed::{DaemonOptions, TunlCluster, in_netns};
 use tunl_lab::topology::ClusterSpec;
 
@@ -25,7 +25,6 @@ fn seed_cluster() -> TunlCluster {
 }
 
 #[test]
-
 #[ignore = "needs root: scripts/test"]
 fn ping_between_pods_on_two_nodes_shows_ttl_62() {
     let tc = seed_cluster();
@@ -41,7 +40,6 @@ fn ping_between_pods_on_two_nodes_shows_ttl_62() {
 }
 
 #[test]
-
 #[ignore = "needs root: scripts/test"]
 fn tcp_64_mib_arrives_byte_for_byte() {
     let tc = seed_cluster();
@@ -57,7 +55,6 @@ fn tcp_64_mib_arrives_byte_for_byte() {
 }
 
 #[test]
-
 #[ignore = "needs root: scripts/test"]
 fn udp_datagrams_cross_the_tunnel_intact() {
     let tc = seed_cluster();
@@ -157,56 +154,7 @@ fn exactly_mtu_passes_and_one_more_gets_frag_needed_1480() {
 
 /// An IPv4 UDP packet from the perf pod to `dst:port`.
 fn inner_udp(dst: Ipv4Addr, port: u16, payload: &[u8]) -> Vec<u8> {
-    let mut v = Vec::new();
-    PacketBuilder::ipv4([10, 20, 105, 215], dst.octets(), 64)
-        .udp(40000, port)
-        .write(&mut v, payload)
-        .unwrap();
-    v
-}
-
-/// Sends an IPIP packet from `node`'s namespace with a chosen outer source
-/// (a raw socket with our own header: the source can be anything).
-fn inject_ipip(
-    tc: &TunlCluster,
-    node: &str,
-    outer_src: Ipv4Addr,
-    outer_dst: Ipv4Addr,
-    inner: &[u8],
-) {
-    let outer = ipv4_packet(outer_src, outer_dst, etherparse::IpNumber::IPV4, inner);
-    send_raw(tc, node, outer_dst, outer);
-}
-
-/// Listens on UDP `port` in `pod` for `wait` and returns what arrived.
-fn listen_udp(
-    tc: &TunlCluster,
-    pod: &str,
-    port: u16,
-    wait: Duration,
-) -> std::thread::JoinHandle<Vec<Vec<u8>>> {
-    let ns = netns_of(tc, pod);
-    let (ready_tx, ready_rx) = std::sync::mpsc::channel();
-    let h = std::thread::spawn(move || {
-        in_netns(&ns, move || {
-            let sock = UdpSocket::bind(("0.0.0.0", port)).unwrap();
-            ready_tx.send(()).unwrap();
-            let deadline = Instant::now() + wait;
-            let mut got = Vec::new();
-            let mut buf = [0u8; 2048];
-            while let Some(left) = deadline.checked_duration_since(Instant::now()) {
-                sock.set_read_timeout(Some(left.max(Duration::from_millis(1))))
-                    .unwrap();
-                if let Ok(n) = sock.recv(&mut buf) {
-                    got.push(buf[..n].to_vec());
-                }
-            }
-            got
-        })
-        .unwrap()
-    });
-    ready_rx.recv().unwrap();
-    h
+    common::udp_packet(Ipv4Addr::new(10, 20, 105, 215), dst, port, payload)
 }
 
 /// Stops the daemon on `node` and returns the drop count logged for `reason`.
@@ -226,7 +174,6 @@ fn dropped_at_exit(tc: &TunlCluster, node: &str, reason: &str) -> u64 {
 }
 
 #[test]
-
 #[ignore = "needs root: scripts/test"]
 fn tso_bursts_of_tiny_segments_cross_intact() {
     // The receiver advertises an MSS of 200, so the sender's 64 KiB TSO
@@ -267,7 +214,6 @@ fn tso_bursts_of_tiny_segments_cross_intact() {
 }
 
 #[test]
-
 #[ignore = "needs root: scripts/test"]
 fn ipip_from_an_unknown_source_is_refused_and_from_a_node_accepted() {
     let tc = seed_cluster();
@@ -308,7 +254,6 @@ fn ipip_from_an_unknown_source_is_refused_and_from_a_node_accepted() {
 }
 
 #[test]
-
 #[ignore = "needs root: scripts/test"]
 fn inner_destination_outside_blocks_is_not_forwarded() {
     let tc = seed_cluster();
@@ -339,9 +284,8 @@ fn inner_destination_outside_blocks_is_not_forwarded() {
 }
 
 #[test]
-
 #[ignore = "needs root: scripts/test"]
-fn sigterm_removes_routes_and_device() {
+fn sigterm_removes_routes_and_keeps_the_device() {
     let tc = seed_cluster();
     assert_eq!(tc.kernel_routes(NODE1).unwrap().len(), 1);
     let route = &tc.kernel_routes(NODE1).unwrap()[0];
@@ -353,16 +297,39 @@ fn sigterm_removes_routes_and_device() {
     let status = tc.stop(NODE1).unwrap();
     assert!(status.success(), "{}", tc.log(NODE1));
     assert!(tc.kernel_routes(NODE1).unwrap().is_empty());
+    // tunnel.persist (the default): the device stays, without carrier.
+    let link = tc
+        .cluster()
+        .exec_ok(NODE1, &["ip", "link", "show", "tunl0"])
+        .unwrap();
+    assert!(link.contains("NO-CARRIER"), "{link}");
+    assert!(tc.log(NODE1).contains("device kept"), "{}", tc.log(NODE1));
+    assert!(tc.log(NODE1).contains("counters at exit"));
+}
+
+#[test]
+#[ignore = "needs root: scripts/test"]
+fn sigterm_without_persist_removes_the_device() {
+    let tc = seed_cluster();
+    let config = tc.daemon(NODE1).unwrap().config.clone();
+    tc.stop(NODE1).unwrap();
+    let text = std::fs::read_to_string(&config)
+        .unwrap()
+        .replace("name = \"tunl0\"", "name = \"tunl0\"\npersist = false");
+    std::fs::write(&config, text).unwrap();
+    let mut tc = tc;
+    tc.restart(NODE1).unwrap();
+    assert!(tc.log(NODE1).contains("took over the existing device"));
+    assert!(tc.stop(NODE1).unwrap().success(), "{}", tc.log(NODE1));
     let link = tc
         .cluster()
         .exec(NODE1, &["ip", "link", "show", "tunl0"])
         .unwrap();
     assert!(!link.status.success(), "tunl0 still exists after SIGTERM");
-    assert!(tc.log(NODE1).contains("counters at exit"));
+    assert!(tc.kernel_routes(NODE1).unwrap().is_empty());
 }
 
 #[test]
-
 #[ignore = "needs root: scripts/test"]
 fn a_second_daemon_on_the_same_device_fails_clearly() {
     let tc = seed_cluster();
@@ -370,7 +337,10 @@ fn a_second_daemon_on_the_same_device_fails_clearly() {
     let out = run_to_exit(&tc, NODE1, &config);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{stderr}");
-    assert!(stderr.contains("already exists"), "{stderr}");
+    assert!(
+        stderr.contains("already exists and is in use by another tunl instance"),
+        "{stderr}"
+    );
     // The first one still works.
     tc.cluster()
         .wait_reachable(PERF, tc.pod_ip(SIT).unwrap(), Duration::from_secs(5))
@@ -378,7 +348,6 @@ fn a_second_daemon_on_the_same_device_fails_clearly() {
 }
 
 #[test]
-
 #[ignore = "needs root: scripts/test"]
 fn sighup_adds_a_route_while_a_transfer_runs() {
     let tc = TunlCluster::start(
@@ -439,7 +408,6 @@ fn sighup_adds_a_route_while_a_transfer_runs() {
 }
 
 #[test]
-
 #[ignore = "needs root: scripts/test"]
 fn sighup_with_a_bad_config_keeps_running() {
     let tc = seed_cluster();
@@ -461,7 +429,6 @@ fn sighup_with_a_bad_config_keeps_running() {
 }
 
 #[test]
-
 #[ignore = "needs root: scripts/test"]
 fn a_bad_config_exits_with_code_2_and_names_the_key() {
     let dir = std::env::temp_dir().join(format!("tunl-badconfig-{}", std::process::id()));
@@ -556,18 +523,13 @@ fn a_bad_config_exits_with_code_2_and_names_the_key() {
 }
 
 #[test]
-
 #[ignore = "needs root: scripts/test"]
 fn no_route_in_tunl_answers_net_unreachable() {
     let tc = seed_cluster();
     let c = tc.cluster();
-    // A pool route into the tunnel wider than tunl's routes (as a node may
-    // have for the whole IP pool): 10.20.200.0/26 has no owner in tunl.
-    c.exec_ok(
-        NODE2,
-        &["ip", "route", "add", "10.20.0.0/16", "dev", "tunl0"],
-    )
-    .unwrap();
+    // A pool route into the tunnel that tunl does not follow (another
+    // table, reached after main): 10.20.200.0/26 has no owner in tunl.
+    pool_route_tunl_does_not_follow(&tc, NODE2);
     let out = c
         .exec(PERF, &["ping", "-c", "1", "-W", "2", "10.20.200.1"])
         .unwrap();
@@ -575,6 +537,42 @@ fn no_route_in_tunl_answers_net_unreachable() {
     assert!(!out.status.success(), "{text}");
     assert!(text.contains("Destination Net Unreachable"), "{text}");
     assert_eq!(dropped_at_exit(&tc, NODE2, "no_route"), 1);
+}
+
+/// Sends 10.20.0.0/16 into tunl0 through table 100, which the kernel
+/// consults after main and tunl does not follow: packets without a route
+/// of their own reach tunl, which has none for them.
+fn pool_route_tunl_does_not_follow(tc: &TunlCluster, node: &str) {
+    let c = tc.cluster();
+    c.exec_ok(
+        node,
+        &[
+            "ip",
+            "route",
+            "add",
+            "10.20.0.0/16",
+            "dev",
+            "tunl0",
+            "table",
+            "100",
+        ],
+    )
+    .unwrap();
+    c.exec_ok(
+        node,
+        &[
+            "ip",
+            "rule",
+            "add",
+            "to",
+            "10.20.0.0/16",
+            "table",
+            "100",
+            "pref",
+            "40000",
+        ],
+    )
+    .unwrap();
 }
 
 /// An ICMP error (type 3 code 4) from the underlay about an outer packet
@@ -601,7 +599,6 @@ fn underlay_frag_needed(from_node: Ipv4Addr, to_node: Ipv4Addr, mtu: u16) -> Vec
 }
 
 #[test]
-
 #[ignore = "needs root: scripts/test"]
 fn underlay_frag_needed_lowers_the_path_mtu_for_that_node() {
     let tc = seed_cluster();
@@ -644,7 +641,6 @@ fn underlay_frag_needed_lowers_the_path_mtu_for_that_node() {
 }
 
 #[test]
-
 #[ignore = "needs root: scripts/test"]
 fn deleting_the_device_under_the_daemon_stops_it_with_an_error() {
     let tc = seed_cluster();

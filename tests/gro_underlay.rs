@@ -30,7 +30,6 @@ fn underlay_gro_on(c: &Cluster, node: &str) {
 }
 
 #[test]
-
 #[ignore = "needs root: scripts/test"]
 fn tcp_64mib_over_gro_underlay_arrives_byte_for_byte() {
     let tc = TunlCluster::start(ClusterSpec::seed(), tunl_bin(), DaemonOptions::default())

@@ -5,7 +5,6 @@ use std::path::Path;
 use tunl_lab::lab::{self, LabArgs};
 
 #[test]
-
 #[ignore = "needs root: scripts/test"]
 fn lab_walks_through_the_article() {
     let args = LabArgs {
@@ -62,7 +61,6 @@ fn lab_walks_through_the_article() {
 }
 
 #[test]
-
 #[ignore = "needs root: scripts/test"]
 fn lab_all_to_all_on_a_generated_cluster() {
     let args = LabArgs {

@@ -16,7 +16,6 @@ const TOTAL: usize = 64 << 20;
 const PORT: u16 = 7401;
 
 #[test]
-
 #[ignore = "needs root: scripts/test"]
 fn tcp_64mib_with_packet_tx_arrives_byte_for_byte() {
     let tc = TunlCluster::start(

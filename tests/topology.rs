@@ -47,7 +47,6 @@ fn alive(pid: u32) -> bool {
 }
 
 #[test]
-
 #[ignore = "needs root: scripts/test"]
 fn seed_direct_pings_with_ttl_62() {
     let cluster = Cluster::build(ClusterSpec::seed().with_overlay(Overlay::Direct)).unwrap();
@@ -92,7 +91,6 @@ fn seed_direct_pings_with_ttl_62() {
 }
 
 #[test]
-
 #[ignore = "needs root: scripts/test"]
 fn seed_vxlan_pings_with_ttl_62_and_carries_tcp_and_udp() {
     let cluster = Cluster::build(ClusterSpec::seed().with_overlay(Overlay::Vxlan)).unwrap();
@@ -130,7 +128,6 @@ fn seed_vxlan_pings_with_ttl_62_and_carries_tcp_and_udp() {
 }
 
 #[test]
-
 #[ignore = "needs root: scripts/test"]
 fn generated_direct_cluster_pings_all_to_all() {
     let cluster =
@@ -172,7 +169,6 @@ fn generated_direct_cluster_pings_all_to_all() {
 }
 
 #[test]
-
 #[ignore = "needs root: scripts/test"]
 fn overlay_none_installs_nothing_between_blocks() {
     let cluster = Cluster::build(ClusterSpec::seed()).unwrap();
@@ -217,7 +213,6 @@ fn overlay_none_installs_nothing_between_blocks() {
 }
 
 #[test]
-
 #[ignore = "needs root: scripts/test"]
 fn drop_removes_namespaces_and_processes() {
     let cluster = Cluster::build(ClusterSpec::generated(3, 1)).unwrap();
@@ -246,7 +241,6 @@ fn drop_removes_namespaces_and_processes() {
 }
 
 #[test]
-
 #[ignore = "needs root: scripts/test"]
 fn panic_unwinding_removes_namespaces() {
     let tag = test_tag("panic");
@@ -263,7 +257,6 @@ fn panic_unwinding_removes_namespaces() {
 }
 
 #[test]
-
 #[ignore = "needs root: scripts/test"]
 fn fixed_tag_leftovers_fail_or_are_replaced() {
     let tag = test_tag("rep");
@@ -304,7 +297,6 @@ fn fixed_tag_leftovers_fail_or_are_replaced() {
 }
 
 #[test]
-
 #[ignore = "needs root: scripts/test"]
 fn kept_cluster_survives_drop_until_teardown() {
     let tag = test_tag("keep");
@@ -324,7 +316,6 @@ fn kept_cluster_survives_drop_until_teardown() {
 }
 
 #[test]
-
 #[ignore = "needs root: scripts/test"]
 fn spawned_processes_can_be_waited_and_logged() {
     let cluster = Cluster::build(ClusterSpec::seed()).unwrap();
@@ -371,7 +362,6 @@ fn ping_df(cluster: &Cluster, from: &str, to: Ipv4Addr, size: u16) -> bool {
 }
 
 #[test]
-
 #[ignore = "needs root: scripts/test"]
 fn pod_mtu_follows_underlay_and_overlay() {
     for (overlay, pod_mtu) in [(Overlay::Direct, 8980), (Overlay::Vxlan, 8950)] {
@@ -407,7 +397,6 @@ fn pod_mtu_follows_underlay_and_overlay() {
 }
 
 #[test]
-
 #[ignore = "needs root: scripts/test"]
 fn adopted_commands_run_in_the_namespace_and_are_ended_on_drop() {
     let cluster = Cluster::build(ClusterSpec::seed()).unwrap();

@@ -128,7 +128,20 @@ pub fn parse_routes(text: &str) -> Result<Vec<Route>, String> {
     }
     if t.starts_with('{') {
         let l: RouteList = serde_json::from_str(t).map_err(|e| format!("bad JSON: {e}"))?;
-        return Ok(l.routes);
+        return l
+            .routes
+            .iter()
+            .map(|r| match r.via {
+                Some(via) if r.nexthops.is_empty() => Ok(Route {
+                    prefix: r.prefix,
+                    via,
+                }),
+                _ => Err(format!(
+                    "{}: a route without one gateway (multipath or none) cannot be one of tunl's",
+                    r.prefix
+                )),
+            })
+            .collect();
     }
     let mut routes = Vec::new();
     for (i, line) in text.lines().enumerate() {
@@ -182,9 +195,7 @@ pub fn route(socket: &Path, command: RouteCommand) -> ExitCode {
         RouteCommand::List => {
             return match call::<RouteList>(socket, &Request::RouteList {}) {
                 Ok(list) => {
-                    for r in list.routes {
-                        println!("{} via {}", r.prefix, r.via);
-                    }
+                    print!("{}", format_route_list(&list));
                     Exit::Ok.into()
                 }
                 Err(e) => fail(&e),
@@ -215,6 +226,40 @@ fn ago(now_ms: u64, then_ms: u64) -> String {
     }
 }
 
+/// The text `tunl route list` prints: `PREFIX via NODE` (what `route
+/// replace` reads back), the origin and metric in a comment; a multipath
+/// route lists its next hops, a route without a gateway says `direct`.
+pub fn format_route_list(list: &RouteList) -> String {
+    let mut o = String::new();
+    for r in &list.routes {
+        let _ = write!(o, "{}", r.prefix);
+        match r.via {
+            Some(via) => {
+                let _ = write!(o, " via {via}");
+            }
+            None if r.nexthops.is_empty() => o.push_str(" direct"),
+            None => {
+                for h in &r.nexthops {
+                    match h.via {
+                        Some(via) => {
+                            let _ = write!(o, " nexthop via {via} weight {}", h.weight);
+                        }
+                        None => {
+                            let _ = write!(o, " nexthop direct weight {}", h.weight);
+                        }
+                    }
+                }
+            }
+        }
+        let _ = write!(o, "  # {}", r.origin);
+        if r.metric != 0 {
+            let _ = write!(o, ", metric {}", r.metric);
+        }
+        o.push('\n');
+    }
+    o
+}
+
 /// The text `tunl status` prints.
 pub fn format_status(s: &Status) -> String {
     let mut o = String::new();
@@ -229,9 +274,29 @@ pub fn format_status(s: &Status) -> String {
         let _ = writeln!(o, "  blocks: {}", b.join(", "));
     }
     let _ = writeln!(o, "  workers: {}", s.workers);
-    let _ = writeln!(o, "  routes: {}", s.routes);
+    let by_origin: Vec<String> = s
+        .routes_by_origin
+        .iter()
+        .map(|(origin, n)| format!("{origin} {n}"))
+        .collect();
+    if by_origin.is_empty() {
+        let _ = writeln!(o, "  routes: {}", s.routes);
+    } else {
+        let _ = writeln!(o, "  routes: {} ({})", s.routes, by_origin.join(", "));
+    }
+    if s.route_resyncs > 0 {
+        let _ = writeln!(o, "  route resyncs: {}", s.route_resyncs);
+    }
     for n in &s.nodes {
-        let b: Vec<String> = n.blocks.iter().map(ToString::to_string).collect();
+        let b: Vec<String> = n
+            .blocks
+            .iter()
+            .enumerate()
+            .map(|(i, b)| match n.origins.get(i) {
+                Some(origin) => format!("{b} ({origin})"),
+                None => b.to_string(),
+            })
+            .collect();
         let _ = writeln!(o, "\nnode: {}", n.node);
         let _ = writeln!(o, "  blocks: {}", b.join(", "));
         let _ = writeln!(o, "  path mtu: {}", n.path_mtu);

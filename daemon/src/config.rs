@@ -8,6 +8,11 @@
 //! address = "10.20.42.0/32"   # optional address put on the tunnel device
 //! ttl = "inherit"             # or 1..=255
 //! blocks = ["10.20.42.0/26"]  # optional: this node's pod blocks; decap refuses other inner destinations
+//! persist = true              # keep the device (and others' routes on it) when tunl stops
+//!
+//! [routing]                   # optional, these are the defaults
+//! table = 254                 # the kernel table whose routes on the device tunl follows (main)
+//! listen_buffer = 8388608     # receive buffer of the route listener, bytes (tests shrink it)
 //!
 //! [[route]]                   # one per remote block
 //! prefix = "10.20.105.192/26"
@@ -140,6 +145,11 @@ pub struct TunnelSection {
     /// This node's pod blocks.
     #[serde(default)]
     pub blocks: Vec<Ipv4Network>,
+    /// Keep the device when tunl stops (`TUNSETPERSIST`), so routes others
+    /// installed on it stay in the kernel while tunl restarts; `false`
+    /// deletes it at exit, taking every route on it along.
+    #[serde(default = "default_true")]
+    pub persist: bool,
 }
 
 fn default_device() -> String {
@@ -250,6 +260,41 @@ fn default_icmp_rate() -> u32 {
     100
 }
 
+/// `[routing]`: which kernel routes tunl follows.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RoutingSection {
+    /// The kernel routing table whose routes on the device tunl mirrors,
+    /// and where it installs its own (`[[route]]`, the control socket).
+    #[serde(default = "default_table")]
+    pub table: u32,
+    /// Receive buffer of the netlink socket that follows route changes, in
+    /// bytes (the kernel doubles it). Large enough that a burst of changes
+    /// does not overrun it; an overrun costs a full resynchronisation.
+    /// Tests make it tiny to force overruns.
+    #[serde(default = "default_listen_buffer")]
+    pub listen_buffer: usize,
+}
+
+impl Default for RoutingSection {
+    fn default() -> Self {
+        RoutingSection {
+            table: default_table(),
+            listen_buffer: default_listen_buffer(),
+        }
+    }
+}
+
+/// The kernel's main routing table.
+pub const MAIN_TABLE: u32 = 254;
+
+fn default_table() -> u32 {
+    MAIN_TABLE
+}
+fn default_listen_buffer() -> usize {
+    8 << 20
+}
+
 /// `[control]`: the Unix control socket.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -282,6 +327,8 @@ struct RawConfig {
     #[serde(default)]
     dataplane: DataplaneSection,
     #[serde(default)]
+    routing: RoutingSection,
+    #[serde(default)]
     control: ControlSection,
     #[serde(default)]
     metrics: MetricsSection,
@@ -300,6 +347,8 @@ pub struct Config {
     pub security: SecuritySection,
     /// `[dataplane]`.
     pub dataplane: DataplaneSection,
+    /// `[routing]`.
+    pub routing: RoutingSection,
     /// `[control]`.
     pub control: ControlSection,
     /// `[metrics]`.
@@ -343,8 +392,10 @@ pub const START_ONLY_KEYS: &[StartOnlyKey] = &[
     start_only!("tunnel.local", tunnel.local),
     start_only!("tunnel.address", tunnel.address),
     start_only!("tunnel.mtu", tunnel.mtu),
+    start_only!("tunnel.persist", tunnel.persist),
     start_only!("security.user", security.user),
     start_only!("[dataplane]", dataplane),
+    start_only!("[routing]", routing),
     start_only!("[control]", control),
     start_only!("[metrics]", metrics),
 ];
@@ -380,6 +431,7 @@ impl Config {
             routes: raw.route,
             security: raw.security,
             dataplane: raw.dataplane,
+            routing: raw.routing,
             control: raw.control,
             metrics: raw.metrics,
         };
@@ -537,6 +589,22 @@ impl Config {
             return bad(
                 "dataplane.icmp_rate",
                 "must be at least 1 (per second)".to_owned(),
+            );
+        }
+        let r = &self.routing;
+        if r.table == 0 || r.table == 255 {
+            return bad(
+                "routing.table",
+                format!(
+                    "{} is not a table for tunl's routes (0 is unspecified, 255 the local table)",
+                    r.table
+                ),
+            );
+        }
+        if r.listen_buffer == 0 {
+            return bad(
+                "routing.listen_buffer",
+                "must be at least 1 (bytes)".to_owned(),
             );
         }
         if d.busy_poll_us > MAX_BUSY_POLL_US {
@@ -849,6 +917,10 @@ ttl = 64
 tos_inherit = true
 pmtudisc = true
 blocks = ["10.20.43.0/26"]
+persist = false
+
+[routing]
+table = 100
 
 [[route]]
 prefix = "10.20.106.0/26"

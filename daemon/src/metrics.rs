@@ -13,14 +13,14 @@
 //! | `tunl_drops_total` | counter | `reason` |
 //! | `tunl_refused_source_packets_total` | counter | `source` (at most 32, then `other`) |
 //! | `tunl_node_{rx,tx}_{packets,bytes}_total` | counter | `node` |
-//! | `tunl_routes` | gauge | |
+//! | `tunl_routes` | gauge | `origin` (`tunl`, `bird`, `static`, a protocol number...) |
+//! | `tunl_route_resyncs_total` | counter | |
 //! | `tunl_path_mtu_bytes` | gauge | `node` |
 //! | `tunl_dataplane_workers` | gauge | |
 //! | `tunl_build_info` | info | `version` |
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use prometheus_client::encoding::text::encode;
@@ -32,6 +32,7 @@ use prometheus_client::registry::Registry;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
+use crate::daemon::{RouteStats, origin_name};
 use crate::dataplane::{CounterSnapshot, Shared};
 
 /// The longest request head read.
@@ -46,8 +47,9 @@ type Labels = Vec<(String, String)>;
 pub struct MetricsSource {
     /// The dataplane's shared state.
     pub shared: Arc<Shared>,
-    /// Current number of routes (kept by the route manager).
-    pub routes: Arc<AtomicUsize>,
+    /// The routes in the LPM by origin, and the resyncs (kept by the route
+    /// mirror).
+    pub routes: Arc<RouteStats>,
     /// Dataplane worker threads.
     pub workers: usize,
 }
@@ -125,9 +127,22 @@ impl MetricsSource {
             "Tunnel MTU toward each node (lowered by underlay frag-needed)",
             pmtu,
         );
-        let routes = Gauge::<i64>::default();
-        routes.set(self.routes.load(Ordering::Relaxed) as i64);
-        r.register("routes", "Routes (remote blocks)", routes);
+        let routes = Family::<Labels, Gauge>::default();
+        for (protocol, n) in self.routes.by_origin() {
+            routes
+                .get_or_create(&labels("origin", origin_name(protocol)))
+                .set(n as i64);
+        }
+        r.register(
+            "routes",
+            "Routes in the dataplane (the kernel's routes on the device), by origin",
+            routes,
+        );
+        r.register(
+            "route_resyncs",
+            "Full reloads of the routes from a dump after the kernel dropped route changes (ENOBUFS)",
+            counter(self.routes.resyncs()),
+        );
         let workers = Gauge::<i64>::default();
         workers.set(self.workers as i64);
         r.register("dataplane_workers", "Dataplane worker threads", workers);
@@ -254,6 +269,7 @@ mod tests {
         let mut policy = Policy {
             settings: TunnelSettings::new(Ipv4Addr::new(172, 16, 35, 4)),
             vias: vec![],
+            multipath: Default::default(),
             allow: vec![],
             blocks: vec![],
             allow_nested: false,
@@ -270,9 +286,15 @@ mod tests {
         local.drop(DropReason::UnknownSource);
         c.flush(&mut local);
         shared.pmtu.learn(node, 1380, std::time::Instant::now());
+        let routes = Arc::new(RouteStats::default());
+        let mut by_origin = [0; 256];
+        by_origin[12] = 2;
+        by_origin[116] = 1;
+        routes.set_counts(3, &by_origin);
+        routes.count_resync();
         let m = MetricsSource {
             shared,
-            routes: Arc::new(AtomicUsize::new(3)),
+            routes,
             workers: 2,
         };
         let text = m.render();
@@ -290,7 +312,9 @@ mod tests {
             sample(&text, "tunl_drops_total", "reason=\"no_route\""),
             Some(0)
         );
-        assert_eq!(sample(&text, "tunl_routes", ""), Some(3));
+        assert_eq!(sample(&text, "tunl_routes", "origin=\"bird\""), Some(2));
+        assert_eq!(sample(&text, "tunl_routes", "origin=\"tunl\""), Some(1));
+        assert_eq!(sample(&text, "tunl_route_resyncs_total", ""), Some(1));
         assert_eq!(sample(&text, "tunl_dataplane_workers", ""), Some(2));
         assert_eq!(
             sample(&text, "tunl_path_mtu_bytes", "node=\"172.16.36.5\""),

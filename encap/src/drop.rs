@@ -25,11 +25,16 @@ pub enum DropReason {
     NestedIpip,
     /// The inner destination is outside this node's pod blocks.
     NotLocal,
+    /// The packet read from the device is one of tunl's own outer packets
+    /// (IPIP from `tunnel.local`): its destination routes back into the
+    /// device, e.g. through a route without gateway. The kernel's tunl0
+    /// drops these as a local routing loop.
+    TunnelLoop,
 }
 
 impl DropReason {
     /// The number of reasons; the length of a counter array.
-    pub const COUNT: usize = 9;
+    pub const COUNT: usize = 10;
 
     /// Every reason, in `as usize` order.
     pub const ALL: [DropReason; Self::COUNT] = [
@@ -42,6 +47,7 @@ impl DropReason {
         Self::TtlExpired,
         Self::NestedIpip,
         Self::NotLocal,
+        Self::TunnelLoop,
     ];
 
     /// The snake_case name, for metrics and logs.
@@ -56,6 +62,7 @@ impl DropReason {
             Self::TtlExpired => "ttl_expired",
             Self::NestedIpip => "nested_ipip",
             Self::NotLocal => "not_local",
+            Self::TunnelLoop => "tunnel_loop",
         }
     }
 }
@@ -72,6 +79,7 @@ impl fmt::Display for DropReason {
             Self::TtlExpired => "TTL expired",
             Self::NestedIpip => "nested IPIP",
             Self::NotLocal => "not local",
+            Self::TunnelLoop => "tunnel loop",
         })
     }
 }

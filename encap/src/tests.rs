@@ -84,6 +84,11 @@ fn every_drop_reason_is_reachable() {
             ttl: 0,
             ..Inner::default()
         },
+        Inner {
+            protocol: 4,
+            src: NODE_A,
+            ..Inner::default()
+        },
     ];
     for inner in encap_cases {
         let mut buf = inner.with_headroom();

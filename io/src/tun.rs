@@ -25,6 +25,11 @@ pub struct TunConfig {
     pub queues: usize,
     /// Transmit queue length (the kernel default for TUN is 500).
     pub tx_queue_len: u32,
+    /// Make the device persistent (`TUNSETPERSIST`): it outlives the
+    /// process, with its routes, until someone deletes it. A device of that
+    /// name that already exists (persistent, held by no one) is attached to
+    /// instead of created.
+    pub persist: bool,
 }
 
 /// A created, configured and up TUN device, before it is split into queues.
@@ -41,8 +46,11 @@ impl Tun {
     /// plus TSO/CSUM offloads when `offload`), sets the MTU, the address and
     /// the tx queue length, and brings it up. Every queue is non-blocking.
     ///
-    /// The device lives in the network namespace of the calling thread and
-    /// disappears when the last queue is closed.
+    /// The device lives in the network namespace of the calling thread.
+    /// Unless `persist`, it disappears when the last queue is closed. If a
+    /// TUN device of that name exists (a persistent one), its queues are
+    /// attached to it: the kernel refuses when its flags differ (multi-queue
+    /// or not) or, for a single-queue device, when another process holds it.
     pub fn create(cfg: &TunConfig) -> Result<Tun, IoError> {
         if cfg.name.is_empty() || cfg.name.len() >= libc::IFNAMSIZ {
             return Err(IoError::InvalidConfig(format!(
@@ -85,6 +93,9 @@ impl Tun {
             .map_err(ctx("set tx queue length"))?;
         if let Some((addr, prefix)) = cfg.ipv4 {
             link::set_ipv4_address(name, addr, prefix).map_err(ctx("set IPv4 address"))?;
+        }
+        if cfg.persist {
+            first.persist().map_err(ctx("make persistent"))?;
         }
         let offload = first.tcp_gso();
         let udp_gso = first.udp_gso();

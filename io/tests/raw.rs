@@ -39,7 +39,6 @@ fn receive(rx: &mut IpipReceiver, bufs: &mut [PacketBuf], want: usize) -> (Vec<V
 }
 
 #[test]
-
 #[ignore = "needs root: scripts/test"]
 fn ipip_batch_round_trips_byte_for_byte() {
     in_netns(|| {
@@ -80,7 +79,6 @@ fn ipip_batch_round_trips_byte_for_byte() {
 }
 
 #[test]
-
 #[ignore = "needs root: scripts/test"]
 fn a_failing_packet_is_skipped_and_the_batch_goes_on() {
     in_netns(|| {
@@ -109,7 +107,6 @@ fn a_failing_packet_is_skipped_and_the_batch_goes_on() {
 }
 
 #[test]
-
 #[ignore = "needs root: scripts/test"]
 fn mismatched_slices_are_rejected() {
     in_netns(|| {
@@ -120,7 +117,6 @@ fn mismatched_slices_are_rejected() {
 }
 
 #[test]
-
 #[ignore = "needs root: scripts/test"]
 fn a_packet_larger_than_its_buffer_is_counted_truncated() {
     in_netns(|| {
@@ -143,7 +139,6 @@ fn a_packet_larger_than_its_buffer_is_counted_truncated() {
 }
 
 #[test]
-
 #[ignore = "needs root: scripts/test"]
 fn icmp_receiver_gets_errors_but_not_echoes() {
     in_netns(|| {

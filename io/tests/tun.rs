@@ -7,7 +7,7 @@ use std::net::{Ipv4Addr, SocketAddrV4, TcpListener, UdpSocket};
 use std::os::fd::AsRawFd;
 
 use common::{ACK, PATIENCE, SYN, in_netns, in_netns_async, payload, tcp_packet, udp_packet};
-use tunl_io::netlink::Netlink;
+use tunl_io::netlink::{MAIN_TABLE, Netlink};
 use tunl_io::{HEADROOM, IoError, PacketBuf, RX_BUF_CAPACITY, Tun, TunConfig, TunQueue};
 
 const TUN_ADDR: Ipv4Addr = Ipv4Addr::new(10, 9, 0, 1);
@@ -22,6 +22,7 @@ fn config(name: &str, offload: bool, queues: usize) -> TunConfig {
         offload,
         queues,
         tx_queue_len: 2000,
+        persist: false,
     }
 }
 
@@ -38,7 +39,6 @@ fn bound_udp(port: u16) -> UdpSocket {
 }
 
 #[test]
-
 #[ignore = "needs root: scripts/test"]
 fn create_reads_back_mtu_address_queues_and_offload() {
     in_netns_async(|| async {
@@ -60,7 +60,6 @@ fn create_reads_back_mtu_address_queues_and_offload() {
 }
 
 #[test]
-
 #[ignore = "needs root: scripts/test"]
 fn second_create_of_a_held_device_says_busy() {
     in_netns(|| {
@@ -72,7 +71,49 @@ fn second_create_of_a_held_device_says_busy() {
 }
 
 #[test]
+#[ignore = "needs root: scripts/test"]
+fn a_persistent_device_keeps_its_routes_and_is_attached_to_again() {
+    in_netns_async(|| async {
+        let mut cfg = config("tt0", true, 2);
+        cfg.persist = true;
+        let nl = Netlink::new().unwrap();
+        let tun = Tun::create(&cfg).expect("create TUN");
+        let index = tun.if_index().unwrap();
+        let prefix = "10.30.0.0/26".parse().unwrap();
+        nl.add_route(prefix, PEER, index, 80, MAIN_TABLE)
+            .await
+            .unwrap();
+        let held = nl.link_state("tt0").await.unwrap().unwrap();
+        assert!(held.tun && held.carrier, "{held:?}");
+        drop(tun);
+        // Nobody holds it now: no carrier, but the device and its route stay.
+        let left = nl
+            .link_state("tt0")
+            .await
+            .unwrap()
+            .expect("device persists");
+        assert_eq!((left.index, left.carrier), (index, false));
+        assert_eq!(
+            nl.routes_with_protocol(80, MAIN_TABLE).await.unwrap(),
+            vec![(prefix, Some(PEER), Some(index))]
+        );
+        // Attached again (same flags): same device, route untouched.
+        let again = Tun::create(&cfg).expect("attach to the persistent device");
+        assert_eq!(again.if_index().unwrap(), index);
+        assert_eq!(again.into_queues().len(), 2);
+        assert_eq!(
+            nl.routes_with_protocol(80, MAIN_TABLE).await.unwrap().len(),
+            1
+        );
+        // Another queue layout is refused by the kernel.
+        let single = config("tt0", true, 1);
+        assert!(Tun::create(&single).is_err());
+        nl.delete_link("tt0").await.unwrap();
+        assert_eq!(nl.link_state("tt0").await.unwrap(), None);
+    });
+}
 
+#[test]
 #[ignore = "needs root: scripts/test"]
 fn empty_queue_would_block() {
     in_netns(|| {
@@ -147,21 +188,18 @@ fn tun_to_stack(offload: bool) {
 }
 
 #[test]
-
 #[ignore = "needs root: scripts/test"]
 fn packets_written_to_tun_reach_a_local_socket_with_offload() {
     tun_to_stack(true);
 }
 
 #[test]
-
 #[ignore = "needs root: scripts/test"]
 fn packets_written_to_tun_reach_a_local_socket_without_offload() {
     tun_to_stack(false);
 }
 
 #[test]
-
 #[ignore = "needs root: scripts/test"]
 fn empty_buffers_in_a_batch_are_dropped_not_fatal() {
     in_netns(|| {
@@ -257,14 +295,12 @@ fn stack_to_tun(offload: bool) {
 }
 
 #[test]
-
 #[ignore = "needs root: scripts/test"]
 fn stack_traffic_routed_into_tun_is_read_and_split_with_offload() {
     stack_to_tun(true);
 }
 
 #[test]
-
 #[ignore = "needs root: scripts/test"]
 fn stack_traffic_routed_into_tun_is_read_without_offload() {
     stack_to_tun(false);
@@ -277,7 +313,6 @@ fn load(buf: &mut PacketBuf, pkt: &[u8]) {
 }
 
 #[test]
-
 #[ignore = "needs root: scripts/test"]
 fn tcp_segments_written_in_one_batch_are_coalesced_and_delivered() {
     in_netns(|| {
@@ -328,7 +363,6 @@ fn tcp_segments_written_in_one_batch_are_coalesced_and_delivered() {
 }
 
 #[test]
-
 #[ignore = "needs root: scripts/test"]
 fn every_queue_of_a_multi_queue_device_carries_traffic() {
     in_netns(|| {

@@ -240,8 +240,8 @@ impl TunlCluster {
         Ok(pid)
     }
 
-    /// Waits until the daemon on `node` has its device up and its routes in
-    /// the kernel; fails with its log if it exits first.
+    /// Waits until the daemon on `node` has its device up and its config's
+    /// routes in the kernel; fails with its log if it exits first.
     pub fn wait_ready(&self, node: &str) -> Result<(), TopologyError> {
         let daemon = self.daemon(node)?;
         let expected = if self.options.routes {
@@ -267,7 +267,10 @@ impl TunlCluster {
                 .exec(node, &["ip", "-o", "route", "show", "proto", &proto])?;
             let up = link.status.success() && String::from_utf8_lossy(&link.stdout).contains(",UP");
             let n = String::from_utf8_lossy(&routes.stdout).lines().count();
-            if up && n >= expected {
+            // The device persists across restarts, up, maybe with routes:
+            // the daemon is ready once its control socket answers (it
+            // serves only after its start is done).
+            if up && n >= expected && self.answers(node) {
                 return Ok(());
             }
             if Instant::now() > deadline {
@@ -278,6 +281,14 @@ impl TunlCluster {
             }
             std::thread::sleep(Duration::from_millis(50));
         }
+    }
+
+    /// Whether the daemon on `node` answers `status` on its control socket.
+    fn answers(&self, node: &str) -> bool {
+        let socket = self.control_socket(node);
+        tunl::control::Client::connect(&socket)
+            .and_then(|mut c| c.call::<tunl::control::Status>(&tunl::control::Request::Status {}))
+            .is_ok()
     }
 
     /// The control socket of the daemon on `node`.

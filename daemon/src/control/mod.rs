@@ -16,6 +16,6 @@ pub mod wire;
 pub use client::{CLIENT_TIMEOUT, Client, ClientError};
 pub use server::{BindError, Call, accept_loop, bind, serve_connection};
 pub use wire::{
-    MAX_REQUEST, NodeStatus, READ_TIMEOUT, RefusedStatus, Request, Response, Route, RouteChange,
-    RouteList, Stats, Status, parse_request, unix_ms,
+    ListedNextHop, ListedRoute, MAX_REQUEST, NodeStatus, READ_TIMEOUT, RefusedStatus, Request,
+    Response, Route, RouteChange, RouteList, Stats, Status, parse_request, unix_ms,
 };

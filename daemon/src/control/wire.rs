@@ -100,11 +100,44 @@ pub struct RouteChange {
     pub unchanged: usize,
 }
 
+/// One next hop of a multipath route in `route_list`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ListedNextHop {
+    /// The node; absent for a next hop without a gateway.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub via: Option<Ipv4Addr>,
+    /// Its weight.
+    pub weight: u16,
+}
+
+/// A route in `route_list`: one of the kernel's routes on the device, the
+/// one the kernel uses for its prefix, whoever installed it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ListedRoute {
+    /// The block.
+    pub prefix: Ipv4Network,
+    /// The node (the route's gateway); absent for a route without one
+    /// (encapsulated toward the inner destination) and for a multipath
+    /// route.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub via: Option<Ipv4Addr>,
+    /// A multipath route's next hops on the device; empty otherwise.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub nexthops: Vec<ListedNextHop>,
+    /// Who installed it, by its routing protocol: `tunl` (tunl's own),
+    /// `bird`, `static`, `kernel`..., or the protocol number.
+    #[serde(default)]
+    pub origin: String,
+    /// Its metric.
+    #[serde(default)]
+    pub metric: u32,
+}
+
 /// Result of `route_list`.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RouteList {
-    /// Every route, sorted by block.
-    pub routes: Vec<Route>,
+    /// Every route on the device, sorted by block.
+    pub routes: Vec<ListedRoute>,
 }
 
 /// One remote node in `status`.
@@ -114,6 +147,10 @@ pub struct NodeStatus {
     pub node: Ipv4Addr,
     /// The blocks routed to it.
     pub blocks: Vec<Ipv4Network>,
+    /// The origin of each block, in the order of `blocks` (`tunl`, `bird`,
+    /// ...: see [`ListedRoute::origin`]).
+    #[serde(default)]
+    pub origins: Vec<String>,
     /// The tunnel MTU toward it (lowered by underlay frag-needed).
     pub path_mtu: u16,
     /// Inner packets sent to it.
@@ -156,6 +193,20 @@ pub struct Status {
     pub workers: usize,
     /// Number of routes.
     pub routes: usize,
+    /// The routes by origin, e.g. `[["bird", 12], ["tunl", 1]]`.
+    #[serde(default)]
+    pub routes_by_origin: Vec<(String, usize)>,
+    /// Full reloads of the routes from a dump after the kernel dropped
+    /// route changes (ENOBUFS).
+    #[serde(default)]
+    pub route_resyncs: u64,
+    /// Updates of the dataplane's route table for the kernel's changes.
+    #[serde(default)]
+    pub route_updates: u64,
+    /// `CLOCK_MONOTONIC` (ns) at the last of them; the host's clock, for
+    /// benchmarks that compare it with their own.
+    #[serde(default)]
+    pub last_route_update_ns: u64,
     /// Unix time in milliseconds when the reply was made.
     pub now_unix_ms: u64,
     /// Every remote node, by address.

@@ -1,7 +1,6 @@
 //! The daemon's life: the startup steps in order, the main loop, shutdown.
 
 use std::sync::Arc;
-use std::sync::atomic::AtomicUsize;
 
 use tokio::net::{TcpListener, UnixListener};
 use tokio::sync::mpsc;
@@ -11,6 +10,8 @@ use tunl_io::netlink::Netlink;
 use tunl_routing::RouteWriter;
 
 use super::error::DaemonError;
+use super::follow::{self, KernelFeed};
+use super::mirror::{RouteMirror, RouteStats};
 use super::neighbours::watch_neighbours;
 use super::requests::{DeviceInfo, handle};
 use super::routes::{KernelRoutes, NetlinkRoutes, RouteManager, wanted_routes};
@@ -28,21 +29,34 @@ pub(super) async fn run(config: Config) -> Result<(), DaemonError> {
     let signals = Signals::catch()?;
     let user = startup::look_up_user(&config)?;
     let netlink = startup::open_netlink()?;
-    startup::check_device_free(&netlink, &config).await?;
+    let _lock = startup::lock_device(&config)?;
+    let existing = startup::check_device(&netlink, &config).await?;
     // Before anything is created: a second daemon on the same socket stops
     // without touching the device or the routes.
     let (listener, _socket_file) = startup::bind_control(&config)?;
     let underlay = startup::find_underlay(&netlink, &config).await?;
     let mtu = startup::tunnel_mtu(&config, underlay.as_ref())?;
-    let device = startup::create_device(&netlink, &config, mtu).await?;
+    let device = startup::create_device(&netlink, &config, mtu, existing).await?;
     let offload = device.tun.offload();
+    let ifindex = device.ifindex;
     let receivers = startup::open_receivers(&config)?;
 
     let shared = Arc::new(Shared::new(startup::policy_for(&config, mtu)));
     let writer = RouteWriter::new();
     let reader = writer.reader();
-    let kernel = NetlinkRoutes::new(netlink.clone(), device.ifindex);
-    let mut routes = RouteManager::new(writer, kernel, shared.clone());
+    // Subscribe first, then dump: no change falls between the two.
+    let mut feed = KernelFeed::start(config.routing.listen_buffer)?;
+    let mut mirror = RouteMirror::new(config.routing.table, ifindex, writer, shared.clone());
+    let loaded = follow::load(&mut mirror).await?;
+    if loaded > 0 {
+        info!(
+            routes = mirror.len(),
+            table = config.routing.table,
+            "routes already on the device loaded from the kernel"
+        );
+    }
+    let kernel = NetlinkRoutes::new(netlink.clone(), ifindex, config.routing.table);
+    let mut routes = RouteManager::new(mirror, kernel);
     routes.remove_stale(&wanted_routes(&config)).await;
     let metrics_listener = startup::bind_metrics(&config).await?;
 
@@ -61,8 +75,13 @@ pub(super) async fn run(config: Config) -> Result<(), DaemonError> {
         routes,
         netlink: netlink.clone(),
         name: config.tunnel.name.clone(),
+        persist: config.tunnel.persist,
     };
     if let Err(e) = running.finish_start(&config).await {
+        running.stop().await;
+        return Err(e);
+    }
+    if let Err(e) = feed.drop_capabilities() {
         running.stop().await;
         return Err(e);
     }
@@ -82,11 +101,19 @@ pub(super) async fn run(config: Config) -> Result<(), DaemonError> {
         metrics_listener,
         packet_tx,
         &shared,
-        running.routes.count(),
+        running.routes.stats(),
         device.workers,
     );
     let mut config = config;
-    let served = serve(signals, &mut config, &mut running.routes, calls, &device).await;
+    let served = serve(
+        signals,
+        &mut config,
+        &mut running.routes,
+        &mut feed,
+        calls,
+        &device,
+    )
+    .await;
     tasks.abort();
     running.stop().await;
     match shared.failure() {
@@ -95,12 +122,13 @@ pub(super) async fn run(config: Config) -> Result<(), DaemonError> {
     }
 }
 
-/// The main loop: signals, control requests one at a time, and the
-/// dataplane's failure, until a stop.
+/// The main loop: signals, control requests one at a time, the kernel's
+/// route changes in batches, and the dataplane's failure, until a stop.
 async fn serve<K: KernelRoutes>(
     mut signals: Signals,
     config: &mut Config,
     routes: &mut RouteManager<K>,
+    feed: &mut KernelFeed,
     mut calls: mpsc::Receiver<Call>,
     device: &DeviceInfo,
 ) -> Result<(), DaemonError> {
@@ -118,6 +146,10 @@ async fn serve<K: KernelRoutes>(
             Some(call) = calls.recv() => {
                 let response = handle(call.request, config, routes, device).await;
                 let _ = call.reply.send(response);
+            }
+            () = feed.recv() => {
+                let why = feed.apply(routes.mirror_mut());
+                follow::resync(feed, routes.mirror_mut(), why).await;
             }
         }
     }
@@ -152,7 +184,7 @@ impl Tasks {
         metrics: Option<TcpListener>,
         packet_tx: Option<u32>,
         shared: &Arc<Shared>,
-        route_count: Arc<AtomicUsize>,
+        route_stats: Arc<RouteStats>,
         workers: usize,
     ) -> Tasks {
         let mut tasks = vec![
@@ -163,7 +195,7 @@ impl Tasks {
         if let Some(listener) = metrics {
             let source = MetricsSource {
                 shared: shared.clone(),
-                routes: route_count,
+                routes: route_stats,
                 workers,
             };
             tasks.push(tokio::spawn(crate::metrics::serve(
@@ -192,12 +224,16 @@ impl Tasks {
     }
 }
 
-/// What stopping takes down: routes, dataplane, device.
+/// What stopping takes down: tunl's routes, the dataplane, the device
+/// unless it persists.
 struct Running {
     router: Router,
     routes: RouteManager<NetlinkRoutes>,
     netlink: Netlink,
     name: String,
+    /// `tunnel.persist`: keep the device (and the routes others installed
+    /// on it) at exit.
+    persist: bool,
 }
 
 impl Running {
@@ -209,13 +245,19 @@ impl Running {
         Ok(())
     }
 
-    /// Removes the routes (the kernel stops sending into the device), stops
-    /// the workers, deletes the device and logs the counters.
+    /// Removes tunl's own routes (the kernel stops sending into the device
+    /// for them), stops the workers, deletes the device unless it persists
+    /// and logs the counters. Routes others installed are never removed:
+    /// with a persistent device they stay in the kernel for the next start,
+    /// and without one the kernel drops them with the device.
     async fn stop(mut self) {
         self.routes.remove_all().await;
         let shared = self.router.shared().clone();
         self.router.stop();
-        if let Err(e) = self.netlink.delete_link(&self.name).await {
+        if self.persist {
+            let others = self.routes.mirror().len();
+            info!(device = %self.name, routes = others, "device kept (tunnel.persist) with the routes others installed on it");
+        } else if let Err(e) = self.netlink.delete_link(&self.name).await {
             warn!(device = %self.name, error = %e, "cannot remove the device");
         }
         log_counters(&shared.counters());
@@ -248,6 +290,7 @@ mod tests {
         let shared = Arc::new(Shared::new(Policy {
             settings: TunnelSettings::new(Ipv4Addr::new(172, 16, 35, 4)),
             vias: Vec::new(),
+            multipath: Default::default(),
             allow: Vec::new(),
             blocks: Vec::new(),
             allow_nested: false,

@@ -30,7 +30,9 @@
 use std::path::Path;
 
 mod error;
+mod follow;
 mod lifecycle;
+pub mod mirror;
 mod neighbours;
 pub mod privileges;
 mod reload;
@@ -40,6 +42,7 @@ mod signals;
 mod startup;
 
 pub use error::{DaemonError, RouteError};
+pub use mirror::{RouteMirror, RouteStats, origin_name};
 pub use requests::stats;
 pub use routes::{KernelRoutes, NetlinkRoutes, RouteManager};
 

@@ -42,10 +42,10 @@ async fn apply<K: KernelRoutes>(
         return;
     }
     let mtu = routes.shared().policy.load().settings.mtu;
-    routes
-        .shared()
-        .policy
-        .store(Arc::new(policy_for(&new, mtu)));
+    // The accepted gateways and the multipath groups come from the routes.
+    let mut policy = policy_for(&new, mtu);
+    routes.mirror().fill_policy(&mut policy);
+    routes.shared().policy.store(Arc::new(policy));
     info!(routes = new.routes.len(), "SIGHUP: config reloaded");
     *config = new;
 }

@@ -2,14 +2,17 @@
 //! control socket (`docs/control-protocol.md`), one at a time.
 //!
 //! Route changes are validated like the config file (the running config
-//! with its routes replaced), then applied by the [`RouteManager`]; `status`
-//! and `stats` read the dataplane's shared state.
+//! with its routes replaced), then applied by the [`RouteManager`]: they
+//! change tunl's own routes only. `route_list` and `status` show every
+//! route on the device with its origin (the mirror of the kernel's table);
+//! `stats` reads the dataplane's shared state.
 
 use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
 
 use ipnetwork::Ipv4Network;
 
+use super::mirror::{MirroredRoute, origin_name};
 use super::routes::{KernelRoutes, RouteManager, Routes};
 use crate::config::{Config, ConfigError, RouteEntry};
 use crate::control::{self, Request, Response};
@@ -41,13 +44,7 @@ pub(super) async fn handle<K: KernelRoutes>(
     let wanted = match request {
         Request::RouteList {} => {
             return Response::ok(control::RouteList {
-                routes: current
-                    .iter()
-                    .map(|(p, v)| control::Route {
-                        prefix: *p,
-                        via: *v,
-                    })
-                    .collect(),
+                routes: routes.mirror().routes().iter().map(listed).collect(),
             });
         }
         Request::Status {} => return Response::ok(status(routes, device)),
@@ -63,6 +60,19 @@ pub(super) async fn handle<K: KernelRoutes>(
         Request::RouteDel { prefix } => {
             if let Err(e) = crate::config::check_prefix(&prefix) {
                 return Response::error(format!("cannot delete {prefix}: {e}"));
+            }
+            if !current.contains_key(&prefix)
+                && let Some(r) = routes
+                    .mirror()
+                    .routes()
+                    .into_iter()
+                    .find(|r| r.prefix == prefix)
+            {
+                return Response::error(format!(
+                    "cannot delete {prefix}: it is not tunl's route (origin {}); \
+                     tunl never removes routes others installed",
+                    origin_name(r.protocol)
+                ));
             }
             let mut wanted = current.clone();
             wanted.remove(&prefix);
@@ -113,12 +123,37 @@ fn validate(config: &Config, routes: &Routes) -> Result<(), String> {
         })
 }
 
+/// A mirrored route as `route_list` shows it.
+fn listed(r: &MirroredRoute) -> control::ListedRoute {
+    let (via, nexthops) = match r.next_hops.as_slice() {
+        [(via, _)] => (*via, Vec::new()),
+        hops => (
+            None,
+            hops.iter()
+                .map(|&(via, weight)| control::ListedNextHop { via, weight })
+                .collect(),
+        ),
+    };
+    control::ListedRoute {
+        prefix: r.prefix,
+        via,
+        nexthops,
+        origin: origin_name(r.protocol),
+        metric: r.metric,
+    }
+}
+
 fn status<K: KernelRoutes>(routes: &RouteManager<K>, device: &DeviceInfo) -> control::Status {
     let shared = routes.shared();
-    let current = routes.routes();
-    let mut by_node: BTreeMap<Ipv4Addr, Vec<Ipv4Network>> = BTreeMap::new();
-    for (prefix, via) in &current {
-        by_node.entry(*via).or_default().push(*prefix);
+    let mirrored = routes.mirror().routes();
+    let mut by_node: BTreeMap<Ipv4Addr, Vec<(Ipv4Network, u8)>> = BTreeMap::new();
+    for r in &mirrored {
+        for node in r.next_hops.iter().filter_map(|(via, _)| *via) {
+            by_node
+                .entry(node)
+                .or_default()
+                .push((r.prefix, r.protocol));
+        }
     }
     let traffic = shared.nodes.traffic();
     let policy = shared.policy.load();
@@ -129,7 +164,8 @@ fn status<K: KernelRoutes>(routes: &RouteManager<K>, device: &DeviceInfo) -> con
             let t = traffic.get(&node).copied().unwrap_or_default();
             control::NodeStatus {
                 node,
-                blocks,
+                blocks: blocks.iter().map(|(p, _)| *p).collect(),
+                origins: blocks.iter().map(|(_, o)| origin_name(*o)).collect(),
                 path_mtu: shared
                     .pmtu
                     .toward(node, tunnel_mtu, std::time::Instant::now()),
@@ -142,6 +178,8 @@ fn status<K: KernelRoutes>(routes: &RouteManager<K>, device: &DeviceInfo) -> con
         })
         .collect();
     let refused = shared.nodes.refused();
+    let stats = routes.stats();
+    let (route_updates, last_route_update_ns) = stats.updates();
     control::Status {
         device: device.name.clone(),
         mtu: device.mtu,
@@ -149,7 +187,15 @@ fn status<K: KernelRoutes>(routes: &RouteManager<K>, device: &DeviceInfo) -> con
         address: device.address,
         blocks: policy.blocks.clone(),
         workers: device.workers,
-        routes: current.len(),
+        routes: mirrored.len(),
+        routes_by_origin: stats
+            .by_origin()
+            .into_iter()
+            .map(|(p, n)| (origin_name(p), n))
+            .collect(),
+        route_resyncs: stats.resyncs(),
+        route_updates,
+        last_route_update_ns,
         now_unix_ms: control::unix_ms(std::time::SystemTime::now()),
         nodes,
         refused: refused
@@ -363,7 +409,12 @@ mod tests {
             "route set refused, nothing changed: routes[1].prefix: duplicate prefix 10.20.4.0/26: also route[0]"
         );
         let listed: RouteList = call(&mut m, Request::RouteList {}).unwrap();
-        let listed: Routes = listed.routes.iter().map(|r| (r.prefix, r.via)).collect();
+        assert!(listed.routes.iter().all(|r| r.origin == "tunl"));
+        let listed: Routes = listed
+            .routes
+            .iter()
+            .map(|r| (r.prefix, r.via.unwrap()))
+            .collect();
         assert_eq!(listed, routes(&[("10.20.1.0/26", 5), ("10.20.3.0/26", 7)]));
     }
 

@@ -1,28 +1,30 @@
-//! The routes: [`RouteManager`] keeps the kernel's routes and the
-//! dataplane's LPM table in step, over a [`KernelRoutes`] (netlink in the
-//! daemon, a fake in the tests).
+//! tunl's own routes: [`RouteManager`] is the writer of the routes the
+//! config (`[[route]]`) and the control socket ask for, over a
+//! [`KernelRoutes`] (netlink in the daemon, a fake in the tests), and the
+//! owner of the [`RouteMirror`] that keeps the dataplane's LPM equal to the
+//! kernel's routes on the device, tunl's and everyone else's.
 //!
-//! Every route is `BLOCK via NODE dev tunl0 onlink proto 116` in the kernel
-//! and `BLOCK -> NODE` in the LPM. A change is all or nothing: the LPM learns
-//! a route before the kernel sends packets for it and forgets it after the
+//! tunl's routes are `BLOCK via NODE dev tunl0 onlink proto 116` (metric
+//! 0) in the kernel. A change is all or nothing: the LPM learns a route
+//! before the kernel sends packets for it (the mirror is told at once, and
+//! the kernel's notification confirms it later) and forgets it after the
 //! kernel stopped, and a change the kernel refuses midway is undone on both
-//! sides.
+//! sides. tunl only ever removes routes with its own tag.
 
 use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
 
 use ipnetwork::Ipv4Network;
 use tracing::{error, info, warn};
 use tunl_io::netlink::{Netlink, NetlinkError};
-use tunl_routing::{RouteOp, RouteWriter};
 
 use super::ROUTE_PROTOCOL;
 use super::error::RouteError;
+use super::mirror::{Claim, RouteMirror, RouteStats};
 use crate::config::Config;
 use crate::control::{self, RouteChange};
-use crate::dataplane::{Policy, Shared};
+use crate::dataplane::Shared;
 
 /// A route set: block to next hop.
 pub type Routes = BTreeMap<Ipv4Network, Ipv4Addr>;
@@ -34,7 +36,7 @@ pub fn wanted_routes(config: &Config) -> Routes {
 
 /// The kernel's side of tunl's routes: what [`RouteManager`] needs of
 /// netlink. Every route it adds or lists carries tunl's tag
-/// ([`ROUTE_PROTOCOL`]) and is in the main table.
+/// ([`ROUTE_PROTOCOL`]) and is in the configured table (`[routing] table`).
 // Native async fn: the route manager runs on the daemon's current-thread
 // runtime and is never moved to another thread, so its futures need not
 // be `Send`.
@@ -54,21 +56,28 @@ pub trait KernelRoutes {
     /// Every route with tunl's tag that goes out of a device: `(prefix, oif)`.
     async fn tagged(&mut self) -> Result<Vec<(Ipv4Network, u32)>, NetlinkError>;
 
-    /// The name of device `oif` if it exists and is a TUN device.
+    /// The name of device `oif` if it exists, is a TUN device and a
+    /// process holds it (it has carrier): another live tunl instance.
     async fn tun_name(&mut self, oif: u32) -> Result<Option<String>, NetlinkError>;
 }
 
-/// [`KernelRoutes`] over netlink, for the TUN device `device`.
+/// [`KernelRoutes`] over netlink, for the TUN device `device` and the
+/// routing table `table`.
 #[derive(Debug, Clone)]
 pub struct NetlinkRoutes {
     netlink: Netlink,
     device: u32,
+    table: u32,
 }
 
 impl NetlinkRoutes {
-    /// The routes of device `device` over this connection.
-    pub fn new(netlink: Netlink, device: u32) -> Self {
-        NetlinkRoutes { netlink, device }
+    /// The routes of device `device` in `table` over this connection.
+    pub fn new(netlink: Netlink, device: u32, table: u32) -> Self {
+        NetlinkRoutes {
+            netlink,
+            device,
+            table,
+        }
     }
 }
 
@@ -79,16 +88,21 @@ impl KernelRoutes for NetlinkRoutes {
 
     async fn add(&mut self, prefix: Ipv4Network, via: Ipv4Addr) -> Result<(), NetlinkError> {
         self.netlink
-            .add_route(prefix, via, self.device, ROUTE_PROTOCOL)
+            .add_route(prefix, via, self.device, ROUTE_PROTOCOL, self.table)
             .await
     }
 
     async fn del(&mut self, prefix: Ipv4Network, oif: u32) -> Result<(), NetlinkError> {
-        self.netlink.del_route(prefix, oif, ROUTE_PROTOCOL).await
+        self.netlink
+            .del_route(prefix, oif, ROUTE_PROTOCOL, self.table)
+            .await
     }
 
     async fn tagged(&mut self) -> Result<Vec<(Ipv4Network, u32)>, NetlinkError> {
-        let routes = self.netlink.routes_with_protocol(ROUTE_PROTOCOL).await?;
+        let routes = self
+            .netlink
+            .routes_with_protocol(ROUTE_PROTOCOL, self.table)
+            .await?;
         Ok(routes
             .into_iter()
             .filter_map(|(prefix, _, oif)| Some((prefix, oif?)))
@@ -97,45 +111,58 @@ impl KernelRoutes for NetlinkRoutes {
 
     async fn tun_name(&mut self, oif: u32) -> Result<Option<String>, NetlinkError> {
         Ok(match self.netlink.link_name_and_tun(oif).await? {
-            Some((name, true)) => Some(name),
+            Some((name, true)) => {
+                let held = self.netlink.link_state(&name).await?;
+                held.filter(|s| s.index == oif && s.tun && s.carrier)
+                    .map(|_| name)
+            }
             _ => None,
         })
     }
 }
 
-/// Keeps the kernel's routes and the dataplane's LPM table in step.
+/// tunl's routes in the kernel, and the mirror of every route on the device.
 pub struct RouteManager<K> {
-    writer: RouteWriter<Ipv4Addr>,
+    mirror: RouteMirror,
     kernel: K,
-    shared: Arc<Shared>,
-    count: Arc<AtomicUsize>,
+    /// tunl's own routes, as the kernel accepted them.
+    own: Routes,
 }
 
 impl<K: KernelRoutes> RouteManager<K> {
-    /// A manager of the (empty) LPM table behind `writer` and of `kernel`,
-    /// keeping the policy's accepted next hops in `shared` in step.
-    pub fn new(writer: RouteWriter<Ipv4Addr>, kernel: K, shared: Arc<Shared>) -> Self {
+    /// A manager of tunl's routes through `kernel`, with the mirror of the
+    /// device's routes (loaded or not).
+    pub fn new(mirror: RouteMirror, kernel: K) -> Self {
         RouteManager {
-            writer,
+            mirror,
             kernel,
-            shared,
-            count: Arc::new(AtomicUsize::new(0)),
+            own: Routes::new(),
         }
     }
 
-    /// Current routes, block to next hop.
+    /// tunl's own routes (config and control socket), block to next hop.
     pub fn routes(&self) -> Routes {
-        self.writer.snapshot().into_iter().collect()
+        self.own.clone()
     }
 
-    /// The number of routes, kept for the metrics endpoint.
-    pub fn count(&self) -> Arc<AtomicUsize> {
-        self.count.clone()
+    /// The mirror of the kernel's routes on the device.
+    pub fn mirror(&self) -> &RouteMirror {
+        &self.mirror
+    }
+
+    /// The mirror, to feed it the kernel's changes.
+    pub fn mirror_mut(&mut self) -> &mut RouteMirror {
+        &mut self.mirror
+    }
+
+    /// The route figures, kept for the metrics endpoint.
+    pub fn stats(&self) -> Arc<RouteStats> {
+        self.mirror.stats().clone()
     }
 
     /// The state shared with the dataplane.
     pub fn shared(&self) -> &Arc<Shared> {
-        &self.shared
+        self.mirror.shared()
     }
 
     /// The kernel side (tests look at the fake's record).
@@ -150,17 +177,20 @@ impl<K: KernelRoutes> RouteManager<K> {
         &mut self.kernel
     }
 
-    /// Makes the route set equal to `wanted`, all or nothing: the dataplane
-    /// learns new routes before the kernel sends packets for them, and forgets
-    /// old ones after the kernel stopped. Unchanged routes are not touched, so
-    /// they carry packets throughout. When the kernel refuses a change, the
-    /// changes made so far are undone (kernel and LPM) and the error returned.
+    /// Makes tunl's route set equal to `wanted`, all or nothing: the
+    /// dataplane learns new routes before the kernel sends packets for
+    /// them, and forgets old ones after the kernel stopped. Unchanged routes
+    /// are not touched, so they carry packets throughout. When the kernel
+    /// refuses a change, the changes made so far are undone (kernel and
+    /// LPM) and the error returned. Routes others installed are left alone,
+    /// but a tunl route replaces any other metric-0 route for its prefix (as
+    /// `ip route replace` does).
     ///
     /// # Errors
     /// [`RouteError`]: a prefix another live tunl instance routes, a failed
     /// check for one, or a kernel refusal; in each case nothing was changed.
     pub async fn apply(&mut self, wanted: &Routes) -> Result<RouteChange, RouteError> {
-        let current = self.routes();
+        let current = self.own.clone();
         let added: Vec<(Ipv4Network, Ipv4Addr)> = wanted
             .iter()
             .filter(|(p, v)| current.get(p) != Some(v))
@@ -195,22 +225,25 @@ impl<K: KernelRoutes> RouteManager<K> {
                 return Err(RouteError::HeldByAnotherInstance { prefix, device });
             }
         }
-        self.update_policy_vias(current.values().chain(wanted.values()).copied());
-        self.writer
-            .apply(added.iter().map(|(p, v)| RouteOp::Insert(*p, *v)));
+        let claims: Vec<Claim> = added
+            .iter()
+            .map(|(p, v)| self.mirror.claim(*p, *v))
+            .collect();
         let mut installed = Vec::new();
         let mut deleted = Vec::new();
         let result = self
             .change_kernel(&added, &removed, &mut installed, &mut deleted)
             .await;
         if let Err(e) = result {
-            self.roll_back(&current, &added, &installed, &deleted).await;
+            self.roll_back(&current, claims, &installed, &deleted).await;
             return Err(e);
         }
-        self.writer
-            .apply(removed.iter().map(|p| RouteOp::Remove(*p)));
-        self.update_policy_vias(wanted.values().copied());
-        self.count.store(wanted.len(), Ordering::Relaxed);
+        for prefix in &removed {
+            if let Some(via) = current.get(prefix) {
+                self.mirror.forget(*prefix, *via);
+            }
+        }
+        self.own.clone_from(wanted);
         Ok(change)
     }
 
@@ -251,7 +284,7 @@ impl<K: KernelRoutes> RouteManager<K> {
     async fn roll_back(
         &mut self,
         before: &Routes,
-        added: &[(Ipv4Network, Ipv4Addr)],
+        claims: Vec<Claim>,
         installed: &[Ipv4Network],
         deleted: &[Ipv4Network],
     ) {
@@ -265,39 +298,31 @@ impl<K: KernelRoutes> RouteManager<K> {
                 error!(%prefix, error = %e, "cannot roll back a kernel route");
             }
         }
-        self.writer
-            .apply(added.iter().map(|(p, _)| match before.get(p) {
-                Some(via) => RouteOp::Insert(*p, *via),
-                None => RouteOp::Remove(*p),
-            }));
-        self.update_policy_vias(before.values().copied());
+        for claim in claims.into_iter().rev() {
+            self.mirror.unclaim(claim);
+        }
         warn!("route change rolled back");
     }
 
-    fn update_policy_vias(&self, vias: impl Iterator<Item = Ipv4Addr>) {
-        let mut policy = Policy::clone(&self.shared.policy.load());
-        policy.set_vias(vias);
-        self.shared.policy.store(Arc::new(policy));
-    }
-
-    /// Removes every kernel route this instance installed, and empties the
-    /// LPM (the daemon is stopping).
+    /// Removes every kernel route this instance installed (the daemon is
+    /// stopping); routes others installed stay, in the kernel and in the
+    /// LPM until the workers stop.
     pub async fn remove_all(&mut self) {
         let device = self.kernel.device();
-        for (prefix, _) in self.writer.snapshot() {
-            if let Err(e) = self.kernel.del(prefix, device).await {
+        for prefix in self.own.keys() {
+            if let Err(e) = self.kernel.del(*prefix, device).await {
                 warn!(%prefix, error = %e, "cannot remove kernel route");
             }
         }
-        self.writer.replace_all(std::iter::empty());
-        self.count.store(0, Ordering::Relaxed);
+        self.own.clear();
+        self.mirror.forget_own();
     }
 
     /// Removes kernel routes with tunl's tag that `wanted` does not name:
     /// left by a daemon that was killed while its device persisted, or moved
-    /// by hand. Routes on another TUN device are left alone: a
-    /// non-persistent TUN device exists only while a process holds it, so
-    /// they belong to another live tunl instance (another `tunnel.name`).
+    /// by hand. Routes on another TUN device that a process holds are left
+    /// alone: they belong to another live tunl instance (another
+    /// `tunnel.name`). Routes without tunl's tag are never touched.
     /// Wanted routes are left to [`RouteManager::apply`]: installing one on
     /// our device replaces it, unless another live instance holds it, which
     /// `apply` refuses.
@@ -335,9 +360,8 @@ impl<K: KernelRoutes> RouteManager<K> {
     }
 
     /// The first route with tunl's tag whose prefix is `wanted` and which
-    /// goes out of another TUN device that still exists: a TUN device lives
-    /// only while a process holds it, so another tunl instance routes that
-    /// prefix. Returns it with that device's name. Fails closed: a failed
+    /// goes out of another TUN device that a process holds: another tunl
+    /// instance routes that prefix. Returns it with that device's name. Fails closed: a failed
     /// lookup is an error, never taken for "no conflict".
     async fn routed_by_another_instance(
         &mut self,
@@ -368,6 +392,7 @@ pub(crate) mod fake {
     use tunl_routing::RouteReader;
 
     use super::{KernelRoutes, Routes};
+    use crate::dataplane::NextHop;
 
     /// A call the route manager made, as the fake saw it.
     #[derive(Debug, Clone, PartialEq, Eq)]
@@ -394,12 +419,23 @@ pub(crate) mod fake {
         pub refuse: Vec<KernelCall>,
         /// Every call made, with the LPM table as the dataplane saw it then.
         pub calls: Vec<(KernelCall, Routes)>,
-        lpm: RouteReader<Ipv4Addr>,
+        lpm: RouteReader<NextHop>,
+    }
+
+    /// The routes to a node in an LPM, as a route set.
+    pub fn node_routes(lpm: &RouteReader<NextHop>) -> Routes {
+        lpm.load()
+            .iter()
+            .filter_map(|(p, hop)| match hop {
+                NextHop::Node(a) => Some((p, a)),
+                _ => None,
+            })
+            .collect()
     }
 
     impl FakeKernel {
         /// An empty kernel whose calls record the table behind `lpm`.
-        pub fn new(device: u32, lpm: RouteReader<Ipv4Addr>) -> Self {
+        pub fn new(device: u32, lpm: RouteReader<NextHop>) -> Self {
             FakeKernel {
                 device,
                 routes: BTreeMap::new(),
@@ -425,7 +461,7 @@ pub(crate) mod fake {
         }
 
         fn call(&mut self, call: KernelCall) -> Result<(), NetlinkError> {
-            let lpm = self.lpm.load().iter().collect();
+            let lpm = node_routes(&self.lpm);
             let refused = self.refuse.contains(&call);
             self.calls.push((call.clone(), lpm));
             if refused {
@@ -474,8 +510,10 @@ pub(crate) mod tests {
     use tunl_encap::TunnelSettings;
     use tunl_routing::{RouteReader, RouteWriter};
 
-    use super::fake::{FakeKernel, KernelCall};
+    use super::fake::{FakeKernel, KernelCall, node_routes};
     use super::*;
+    use crate::daemon::mirror::RouteMirror;
+    use crate::dataplane::{NextHop, Policy};
 
     pub(crate) const DEVICE: u32 = 7;
 
@@ -492,26 +530,32 @@ pub(crate) mod tests {
     }
 
     /// A manager over a fake kernel, with the LPM reader the fake records.
-    pub(crate) fn manager() -> (RouteManager<FakeKernel>, RouteReader<Ipv4Addr>) {
+    pub(crate) fn manager() -> (RouteManager<FakeKernel>, RouteReader<NextHop>) {
         let writer = RouteWriter::new();
         let reader = writer.reader();
         let shared = Arc::new(Shared::new(Policy {
             settings: TunnelSettings::new(Ipv4Addr::new(172, 16, 35, 4)),
             vias: Vec::new(),
+            multipath: Default::default(),
             allow: Vec::new(),
             blocks: Vec::new(),
             allow_nested: false,
         }));
         let kernel = FakeKernel::new(DEVICE, reader.clone());
-        (RouteManager::new(writer, kernel, shared), reader)
+        let mirror = RouteMirror::new(254, DEVICE, writer, shared);
+        (RouteManager::new(mirror, kernel), reader)
     }
 
-    fn lpm(reader: &RouteReader<Ipv4Addr>) -> Routes {
-        reader.load().iter().collect()
+    fn lpm(reader: &RouteReader<NextHop>) -> Routes {
+        node_routes(reader)
     }
 
     fn vias(m: &RouteManager<FakeKernel>) -> Vec<Ipv4Addr> {
-        m.shared.policy.load().vias.clone()
+        m.shared().policy.load().vias.clone()
+    }
+
+    fn count(m: &RouteManager<FakeKernel>) -> usize {
+        m.stats().total()
     }
 
     fn run<F: std::future::Future>(f: F) -> F::Output {
@@ -531,7 +575,7 @@ pub(crate) mod tests {
         assert_eq!(m.kernel.ours(), first);
         assert_eq!(lpm(&reader), first);
         assert_eq!(vias(&m), vec![node(5), node(6)]);
-        assert_eq!(m.count.load(Ordering::Relaxed), 2);
+        assert_eq!(count(&m), 2);
         // New prefixes: the other-instance check, then the adds, each
         // with the route already in the LPM.
         assert_eq!(m.kernel.calls[0].0, KernelCall::Tagged);
@@ -558,7 +602,7 @@ pub(crate) mod tests {
         assert_eq!(lpm(&reader), second);
         assert_eq!(m.kernel.ours(), second);
         assert_eq!(vias(&m), vec![node(5)]);
-        assert_eq!(m.count.load(Ordering::Relaxed), 1);
+        assert_eq!(count(&m), 1);
     }
 
     #[test]
@@ -598,7 +642,7 @@ pub(crate) mod tests {
         assert_eq!(lpm(&reader), before, "LPM as before");
         assert_eq!(m.routes(), before);
         assert_eq!(vias(&m), vec![node(5)]);
-        assert_eq!(m.count.load(Ordering::Relaxed), 2);
+        assert_eq!(count(&m), 2);
     }
 
     #[test]
@@ -714,7 +758,7 @@ pub(crate) mod tests {
         run(m.remove_all());
         assert!(m.kernel.ours().is_empty());
         assert!(lpm(&reader).is_empty());
-        assert_eq!(m.count.load(Ordering::Relaxed), 0);
+        assert_eq!(count(&m), 0);
         assert!(
             m.kernel.routes.contains_key(&net("10.97.0.0/26")),
             "another instance's route stays"

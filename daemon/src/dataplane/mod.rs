@@ -15,6 +15,7 @@
 //! task the daemon runs beside the workers.
 
 pub mod counters;
+pub mod nexthop;
 pub mod nodes;
 pub mod pipeline;
 pub mod pmtu;
@@ -23,7 +24,6 @@ pub mod stats;
 pub mod worker;
 
 use std::io;
-use std::net::Ipv4Addr;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
@@ -35,6 +35,7 @@ use tunl_io::{IcmpReceiver, IpipReceiver, IpipSender, PacketSender, TunQueue};
 use tunl_routing::RouteReader;
 
 pub use counters::{CounterSnapshot, Counters};
+pub use nexthop::{MultipathGroup, NextHop};
 pub use nodes::{NodeCounters, NodeTraffic, RefusedSnapshot};
 pub use pipeline::Pipeline;
 pub use pmtu::PathMtu;
@@ -94,7 +95,7 @@ impl Router {
     /// Starts one worker thread per TUN queue.
     pub fn start(
         io_parts: RouterIo,
-        routes: &RouteReader<Ipv4Addr>,
+        routes: &RouteReader<NextHop>,
         shared: Arc<Shared>,
         options: WorkerOptions,
     ) -> io::Result<Router> {

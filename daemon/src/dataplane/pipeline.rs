@@ -35,6 +35,7 @@ use tunl_io::PacketBuf;
 use tunl_routing::Lpm;
 
 use super::counters::LocalCounters;
+use super::nexthop::NextHop;
 use super::pmtu::PathMtu;
 use super::state::{Neighbour, Policy, resolve_macs};
 use super::stats::BatchCounts;
@@ -290,7 +291,7 @@ pub struct EncapState<'a> {
     /// The policy snapshot (tunnel settings, the nodes).
     pub policy: &'a Policy,
     /// The route table, through the batch's read guard.
-    pub routes: &'a Lpm<Ipv4Addr>,
+    pub routes: &'a Lpm<NextHop>,
     /// The learned path MTUs.
     pub pmtu: &'a PathMtu,
     /// The next hops' MACs, sorted by address, when the worker has an
@@ -391,7 +392,16 @@ impl Pipeline {
                 out.verdicts[i] = Verdict::Drop(DropReason::MalformedInner);
                 continue;
             };
-            let Some(next_hop) = state.routes.lookup(dst) else {
+            let inner = &buf.as_ref()[HEADROOM..];
+            let node = state.routes.lookup(dst).and_then(|hop| {
+                policy.node_for(hop, dst, || {
+                    inner
+                        .get(12..16)
+                        .and_then(|b| <[u8; 4]>::try_from(b).ok())
+                        .map_or(Ipv4Addr::UNSPECIFIED, Ipv4Addr::from)
+                })
+            });
+            let Some(next_hop) = node else {
                 local.drop(DropReason::NoRoute);
                 out.verdicts[i] = Verdict::Drop(DropReason::NoRoute);
                 let inner = &buf.as_ref()[HEADROOM..];
@@ -636,8 +646,8 @@ mod tests {
 
     struct Fixture {
         shared: Shared,
-        _writer: tunl_routing::RouteWriter<Ipv4Addr>,
-        routes: tunl_routing::RouteReader<Ipv4Addr>,
+        _writer: tunl_routing::RouteWriter<NextHop>,
+        routes: tunl_routing::RouteReader<NextHop>,
         bucket: Arc<Mutex<TokenBucket>>,
         pipeline: Pipeline,
         counts: BatchCounts,
@@ -654,6 +664,7 @@ mod tests {
             let mut policy = Policy {
                 settings: TunnelSettings::new(LOCAL),
                 vias: vec![],
+                multipath: Default::default(),
                 allow: vec![],
                 blocks: vec!["10.20.42.0/26".parse().unwrap()],
                 allow_nested: false,
@@ -661,8 +672,8 @@ mod tests {
             policy.set_vias([NODE_A, NODE_B]);
             let mut writer = RouteWriter::new();
             let routes = writer.reader();
-            writer.insert("10.20.105.192/26".parse().unwrap(), NODE_A);
-            writer.insert("10.20.7.0/26".parse().unwrap(), NODE_B);
+            writer.insert("10.20.105.192/26".parse().unwrap(), NextHop::Node(NODE_A));
+            writer.insert("10.20.7.0/26".parse().unwrap(), NextHop::Node(NODE_B));
             let bucket = Arc::new(Mutex::new(bucket));
             Fixture {
                 shared: Shared::new(policy),

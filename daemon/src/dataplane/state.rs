@@ -33,6 +33,7 @@ use ipnetwork::Ipv4Network;
 use tunl_encap::{DecapPolicy, TunnelSettings};
 
 use super::counters::{CounterSnapshot, Counters};
+use super::nexthop::{MultipathGroup, NextHop, flow_hash};
 use super::nodes::NodeCounters;
 use super::pmtu::PathMtu;
 
@@ -41,8 +42,11 @@ use super::pmtu::PathMtu;
 pub struct Policy {
     /// Outer header settings (local address, TTL, TOS, DF, tunnel MTU).
     pub settings: TunnelSettings,
-    /// Next hops of all routes, sorted: IPIP from them is accepted.
+    /// The gateways of every route on the device, sorted: IPIP from them
+    /// is accepted.
     pub vias: Vec<Ipv4Addr>,
+    /// The multipath groups the LPM's [`NextHop::Multipath`] values index.
+    pub multipath: Arc<Vec<MultipathGroup>>,
     /// Further accepted IPIP sources (`security.allow`).
     pub allow: Vec<Ipv4Network>,
     /// This node's pod blocks; empty means no relay check.
@@ -58,6 +62,30 @@ impl Policy {
         v.sort_unstable();
         v.dedup();
         self.vias = v;
+    }
+}
+
+impl Policy {
+    /// The node the outer packet of a packet to `dst` goes to, for the
+    /// route's next hop `hop`; `src` gives the inner source, read only for
+    /// a multipath route (its flow hash). `None` for a multipath group this
+    /// snapshot does not hold yet (a route the control plane is adding at
+    /// this very moment): the packet counts as one without a route.
+    #[inline]
+    pub fn node_for(
+        &self,
+        hop: NextHop,
+        dst: Ipv4Addr,
+        src: impl FnOnce() -> Ipv4Addr,
+    ) -> Option<Ipv4Addr> {
+        match hop {
+            NextHop::Node(node) => Some(node),
+            NextHop::Direct => Some(dst),
+            NextHop::Multipath(i) => self
+                .multipath
+                .get(i as usize)?
+                .pick(flow_hash(src(), dst), dst),
+        }
     }
 }
 
@@ -253,6 +281,7 @@ mod tests {
         Policy {
             settings: TunnelSettings::new(Ipv4Addr::new(172, 16, 35, 4)),
             vias: vec![],
+            multipath: Arc::default(),
             allow: vec!["192.168.0.0/16".parse().unwrap()],
             blocks: vec!["10.20.42.0/26".parse().unwrap()],
             allow_nested: false,

@@ -12,7 +12,6 @@
 //! write to its TUN queue) and reads underlay ICMP errors.
 
 use std::io;
-use std::net::Ipv4Addr;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -25,6 +24,7 @@ use tunl_io::{IcmpReceiver, IpipReceiver, IpipSender, PacketBuf, PacketSender, T
 use tunl_routing::RouteReader;
 
 use super::WorkerOptions;
+use super::nexthop::NextHop;
 use super::pipeline::{
     EncapState, IcmpLimit, Pipeline, RX_BATCH, Sender, TX_BATCH, UnderlayVerdict, underlay_icmp,
 };
@@ -82,7 +82,7 @@ pub struct Worker {
     io: WorkerIo,
     pipeline: Pipeline,
     stats: Stats,
-    routes: RouteReader<Ipv4Addr>,
+    routes: RouteReader<NextHop>,
     shared: Arc<Shared>,
 }
 
@@ -139,7 +139,7 @@ impl Worker {
         sender: IpipSender,
         packet_tx: Option<PacketSender>,
         rx: Option<RxPart>,
-        routes: RouteReader<Ipv4Addr>,
+        routes: RouteReader<NextHop>,
         shared: Arc<Shared>,
         options: WorkerOptions,
         icmp_limit: Arc<Mutex<TokenBucket>>,
