@@ -267,7 +267,7 @@ fn six_nodes_with_a_route_reflector_ping_all_to_all_and_move_a_block() {
     assert_eq!(bgp.moves.len(), 1, "{text}");
     let m = &bgp.moves[0];
     assert_eq!((m.from.as_str(), m.to.as_str()), ("node1", "node2"));
-    assert!(m.first_at_new.is_some(), "{text}");
+    assert!(m.first_at_new_ms.is_some(), "{text}");
     assert_eq!(m.early_at_new, 0, "{text}");
     assert!(m.ping.transmitted > 100, "{text}");
     assert_eq!(m.lost(), 0, "{text}");
@@ -302,7 +302,7 @@ fn a_block_moves_back_and_forth_under_a_mesh() {
     assert_eq!(via(&bgp), Some(n1_addr));
     for (to, addr) in [(&n2, n2_addr), (&n1, n1_addr)] {
         let m = bgp.move_block(to, &p3, MoveOptions::default()).unwrap();
-        assert!(m.first_at_new.is_some(), "{m}");
+        assert!(m.first_at_new_ms.is_some(), "{m}");
         assert_eq!(m.lost(), 0, "{m}");
         assert_eq!(m.encapsulated, Some(true), "{m}");
         assert_eq!(via(&bgp), Some(addr), "{m}");
@@ -352,4 +352,62 @@ fn cross_subnet_routes_the_same_subnet_natively_and_tunnels_across() {
             "outer node to node: {p}"
         );
     }
+}
+
+#[test]
+#[ignore = "needs root: scripts/test"]
+fn the_two_subnet_underlay_routes_through_its_router_and_pins_arp() {
+    use tunl_lab::topology::Cluster;
+    let spec = BgpSpec::new(4)
+        .with_subnets(2)
+        .with_tag(tag("bgpul"))
+        .cluster_spec()
+        .unwrap();
+    let c = Cluster::build(spec).unwrap();
+    let router = c
+        .router_netns()
+        .expect("a router joins the subnets")
+        .to_owned();
+    assert_eq!(c.switch_namespaces().len(), 2);
+    let (n1, n2, n3) = (&c.nodes()[0], &c.nodes()[1], &c.nodes()[2]);
+    let rr1 = c.host("rr1").expect("the reflector host");
+    // Nodes and the reflector reach each other, across the router too
+    // (node2 is in the other subnet: one hop more, TTL 63).
+    for (from, to, ttl) in [
+        (&n1.name, n3.underlay, 64),
+        (&n1.name, n2.underlay, 63),
+        (&n2.name, rr1.underlay, 63),
+    ] {
+        let out = c
+            .exec_ok(from, &["ping", "-n", "-c", "1", "-W", "2", &to.to_string()])
+            .unwrap();
+        assert!(out.contains(&format!("ttl={ttl}")), "{from} -> {to}: {out}");
+    }
+    let default = c
+        .exec_ok(&n2.name, &["ip", "route", "show", "default"])
+        .unwrap();
+    assert!(default.contains("via 172.16.36.1 dev eth0"), "{default}");
+
+    // Pinning: every interface of a segment gets a permanent entry for
+    // every other one (subnet A: node1, node3, rr1, the router; B: node2,
+    // node4, the router).
+    assert_eq!(c.underlay_arp_entries(), 4 * 3 + 3 * 2);
+    assert_eq!(c.pin_underlay_neighbours().unwrap(), 18);
+    let permanent = c
+        .exec_ok(&n1.name, &["ip", "neigh", "show", "nud", "permanent"])
+        .unwrap();
+    for addr in ["172.16.35.6", "172.16.35.201", "172.16.35.1"] {
+        assert!(permanent.contains(addr), "{permanent}");
+    }
+    let on_router = c
+        .exec_ok(&router, &["ip", "neigh", "show", "nud", "permanent"])
+        .unwrap();
+    assert_eq!(on_router.lines().count(), 5, "{on_router}");
+    let out = c
+        .exec_ok(
+            &n1.name,
+            &["ping", "-n", "-c", "1", "-W", "2", &n2.underlay.to_string()],
+        )
+        .unwrap();
+    assert!(out.contains("1 received"), "{out}");
 }

@@ -1,8 +1,10 @@
-//! Reading a running BIRD: `birdc -s SOCKET CMD`, and the parser of `show
-//! protocols`.
+//! Talking to a running BIRD: its control socket (what `birdc -s SOCKET
+//! CMD` does), and the parser of `show protocols`.
 
+use std::io::{BufRead, BufReader, Write};
+use std::os::unix::net::UnixStream;
 use std::path::Path;
-use std::process::{Command, Stdio};
+use std::time::Duration;
 
 use crate::topology::TopologyError;
 
@@ -64,28 +66,83 @@ fn looks_like_time(field: &str) -> bool {
             .all(|b| b.is_ascii_digit() || b":.".contains(&b))
 }
 
-/// Runs `birdc -s SOCKET ARGS...` and returns its output; fails when birdc
-/// fails (BIRD not running, socket missing) or when BIRD answers with an
-/// error.
+/// How long BIRD may take to answer a command.
+const REPLY_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Runs a command on a running BIRD, as `birdc -s SOCKET ARGS...` does,
+/// over its control socket directly (no birdc process, so a block move's
+/// announcement and withdrawal go out a few hundred microseconds apart).
+/// Returns the reply as birdc prints it; fails when the socket does not
+/// answer or BIRD replies with an error (codes 8xxx and 9xxx).
 pub fn birdc(socket: &Path, args: &[&str]) -> Result<String, TopologyError> {
-    let mut cmd = Command::new("birdc");
-    cmd.arg("-s").arg(socket).args(args).stdin(Stdio::null());
-    let command = format!("birdc -s {} {}", socket.display(), args.join(" "));
-    let out = cmd.output().map_err(|source| TopologyError::Spawn {
-        command: command.clone(),
+    let command = args.join(" ");
+    let io_err = |source: std::io::Error| TopologyError::Io {
+        context: format!("BIRD at {}: {command}", socket.display()),
         source,
-    })?;
-    let text = String::from_utf8_lossy(&out.stdout).into_owned();
-    // birdc exits 0 even for some errors; BIRD's error replies are numbered
-    // 8xxx/9xxx, shown after the banner as text without the number.
-    if !out.status.success() || text.contains("Unable to connect") {
-        return Err(TopologyError::Command {
-            command,
-            status: out.status,
-            stderr: format!("{}{}", String::from_utf8_lossy(&out.stderr), text),
-        });
+    };
+    let stream = UnixStream::connect(socket).map_err(io_err)?;
+    stream
+        .set_read_timeout(Some(REPLY_TIMEOUT))
+        .map_err(io_err)?;
+    let mut reader = BufReader::new(stream.try_clone().map_err(io_err)?);
+    let mut writer = stream;
+    // The banner: "0001 BIRD 2.0.12 ready."
+    let mut banner = String::new();
+    reader.read_line(&mut banner).map_err(io_err)?;
+    writer
+        .write_all(format!("{command}\n").as_bytes())
+        .map_err(io_err)?;
+    let mut reply = Reply::default();
+    let mut line = String::new();
+    loop {
+        line.clear();
+        if reader.read_line(&mut line).map_err(io_err)? == 0 {
+            return Err(io_err(std::io::ErrorKind::UnexpectedEof.into()));
+        }
+        if reply.push(line.trim_end_matches('\n')) {
+            break;
+        }
     }
-    Ok(text)
+    if reply.error {
+        return Err(io_err(std::io::Error::other(format!(
+            "refused: {}",
+            reply.text.trim()
+        ))));
+    }
+    Ok(reply.text)
+}
+
+/// A reply of BIRD's control protocol being read: lines `NNNN-text`
+/// (more follow), `NNNN text` (the last), or ` text` (continuing the
+/// previous code).
+#[derive(Debug, Default)]
+struct Reply {
+    text: String,
+    error: bool,
+}
+
+impl Reply {
+    /// Adds a line; true when it was the last one.
+    fn push(&mut self, line: &str) -> bool {
+        let bytes = line.as_bytes();
+        let coded = bytes.len() >= 5
+            && bytes[..4].iter().all(u8::is_ascii_digit)
+            && matches!(bytes[4], b'-' | b' ');
+        let (content, last) = if coded {
+            if matches!(bytes[0], b'8' | b'9') {
+                self.error = true;
+            }
+            (&line[5..], bytes[4] == b' ')
+        } else {
+            (line.strip_prefix(' ').unwrap_or(line), false)
+        };
+        // The closing "0000 " carries no text.
+        if !(last && content.is_empty()) {
+            self.text.push_str(content);
+            self.text.push('\n');
+        }
+        last
+    }
 }
 
 #[cfg(test)]
@@ -115,6 +172,29 @@ node7      BGP        ---        start  2024-01-02 00:10:27  Connect
         assert_eq!(rows[5].info, "Active Socket: Connection refused");
         assert_eq!(rows[6].info, "Connect");
         assert_eq!(rows.iter().filter(|r| r.is_established_bgp()).count(), 1);
+    }
+
+    #[test]
+    fn reads_replies_of_the_control_protocol() {
+        let mut r = Reply::default();
+        assert!(!r.push("2002-Name       Proto      Table      State  Since         Info"));
+        assert!(!r.push("1002-rr1        BGP        ---        up     00:10:28.561  Established"));
+        assert!(!r.push(" continued"));
+        assert!(r.push("0000 "));
+        assert!(!r.error);
+        assert_eq!(
+            r.text,
+            "Name       Proto      Table      State  Since         Info\n\
+             rr1        BGP        ---        up     00:10:28.561  Established\ncontinued\n"
+        );
+        assert_eq!(parse_protocols(&r.text).len(), 1);
+        let mut e = Reply::default();
+        assert!(e.push("9001 syntax error, unexpected CF_SYM_UNDEFINED"));
+        assert!(e.error);
+        let mut ok = Reply::default();
+        assert!(!ok.push("0011-moved: enabled"));
+        assert!(ok.push("0000 "));
+        assert_eq!(ok.text, "moved: enabled\n");
     }
 
     #[test]

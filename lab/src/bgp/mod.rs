@@ -47,7 +47,9 @@ use std::time::{Duration, Instant};
 use ipnetwork::Ipv4Network;
 
 use crate::testbed::{DaemonOptions, TunlCluster};
-use crate::topology::{Cluster, ClusterSpec, HostSpec, ProcessOutput, TopologyError};
+use crate::topology::{
+    Cluster, ClusterSpec, HostSpec, ProcessOutput, TopologyError, arp_table_limit,
+};
 pub use moving::{BlockMove, MoveOptions};
 pub use routes::{KernelRoute, parse_routes};
 
@@ -271,6 +273,7 @@ pub struct BgpCluster {
     birds: Vec<Bird>,
     moved_owner: String,
     birds_started: Instant,
+    pinned_neighbours: Option<usize>,
     /// Always `Some` until [`BgpCluster::keep`].
     tc: Option<TunlCluster>,
 }
@@ -303,10 +306,19 @@ impl BgpCluster {
         let tc = TunlCluster::start(cluster_spec, tunl, options)?;
         let nodes = tc.cluster().nodes().to_vec();
         let moved_owner = nodes[0].name.clone();
+        // The kernel's ARP table is shared by every namespace: past half of
+        // it, pin the underlay's entries (permanent ones do not count).
+        let c = tc.cluster();
+        let needed = c.underlay_arp_entries() + 2 * c.pods().count();
+        let pinned_neighbours = match arp_table_limit() {
+            Some(limit) if needed > limit / 2 => Some(c.pin_underlay_neighbours()?),
+            _ => None,
+        };
         let mut bgp = BgpCluster {
             birds: Vec::new(),
             moved_owner,
             birds_started: Instant::now(),
+            pinned_neighbours,
             tc: Some(tc),
             spec,
         };
@@ -613,6 +625,13 @@ impl BgpCluster {
         } else {
             nodes.len() * reflectors
         }
+    }
+
+    /// How many permanent ARP entries the underlay got at start, if the
+    /// cluster was too large for the kernel's shared ARP table (see
+    /// [`Cluster::pin_underlay_neighbours`]).
+    pub fn pinned_neighbours(&self) -> Option<usize> {
+        self.pinned_neighbours
     }
 
     /// The node that announces [`MOVED_BLOCK`] now.

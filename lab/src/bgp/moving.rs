@@ -25,15 +25,16 @@ pub struct MoveOptions {
 impl Default for MoveOptions {
     fn default() -> Self {
         Self {
-            interval: Duration::from_millis(5),
+            interval: Duration::from_millis(2),
             before: Duration::from_secs(1),
             after: Duration::from_secs(2),
         }
     }
 }
 
-/// What a block move showed. Times are from the announcement (the moment
-/// before `birdc enable` on the new owner).
+/// What a block move showed. Times are in milliseconds from the
+/// announcement (the moment before `enable moved` went to the new owner's
+/// BIRD), negative before it.
 #[derive(Debug, Clone, PartialEq)]
 pub struct BlockMove {
     /// The node that announced the block before.
@@ -42,12 +43,13 @@ pub struct BlockMove {
     pub to: String,
     /// The pod that pinged [`MOVED_ADDRESS`].
     pub pinger: String,
-    /// When the old owner's withdrawal was sent (`birdc disable` started).
-    pub withdrawn_at: Duration,
-    /// The first echo request the new owner's underlay saw.
-    pub first_at_new: Option<Duration>,
+    /// When the old owner's withdrawal was sent (`disable moved`).
+    pub withdrawn_ms: f64,
+    /// The first echo request the new owner's underlay saw after the
+    /// announcement.
+    pub first_at_new_ms: Option<f64>,
     /// The last echo request the old owner's underlay saw.
-    pub last_at_old: Option<Duration>,
+    pub last_at_old_ms: Option<f64>,
     /// Echo requests the new owner saw before the announcement (0 unless
     /// something else routed there).
     pub early_at_new: usize,
@@ -66,11 +68,7 @@ impl BlockMove {
 
 impl std::fmt::Display for BlockMove {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let ms = |d: Option<Duration>| {
-            d.map_or("never".to_owned(), |d| {
-                format!("+{:.1} ms", d.as_secs_f64() * 1e3)
-            })
-        };
+        let ms = |t: Option<f64>| t.map_or("never".to_owned(), |t| format!("{t:+.1} ms"));
         writeln!(
             f,
             "  {MOVED_BLOCK} {} -> {}: announced by {} at +0 ms, withdrawn by {} at {}",
@@ -78,19 +76,19 @@ impl std::fmt::Display for BlockMove {
             self.to,
             self.to,
             self.from,
-            ms(Some(self.withdrawn_at))
+            ms(Some(self.withdrawn_ms))
         )?;
         writeln!(
             f,
             "  last echo request at the old owner ({}): {}",
             self.from,
-            ms(self.last_at_old)
+            ms(self.last_at_old_ms)
         )?;
         writeln!(
             f,
             "  first echo request at the new owner ({}): {}{}",
             self.to,
-            ms(self.first_at_new),
+            ms(self.first_at_new_ms),
             match self.encapsulated {
                 Some(true) => " (IPIP)",
                 Some(false) => " (native, same subnet)",
@@ -197,6 +195,7 @@ impl BgpCluster {
         }
 
         let t0 = since_epoch(t_announce);
+        let ms = |t: Duration| (t.as_secs_f64() - t0.as_secs_f64()) * 1e3;
         let at_new = requests(&pcap(to))?;
         let at_old = requests(&pcap(&from))?;
         let after = |p: &&CapturedPacket| p.timestamp >= t0;
@@ -206,9 +205,9 @@ impl BgpCluster {
             from,
             to: to.to_owned(),
             pinger: pinger.to_owned(),
-            withdrawn_at: since_epoch(t_withdraw).saturating_sub(t0),
-            first_at_new: first_new.map(|p| p.timestamp.saturating_sub(t0)),
-            last_at_old: at_old.last().map(|p| p.timestamp.saturating_sub(t0)),
+            withdrawn_ms: ms(since_epoch(t_withdraw)),
+            first_at_new_ms: first_new.map(|p| ms(p.timestamp)),
+            last_at_old_ms: at_old.last().map(|p| ms(p.timestamp)),
             early_at_new: at_new.iter().filter(|p| p.timestamp < t0).count(),
             encapsulated: first_new.map(|p| p.is_ipip()),
             ping,

@@ -87,6 +87,14 @@ pub(crate) fn run(
         },
         bgp.tunl().dir().display()
     )?;
+    if let Some(n) = bgp.pinned_neighbours() {
+        writeln!(
+            out,
+            "The underlay's {n} ARP entries are pinned (permanent): the kernel's ARP table is shared by \
+             all namespaces and holds {} other entries (net.ipv4.neigh.default.gc_thresh3).",
+            topology::arp_table_limit().unwrap_or_default()
+        )?;
+    }
 
     let mut report = LabReport::default();
     let result = walk(&mut bgp, args, out, interrupted, &mut report);
@@ -94,6 +102,11 @@ pub(crate) fn run(
         if interrupted.load(Ordering::Relaxed) {
             drop(bgp);
             return Err(LabError::Interrupted);
+        }
+        if args.keep {
+            // Left up for a look at what failed.
+            writeln!(out, "\n{e}")?;
+            lab::keep(bgp.keep(), out)?;
         }
         return Err(e);
     }
@@ -146,10 +159,7 @@ fn walk(
 }
 
 fn indent(out: &mut dyn Write, text: &str) -> std::io::Result<()> {
-    for line in text
-        .lines()
-        .filter(|l| !l.starts_with("BIRD ") || !l.ends_with("ready."))
-    {
+    for line in text.lines() {
         writeln!(out, "  {line}")?;
     }
     Ok(())
@@ -431,12 +441,22 @@ fn summary(spec: &BgpSpec, f: &BgpReport, out: &mut dyn Write) -> Result<(), Lab
         if spec.is_mesh() { " (full mesh)" } else { "" },
         spec.subnets
     )?;
+    let (n, k) = (spec.nodes, spec.reflectors);
+    let against = if spec.is_mesh() {
+        format!(
+            "full mesh N(N-1)/2 = {}; route reflectors would need N*K = {n} per reflector",
+            f.mesh_sessions
+        )
+    } else {
+        format!(
+            "route reflectors N*K = {n}*{k} = {}; a full mesh would need N(N-1)/2 = {}",
+            f.reflector_sessions, f.mesh_sessions
+        )
+    };
     writeln!(
         out,
-        "  BGP sessions Established, from BIRD: {}   (mesh N(N-1)/2 = {}, route reflectors N*K = {})",
-        f.sessions.established(),
-        f.mesh_sessions,
-        f.reflector_sessions
+        "  BGP sessions Established, from BIRD: {}   ({against})",
+        f.sessions.established()
     )?;
     writeln!(
         out,
@@ -446,17 +466,11 @@ fn summary(spec: &BgpSpec, f: &BgpReport, out: &mut dyn Write) -> Result<(), Lab
     if f.moves.is_empty() {
         return Ok(());
     }
-    let ms = |d: Duration| d.as_secs_f64() * 1e3;
-    let mut first: Vec<f64> = f
-        .moves
-        .iter()
-        .filter_map(|m| m.first_at_new)
-        .map(ms)
-        .collect();
+    let mut first: Vec<f64> = f.moves.iter().filter_map(|m| m.first_at_new_ms).collect();
     let mut after_withdraw: Vec<f64> = f
         .moves
         .iter()
-        .filter_map(|m| m.first_at_new.map(|t| ms(t) - ms(m.withdrawn_at)))
+        .filter_map(|m| m.first_at_new_ms.map(|t| t - m.withdrawn_ms))
         .collect();
     let lost: Vec<String> = f.moves.iter().map(|m| m.lost().to_string()).collect();
     let spread = |v: &mut Vec<f64>| {
@@ -474,8 +488,9 @@ fn summary(spec: &BgpSpec, f: &BgpReport, out: &mut dyn Write) -> Result<(), Lab
     };
     writeln!(
         out,
-        "  block move (make before break, {} move(s)):",
-        f.moves.len()
+        "  block move (make before break, {} move(s), a ping every {} ms):",
+        f.moves.len(),
+        MoveOptions::default().interval.as_millis()
     )?;
     writeln!(
         out,

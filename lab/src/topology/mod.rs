@@ -66,7 +66,7 @@ use tracing::{debug, warn};
 
 pub use measurement::{IperfResult, PingResult, UdpResult};
 pub use processes::{ProcessOutput, tagged_namespaces, teardown};
-pub use segments::{Host, ROUTER, router_address};
+pub use segments::{Host, ROUTER, arp_table_limit, router_address};
 pub use spec::{
     ClusterSpec, HostSpec, IPIP_OVERHEAD, Node, NodeSpec, Overlay, Pod, PodSpec,
     UNDERLAY_PREFIX_LEN, veth_name,

@@ -17,12 +17,15 @@
 //!                             eth1 172.16.36.1 ─┘
 //! ```
 
+use std::fmt::Write as _;
+use std::io::Write as _;
 use std::net::Ipv4Addr;
+use std::process::{Command, Stdio};
 
 use ipnetwork::Ipv4Network;
 
 use super::wiring::write_sysctls;
-use super::{Cluster, ClusterSpec, Overlay, TopologyError, ip, ns_name};
+use super::{Cluster, ClusterSpec, Overlay, TopologyError, checked, ip, ns_name};
 
 /// Name of the router namespace that joins the subnets (`tunl-<tag>-router`).
 pub const ROUTER: &str = "router";
@@ -294,6 +297,122 @@ impl Cluster {
             ])?;
         }
         Ok(())
+    }
+}
+
+/// The kernel's limit on ARP entries that are not permanent, over every
+/// network namespace of the host (`net.ipv4.neigh.default.gc_thresh3`,
+/// read in this process's namespace, where it is global).
+pub fn arp_table_limit() -> Option<usize> {
+    std::fs::read_to_string("/proc/sys/net/ipv4/neigh/default/gc_thresh3")
+        .ok()?
+        .trim()
+        .parse()
+        .ok()
+}
+
+impl Cluster {
+    /// Every underlay interface, by segment: `(netns, device, address)` of
+    /// the nodes', hosts' and router's interfaces on it.
+    fn segment_members(&self) -> Vec<Vec<(String, String, Ipv4Addr)>> {
+        let segments = self.subnets.len().max(1);
+        let mut members = vec![Vec::new(); segments];
+        let index = |addr: Ipv4Addr| {
+            self.subnets
+                .iter()
+                .position(|s| s.contains(addr))
+                .unwrap_or(0)
+        };
+        let nodes = self.nodes.iter().map(|n| (&n.netns, n.underlay));
+        let hosts = self.hosts.iter().map(|h| (&h.netns, h.underlay));
+        for (netns, addr) in nodes.chain(hosts) {
+            members[index(addr)].push((netns.clone(), "eth0".to_owned(), addr));
+        }
+        if let Some(router) = &self.router {
+            for (i, subnet) in self.subnets.iter().enumerate() {
+                members[i].push((router.clone(), format!("eth{i}"), router_address(*subnet)));
+            }
+        }
+        members
+    }
+
+    /// ARP entries the underlay needs when every node talks to every other
+    /// node on its segment: m(m−1) per segment of m interfaces.
+    pub fn underlay_arp_entries(&self) -> usize {
+        self.segment_members()
+            .iter()
+            .map(|m| m.len() * m.len().saturating_sub(1))
+            .sum()
+    }
+
+    /// Pins the underlay's ARP entries: every interface on a segment gets a
+    /// permanent neighbour entry for every other one. The kernel keeps one
+    /// ARP table for all namespaces and holds at most [`arp_table_limit`]
+    /// entries in it that are not permanent; a cluster whose nodes all talk
+    /// needs [`Cluster::underlay_arp_entries`] of them, so a large one would
+    /// see ARP fail ("neighbor table overflow") and packets vanish. Permanent
+    /// entries do not count. Returns how many entries it wrote.
+    pub fn pin_underlay_neighbours(&self) -> Result<usize, TopologyError> {
+        let mut written = 0;
+        for members in self.segment_members() {
+            let mut macs = Vec::with_capacity(members.len());
+            for (netns, dev, _) in &members {
+                let out =
+                    checked(Command::new("ip").args(["-n", netns, "-j", "link", "show", dev]))?;
+                let mac = serde_json::from_str::<serde_json::Value>(&out)
+                    .ok()
+                    .and_then(|v| v.get(0)?.get("address")?.as_str().map(str::to_owned))
+                    .ok_or_else(|| TopologyError::Parse {
+                        tool: "ip -j link",
+                        detail: format!("no address of {dev} in {netns}: {out}"),
+                    })?;
+                macs.push(mac);
+            }
+            for (i, (netns, dev, _)) in members.iter().enumerate() {
+                let mut batch = String::new();
+                for (j, (_, _, addr)) in members.iter().enumerate() {
+                    if i != j {
+                        let _ = writeln!(
+                            batch,
+                            "neigh replace {addr} lladdr {} dev {dev} nud permanent",
+                            macs[j]
+                        );
+                        written += 1;
+                    }
+                }
+                ip_batch(netns, &batch)?;
+            }
+        }
+        Ok(written)
+    }
+}
+
+/// Runs `ip -n NETNS -batch -` on `commands`.
+fn ip_batch(netns: &str, commands: &str) -> Result<(), TopologyError> {
+    let command = format!("ip -n {netns} -batch -");
+    let spawn_err = |source| TopologyError::Spawn {
+        command: command.clone(),
+        source,
+    };
+    let mut child = Command::new("ip")
+        .args(["-n", netns, "-batch", "-"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(spawn_err)?;
+    if let Some(mut stdin) = child.stdin.take() {
+        stdin.write_all(commands.as_bytes()).map_err(spawn_err)?;
+    }
+    let out = child.wait_with_output().map_err(spawn_err)?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(TopologyError::Command {
+            command,
+            status: out.status,
+            stderr: String::from_utf8_lossy(&out.stderr).trim().to_owned(),
+        })
     }
 }
 
