@@ -267,6 +267,9 @@ fn six_nodes_with_a_route_reflector_ping_all_to_all_and_move_a_block() {
     assert_eq!(bgp.moves.len(), 1, "{text}");
     let m = &bgp.moves[0];
     assert_eq!((m.from.as_str(), m.to.as_str()), ("node1", "node2"));
+    // The withdrawal went out once the reflector had the new path.
+    assert_eq!(m.choosers, ["rr1"], "{text}");
+    assert!(m.propagated_ms.is_some(), "{text}");
     assert!(m.first_at_new_ms.is_some(), "{text}");
     assert_eq!(m.early_at_new, 0, "{text}");
     assert!(m.ping.transmitted > 100, "{text}");
@@ -302,6 +305,9 @@ fn a_block_moves_back_and_forth_under_a_mesh() {
     assert_eq!(via(&bgp), Some(n1_addr));
     for (to, addr) in [(&n2, n2_addr), (&n1, n1_addr)] {
         let m = bgp.move_block(to, &p3, MoveOptions::default()).unwrap();
+        // In a mesh every other node chooses between the two paths.
+        assert_eq!(m.choosers.len(), 2, "{m}");
+        assert!(m.propagated_ms.is_some(), "{m}");
         assert!(m.first_at_new_ms.is_some(), "{m}");
         assert_eq!(m.lost(), 0, "{m}");
         assert_eq!(m.encapsulated, Some(true), "{m}");

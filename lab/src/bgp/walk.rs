@@ -467,6 +467,7 @@ fn summary(spec: &BgpSpec, f: &BgpReport, out: &mut dyn Write) -> Result<(), Lab
         return Ok(());
     }
     let mut first: Vec<f64> = f.moves.iter().filter_map(|m| m.first_at_new_ms).collect();
+    let mut propagated: Vec<f64> = f.moves.iter().filter_map(|m| m.propagated_ms).collect();
     let mut after_withdraw: Vec<f64> = f
         .moves
         .iter()
@@ -476,7 +477,7 @@ fn summary(spec: &BgpSpec, f: &BgpReport, out: &mut dyn Write) -> Result<(), Lab
     let spread = |v: &mut Vec<f64>| {
         v.sort_by(f64::total_cmp);
         match v.as_slice() {
-            [] => "none reached the new owner".to_owned(),
+            [] => "never".to_owned(),
             [x] => format!("{x:.1} ms"),
             _ => format!(
                 "{:.1} / {:.1} / {:.1} ms (min / median / max)",
@@ -491,6 +492,11 @@ fn summary(spec: &BgpSpec, f: &BgpReport, out: &mut dyn Write) -> Result<(), Lab
         "  block move (make before break, {} move(s), a ping every {} ms):",
         f.moves.len(),
         MoveOptions::default().interval.as_millis()
+    )?;
+    writeln!(
+        out,
+        "    announcement -> path at every BIRD that picks: {}",
+        spread(&mut propagated)
     )?;
     writeln!(
         out,
