@@ -444,7 +444,7 @@ fn summary(spec: &BgpSpec, f: &BgpReport, out: &mut dyn Write) -> Result<(), Lab
     let (n, k) = (spec.nodes, spec.reflectors);
     let against = if spec.is_mesh() {
         format!(
-            "full mesh N(N-1)/2 = {}; route reflectors would need N*K = {n} per reflector",
+            "full mesh N(N-1)/2 = {}; one route reflector would need N*K = {n}*1 = {n}",
             f.mesh_sessions
         )
     } else {
