@@ -262,6 +262,9 @@ fn six_nodes_with_a_route_reflector_ping_all_to_all_and_move_a_block() {
     assert_eq!(bgp.sessions.established(), 6, "{text}");
     assert_eq!(bgp.sessions.at_reflectors(), 6, "{text}");
     assert_eq!(bgp.mesh_sessions, 15);
+    // tunl on node1 follows the other five nodes' blocks, all BIRD's (the
+    // moved block is node1's own, a blackhole, on no device).
+    assert!(text.contains("5 of 5 routes from BIRD"), "{text}");
     // The block move: the echo requests reached the new owner after the
     // announcement, none before, and none were lost (make before break).
     assert_eq!(bgp.moves.len(), 1, "{text}");

@@ -16,6 +16,7 @@ use crate::capture::{self, CapturedPacket};
 use crate::lab::{self, LabArgs, LabError, LabReport, heading};
 use crate::testbed::DaemonOptions;
 use crate::topology::{self, ProcessOutput};
+use tunl::control::{Client, Request, RouteList};
 
 /// How long BGP may take to converge at start.
 const CONVERGE_TIMEOUT: Duration = Duration::from_secs(60);
@@ -145,6 +146,7 @@ fn walk(
     sessions(bgp, out, &mut figures)?;
     lab::check(interrupted)?;
     routes(bgp, out)?;
+    tunl_view(bgp, out)?;
     lab::check(interrupted)?;
     lab::all_to_all(bgp.tunl(), out, interrupted, report)?;
     lab::check(interrupted)?;
@@ -265,6 +267,36 @@ fn routes(bgp: &BgpCluster, out: &mut dyn Write) -> Result<(), LabError> {
             nodes.len() - shown
         )?;
     }
+    Ok(())
+}
+
+/// What tunl forwards on: node 1's `tunl route list`, the kernel's routes
+/// on its device with their origin (BIRD's, `proto bird`).
+fn tunl_view(bgp: &BgpCluster, out: &mut dyn Write) -> Result<(), LabError> {
+    let node = bgp.cluster().nodes()[0].name.clone();
+    heading(
+        out,
+        &format!("{node}: tunl route list (what tunl forwards on, learned from the kernel)"),
+    )?;
+    let list: RouteList = Client::connect(&bgp.tunl().control_socket(&node))
+        .and_then(|mut c| c.call(&Request::RouteList {}))
+        .map_err(|e| LabError::Check(format!("{node}: {e}")))?;
+    for r in &list.routes {
+        let via = r
+            .via
+            .map_or_else(|| "(no single gateway)".to_owned(), |v| format!("via {v}"));
+        writeln!(
+            out,
+            "  {} {via}  # {}, metric {}",
+            r.prefix, r.origin, r.metric
+        )?;
+    }
+    let from_bird = list.routes.iter().filter(|r| r.origin == "bird").count();
+    writeln!(
+        out,
+        "{from_bird} of {} routes from BIRD; tunl's config has none.",
+        list.routes.len()
+    )?;
     Ok(())
 }
 
