@@ -54,22 +54,30 @@ pub struct LabArgs {
     pub tag: String,
     /// The seed's control plane: BIRD 2 on every node (and on route
     /// reflectors) announces the blocks over BGP and installs the routes
-    /// tunl forwards on; shows the sessions, the routes, an all-to-all ping
-    /// and a block move (default 4 nodes; needs Debian's bird2).
+    /// tunl forwards on (tunl's configs have none); shows the sessions
+    /// (mesh N(N-1)/2 against N*K with reflectors), the routes, an
+    /// all-to-all ping and a timed block move. Default 4 nodes (2 to 64);
+    /// configs and BIRD logs in /tmp/tunl-lab. Needs Debian's bird2
+    /// (scripts/setup.sh installs it).
     #[arg(long)]
     pub bgp: bool,
     /// With --bgp: the full node-to-node mesh instead of route reflectors.
     #[arg(long, requires = "bgp", conflicts_with = "route_reflectors")]
     pub mesh: bool,
-    /// With --bgp: the number of route reflectors (default 1 with more than
-    /// 2 nodes, else a mesh).
+    /// With --bgp: the number of route reflectors, BIRD instances in their
+    /// own namespaces on the underlay (0 to 8, 0 is the mesh; default 1
+    /// with more than 2 nodes, else a mesh).
     #[arg(long, value_name = "K", requires = "bgp")]
     pub route_reflectors: Option<usize>,
     /// With --bgp: underlay subnets, 1 or 2 (2: CrossSubnet, nodes in two
-    /// subnets joined by a router; same-subnet traffic is not encapsulated).
+    /// subnets joined by a router; BIRD routes same-subnet blocks via eth0,
+    /// not encapsulated, and the others via tunl0; a capture shows both).
     #[arg(long, value_name = "N", default_value_t = 1, requires = "bgp")]
     pub subnets: usize,
-    /// With --bgp: how many block moves to time (back and forth).
+    /// With --bgp: how many block moves to time, back and forth between
+    /// node1 and node2 (make before break, under a ping every 2 ms from the
+    /// last node; prints the time until traffic reached the new owner and
+    /// the pings lost; needs 3 nodes or more).
     #[arg(long, value_name = "M", default_value_t = 1, requires = "bgp")]
     pub moves: usize,
 }
