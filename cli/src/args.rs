@@ -75,6 +75,12 @@ pub enum Command {
     /// tables, a ping between pods (ttl=62), a decoded capture of the
     /// underlay with both IP layers (also saved as a pcap file), a
     /// throughput figure and the daemons' counters. Then tears down.
+    ///
+    /// With --bgp, the seed's control plane instead: BIRD 2 on every node
+    /// (and on route reflectors, or in a full --mesh) installs the routes
+    /// tunl forwards on; it shows the BGP sessions, the routes, an
+    /// all-to-all ping, a timed block move and, with --subnets 2,
+    /// CrossSubnet routing.
     Lab {
         #[command(subcommand)]
         action: Option<LabAction>,

@@ -42,6 +42,9 @@ pub struct DaemonOptions {
     /// (`false`: the routes come from elsewhere, BIRD or `ip route`, and
     /// tunl learns them from the kernel).
     pub routes: bool,
+    /// Blocks added to every node's `tunnel.blocks` (with `blocks`), e.g. a
+    /// block that moves between nodes.
+    pub extra_blocks: Vec<Ipv4Network>,
     /// Extra `[security] allow` prefixes.
     pub allow: Vec<Ipv4Network>,
     /// Log filter passed as `--log`.
@@ -61,6 +64,7 @@ impl Default for DaemonOptions {
             poll_quiet_us: tunl::config::DEFAULT_POLL_QUIET_US,
             blocks: true,
             routes: true,
+            extra_blocks: Vec::new(),
             allow: Vec::new(),
             log: "info".to_owned(),
             extra_config: String::new(),
@@ -115,7 +119,11 @@ pub fn node_config(cluster: &Cluster, node: &Node, options: &DaemonOptions) -> S
     );
     let _ = writeln!(s, "address = \"{}/32\"", node.block.network());
     if options.blocks {
-        let _ = writeln!(s, "blocks = [\"{}\"]", node.block);
+        let blocks: Vec<String> = std::iter::once(&node.block)
+            .chain(&options.extra_blocks)
+            .map(|b| format!("\"{b}\""))
+            .collect();
+        let _ = writeln!(s, "blocks = [{}]", blocks.join(", "));
     }
     if options.routes {
         for (prefix, via) in cluster.remote_routes(&node.name) {
