@@ -610,6 +610,7 @@ pub(crate) mod tests {
             allow: Vec::new(),
             blocks: Vec::new(),
             allow_nested: false,
+            strict_source: false,
         }));
         let kernel = FakeKernel::new(DEVICE, reader.clone());
         (RouteManager::new(writer, kernel, shared), reader)

@@ -52,6 +52,9 @@ pub struct Policy {
     pub blocks: Vec<Ipv4Network>,
     /// Accept inner IPIP packets.
     pub allow_nested: bool,
+    /// `security.strict_source`: an inner source must lie in a block routed
+    /// via the outer source, or be the outer source itself.
+    pub strict_source: bool,
 }
 
 impl Policy {
@@ -263,6 +266,7 @@ mod tests {
             allow: vec!["192.168.0.0/16".parse().unwrap()],
             blocks: vec!["10.20.42.0/26".parse().unwrap()],
             allow_nested: false,
+            strict_source: false,
         }
     }
 

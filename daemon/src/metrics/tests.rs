@@ -30,6 +30,7 @@ pub(super) fn source() -> MetricsSource {
         allow: vec![],
         blocks: vec![],
         allow_nested: false,
+        strict_source: false,
     };
     policy.set_vias([NODE, QUIET_NODE]);
     let vias = policy.vias.clone();
@@ -269,6 +270,7 @@ fn promtool_accepts_the_text_format() {
             allow: vec![],
             blocks: vec![],
             allow_nested: false,
+            strict_source: false,
         })),
         routes: Arc::default(),
         route_apply: Arc::default(),
