@@ -483,8 +483,10 @@ mod tests {
             text.contains("  underlay fallback: xdp: eth0: another XDP program is attached\n"),
             "{text}"
         );
-        // A daemon from before the field: no line.
+        // A daemon from before the field (and before `underlay_link`): no
+        // line.
         s.underlay = UnderlayStatus::default();
+        s.underlay_link = None;
         assert!(!format_status(&s).contains("underlay"));
     }
 
