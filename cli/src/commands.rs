@@ -228,16 +228,22 @@ pub fn route(socket: &Path, command: RouteCommand, json: bool) -> ExitCode {
         RouteCommand::List => {
             return show(socket, Request::RouteList {}, json, format_route_list);
         }
-        RouteCommand::Replace { file, allow_empty } => match read_routes(&file) {
-            Ok(routes) if routes.is_empty() && !allow_empty => {
-                return report("tunl", &RoutesFileError::Empty { path: file });
-            }
-            Ok(routes) => Request::RouteReplace {
-                routes,
-                allow_empty,
-            },
-            Err(e) => return report("tunl", &e),
-        },
+        RouteCommand::Replace { file, allow_empty } => {
+            let routes = match read_routes(&file) {
+                Ok(routes) if routes.is_empty() && !allow_empty => {
+                    return report("tunl", &RoutesFileError::Empty { path: file });
+                }
+                Ok(routes) => routes,
+                Err(e) => return report("tunl", &e),
+            };
+            // Streamed when the set is too long for one request line.
+            let change = Client::connect(socket).and_then(|mut c| c.replace(routes, allow_empty));
+            return match change {
+                Ok(v) if json => printed(print_json(&v)),
+                Ok(v) => printed(print(&format!("{}\n", describe(&v)))),
+                Err(e) => fail(&e),
+            };
+        }
     };
     show(socket, request, json, |change: &RouteChange| {
         format!("{}\n", describe(change))

@@ -525,7 +525,8 @@ mod tests {
             text.contains("  underlay fallback: xdp: eth0: another XDP program is attached\n"),
             "{text}"
         );
-        // A daemon from before the field: no line.
+        // A daemon from before the field (and before `underlay_link`): no
+        // line.
         s.underlay = UnderlayStatus::default();
         let text = format_status(&s);
         assert!(

@@ -33,11 +33,17 @@ pub enum DropReason {
     /// The local underlay address (the outer source) is no longer an
     /// address of this node: nothing is sent from it.
     NoLocalAddress,
+    /// With `security.strict_source`: the inner source is neither in a
+    /// block routed via the outer source nor the outer source itself.
+    InnerSourceMismatch,
+    /// The inner source is inside this node's own blocks, but the packet
+    /// came from another node (always refused).
+    InnerSourceOwnBlock,
 }
 
 impl DropReason {
     /// The number of reasons; the length of a counter array.
-    pub const COUNT: usize = 11;
+    pub const COUNT: usize = 13;
 
     /// Every reason, in `as usize` order.
     pub const ALL: [DropReason; Self::COUNT] = [
@@ -52,6 +58,8 @@ impl DropReason {
         Self::NotLocal,
         Self::TunnelLoop,
         Self::NoLocalAddress,
+        Self::InnerSourceMismatch,
+        Self::InnerSourceOwnBlock,
     ];
 
     /// The snake_case name, for metrics and logs.
@@ -68,6 +76,8 @@ impl DropReason {
             Self::NotLocal => "not_local",
             Self::TunnelLoop => "tunnel_loop",
             Self::NoLocalAddress => "no_local_address",
+            Self::InnerSourceMismatch => "inner_source_mismatch",
+            Self::InnerSourceOwnBlock => "inner_source_own_block",
         }
     }
 }
@@ -86,6 +96,8 @@ impl fmt::Display for DropReason {
             Self::NotLocal => "not local",
             Self::TunnelLoop => "tunnel loop",
             Self::NoLocalAddress => "no local address",
+            Self::InnerSourceMismatch => "inner source mismatch",
+            Self::InnerSourceOwnBlock => "inner source own block",
         })
     }
 }

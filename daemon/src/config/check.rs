@@ -127,13 +127,20 @@ impl Config {
         // A next hop must be an underlay address, never inside a pod block
         // (ours or a route's): that would route the tunnel into itself.
         // (A default route is refused above and is no pod block.)
+        // The routes' blocks in an LPM table, so this is one lookup per
+        // route, not a scan of every route (100k routes made it 10^10).
+        let mut route_blocks = tunl_routing::Lpm::new();
+        for r in self.routes.iter().filter(|r| r.prefix.prefix() > 0) {
+            route_blocks.insert(r.prefix, r.prefix);
+        }
         for (i, r) in self.routes.iter().enumerate() {
             let pod_block = t
                 .blocks
                 .iter()
-                .chain(self.routes.iter().map(|r| &r.prefix))
                 .filter(|b| b.prefix() > 0)
-                .find(|b| b.contains(r.via));
+                .find(|b| b.contains(r.via))
+                .copied()
+                .or_else(|| route_blocks.lookup(r.via));
             if let Some(b) = pod_block {
                 p.push(
                     format!("{}.via", key(i)),

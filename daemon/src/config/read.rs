@@ -415,13 +415,21 @@ fn routes(file: &Table, p: &mut Problems) -> (Vec<RouteEntry>, Vec<usize>) {
 }
 
 fn security(file: &Table, p: &mut Problems) -> SecuritySection {
-    let s = Section::of(file, "security", &["allow", "allow_nested", "user"], p);
+    let s = Section::of(
+        file,
+        "security",
+        &["allow", "allow_nested", "strict_source", "user"],
+        p,
+    );
     let mut out = SecuritySection::default();
     if let Some(kv) = s.get("allow") {
         out.allow = prefixes(p, kv);
     }
     if let Some(b) = s.get("allow_nested").and_then(|kv| boolean(p, kv)) {
         out.allow_nested = b;
+    }
+    if let Some(b) = s.get("strict_source").and_then(|kv| boolean(p, kv)) {
+        out.strict_source = b;
     }
     if let Some(kv) = s.get("user") {
         out.user = string(p, kv, "a user name").map(str::to_owned);

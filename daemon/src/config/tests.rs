@@ -72,12 +72,31 @@ fn shipped_example_parses() {
 }
 
 #[test]
+fn strict_source_is_a_boolean() {
+    for (value, want) in [("true", true), ("false", false)] {
+        let c = parse(&format!(
+            "[tunnel]\nlocal = \"172.16.35.4\"\n[security]\nstrict_source = {value}\n"
+        ))
+        .unwrap();
+        assert_eq!(c.security.strict_source, want);
+    }
+    let e = parse("[tunnel]\nlocal = \"172.16.35.4\"\n[security]\nstrict_source = \"yes\"\n")
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("security.strict_source") && e.contains("true or false"),
+        "{e}"
+    );
+}
+
+#[test]
 fn defaults() {
     let c = parse("[tunnel]\nlocal = \"172.16.35.4\"\n").unwrap();
     assert_eq!(c.tunnel.name, DEFAULT_DEVICE);
     assert_eq!(c.tunnel.mtu, None);
     assert!(c.routes.is_empty());
     assert!(!c.security.allow_nested);
+    assert_eq!(c.security.strict_source, DEFAULT_STRICT_SOURCE);
     assert_eq!(c.control.socket, PathBuf::from(DEFAULT_CONTROL_SOCKET));
     assert_eq!(c.metrics.listen, None);
     assert_eq!(c.security.user, None);

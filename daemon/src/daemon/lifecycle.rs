@@ -416,6 +416,7 @@ mod tests {
             allow: Vec::new(),
             blocks: Vec::new(),
             allow_nested: false,
+            strict_source: false,
         }));
         let rt = tokio::runtime::Builder::new_current_thread()
             .build()

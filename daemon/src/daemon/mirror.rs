@@ -970,6 +970,7 @@ pub(crate) mod tests {
             allow: Vec::new(),
             blocks: Vec::new(),
             allow_nested: false,
+            strict_source: false,
         }))
     }
 

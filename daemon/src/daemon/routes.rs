@@ -653,6 +653,7 @@ pub(crate) mod tests {
             allow: Vec::new(),
             blocks: Vec::new(),
             allow_nested: false,
+            strict_source: false,
         }));
         let mut mirror = RouteMirror::new(254, DEVICE, shared);
         let reader = mirror.reader();

@@ -334,6 +334,7 @@ pub(super) fn policy_for(config: &Config, mtu: u16) -> Policy {
         allow: config.security.allow.clone(),
         blocks: config.tunnel.blocks.clone(),
         allow_nested: config.security.allow_nested,
+        strict_source: config.security.strict_source,
     };
     policy.set_vias(config.routes.iter().map(|r| r.via));
     policy

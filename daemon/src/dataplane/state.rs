@@ -57,6 +57,9 @@ pub struct Policy {
     pub blocks: Vec<Ipv4Network>,
     /// Accept inner IPIP packets.
     pub allow_nested: bool,
+    /// `security.strict_source`: an inner source must lie in a block routed
+    /// via the outer source, or be the outer source itself.
+    pub strict_source: bool,
 }
 
 impl Policy {
@@ -89,6 +92,21 @@ impl Policy {
                 .multipath
                 .get(i as usize)?
                 .pick(flow_hash(src(), dst), dst),
+        }
+    }
+
+    /// Whether the route next hop `hop` can send packets for its block
+    /// through `node` (the strict inner-source check): its gateway, one of
+    /// its multipath group's gateways; a route without a gateway sends to
+    /// the inner destination itself, which the check accepts on its own.
+    pub fn routes_via(&self, hop: NextHop, node: Ipv4Addr) -> bool {
+        match hop {
+            NextHop::Node(n) => n == node,
+            NextHop::Direct => false,
+            NextHop::Multipath(i) => self
+                .multipath
+                .get(i as usize)
+                .is_some_and(|g| g.members().iter().any(|&(n, _)| n == Some(node))),
         }
     }
 }
@@ -293,6 +311,7 @@ mod tests {
             allow: vec!["192.168.0.0/16".parse().unwrap()],
             blocks: vec!["10.20.42.0/26".parse().unwrap()],
             allow_nested: false,
+            strict_source: false,
         }
     }
 

@@ -586,15 +586,18 @@ impl Worker {
     /// `outer` says whether the kernel verified the outer checksums.
     fn decap_batch(&mut self, received: usize, outer: OuterChecksum) {
         let policy = self.stats.load_policy(&self.shared);
+        let routes = self.routes.load();
         let kept = self
             .pipeline
             .decap(
                 &mut self.io.rx_bufs[..received],
                 &policy,
+                &routes,
                 outer,
                 &mut self.stats.counts,
             )
             .deliver();
+        drop(routes);
         drop(policy);
         self.stats.batch_done(&self.shared);
         if kept == 0 {

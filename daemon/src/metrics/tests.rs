@@ -31,6 +31,7 @@ pub(super) fn source() -> MetricsSource {
         blocks: vec![],
         allow_nested: false,
         multipath: Default::default(),
+        strict_source: false,
     };
     policy.set_vias([NODE, QUIET_NODE]);
     let vias = policy.vias.clone();
@@ -279,6 +280,7 @@ fn promtool_accepts_the_text_format() {
             blocks: vec![],
             allow_nested: false,
             multipath: Default::default(),
+            strict_source: false,
         })),
         routes: Arc::default(),
         route_apply: Arc::default(),

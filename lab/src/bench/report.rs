@@ -243,6 +243,9 @@ pub struct BenchReport {
     pub added_latency: Option<AddedLatency>,
     /// The large-table daemon.
     pub large_table: Option<LargeTable>,
+    /// The spoofed flood (`--flood`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub flood: Option<super::Flood>,
 }
 
 impl BenchReport {
@@ -295,6 +298,7 @@ impl BenchReport {
             figures,
             added_latency,
             large_table,
+            flood: None,
         }
     }
 }
