@@ -507,14 +507,34 @@ impl RouteMirror {
     /// kernel sends packets for it. Returns what to put back if the kernel
     /// refuses ([`RouteMirror::unclaim`]).
     pub fn claim(&mut self, prefix: Ipv4Network, via: Ipv4Addr) -> Claim {
+        let previous = self.claim_unpublished(prefix, via);
+        self.flush();
+        Claim { prefix, previous }
+    }
+
+    /// [`RouteMirror::claim`] for several routes (distinct prefixes) in one
+    /// LPM publication: a change set of 100k routes costs one, not 100k.
+    pub fn claim_all(&mut self, routes: &[(Ipv4Network, Ipv4Addr)]) -> Vec<Claim> {
+        let claims = routes
+            .iter()
+            .map(|&(prefix, via)| Claim {
+                prefix,
+                previous: self.claim_unpublished(prefix, via),
+            })
+            .collect();
+        self.flush();
+        claims
+    }
+
+    /// Puts tunl's route in the batch; returns what held its key before.
+    fn claim_unpublished(&mut self, prefix: Ipv4Network, via: Ipv4Addr) -> Option<Alias> {
         let previous = self
             .prefixes
             .get(&prefix)
             .and_then(|a| a.as_slice().iter().find(|a| a.same_key(0, 0)).copied());
         let route = own_route(prefix, via, self.table, self.device);
         self.new_route(&route, true, false);
-        self.flush();
-        Claim { prefix, previous }
+        previous
     }
 
     /// Undoes a [`RouteMirror::claim`] the kernel refused.
@@ -542,8 +562,15 @@ impl RouteMirror {
     /// (tunl deleted it): forgets it at once, before the kernel's own
     /// notification arrives.
     pub fn forget(&mut self, prefix: Ipv4Network, via: Ipv4Addr) {
-        let route = own_route(prefix, via, self.table, self.device);
-        self.del_route(&route);
+        self.forget_all([(prefix, via)]);
+    }
+
+    /// [`RouteMirror::forget`] for several routes, in one LPM publication.
+    pub fn forget_all(&mut self, routes: impl IntoIterator<Item = (Ipv4Network, Ipv4Addr)>) {
+        for (prefix, via) in routes {
+            let route = own_route(prefix, via, self.table, self.device);
+            self.del_route(&route);
+        }
         self.flush();
     }
 

@@ -370,10 +370,8 @@ impl<K: KernelRoutes> RouteManager<K> {
                 return Err(RouteError::HeldByAnotherInstance { prefix, device });
             }
         }
-        let claims: Vec<Claim> = added
-            .iter()
-            .map(|(p, v)| self.mirror.claim(*p, *v))
-            .collect();
+        // One LPM publication for all of them.
+        let claims: Vec<Claim> = self.mirror.claim_all(added);
         let mut installed = Vec::new();
         let mut deleted = Vec::new();
         let result = self
@@ -384,10 +382,14 @@ impl<K: KernelRoutes> RouteManager<K> {
                 .await;
             return Err(e);
         }
+        if !removed.is_empty() {
+            self.mirror.forget_all(
+                removed
+                    .iter()
+                    .filter_map(|p| before.get(p).map(|v| (*p, *v))),
+            );
+        }
         for prefix in removed {
-            if let Some(via) = before.get(prefix) {
-                self.mirror.forget(*prefix, *via);
-            }
             self.own.remove(prefix);
         }
         self.own.extend(added.iter().copied());
@@ -731,6 +733,40 @@ pub(crate) mod tests {
             append: false,
             exclusive: true,
         }]);
+    }
+
+    #[test]
+    fn a_change_set_is_one_lpm_publication_each_way() {
+        let (mut m, reader) = manager();
+        let big: Routes = (0..1000u32)
+            .map(|i| {
+                let p = Ipv4Network::new(Ipv4Addr::from(0x0a40_0000 + i * 64), 26).unwrap();
+                (p, node(5))
+            })
+            .collect();
+        let (before, _) = m.stats().updates();
+        run(m.apply(&big, RouteOrigin::Config)).unwrap();
+        assert_eq!(
+            m.stats().updates().0 - before,
+            1,
+            "the adds: one publication"
+        );
+        assert_eq!(lpm(&reader), big);
+        // Every add was made with all of them in the LPM already.
+        assert!(
+            m.kernel
+                .calls
+                .iter()
+                .all(|(_, lpm_then)| lpm_then.len() == 1000)
+        );
+        let (before, _) = m.stats().updates();
+        run(m.apply(&Routes::new(), RouteOrigin::Config)).unwrap();
+        assert_eq!(
+            m.stats().updates().0 - before,
+            1,
+            "the removals: one publication"
+        );
+        assert!(lpm(&reader).is_empty());
     }
 
     #[test]
