@@ -357,6 +357,68 @@ mod tests {
     use super::*;
 
     #[test]
+    fn route_list_shows_each_routes_origin_and_reads_back_as_a_routes_file() {
+        use tunl::control::{ListedNextHop, ListedRoute};
+        let list = RouteList {
+            routes: vec![
+                ListedRoute {
+                    prefix: "10.20.1.0/26".parse().unwrap(),
+                    via: Some(Ipv4Addr::new(172, 16, 36, 5)),
+                    nexthops: vec![],
+                    origin: "bird".to_owned(),
+                    metric: 32,
+                },
+                ListedRoute {
+                    prefix: "10.20.2.0/26".parse().unwrap(),
+                    via: Some(Ipv4Addr::new(172, 16, 36, 6)),
+                    nexthops: vec![],
+                    origin: "tunl".to_owned(),
+                    metric: 0,
+                },
+                ListedRoute {
+                    prefix: "10.20.3.0/26".parse().unwrap(),
+                    via: None,
+                    nexthops: vec![
+                        ListedNextHop {
+                            via: Some(Ipv4Addr::new(172, 16, 36, 7)),
+                            weight: 1,
+                        },
+                        ListedNextHop {
+                            via: Some(Ipv4Addr::new(172, 16, 36, 8)),
+                            weight: 2,
+                        },
+                    ],
+                    origin: "200".to_owned(),
+                    metric: 0,
+                },
+            ],
+        };
+        let text = format_route_list(&list);
+        assert_eq!(
+            text,
+            "10.20.1.0/26 via 172.16.36.5  # bird, metric 32\n\
+             10.20.2.0/26 via 172.16.36.6  # tunl\n\
+             10.20.3.0/26 nexthop via 172.16.36.7 weight 1 nexthop via 172.16.36.8 weight 2  # 200\n"
+        );
+        // The single-path lines are what `route replace` reads.
+        let single: String = text.lines().take(2).map(|l| format!("{l}\n")).collect();
+        let back = parse_routes(&single).unwrap();
+        assert_eq!(
+            back.iter().map(|r| (r.prefix, r.via)).collect::<Vec<_>>(),
+            vec![
+                (
+                    "10.20.1.0/26".parse().unwrap(),
+                    Ipv4Addr::new(172, 16, 36, 5)
+                ),
+                (
+                    "10.20.2.0/26".parse().unwrap(),
+                    Ipv4Addr::new(172, 16, 36, 6)
+                ),
+            ]
+        );
+    }
+
+    #[test]
     fn routes_files() {
         let want = vec![Route {
             prefix: "10.20.105.192/26".parse().unwrap(),

@@ -704,7 +704,7 @@ mod tests {
             problems(&format!("{LOCAL}[securty]\nallow = []\n")),
             [
                 "securty: unknown section (known: [tunnel], [[route]], [security], [control], \
-              [metrics], [dataplane]); did you mean `security`?"
+              [metrics], [dataplane], [routing]); did you mean `security`?"
             ]
         );
         assert_eq!(

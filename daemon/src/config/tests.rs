@@ -511,3 +511,33 @@ fn operating_md_names_every_start_only_key() {
         );
     }
 }
+
+#[test]
+fn a_via_inside_any_route_of_a_large_set_is_found_and_the_first_route_named() {
+    let c = parse(SEED).unwrap();
+    // 5,000 /26 blocks under 10.64.0.0/10, each via an underlay address.
+    let mut routes: Vec<RouteEntry> = (0..5_000u32)
+        .map(|i| RouteEntry {
+            prefix: Ipv4Network::new(Ipv4Addr::from(0x0a40_0000 + i * 64), 26).unwrap(),
+            via: Ipv4Addr::new(172, 16, 36, 5),
+        })
+        .collect();
+    assert!(c.with_routes(routes.clone()).is_ok());
+    // A next hop inside the 4,000th block, and a wider /16 later that holds
+    // it too: the first route in order that holds it is named.
+    routes[10].via = Ipv4Addr::from(0x0a40_0000 + 4_000 * 64 + 9);
+    routes.push(RouteEntry {
+        prefix: "10.67.0.0/16".parse().unwrap(),
+        via: Ipv4Addr::new(172, 16, 36, 6),
+    });
+    let err = c.with_routes(routes).unwrap_err();
+    let problems: Vec<String> = err.problems().iter().map(ToString::to_string).collect();
+    assert_eq!(
+        problems,
+        [format!(
+            "route[10].via: 10.67.232.9 is inside the pod block {}; `via` must be a node's \
+             underlay address",
+            Ipv4Network::new(Ipv4Addr::from(0x0a40_0000 + 4_000 * 64), 26).unwrap()
+        )]
+    );
+}

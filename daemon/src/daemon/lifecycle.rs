@@ -189,10 +189,11 @@ async fn serve<K: KernelRoutes>(
     config: &mut Config,
     routes: &mut RouteManager<K>,
     feed: &mut KernelFeed,
-    (mut calls, mut links): (mpsc::Receiver<Call>, mpsc::Receiver<LinkEvent>),
+    (calls, mut links): (mpsc::Receiver<Call>, mpsc::Receiver<LinkEvent>),
     device: &DeviceInfo,
 ) -> Result<(), DaemonError> {
     let shared = routes.shared().clone();
+    let mut calls = CallQueue::new(calls);
     loop {
         tokio::select! {
             asked = signals.next() => match asked {
@@ -203,7 +204,7 @@ async fn serve<K: KernelRoutes>(
                 Asked::Reload => reload::reload(config, routes).await,
             },
             reason = shared.failed() => return Err(DaemonError::DataplaneStopped { reason }),
-            Some(call) = calls.recv() => {
+            Some(call) = calls.next() => {
                 let request = call.request.to_string();
                 let response = handle(call.request, config, routes, device).await;
                 if let Some(error) = &response.error {
@@ -221,6 +222,52 @@ async fn serve<K: KernelRoutes>(
                 info!(device = %device.name, routes = n, "routes put back on the tunnel device");
             }
         }
+    }
+}
+
+/// The control requests in the order they are answered: one that only
+/// reads (`status`, `stats`, `route_list`) before the route changes queued
+/// ahead of it, which keep their order. So `status` waits for at most the
+/// one change in progress, never behind a queue of them. (Each connection
+/// sends its next request after the reply to the last, so no client sees
+/// its own requests reordered.)
+struct CallQueue {
+    incoming: mpsc::Receiver<Call>,
+    changes: std::collections::VecDeque<Call>,
+}
+
+impl CallQueue {
+    fn new(incoming: mpsc::Receiver<Call>) -> Self {
+        CallQueue {
+            incoming,
+            changes: std::collections::VecDeque::new(),
+        }
+    }
+
+    /// Whether answering `request` changes nothing.
+    fn reads_only(request: &control::Request) -> bool {
+        matches!(
+            request,
+            control::Request::Status {}
+                | control::Request::Stats {}
+                | control::Request::RouteList {}
+        )
+    }
+
+    /// The next request to answer; `None` once the control socket's
+    /// accept loop is gone and nothing is queued. Cancel-safe: a call taken
+    /// in stays queued here.
+    async fn next(&mut self) -> Option<Call> {
+        while let Ok(call) = self.incoming.try_recv() {
+            if Self::reads_only(&call.request) {
+                return Some(call);
+            }
+            self.changes.push_back(call);
+        }
+        if let Some(call) = self.changes.pop_front() {
+            return Some(call);
+        }
+        self.incoming.recv().await
     }
 }
 
@@ -440,5 +487,71 @@ mod tests {
         assert_eq!(shared.failure().as_deref(), Some("TUN read failed: gone"));
         // A failure before the loop waits (during setup) is not lost.
         assert_eq!(rt.block_on(shared.failed()), "TUN read failed: gone");
+    }
+}
+
+#[cfg(test)]
+mod call_queue_tests {
+    use tokio::sync::oneshot;
+
+    use super::*;
+    use crate::control::Request;
+
+    fn call(request: Request) -> (Call, oneshot::Receiver<crate::control::Response>) {
+        let (reply, rx) = oneshot::channel();
+        (Call { request, reply }, rx)
+    }
+
+    #[test]
+    fn status_is_answered_before_route_changes_queued_ahead_of_it() {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let (tx, rx) = mpsc::channel(16);
+            let mut q = CallQueue::new(rx);
+            let add = |i: u8| Request::RouteAdd {
+                prefix: format!("10.20.{i}.0/26").parse().unwrap(),
+                via: std::net::Ipv4Addr::new(172, 16, 36, 5),
+            };
+            let mut keep = Vec::new();
+            for r in [
+                add(1),
+                add(2),
+                Request::Status {},
+                add(3),
+                Request::Stats {},
+            ] {
+                let (c, rx) = call(r);
+                tx.send(c).await.unwrap();
+                keep.push(rx);
+            }
+            let mut order = Vec::new();
+            for _ in 0..5 {
+                order.push(q.next().await.unwrap().request);
+            }
+            assert_eq!(
+                order,
+                vec![
+                    Request::Status {},
+                    Request::Stats {},
+                    add(1),
+                    add(2),
+                    add(3)
+                ]
+            );
+            // A read that comes while changes wait goes first too.
+            let (c, _r1) = call(add(4));
+            tx.send(c).await.unwrap();
+            let (c, _r2) = call(add(5));
+            tx.send(c).await.unwrap();
+            assert_eq!(q.next().await.unwrap().request, add(4));
+            let (c, _r3) = call(Request::RouteList {});
+            tx.send(c).await.unwrap();
+            assert_eq!(q.next().await.unwrap().request, Request::RouteList {});
+            assert_eq!(q.next().await.unwrap().request, add(5));
+            drop(tx);
+            assert!(q.next().await.is_none());
+        });
     }
 }

@@ -295,6 +295,25 @@ pub struct RouteMirror {
     groups_changed: bool,
     /// LPM publications so far.
     publishes: u64,
+    /// Routes with tunl's tag in the table that go out of other devices
+    /// (another tunl instance's, or left by an earlier run), by key
+    /// `(prefix, tos, metric)`, to the device: what
+    /// [`RouteMirror::tagged_elsewhere`] answers without a dump.
+    elsewhere: HashMap<(Ipv4Network, u8, u32), u32>,
+}
+
+/// The key of a tagged route out of another device than `device`, and
+/// that device; `None` for any other route.
+fn tagged_elsewhere_of(
+    route: &KernelRoute,
+    table: u32,
+    device: u32,
+) -> Option<((Ipv4Network, u8, u32), u32)> {
+    if route.table != table || route.protocol != ROUTE_PROTOCOL {
+        return None;
+    }
+    let oif = route.hops.iter().map(|h| h.oif).find(|&o| o != device)?;
+    Some(((route.prefix, route.tos, route.metric), oif))
 }
 
 impl RouteMirror {
@@ -317,7 +336,68 @@ impl RouteMirror {
             policy_grew: false,
             groups_changed: false,
             publishes: 0,
+            elsewhere: HashMap::new(),
         }
+    }
+
+    /// The routes with tunl's tag for a prefix `wanted` names that go out
+    /// of another device: `(prefix, device)`. Kept from the dump and the
+    /// kernel's notifications, so no dump is needed per route change.
+    pub fn tagged_elsewhere(
+        &self,
+        wanted: impl Fn(&Ipv4Network) -> bool,
+    ) -> Vec<(Ipv4Network, u32)> {
+        let mut found: Vec<(Ipv4Network, u32)> = self
+            .elsewhere
+            .iter()
+            .filter(|((p, _, _), _)| wanted(p))
+            .map(|((p, _, _), oif)| (*p, *oif))
+            .collect();
+        found.sort_unstable_by_key(|(p, oif)| (p.network(), p.prefix(), *oif));
+        found
+    }
+
+    /// Keeps [`RouteMirror::tagged_elsewhere`] in step with one event.
+    fn track_elsewhere(&mut self, event: &RouteEvent) {
+        match event {
+            RouteEvent::New {
+                route,
+                replace,
+                exclusive,
+                ..
+            } => {
+                let key = (route.prefix, route.tos, route.metric);
+                match tagged_elsewhere_of(route, self.table, self.device) {
+                    Some((key, oif)) => {
+                        self.elsewhere.insert(key, oif);
+                    }
+                    None if route.table == self.table && (*replace || *exclusive) => {
+                        self.elsewhere.remove(&key);
+                    }
+                    None => {}
+                }
+            }
+            RouteEvent::Del(route)
+                if tagged_elsewhere_of(route, self.table, self.device).is_some() =>
+            {
+                self.elsewhere
+                    .remove(&(route.prefix, route.tos, route.metric));
+            }
+            _ => {}
+        }
+    }
+
+    /// The route the kernel uses for exactly `prefix` on the device, if any.
+    pub fn get(&self, prefix: Ipv4Network) -> Option<MirroredRoute> {
+        self.prefixes.get(&prefix).map(|aliases| {
+            let w = aliases.winner();
+            MirroredRoute {
+                prefix,
+                hop: w.hop,
+                protocol: w.protocol,
+                metric: w.metric,
+            }
+        })
     }
 
     /// A reader of the LPM, for a dataplane thread. Take the first after
@@ -399,6 +479,7 @@ impl RouteMirror {
     /// caller's.
     pub fn apply(&mut self, events: &[RouteEvent]) {
         for event in events {
+            self.track_elsewhere(event);
             match event {
                 RouteEvent::New {
                     route,
@@ -426,14 +507,34 @@ impl RouteMirror {
     /// kernel sends packets for it. Returns what to put back if the kernel
     /// refuses ([`RouteMirror::unclaim`]).
     pub fn claim(&mut self, prefix: Ipv4Network, via: Ipv4Addr) -> Claim {
+        let previous = self.claim_unpublished(prefix, via);
+        self.flush();
+        Claim { prefix, previous }
+    }
+
+    /// [`RouteMirror::claim`] for several routes (distinct prefixes) in one
+    /// LPM publication: a change set of 100k routes costs one, not 100k.
+    pub fn claim_all(&mut self, routes: &[(Ipv4Network, Ipv4Addr)]) -> Vec<Claim> {
+        let claims = routes
+            .iter()
+            .map(|&(prefix, via)| Claim {
+                prefix,
+                previous: self.claim_unpublished(prefix, via),
+            })
+            .collect();
+        self.flush();
+        claims
+    }
+
+    /// Puts tunl's route in the batch; returns what held its key before.
+    fn claim_unpublished(&mut self, prefix: Ipv4Network, via: Ipv4Addr) -> Option<Alias> {
         let previous = self
             .prefixes
             .get(&prefix)
             .and_then(|a| a.as_slice().iter().find(|a| a.same_key(0, 0)).copied());
         let route = own_route(prefix, via, self.table, self.device);
         self.new_route(&route, true, false);
-        self.flush();
-        Claim { prefix, previous }
+        previous
     }
 
     /// Undoes a [`RouteMirror::claim`] the kernel refused.
@@ -461,8 +562,15 @@ impl RouteMirror {
     /// (tunl deleted it): forgets it at once, before the kernel's own
     /// notification arrives.
     pub fn forget(&mut self, prefix: Ipv4Network, via: Ipv4Addr) {
-        let route = own_route(prefix, via, self.table, self.device);
-        self.del_route(&route);
+        self.forget_all([(prefix, via)]);
+    }
+
+    /// [`RouteMirror::forget`] for several routes, in one LPM publication.
+    pub fn forget_all(&mut self, routes: impl IntoIterator<Item = (Ipv4Network, Ipv4Addr)>) {
+        for (prefix, via) in routes {
+            let route = own_route(prefix, via, self.table, self.device);
+            self.del_route(&route);
+        }
         self.flush();
     }
 
@@ -475,6 +583,7 @@ impl RouteMirror {
         Replacement {
             mirror: self,
             prefixes: HashMap::new(),
+            elsewhere: HashMap::new(),
             committed: false,
         }
     }
@@ -875,12 +984,17 @@ fn own_route(prefix: Ipv4Network, via: Ipv4Addr, table: u32, device: u32) -> Ker
 pub struct Replacement<'a> {
     mirror: &'a mut RouteMirror,
     prefixes: HashMap<Ipv4Network, Aliases>,
+    elsewhere: HashMap<(Ipv4Network, u8, u32), u32>,
     committed: bool,
 }
 
 impl Replacement<'_> {
     /// Adds a dumped route (routes come in the kernel's order).
     pub fn add(&mut self, route: &KernelRoute) {
+        if let Some((key, oif)) = tagged_elsewhere_of(route, self.mirror.table, self.mirror.device)
+        {
+            self.elsewhere.insert(key, oif);
+        }
         let Some(hop) = self.mirror.hop_of(route, true) else {
             return;
         };
@@ -928,6 +1042,7 @@ impl Replacement<'_> {
     pub fn commit(mut self) -> usize {
         self.committed = true;
         let prefixes = std::mem::take(&mut self.prefixes);
+        self.mirror.elsewhere = std::mem::take(&mut self.elsewhere);
         self.mirror.install(prefixes);
         self.mirror.len()
     }
@@ -1277,6 +1392,43 @@ pub(crate) mod tests {
         ));
         assert_eq!(dump.keep_own(own), 0);
         assert_eq!(dump.commit(), 1);
+    }
+
+    #[test]
+    fn tagged_routes_on_other_devices_are_known_from_events_and_dumps() {
+        let (mut m, _) = mirror();
+        let tagged = |p: &str, oif: u32| route(p, 0, ROUTE_PROTOCOL, &[(oif, Some(5), 1)]);
+        let all = |_: &Ipv4Network| true;
+        m.apply(&[
+            new(tagged("10.20.1.0/26", OTHER)),
+            // Ours, and another program's on the other device: not counted.
+            new(tagged("10.20.2.0/26", DEVICE)),
+            new(route("10.20.3.0/26", 0, 12, &[(OTHER, Some(5), 1)])),
+            new(tagged("10.20.4.0/26", OTHER)),
+        ]);
+        assert_eq!(
+            m.tagged_elsewhere(all),
+            vec![(net("10.20.1.0/26"), OTHER), (net("10.20.4.0/26"), OTHER)]
+        );
+        assert_eq!(
+            m.tagged_elsewhere(|p| *p == net("10.20.4.0/26")),
+            vec![(net("10.20.4.0/26"), OTHER)]
+        );
+        // Deleted, or replaced by another program's route under its key.
+        m.apply(&[
+            RouteEvent::Del(tagged("10.20.1.0/26", OTHER)),
+            replace(via("10.20.4.0/26", 0, 6)),
+        ]);
+        assert!(m.tagged_elsewhere(all).is_empty());
+        // A dump rebuilds it from scratch.
+        m.apply(&[new(tagged("10.20.9.0/26", OTHER))]);
+        let mut dump = m.replace();
+        dump.add(&tagged("10.20.7.0/26", OTHER));
+        dump.add(&via("10.20.8.0/26", 0, 5));
+        dump.commit();
+        assert_eq!(m.tagged_elsewhere(all), vec![(net("10.20.7.0/26"), OTHER)]);
+        assert_eq!(m.get(net("10.20.8.0/26")).map(|r| r.protocol), Some(12));
+        assert_eq!(m.get(net("10.20.7.0/26")), None);
     }
 
     #[test]

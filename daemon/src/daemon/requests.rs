@@ -49,7 +49,6 @@ pub(super) async fn handle<K: KernelRoutes>(
     routes: &mut RouteManager<K>,
     device: &DeviceInfo,
 ) -> Response {
-    let current = routes.routes();
     let wanted = match request {
         Request::RouteList {} => {
             let mirror = routes.mirror();
@@ -60,19 +59,22 @@ pub(super) async fn handle<K: KernelRoutes>(
         Request::Status {} => return Response::ok(status(routes, device)),
         Request::Stats {} => return Response::ok(stats(&routes.shared().counters())),
         Request::RouteAdd { prefix, via } => {
-            let mut wanted = current.clone();
-            wanted.insert(prefix, via);
-            if let Err(problem) = validate(config, &wanted) {
+            // One route against the set: no copy of it, no whole check.
+            if let Err(problem) = config.check_added_route(routes.routes(), prefix, via) {
                 return Response::error(format!("cannot add {prefix} via {via}: {problem}"));
             }
-            wanted
+            return reply(
+                routes
+                    .change_one(prefix, Some(via), RouteOrigin::Control)
+                    .await,
+            );
         }
         Request::RouteDel { prefix } => {
             if let Err(e) = crate::config::check_prefix(&prefix) {
                 return Response::error(format!("cannot delete {prefix}: {e}"));
             }
-            if !current.contains_key(&prefix)
-                && let Some(r) = routes.mirror().winners().find(|r| r.prefix == prefix)
+            if !routes.routes().contains_key(&prefix)
+                && let Some(r) = routes.mirror().get(prefix)
             {
                 return Response::error(format!(
                     "cannot delete {prefix}: it is not tunl's route (origin {}); \
@@ -80,9 +82,7 @@ pub(super) async fn handle<K: KernelRoutes>(
                     origin_name(r.protocol)
                 ));
             }
-            let mut wanted = current.clone();
-            wanted.remove(&prefix);
-            wanted
+            return reply(routes.change_one(prefix, None, RouteOrigin::Control).await);
         }
         Request::RouteReplace {
             routes: list,
@@ -92,7 +92,7 @@ pub(super) async fn handle<K: KernelRoutes>(
                 return Response::error(format!(
                     "route set refused, nothing changed: an empty set would remove every route \
                      ({} now, the config's included); send \"allow_empty\": true to mean it",
-                    current.len()
+                    routes.routes().len()
                 ));
             }
             let entries: Vec<RouteEntry> = list
@@ -113,17 +113,24 @@ pub(super) async fn handle<K: KernelRoutes>(
                 };
                 return Response::error(format!("route set refused, nothing changed: {e}"));
             }
-            list.iter().map(|r| (r.prefix, r.via)).collect()
+            list.iter().map(|r| (r.prefix, r.via)).collect::<Routes>()
         }
     };
-    match routes.apply(&wanted, RouteOrigin::Control).await {
+    reply(routes.apply(&wanted, RouteOrigin::Control).await)
+}
+
+/// The reply to a route change.
+fn reply(result: Result<control::RouteChange, super::error::RouteError>) -> Response {
+    match result {
         Ok(change) => Response::ok(change),
         Err(e) => Response::error(e.to_string()),
     }
 }
 
-/// Checks a route set against the config's rules (own blocks, local
-/// address, host bits); returns the problem.
+/// Checks a whole route set against the config's rules (own blocks, local
+/// address, host bits); returns the problem. What
+/// [`Config::check_added_route`] must agree with.
+#[cfg(test)]
 fn validate(config: &Config, routes: &Routes) -> Result<(), String> {
     let entries = routes
         .iter()
@@ -408,7 +415,7 @@ mod tests {
         let moved: RouteChange = call(&mut m, add("10.20.1.0/26", node(6))).unwrap();
         assert_eq!(moved.added[0].via, node(6));
         assert_eq!(moved.unchanged, 0);
-        assert_eq!(m.routes(), routes(&[("10.20.1.0/26", 6)]));
+        assert_eq!(*m.routes(), routes(&[("10.20.1.0/26", 6)]));
     }
 
     #[test]
@@ -618,5 +625,47 @@ mod tests {
             judged(&mut m),
             vec![(node(7), 1, false), (node(9), 2, false)]
         );
+    }
+
+    #[test]
+    fn the_check_of_one_added_route_agrees_with_the_whole_set_check() {
+        let c = config();
+        let set = routes(&[
+            ("10.20.1.0/26", 5),
+            ("10.20.2.0/26", 6),
+            ("172.16.40.0/24", 7),
+        ]);
+        let cases = [
+            ("10.20.3.0/26", node(8)),                       // fine
+            ("10.20.1.0/26", node(9)),                       // a move
+            ("10.20.4.0/26", "10.20.2.9".parse().unwrap()),  // via inside a route
+            ("10.20.5.0/26", "10.20.5.1".parse().unwrap()),  // via inside itself
+            ("10.20.42.0/27", node(8)),                      // over our block
+            ("10.20.6.0/26", "10.20.42.3".parse().unwrap()), // via in our block
+            ("172.16.36.0/24", node(8)),                     // holds existing vias
+            ("10.20.7.1/26", node(8)),                       // host bits
+            ("0.0.0.0/0", node(8)),                          // default route
+            ("172.16.35.0/24", node(8)),                     // holds tunnel.local
+            ("10.20.8.0/26", Ipv4Addr::new(172, 16, 35, 4)), // via tunnel.local
+            ("10.20.9.0/26", Ipv4Addr::new(224, 0, 0, 1)),   // not unicast
+        ];
+        for (prefix, via) in cases {
+            let prefix: Ipv4Network = prefix.parse().unwrap();
+            let mut wanted = set.clone();
+            wanted.insert(prefix, via);
+            let whole = validate(&c, &wanted);
+            let one = c.check_added_route(&set, prefix, via);
+            assert_eq!(
+                one.is_ok(),
+                whole.is_ok(),
+                "{prefix} via {via}: {one:?} / {whole:?}"
+            );
+            if let (Err(one), Err(whole)) = (&one, &whole) {
+                assert!(
+                    whole.contains(one.split("; ").next().unwrap()),
+                    "{prefix} via {via}: {one} / {whole}"
+                );
+            }
+        }
     }
 }

@@ -173,8 +173,8 @@ impl<K: KernelRoutes> RouteManager<K> {
     }
 
     /// tunl's own routes (config and control socket), block to next hop.
-    pub fn routes(&self) -> Routes {
-        self.own.clone()
+    pub fn routes(&self) -> &Routes {
+        &self.own
     }
 
     /// The mirror of the kernel's routes on the device.
@@ -233,7 +233,7 @@ impl<K: KernelRoutes> RouteManager<K> {
     /// notifications. Returns how many went in; a refused one is logged.
     pub async fn reinstall(&mut self) -> usize {
         let mut done = 0;
-        for (prefix, via) in self.routes() {
+        for (prefix, via) in self.own.clone() {
             match self.kernel.add(prefix, via).await {
                 Ok(()) => done += 1,
                 Err(e) => warn!(%prefix, %via, error = %e, "cannot put a route back"),
@@ -260,7 +260,7 @@ impl<K: KernelRoutes> RouteManager<K> {
         wanted: &Routes,
         origin: RouteOrigin,
     ) -> Result<RouteChange, RouteError> {
-        let current = self.own.clone();
+        let current = &self.own;
         let added: Vec<(Ipv4Network, Ipv4Addr)> = wanted
             .iter()
             .filter(|(p, v)| current.get(p) != Some(v))
@@ -271,6 +271,46 @@ impl<K: KernelRoutes> RouteManager<K> {
             .filter(|p| !wanted.contains_key(p))
             .copied()
             .collect();
+        let unchanged = wanted.len() - added.len();
+        self.apply_delta(added, removed, unchanged, origin).await
+    }
+
+    /// Adds `prefix via via` to tunl's routes (or moves the block), or with
+    /// `via` `None` removes tunl's route for `prefix`: [`RouteManager::apply`]
+    /// for one route, at a cost that does not grow with the route set (no
+    /// copy of it, no dump).
+    ///
+    /// # Errors
+    /// As [`RouteManager::apply`].
+    pub async fn change_one(
+        &mut self,
+        prefix: Ipv4Network,
+        via: Option<Ipv4Addr>,
+        origin: RouteOrigin,
+    ) -> Result<RouteChange, RouteError> {
+        let now = self.own.get(&prefix).copied();
+        let (added, removed) = match (now, via) {
+            (Some(n), Some(v)) if n == v => (vec![], vec![]),
+            (_, Some(v)) => (vec![(prefix, v)], vec![]),
+            (Some(_), None) => (vec![], vec![prefix]),
+            (None, None) => (vec![], vec![]),
+        };
+        let after = self.own.len() + usize::from(now.is_none() && via.is_some())
+            - usize::from(now.is_some() && via.is_none());
+        let unchanged = after - added.len();
+        self.apply_delta(added, removed, unchanged, origin).await
+    }
+
+    /// Applies a difference to tunl's routes: `added` (new prefixes or
+    /// moved ones), `removed`; `unchanged` is the count of routes left as
+    /// they are, for the reply.
+    async fn apply_delta(
+        &mut self,
+        added: Vec<(Ipv4Network, Ipv4Addr)>,
+        removed: Vec<Ipv4Network>,
+        unchanged: usize,
+        origin: RouteOrigin,
+    ) -> Result<RouteChange, RouteError> {
         let change = RouteChange {
             added: added
                 .iter()
@@ -280,15 +320,13 @@ impl<K: KernelRoutes> RouteManager<K> {
                 })
                 .collect(),
             removed: removed.clone(),
-            unchanged: wanted.len() - added.len(),
+            unchanged,
         };
         if added.is_empty() && removed.is_empty() {
             return Ok(change);
         }
         let started = Instant::now();
-        let result = self
-            .change(&current, wanted, &added, &removed, origin)
-            .await;
+        let result = self.change(&added, &removed, origin).await;
         self.apply_metrics.record(started.elapsed(), result.is_ok());
         if result.is_ok() {
             // One line per change set; each route at debug level.
@@ -307,42 +345,54 @@ impl<K: KernelRoutes> RouteManager<K> {
     /// for the metrics.
     async fn change(
         &mut self,
-        current: &Routes,
-        wanted: &Routes,
         added: &[(Ipv4Network, Ipv4Addr)],
         removed: &[Ipv4Network],
         origin: RouteOrigin,
     ) -> Result<(), RouteError> {
-        let new = |p: &Ipv4Network| !current.contains_key(p) && wanted.contains_key(p);
-        if added.iter().any(|(p, _)| new(p)) {
+        // What the touched prefixes route to now: all a rollback needs.
+        let before: Routes = added
+            .iter()
+            .map(|(p, _)| *p)
+            .chain(removed.iter().copied())
+            .filter_map(|p| self.own.get(&p).map(|v| (p, *v)))
+            .collect();
+        let new: std::collections::HashSet<Ipv4Network> = added
+            .iter()
+            .map(|(p, _)| *p)
+            .filter(|p| !before.contains_key(p))
+            .collect();
+        if !new.is_empty() {
             let held = self
-                .routed_by_another_instance(new)
+                .routed_by_another_instance(|p| new.contains(p))
                 .await
                 .map_err(|source| RouteError::OtherInstanceCheck { source })?;
             if let Some((prefix, device)) = held {
                 return Err(RouteError::HeldByAnotherInstance { prefix, device });
             }
         }
-        let claims: Vec<Claim> = added
-            .iter()
-            .map(|(p, v)| self.mirror.claim(*p, *v))
-            .collect();
+        // One LPM publication for all of them.
+        let claims: Vec<Claim> = self.mirror.claim_all(added);
         let mut installed = Vec::new();
         let mut deleted = Vec::new();
         let result = self
             .change_kernel(added, removed, origin, &mut installed, &mut deleted)
             .await;
         if let Err(e) = result {
-            self.roll_back(current, claims, &installed, &deleted, origin)
+            self.roll_back(&before, claims, &installed, &deleted, origin)
                 .await;
             return Err(e);
         }
-        for prefix in removed {
-            if let Some(via) = current.get(prefix) {
-                self.mirror.forget(*prefix, *via);
-            }
+        if !removed.is_empty() {
+            self.mirror.forget_all(
+                removed
+                    .iter()
+                    .filter_map(|p| before.get(p).map(|v| (*p, *v))),
+            );
         }
-        self.own.clone_from(wanted);
+        for prefix in removed {
+            self.own.remove(prefix);
+        }
+        self.own.extend(added.iter().copied());
         Ok(())
     }
 
@@ -476,15 +526,17 @@ impl<K: KernelRoutes> RouteManager<K> {
 
     /// The first route with tunl's tag whose prefix is `wanted` and which
     /// goes out of another TUN device that a process holds: another tunl
-    /// instance routes that prefix. Returns it with that device's name. Fails closed: a failed
-    /// lookup is an error, never taken for "no conflict".
+    /// instance routes that prefix. Returns it with that device's name.
+    /// The candidates come from the mirror, which sees every route of the
+    /// table (no dump per change); only their devices are looked up. Fails
+    /// closed: a failed lookup is an error, never taken for "no conflict".
     async fn routed_by_another_instance(
         &mut self,
         wanted: impl Fn(&Ipv4Network) -> bool,
     ) -> Result<Option<(Ipv4Network, String)>, NetlinkError> {
         let device = self.kernel.device();
-        for (prefix, oif) in self.kernel.tagged().await? {
-            if oif != device && wanted(&prefix) {
+        for (prefix, oif) in self.mirror.tagged_elsewhere(wanted) {
+            if oif != device {
                 if let Some(name) = self.kernel.tun_name(oif).await? {
                     return Ok(Some((prefix, name)));
                 }
@@ -661,6 +713,102 @@ pub(crate) mod tests {
         (RouteManager::new(mirror, kernel), reader)
     }
 
+    /// Tells the mirror about a route with tunl's tag out of device `oif`
+    /// (another instance's), as the kernel's notification would.
+    fn tagged_elsewhere(m: &mut RouteManager<FakeKernel>, prefix: &str, oif: u32) {
+        m.mirror_mut().apply(&[tunl_io::netlink::RouteEvent::New {
+            route: tunl_io::netlink::KernelRoute {
+                table: 254,
+                prefix: net(prefix),
+                tos: 0,
+                metric: 0,
+                protocol: ROUTE_PROTOCOL,
+                unicast: true,
+                hops: vec![tunl_io::netlink::KernelHop {
+                    oif,
+                    gateway: Some(node(5)),
+                    weight: 1,
+                }],
+            },
+            replace: false,
+            append: false,
+            exclusive: true,
+        }]);
+    }
+
+    #[test]
+    fn a_change_set_is_one_lpm_publication_each_way() {
+        let (mut m, reader) = manager();
+        let big: Routes = (0..1000u32)
+            .map(|i| {
+                let p = Ipv4Network::new(Ipv4Addr::from(0x0a40_0000 + i * 64), 26).unwrap();
+                (p, node(5))
+            })
+            .collect();
+        let (before, _) = m.stats().updates();
+        run(m.apply(&big, RouteOrigin::Config)).unwrap();
+        assert_eq!(
+            m.stats().updates().0 - before,
+            1,
+            "the adds: one publication"
+        );
+        assert_eq!(lpm(&reader), big);
+        // Every add was made with all of them in the LPM already.
+        assert!(
+            m.kernel
+                .calls
+                .iter()
+                .all(|(_, lpm_then)| lpm_then.len() == 1000)
+        );
+        let (before, _) = m.stats().updates();
+        run(m.apply(&Routes::new(), RouteOrigin::Config)).unwrap();
+        assert_eq!(
+            m.stats().updates().0 - before,
+            1,
+            "the removals: one publication"
+        );
+        assert!(lpm(&reader).is_empty());
+    }
+
+    #[test]
+    fn one_route_is_added_moved_and_removed_without_a_copy_or_a_dump() {
+        let (mut m, reader) = manager();
+        let base = routes(&[("10.20.1.0/26", 5), ("10.20.2.0/26", 6)]);
+        run(m.apply(&base, RouteOrigin::Config)).unwrap();
+        m.kernel.calls.clear();
+        let c =
+            run(m.change_one(net("10.20.3.0/26"), Some(node(7)), RouteOrigin::Control)).unwrap();
+        assert_eq!((c.added.len(), c.removed.len(), c.unchanged), (1, 0, 2));
+        let c =
+            run(m.change_one(net("10.20.3.0/26"), Some(node(8)), RouteOrigin::Control)).unwrap();
+        assert_eq!((c.added.len(), c.removed.len(), c.unchanged), (1, 0, 2));
+        let c =
+            run(m.change_one(net("10.20.3.0/26"), Some(node(8)), RouteOrigin::Control)).unwrap();
+        assert_eq!((c.added.len(), c.removed.len(), c.unchanged), (0, 0, 3));
+        let c = run(m.change_one(net("10.20.1.0/26"), None, RouteOrigin::Control)).unwrap();
+        assert_eq!((c.added.len(), c.removed.len(), c.unchanged), (0, 1, 2));
+        let c = run(m.change_one(net("10.20.9.0/26"), None, RouteOrigin::Control)).unwrap();
+        assert_eq!((c.added.len(), c.removed.len(), c.unchanged), (0, 0, 2));
+        let want = routes(&[("10.20.2.0/26", 6), ("10.20.3.0/26", 8)]);
+        assert_eq!(*m.routes(), want);
+        assert_eq!(m.kernel.ours(), want);
+        assert_eq!(lpm(&reader), want);
+        assert_eq!(
+            m.kernel.call_list(),
+            vec![
+                KernelCall::Add(net("10.20.3.0/26"), node(7)),
+                KernelCall::Add(net("10.20.3.0/26"), node(8)),
+                KernelCall::Del(net("10.20.1.0/26"), DEVICE),
+            ],
+            "no dump, no other call"
+        );
+        // A refused one changes nothing.
+        m.kernel.refuse = vec![KernelCall::Add(net("10.20.4.0/26"), node(5))];
+        run(m.change_one(net("10.20.4.0/26"), Some(node(5)), RouteOrigin::Control)).unwrap_err();
+        assert_eq!(*m.routes(), want);
+        assert_eq!(lpm(&reader), want);
+    }
+
     fn lpm(reader: &RouteReader<NextHop>) -> Routes {
         node_routes(reader)
     }
@@ -707,10 +855,10 @@ pub(crate) mod tests {
         assert_eq!(lpm(&reader), first);
         assert_eq!(vias(&m), vec![node(5), node(6)]);
         assert_eq!(count(&m), 2);
-        // New prefixes: the other-instance check, then the adds, each
-        // with the route already in the LPM.
-        assert_eq!(m.kernel.calls[0].0, KernelCall::Tagged);
-        for (call, lpm_then) in &m.kernel.calls[1..] {
+        // New prefixes: the other-instance check needs no dump (the mirror
+        // knows the table), then the adds, each with the route already in
+        // the LPM.
+        for (call, lpm_then) in &m.kernel.calls {
             let KernelCall::Add(prefix, via) = call else {
                 panic!("unexpected call {call:?}");
             };
@@ -771,7 +919,7 @@ pub(crate) mod tests {
         );
         assert_eq!(m.kernel.ours(), before, "kernel as before");
         assert_eq!(lpm(&reader), before, "LPM as before");
-        assert_eq!(m.routes(), before);
+        assert_eq!(*m.routes(), before);
         assert_eq!(vias(&m), vec![node(5)]);
         assert_eq!(count(&m), 2);
     }
@@ -815,9 +963,11 @@ pub(crate) mod tests {
     fn a_prefix_another_instance_routes_is_refused_before_anything_changes() {
         let (mut m, reader) = manager();
         m.kernel.routes.insert(net("10.97.0.0/26"), (node(5), 9));
+        tagged_elsewhere(&mut m, "10.97.0.0/26", 9);
         m.kernel.tun_devices.insert(9, "tunl9".to_owned());
         // A route on a device that is not TUN (moved by hand) is no conflict.
         m.kernel.routes.insert(net("10.98.0.0/26"), (node(5), 2));
+        tagged_elsewhere(&mut m, "10.98.0.0/26", 2);
         let e = run(m.apply(
             &routes(&[("10.20.1.0/26", 5), ("10.97.0.0/26", 6)]),
             RouteOrigin::Config,
@@ -845,7 +995,8 @@ pub(crate) mod tests {
     #[test]
     fn the_other_instance_check_fails_closed() {
         let (mut m, reader) = manager();
-        m.kernel.refuse = vec![KernelCall::Tagged];
+        tagged_elsewhere(&mut m, "10.20.1.0/26", 9);
+        m.kernel.refuse = vec![KernelCall::TunName(9)];
         let e = run(m.apply(&routes(&[("10.20.1.0/26", 5)]), RouteOrigin::Config)).unwrap_err();
         assert!(matches!(e, RouteError::OtherInstanceCheck { .. }), "{e:?}");
         assert!(e.to_string().ends_with("nothing was changed"), "{e}");
@@ -897,7 +1048,8 @@ pub(crate) mod tests {
             RouteOrigin::Config,
         ))
         .unwrap_err();
-        m.kernel.refuse = vec![KernelCall::Tagged];
+        tagged_elsewhere(&mut m, "10.20.3.0/26", 9);
+        m.kernel.refuse = vec![KernelCall::TunName(9)];
         run(m.apply(&routes(&[("10.20.3.0/26", 7)]), RouteOrigin::Config)).unwrap_err();
         let h = metrics.histogram();
         assert_eq!(h.count, 3, "{h:?}");

@@ -22,7 +22,9 @@
 //!   `ip` itself has a ceiling; the figure is the highest rate followed.
 //!   `status` is timed while the changes are queued;
 //! - **control socket**: at each start size, `route_add` over the control
-//!   socket (then `route_del`), and `status`, timed.
+//!   socket (then `route_del`), and `status`, timed; and `status` sent
+//!   while ten clients' route adds are queued ahead of it (the daemon
+//!   answers reads before queued changes).
 //!
 //! Nothing here is a timed test: it prints figures beside their targets.
 
@@ -118,7 +120,14 @@ pub struct StartFigure {
     pub route_add_ms: f64,
     /// `status` over the control socket, median ms.
     pub status_ms: f64,
+    /// `status` sent while [`QUEUED_ADDS`] route adds from as many clients
+    /// are queued ahead of it, median ms (the daemon answers it before
+    /// them).
+    pub status_queued_ms: Option<f64>,
 }
+
+/// Route adds queued ahead of a `status` for `status_queued_ms`.
+const QUEUED_ADDS: u32 = 10;
 
 /// One churn rate.
 #[derive(Debug, Clone, Serialize)]
@@ -463,6 +472,10 @@ impl<'a> Bench<'a> {
                 })
                 .map_err(|e| measurement(format!("route del: {e}")))?;
         }
+        let mut queued = Vec::new();
+        for round in 0..5u32 {
+            queued.push(self.status_behind_adds(daemon, round)?);
+        }
         Ok(StartFigure {
             routes,
             ready_seconds,
@@ -471,7 +484,55 @@ impl<'a> Bench<'a> {
             vm_hwm_mib,
             route_add_ms: median(&adds).unwrap_or(f64::NAN),
             status_ms: median(&statuses).unwrap_or(f64::NAN),
+            status_queued_ms: median(&queued),
         })
+    }
+
+    /// [`QUEUED_ADDS`] clients send a route add each at once, then `status`
+    /// goes out: its time, ms. The adds are removed afterwards.
+    fn status_behind_adds(&self, daemon: &Daemon<'_>, round: u32) -> Result<f64, BenchError> {
+        let prefixes: Vec<ipnetwork::Ipv4Network> = (0..QUEUED_ADDS)
+            .map(|i| {
+                let a = Ipv4Addr::from(u32::from(LATENCY_BASE) + 61_000 + round * 64 + i);
+                ipnetwork::Ipv4Network::new(a, 32).map_err(|e| measurement(format!("prefix: {e}")))
+            })
+            .collect::<Result<_, _>>()?;
+        let barrier = std::sync::Arc::new(std::sync::Barrier::new(prefixes.len() + 1));
+        let adders: Vec<_> = prefixes
+            .iter()
+            .map(|&prefix| {
+                let (socket, via, barrier) = (daemon.socket.clone(), self.via, barrier.clone());
+                std::thread::spawn(move || {
+                    let client = Client::connect(&socket);
+                    barrier.wait();
+                    client.and_then(|mut c| {
+                        c.call::<tunl::control::RouteChange>(&Request::RouteAdd { prefix, via })
+                    })
+                })
+            })
+            .collect();
+        let mut client =
+            Client::connect(&daemon.socket).map_err(|e| measurement(format!("status: {e}")))?;
+        barrier.wait();
+        // Let the adds reach the daemon first.
+        std::thread::sleep(Duration::from_millis(1));
+        let t = Instant::now();
+        let status: Result<Status, _> = client.call(&Request::Status {});
+        let took = t.elapsed().as_secs_f64() * 1e3;
+        status.map_err(|e| measurement(format!("status: {e}")))?;
+        for a in adders {
+            a.join()
+                .map_err(|_| measurement("a route add thread panicked"))?
+                .map_err(|e| measurement(format!("route add: {e}")))?;
+        }
+        for prefix in prefixes {
+            Client::connect(&daemon.socket)
+                .and_then(|mut c| {
+                    c.call::<tunl::control::RouteChange>(&Request::RouteDel { prefix })
+                })
+                .map_err(|e| measurement(format!("route del: {e}")))?;
+        }
+        Ok(took)
     }
 
     /// Kernel route added to LPM updated, per add: from the add sent and
@@ -701,12 +762,20 @@ pub fn format_routes_table(r: &RoutesReport) -> String {
         rows.push([
             format!("  route add over the control socket at {}", s.routes),
             figure(Some(s.route_add_ms), "ms"),
-            "-".into(),
+            if big { "<= 5 ms".into() } else { "-".into() },
         ]);
         rows.push([
             format!("  status over the control socket at {}", s.routes),
             figure(Some(s.status_ms), "ms"),
             "-".into(),
+        ]);
+        rows.push([
+            format!(
+                "  status while {QUEUED_ADDS} route adds are queued, at {}",
+                s.routes
+            ),
+            figure(s.status_queued_ms, "ms"),
+            if big { "<= 50 ms".into() } else { "-".into() },
         ]);
     }
     rows.push([
@@ -816,6 +885,7 @@ mod tests {
                 vm_hwm_mib: 30.1,
                 route_add_ms: 110.0,
                 status_ms: 40.0,
+                status_queued_ms: Some(12.5),
             }],
             base: 10_000,
             latency_ms: vec![0.1, 0.2, 0.3],
@@ -847,6 +917,16 @@ mod tests {
             "{t}"
         );
         assert!(line("RSS with 100000").contains("24.5 (30.1) MiB"), "{t}");
+        assert!(line("RSS with 100000").ends_with("<= 32 MiB"), "{t}");
+        assert!(
+            line("route add over the control socket at 100000").ends_with("<= 5 ms"),
+            "{t}"
+        );
+        let queued = line("status while 10 route adds are queued, at 100000");
+        assert!(
+            queued.contains("12.5 ms") && queued.ends_with("<= 50 ms"),
+            "{t}"
+        );
         assert!(
             line("(ack returned) -> LPM, p99").ends_with("<= 5 ms"),
             "{t}"
