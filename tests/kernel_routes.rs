@@ -577,7 +577,10 @@ fn the_allow_set_follows_a_new_gateway() {
     let sit = tc.pod_ip(SIT).unwrap();
     // A node tunl on node1 does not know yet.
     let newcomer = Ipv4Addr::new(172, 16, 36, 77);
-    let packet = |port| udp_packet(tc.pod_ip(PERF).unwrap(), sit, port, b"hello");
+    // From a pod in the newcomer's block: with security.strict_source (the
+    // default) the inner source must lie in a block routed via the sender.
+    let pod = Ipv4Addr::new(10, 99, 7, 5);
+    let packet = |port| udp_packet(pod, sit, port, b"hello");
     let refused = listen_udp(&tc, SIT, 7201, Duration::from_millis(600));
     inject_ipip(&tc, NODE2, newcomer, node1, &packet(7201));
     assert!(refused.join().unwrap().is_empty());

@@ -42,9 +42,11 @@ pub struct DaemonOptions {
     /// (`false`: the routes come from elsewhere, BIRD or `ip route`, and
     /// tunl learns them from the kernel).
     pub routes: bool,
-    /// Blocks added to every node's `tunnel.blocks` (with `blocks`), e.g. a
-    /// block that moves between nodes.
-    pub extra_blocks: Vec<Ipv4Network>,
+    /// Blocks added to one node's `tunnel.blocks` (with `blocks`): `(node
+    /// name, block)`, e.g. a block that moves between two nodes, given to
+    /// both. (Only to its owners: tunl refuses packets from other nodes
+    /// whose inner source lies in its own blocks.)
+    pub extra_blocks: Vec<(String, Ipv4Network)>,
     /// Extra `[security] allow` prefixes.
     pub allow: Vec<Ipv4Network>,
     /// Log filter passed as `--log`.
@@ -120,7 +122,13 @@ pub fn node_config(cluster: &Cluster, node: &Node, options: &DaemonOptions) -> S
     let _ = writeln!(s, "address = \"{}/32\"", node.block.network());
     if options.blocks {
         let blocks: Vec<String> = std::iter::once(&node.block)
-            .chain(&options.extra_blocks)
+            .chain(
+                options
+                    .extra_blocks
+                    .iter()
+                    .filter(|(on, _)| *on == node.name)
+                    .map(|(_, b)| b),
+            )
             .map(|b| format!("\"{b}\""))
             .collect();
         let _ = writeln!(s, "blocks = [{}]", blocks.join(", "));

@@ -289,7 +289,7 @@ impl std::fmt::Debug for BgpCluster {
 
 impl BgpCluster {
     /// Builds the cluster, starts tunl on every node (its config without
-    /// routes, the moved block among its blocks) and then BIRD on every
+    /// routes, the moved block among node 1's and node 2's blocks) and then BIRD on every
     /// route reflector and node. Returns once every BIRD answers on its
     /// control socket; see [`BgpCluster::wait_converged`].
     pub fn start(
@@ -300,8 +300,15 @@ impl BgpCluster {
         let cluster_spec = spec.cluster_spec()?;
         check_bird()?;
         options.routes = false;
-        if !options.extra_blocks.contains(&MOVED_BLOCK) {
-            options.extra_blocks.push(MOVED_BLOCK);
+        // The moved block's two owners, node 1 and node 2, hold it among
+        // their blocks (decap delivers into it); no other node does, as
+        // their tunl refuses packets from the block sent by another node
+        // when it is one of theirs.
+        for node in cluster_spec.nodes.iter().take(2) {
+            let owner = (node.name.clone(), MOVED_BLOCK);
+            if !options.extra_blocks.contains(&owner) {
+                options.extra_blocks.push(owner);
+            }
         }
         let tc = TunlCluster::start(cluster_spec, tunl, options)?;
         let nodes = tc.cluster().nodes().to_vec();
