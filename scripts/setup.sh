@@ -1,16 +1,17 @@
 #!/usr/bin/env bash
 # Installs what tunl's lab, tests and benchmarks need on a Debian/Ubuntu host:
 # iproute2 (ip netns, veth, vxlan), ping, iperf3, tcpdump, ethtool, setpriv
-# and unshare (util-linux, for the capability tests), a C toolchain for
-# crates with build scripts, and the checkers the tests run: promtool
-# (package prometheus) and the Prometheus Python client's OpenMetrics parser
-# (python3-prometheus-client) for the metrics endpoint, systemd-analyze
-# (systemd) for the units, cargo-deb and dpkg-deb for the .deb; and clang
-# with libbpf-dev for the XDP program (io/bpf/, compiled by io/build.rs).
-# Idempotent; run as root or with sudo.
+# and unshare (util-linux, for the capability tests), BIRD 2 (bird2, for
+# `tunl lab --bgp` and the BGP tests, which run their own BIRD instances in
+# namespaces), a C toolchain for crates with build scripts, and the checkers
+# the tests run: promtool (package prometheus) and the Prometheus Python
+# client's OpenMetrics parser (python3-prometheus-client) for the metrics
+# endpoint, systemd-analyze (systemd) for the units, cargo-deb and dpkg-deb
+# for the .deb; and clang with libbpf-dev for the XDP program (io/bpf/,
+# compiled by io/build.rs). Idempotent; run as root or with sudo.
 set -euo pipefail
 
-packages=(iproute2 iputils-ping iperf3 tcpdump ethtool procps util-linux build-essential pkg-config
+packages=(iproute2 iputils-ping iperf3 tcpdump ethtool procps util-linux bird2 build-essential pkg-config
   prometheus python3-prometheus-client systemd dpkg clang libbpf-dev)
 
 missing=()

@@ -92,3 +92,30 @@ fn quick_bench_measures_every_path_and_writes_json_and_svg() {
     assert!(left.is_empty(), "namespaces left: {left:?}");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+#[ignore = "needs root: scripts/test"]
+fn the_flood_row_counts_refused_spoofs_and_the_pings_meanwhile() {
+    let args = BenchArgs {
+        seconds: 1,
+        flood_only: true,
+        ..BenchArgs::default()
+    };
+    let report = bench::run(&args, Path::new(env!("CARGO_BIN_EXE_tunl"))).expect("tunl bench");
+    let f = report.flood.expect("--flood-only measures the flood");
+    assert_eq!(f.workers, 1);
+    assert!(f.sent > 0 && f.refused > 0, "{f:?}");
+    // Refused packets are ones the flooder sent; nothing of it delivered
+    // but the pings.
+    assert!(f.refused <= f.sent, "{f:?}");
+    assert!(f.ping_sent > 0, "{f:?}");
+    assert!(f.delivered <= u64::from(f.ping_sent), "{f:?}");
+    assert!(
+        report.large_table.is_none(),
+        "--flood-only skips the large table"
+    );
+    assert!(
+        report.figures.iter().all(|fig| fig.tunl.is_none()),
+        "--flood-only skips the paths"
+    );
+}

@@ -444,7 +444,7 @@ fn status_stats_and_metrics_show_known_traffic() {
         metric(&m, "tunl_drops_total", "reason=\"unknown_source\""),
         0
     );
-    assert_eq!(metric(&m, "tunl_routes", ""), 1);
+    assert_eq!(metric(&m, "tunl_routes", "origin=\"tunl\""), 1);
     assert_eq!(metric(&m, "tunl_dataplane_workers", ""), 1);
     assert_eq!(
         metric(&m, "tunl_path_mtu_bytes", &format!("node=\"{node2}\"")),
@@ -589,8 +589,11 @@ fn restart_after_kill_9_leaves_no_stale_route() {
     tc.restart(NODE1).unwrap();
     let after = tc.kernel_routes(NODE1).unwrap();
     assert_eq!(after, config_routes, "{}", tc.log(NODE1));
+    // The device persisted through the kill (tunnel.persist) with both of
+    // tunl's routes on it: the control socket's and the one on the underlay
+    // are stale, the config's is wanted.
     assert!(
-        tc.log(NODE1).contains("stale tunl routes removed routes=1"),
+        tc.log(NODE1).contains("stale tunl routes removed routes=2"),
         "{}",
         tc.log(NODE1)
     );
@@ -962,14 +965,35 @@ fn spoofed_ipip_flood(underlay: Underlay) {
 fn icmp_tunl_generates_stays_under_the_rate_limit_in_a_flood() {
     let tc = cluster(ClusterSpec::seed(), "");
     let c = tc.cluster();
-    // A pool route into the tunnel wider than tunl's routes: packets to
-    // 10.20.200.0/24 reach tunl, which has no route and answers net
-    // unreachable, rate-limited (dataplane.icmp_rate = 100/s, burst 10).
-    c.exec_ok(
-        NODE2,
-        &["ip", "route", "add", "10.20.0.0/16", "dev", "tunl0"],
-    )
-    .unwrap();
+    // A pool route into the tunnel that tunl does not follow (table 100,
+    // after main): packets to 10.20.200.0/24 reach tunl, which has no route
+    // and answers net unreachable, rate-limited (dataplane.icmp_rate =
+    // 100/s, burst 10).
+    for args in [
+        &[
+            "ip",
+            "route",
+            "add",
+            "10.20.0.0/16",
+            "dev",
+            "tunl0",
+            "table",
+            "100",
+        ][..],
+        &[
+            "ip",
+            "rule",
+            "add",
+            "to",
+            "10.20.0.0/16",
+            "table",
+            "100",
+            "pref",
+            "40000",
+        ],
+    ] {
+        c.exec_ok(NODE2, args).unwrap();
+    }
     let flood = 5000;
     let start = Instant::now();
     in_netns(&netns_of(&tc, PERF), move || {
@@ -1119,4 +1143,162 @@ fn malformed_requests_get_errors_and_the_daemon_goes_on() {
         "{}",
         stderr(&o)
     );
+}
+
+/// `count` routes for consecutive /26 blocks from 10.64.0.0 via `via`, in
+/// the `PREFIX via NODE` form `tunl route replace --file` reads.
+fn many_routes(count: u32, via: Ipv4Addr) -> (Vec<(String, Ipv4Addr)>, String) {
+    let base = u32::from(Ipv4Addr::new(10, 64, 0, 0));
+    let routes: Vec<(String, Ipv4Addr)> = (0..count)
+        .map(|i| (format!("{}/26", Ipv4Addr::from(base + i * 64)), via))
+        .collect();
+    let text = routes
+        .iter()
+        .map(|(p, v)| format!("{p} via {v}\n"))
+        .collect();
+    (routes, text)
+}
+
+#[test]
+#[ignore = "needs root: scripts/test"]
+fn route_replace_carries_100k_routes_in_one_change() {
+    let tc = cluster(ClusterSpec::generated(2, 1), "");
+    let c = tc.cluster();
+    let nodes: Vec<_> = c.nodes().to_vec();
+    let (n1, n2) = (&nodes[0], &nodes[1]);
+    // n2's block, as the config has it, and 99,999 more via n2: 100k.
+    let total = 100_000;
+    let (mut routes, mut text) = many_routes(total - 1, n2.underlay);
+    routes.push((n2.block.to_string(), n2.underlay));
+    text.push_str(&format!("{} via {}\n", n2.block, n2.underlay));
+    let file = tc.dir().join("100k.txt");
+    std::fs::write(&file, &text).unwrap();
+    assert!(
+        text.len() > 64 * 1024 * 40,
+        "far past one request line: {}",
+        text.len()
+    );
+    let o = tunl(
+        &tc,
+        &n1.name,
+        &["route", "replace", "--file", file.to_str().unwrap()],
+    );
+    assert!(o.status.success(), "{}\n{}", stderr(&o), logs(&tc));
+    let summary = format!("{} added or changed, 0 removed, 1 unchanged", total - 1);
+    assert!(stdout(&o).ends_with(&format!("{summary}\n")), "{}", {
+        let out = stdout(&o);
+        out[out.len().saturating_sub(200)..].to_owned()
+    });
+    // The daemon, the kernel and the LPM agree: the count and a sample.
+    assert_eq!(status(&tc, &n1.name).routes, total as usize);
+    let list: tunl::control::RouteList = Client::connect(&tc.control_socket(&n1.name))
+        .unwrap()
+        .call(&Request::RouteList {})
+        .unwrap();
+    assert_eq!(list.routes.len(), total as usize);
+    let kernel = tc.kernel_routes(&n1.name).unwrap();
+    assert_eq!(kernel.len(), total as usize);
+    for i in [0, 1, 4_567, 54_321, 99_998, 99_999] {
+        let (prefix, via) = &routes[i];
+        let want: ipnetwork::Ipv4Network = prefix.parse().unwrap();
+        assert!(
+            list.routes
+                .iter()
+                .any(|r| r.prefix == want && r.via == Some(*via)),
+            "route {i} ({prefix} via {via}) not listed"
+        );
+        let line = format!("{prefix} via {via} ");
+        assert!(
+            kernel.iter().any(|l| l.starts_with(&line)),
+            "route {i} ({prefix} via {via}) not in the kernel"
+        );
+    }
+    // One change: one summary line in the log.
+    let log = tc.log(&n1.name);
+    let changes = log
+        .lines()
+        .filter(|l| l.contains("routes changed") && l.contains("added=99999"))
+        .count();
+    assert_eq!(changes, 1, "{log}");
+    // Pod traffic over the unchanged route still flows.
+    let (p1, p2) = (&n1.pods[0], &n2.pods[0]);
+    let r = c
+        .ping(&p1.name, p2.ip, 3, Duration::from_millis(100))
+        .unwrap();
+    assert_eq!(r.received, 3, "{}", r.raw);
+}
+
+#[test]
+#[ignore = "needs root: scripts/test"]
+fn the_daemons_error_about_a_route_stream_reaches_the_cli() {
+    let tc = cluster(ClusterSpec::generated(2, 1), "");
+    let c = tc.cluster();
+    let nodes: Vec<_> = c.nodes().to_vec();
+    let (n1, n2) = (&nodes[0], &nodes[1]);
+    let before = tc.kernel_routes(&n1.name).unwrap();
+    let file = tc.dir().join("routes.txt");
+    let replace = |text: &str| {
+        std::fs::write(&file, text).unwrap();
+        tunl(
+            &tc,
+            &n1.name,
+            &["route", "replace", "--file", file.to_str().unwrap()],
+        )
+    };
+    // Over the cap: the daemon refuses at the header, while the CLI is
+    // still writing; it prints the daemon's reason, not EPIPE.
+    let cap = tunl::control::MAX_REPLACE_ROUTES as u32;
+    let (_, text) = many_routes(cap + 1, n2.underlay);
+    let o = replace(&text);
+    assert_eq!(o.status.code(), Some(1), "{}", stdout(&o));
+    let err = stderr(&o);
+    assert!(
+        err.contains(&format!("{} routes announced, at most {cap}", cap + 1)),
+        "{err}"
+    );
+    assert!(!err.to_lowercase().contains("broken pipe"), "{err}");
+    // A bad route deep in a streamed set: refused whole, naming it.
+    let (routes, _) = many_routes(3000, n2.underlay);
+    let bad = 2345;
+    let text: String = routes
+        .iter()
+        .enumerate()
+        .map(|(i, (p, v))| {
+            // Host bits in one prefix: .1 past its network.
+            let p = if i == bad {
+                p.replacen(".0/26", ".1/26", 1)
+                    .replacen(".64/26", ".65/26", 1)
+                    .replacen(".128/26", ".129/26", 1)
+                    .replacen(".192/26", ".193/26", 1)
+            } else {
+                p.clone()
+            };
+            format!("{p} via {v}\n")
+        })
+        .collect();
+    let o = replace(&text);
+    assert_eq!(o.status.code(), Some(1), "{}", stdout(&o));
+    let err = stderr(&o);
+    assert!(
+        err.contains(&format!("routes[{bad}].prefix")) && err.contains("nothing changed"),
+        "{err}"
+    );
+    // A stream that breaks its own framing, over the socket: one error
+    // line, then the connection is closed.
+    let header = b"{\"cmd\":\"route_replace\",\"count\":2}\n";
+    let reply = raw_request(
+        &tc.control_socket(&n1.name),
+        &[
+            &header[..],
+            b"{\"routes\":[{\"prefix\":\"10.64.0.0/26\"}]}\n",
+        ]
+        .concat(),
+    );
+    assert!(
+        reply.contains("\"ok\":false") && reply.contains("chunk 1 of the route_replace stream"),
+        "{reply}"
+    );
+    // Nothing changed, and the daemon goes on.
+    assert_eq!(tc.kernel_routes(&n1.name).unwrap(), before);
+    assert_eq!(status(&tc, &n1.name).routes, before.len());
 }

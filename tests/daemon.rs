@@ -7,12 +7,12 @@ mod common;
 
 use std::net::{Ipv4Addr, SocketAddrV4, UdpSocket};
 use std::process::Command;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::{
-    ipv4_packet, logs, netns_of, run_to_exit, send_raw, tcp_transfer, tunl_bin, wait_until,
+    inject_ipip, ipv4_packet, listen_udp, logs, netns_of, run_to_exit, send_raw, tcp_transfer,
+    tunl_bin, wait_until,
 };
-use etherparse::PacketBuilder;
 use tunl::config::Underlay;
 use tunl::control::{Client, Request};
 use tunl_lab::testbed::{DaemonOptions, TunlCluster, in_netns};
@@ -95,7 +95,7 @@ on_every_underlay!(
     tso_bursts_of_tiny_segments_cross_intact,
     ipip_from_an_unknown_source_is_refused_and_from_a_node_accepted,
     inner_destination_outside_blocks_is_not_forwarded,
-    sigterm_removes_routes_and_device,
+    sigterm_removes_routes_and_keeps_the_device,
     no_route_in_tunl_answers_net_unreachable,
     underlay_frag_needed_lowers_the_path_mtu_for_that_node,
 );
@@ -222,56 +222,7 @@ fn exactly_mtu_passes_and_one_more_gets_frag_needed_1480(underlay: Underlay) {
 
 /// An IPv4 UDP packet from the perf pod to `dst:port`.
 fn inner_udp(dst: Ipv4Addr, port: u16, payload: &[u8]) -> Vec<u8> {
-    let mut v = Vec::new();
-    PacketBuilder::ipv4([10, 20, 105, 215], dst.octets(), 64)
-        .udp(40000, port)
-        .write(&mut v, payload)
-        .unwrap();
-    v
-}
-
-/// Sends an IPIP packet from `node`'s namespace with a chosen outer source
-/// (a raw socket with our own header: the source can be anything).
-fn inject_ipip(
-    tc: &TunlCluster,
-    node: &str,
-    outer_src: Ipv4Addr,
-    outer_dst: Ipv4Addr,
-    inner: &[u8],
-) {
-    let outer = ipv4_packet(outer_src, outer_dst, etherparse::IpNumber::IPV4, inner);
-    send_raw(tc, node, outer_dst, outer);
-}
-
-/// Listens on UDP `port` in `pod` for `wait` and returns what arrived.
-fn listen_udp(
-    tc: &TunlCluster,
-    pod: &str,
-    port: u16,
-    wait: Duration,
-) -> std::thread::JoinHandle<Vec<Vec<u8>>> {
-    let ns = netns_of(tc, pod);
-    let (ready_tx, ready_rx) = std::sync::mpsc::channel();
-    let h = std::thread::spawn(move || {
-        in_netns(&ns, move || {
-            let sock = UdpSocket::bind(("0.0.0.0", port)).unwrap();
-            ready_tx.send(()).unwrap();
-            let deadline = Instant::now() + wait;
-            let mut got = Vec::new();
-            let mut buf = [0u8; 2048];
-            while let Some(left) = deadline.checked_duration_since(Instant::now()) {
-                sock.set_read_timeout(Some(left.max(Duration::from_millis(1))))
-                    .unwrap();
-                if let Ok(n) = sock.recv(&mut buf) {
-                    got.push(buf[..n].to_vec());
-                }
-            }
-            got
-        })
-        .unwrap()
-    });
-    ready_rx.recv().unwrap();
-    h
+    common::udp_packet(Ipv4Addr::new(10, 20, 105, 215), dst, port, payload)
 }
 
 /// Stops the daemon on `node` and returns the drop count logged for `reason`.
@@ -396,7 +347,7 @@ fn inner_destination_outside_blocks_is_not_forwarded(underlay: Underlay) {
     assert_eq!(dropped_at_exit(&tc, NODE1, "not_local"), 1);
 }
 
-fn sigterm_removes_routes_and_device(underlay: Underlay) {
+fn sigterm_removes_routes_and_keeps_the_device(underlay: Underlay) {
     let tc = seed_cluster(underlay);
     assert_eq!(tc.kernel_routes(NODE1).unwrap().len(), 1);
     let route = &tc.kernel_routes(NODE1).unwrap()[0];
@@ -408,12 +359,36 @@ fn sigterm_removes_routes_and_device(underlay: Underlay) {
     let status = tc.stop(NODE1).unwrap();
     assert!(status.success(), "{}", tc.log(NODE1));
     assert!(tc.kernel_routes(NODE1).unwrap().is_empty());
+    // tunnel.persist (the default): the device stays, without carrier.
+    let link = tc
+        .cluster()
+        .exec_ok(NODE1, &["ip", "link", "show", "tunl0"])
+        .unwrap();
+    assert!(link.contains("NO-CARRIER"), "{link}");
+    assert!(tc.log(NODE1).contains("device kept"), "{}", tc.log(NODE1));
+    assert!(tc.log(NODE1).contains("counters at exit"));
+}
+
+#[test]
+#[ignore = "needs root: scripts/test"]
+fn sigterm_without_persist_removes_the_device() {
+    let tc = seed_cluster(Underlay::DEFAULT);
+    let config = tc.daemon(NODE1).unwrap().config.clone();
+    tc.stop(NODE1).unwrap();
+    let text = std::fs::read_to_string(&config)
+        .unwrap()
+        .replace("name = \"tunl0\"", "name = \"tunl0\"\npersist = false");
+    std::fs::write(&config, text).unwrap();
+    let mut tc = tc;
+    tc.restart(NODE1).unwrap();
+    assert!(tc.log(NODE1).contains("took over the existing device"));
+    assert!(tc.stop(NODE1).unwrap().success(), "{}", tc.log(NODE1));
     let link = tc
         .cluster()
         .exec(NODE1, &["ip", "link", "show", "tunl0"])
         .unwrap();
     assert!(!link.status.success(), "tunl0 still exists after SIGTERM");
-    assert!(tc.log(NODE1).contains("counters at exit"));
+    assert!(tc.kernel_routes(NODE1).unwrap().is_empty());
 }
 
 #[test]
@@ -424,7 +399,10 @@ fn a_second_daemon_on_the_same_device_fails_clearly() {
     let out = run_to_exit(&tc, NODE1, &config);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{stderr}");
-    assert!(stderr.contains("already exists"), "{stderr}");
+    assert!(
+        stderr.contains("already exists and is in use by another tunl instance"),
+        "{stderr}"
+    );
     // The first one still works.
     tc.cluster()
         .wait_reachable(PERF, tc.pod_ip(SIT).unwrap(), Duration::from_secs(5))
@@ -620,13 +598,9 @@ fn a_bad_config_exits_with_code_2_and_names_the_key() {
 fn no_route_in_tunl_answers_net_unreachable(underlay: Underlay) {
     let tc = seed_cluster(underlay);
     let c = tc.cluster();
-    // A pool route into the tunnel wider than tunl's routes (as a node may
-    // have for the whole IP pool): 10.20.200.0/26 has no owner in tunl.
-    c.exec_ok(
-        NODE2,
-        &["ip", "route", "add", "10.20.0.0/16", "dev", "tunl0"],
-    )
-    .unwrap();
+    // A pool route into the tunnel that tunl does not follow (another
+    // table, reached after main): 10.20.200.0/26 has no owner in tunl.
+    pool_route_tunl_does_not_follow(&tc, NODE2);
     let out = c
         .exec(PERF, &["ping", "-c", "1", "-W", "2", "10.20.200.1"])
         .unwrap();
@@ -634,6 +608,42 @@ fn no_route_in_tunl_answers_net_unreachable(underlay: Underlay) {
     assert!(!out.status.success(), "{text}");
     assert!(text.contains("Destination Net Unreachable"), "{text}");
     assert_eq!(dropped_at_exit(&tc, NODE2, "no_route"), 1);
+}
+
+/// Sends 10.20.0.0/16 into tunl0 through table 100, which the kernel
+/// consults after main and tunl does not follow: packets without a route
+/// of their own reach tunl, which has none for them.
+fn pool_route_tunl_does_not_follow(tc: &TunlCluster, node: &str) {
+    let c = tc.cluster();
+    c.exec_ok(
+        node,
+        &[
+            "ip",
+            "route",
+            "add",
+            "10.20.0.0/16",
+            "dev",
+            "tunl0",
+            "table",
+            "100",
+        ],
+    )
+    .unwrap();
+    c.exec_ok(
+        node,
+        &[
+            "ip",
+            "rule",
+            "add",
+            "to",
+            "10.20.0.0/16",
+            "table",
+            "100",
+            "pref",
+            "40000",
+        ],
+    )
+    .unwrap();
 }
 
 /// An ICMP error (type 3 code 4) from the underlay about an outer packet

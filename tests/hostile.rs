@@ -377,6 +377,25 @@ fn refused_packets_are_counted_and_never_reach_the_pod() {
         vec![bed.ipip(&udp(bed.perf, Ipv4Addr::new(10, 20, 42, 100), m, 100))],
         Expect::Drop("not_local"),
     );
+    let m: &[u8] = b"hostile:inner-source-own-block";
+    row(
+        "inner source in this node's own block, from another node",
+        m,
+        vec![bed.ipip(&udp(
+            Ipv4Addr::from(u32::from(bed.sit) + 1),
+            bed.sit,
+            m,
+            100,
+        ))],
+        Expect::Drop("inner_source_own_block"),
+    );
+    let m: &[u8] = b"hostile:inner-source-not-routed-via-node";
+    row(
+        "inner source no route gives to the sending node (strict_source)",
+        m,
+        vec![bed.ipip(&udp(Ipv4Addr::new(10, 99, 0, 1), bed.sit, m, 100))],
+        Expect::Drop("inner_source_mismatch"),
+    );
     let m: &[u8] = b"hostile:ttl-1";
     let mut inner = bed.udp(m, 100);
     inner[8] = 1;
@@ -421,6 +440,36 @@ fn refused_packets_are_counted_and_never_reach_the_pod() {
     }
 }
 
+/// With `strict_source = false` a node may speak for sources it does not
+/// own (a gateway), but never for this node's own pods.
+#[test]
+#[ignore = "needs root: scripts/test"]
+fn without_strict_source_a_node_may_send_for_others_but_not_for_our_pods() {
+    let bed = Bed::with(DaemonOptions {
+        extra_config: "\n[security]\nstrict_source = false\n".to_owned(),
+        ..DaemonOptions::default()
+    });
+    let m: &[u8] = b"hostile:gateway";
+    bed.check(&Row {
+        name: "inner source no route gives to the sending node",
+        marker: m,
+        packets: vec![bed.ipip(&udp(Ipv4Addr::new(10, 99, 0, 1), bed.sit, m, 100))],
+        expect: Expect::Deliver,
+    });
+    let m: &[u8] = b"hostile:gateway-own-block";
+    bed.check(&Row {
+        name: "inner source in this node's own block, from another node",
+        marker: m,
+        packets: vec![bed.ipip(&udp(
+            Ipv4Addr::from(u32::from(bed.sit) + 1),
+            bed.sit,
+            m,
+            100,
+        ))],
+        expect: Expect::Drop("inner_source_own_block"),
+    });
+}
+
 #[test]
 #[ignore = "needs root: scripts/test"]
 fn odd_but_valid_packets_reach_the_pod() {
@@ -439,6 +488,12 @@ fn odd_but_valid_packets_reach_the_pod() {
         "a plain packet (the control)",
         m,
         vec![bed.ipip(&bed.udp(m, 100))],
+    );
+    let m: &[u8] = b"hostile:inner-source-is-the-node";
+    row(
+        "inner source the sending node's own address (strict_source)",
+        m,
+        vec![bed.ipip(&udp(bed.node2, bed.sit, m, 100))],
     );
     let m: &[u8] = b"hostile:outer-nop";
     row(
@@ -816,7 +871,7 @@ fn two_daemons_started_at_once_never_share_a_device() {
         std::fs::write(
             &path,
             format!(
-                "[tunnel]\nname = \"tunl7\"\nlocal = \"{}\"\n\n[dataplane]\nworkers = 2\n\n\
+                "[tunnel]\nname = \"tunl7\"\nlocal = \"{}\"\npersist = false\n\n[dataplane]\nworkers = 2\n\n\
                  [control]\nsocket = \"{}\"\n",
                 bed.node1,
                 socket.display()

@@ -75,6 +75,12 @@ pub enum Command {
     /// tables, a ping between pods (ttl=62), a decoded capture of the
     /// underlay with both IP layers (also saved as a pcap file), a
     /// throughput figure and the daemons' counters. Then tears down.
+    ///
+    /// With --bgp, the seed's control plane instead: BIRD 2 on every node
+    /// (and on route reflectors, or in a full --mesh) installs the routes
+    /// tunl forwards on; it shows the BGP sessions, the routes, an
+    /// all-to-all ping, a timed block move and, with --subnets 2,
+    /// CrossSubnet routing.
     Lab {
         #[command(subcommand)]
         action: Option<LabAction>,
@@ -87,7 +93,13 @@ pub enum Command {
     /// kernel VXLAN, tunl), alternating the paths each round, and reports
     /// iperf3 TCP (1 and 4 streams), UDP packet rates, latency, CPU per
     /// Gbit/s and daemon memory, with the ratio tunl / VXLAN.
-    Bench(tunl_lab::bench::BenchArgs),
+    /// `tunl bench routes` measures following the kernel's routes instead.
+    Bench {
+        #[command(subcommand)]
+        what: Option<tunl_lab::bench::BenchCommand>,
+        #[command(flatten)]
+        args: tunl_lab::bench::BenchArgs,
+    },
     /// Change or list a running daemon's routes (over its control socket).
     ///
     /// Routes changed here last until the daemon stops or reloads its
@@ -232,12 +244,20 @@ pub fn main() -> ExitCode {
                 Err(e) => report("tunl lab", &e),
             }
         }
-        Command::Bench(args) => match std::env::current_exe() {
+        Command::Bench { what, args } => match std::env::current_exe() {
             Err(e) => report("tunl bench", &e),
-            Ok(exe) => match tunl_lab::bench::run(&args, &exe) {
-                Ok(_) => Exit::Ok.into(),
-                Err(e) => report("tunl bench", &e),
-            },
+            Ok(exe) => {
+                let result = match what {
+                    Some(tunl_lab::bench::BenchCommand::Routes(routes)) => {
+                        tunl_lab::bench::run_routes(&routes, &exe).map(|_| ())
+                    }
+                    None => tunl_lab::bench::run(&args, &exe).map(|_| ()),
+                };
+                match result {
+                    Ok(()) => Exit::Ok.into(),
+                    Err(e) => report("tunl bench", &e),
+                }
+            }
         },
         Command::Route {
             action,

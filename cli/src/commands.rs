@@ -161,7 +161,20 @@ pub fn parse_routes(text: &str) -> Result<Vec<Route>, String> {
     }
     if t.starts_with('{') {
         let l: RouteList = serde_json::from_str(t).map_err(|e| format!("bad JSON: {e}"))?;
-        return Ok(l.routes);
+        return l
+            .routes
+            .iter()
+            .map(|r| match r.via {
+                Some(via) if r.nexthops.is_empty() => Ok(Route {
+                    prefix: r.prefix,
+                    via,
+                }),
+                _ => Err(format!(
+                    "{}: a route without one gateway (multipath or none) cannot be one of tunl's",
+                    r.prefix
+                )),
+            })
+            .collect();
     }
     let mut routes = Vec::new();
     for (i, line) in text.lines().enumerate() {
@@ -206,14 +219,6 @@ fn describe(change: &RouteChange) -> String {
     s
 }
 
-/// The text `tunl route list` prints (what `route replace --file` reads).
-pub fn format_routes(list: &RouteList) -> String {
-    list.routes
-        .iter()
-        .map(|r| format!("{} via {}\n", r.prefix, r.via))
-        .collect()
-}
-
 /// `tunl route ...`; `--json` prints the daemon's result (a route change,
 /// or the route list).
 pub fn route(socket: &Path, command: RouteCommand, json: bool) -> ExitCode {
@@ -221,22 +226,62 @@ pub fn route(socket: &Path, command: RouteCommand, json: bool) -> ExitCode {
         RouteCommand::Add { prefix, node, .. } => Request::RouteAdd { prefix, via: node },
         RouteCommand::Del { prefix } => Request::RouteDel { prefix },
         RouteCommand::List => {
-            return show(socket, Request::RouteList {}, json, format_routes);
+            return show(socket, Request::RouteList {}, json, format_route_list);
         }
-        RouteCommand::Replace { file, allow_empty } => match read_routes(&file) {
-            Ok(routes) if routes.is_empty() && !allow_empty => {
-                return report("tunl", &RoutesFileError::Empty { path: file });
-            }
-            Ok(routes) => Request::RouteReplace {
-                routes,
-                allow_empty,
-            },
-            Err(e) => return report("tunl", &e),
-        },
+        RouteCommand::Replace { file, allow_empty } => {
+            let routes = match read_routes(&file) {
+                Ok(routes) if routes.is_empty() && !allow_empty => {
+                    return report("tunl", &RoutesFileError::Empty { path: file });
+                }
+                Ok(routes) => routes,
+                Err(e) => return report("tunl", &e),
+            };
+            // Streamed when the set is too long for one request line.
+            let change = Client::connect(socket).and_then(|mut c| c.replace(routes, allow_empty));
+            return match change {
+                Ok(v) if json => printed(print_json(&v)),
+                Ok(v) => printed(print(&format!("{}\n", describe(&v)))),
+                Err(e) => fail(&e),
+            };
+        }
     };
     show(socket, request, json, |change: &RouteChange| {
         format!("{}\n", describe(change))
     })
+}
+
+/// The text `tunl route list` prints: `PREFIX via NODE` (what `route
+/// replace` reads back), the origin and metric in a comment; a multipath
+/// route lists its next hops, a route without a gateway says `direct`.
+pub fn format_route_list(list: &RouteList) -> String {
+    let mut o = String::new();
+    for r in &list.routes {
+        let _ = write!(o, "{}", r.prefix);
+        match r.via {
+            Some(via) => {
+                let _ = write!(o, " via {via}");
+            }
+            None if r.nexthops.is_empty() => o.push_str(" direct"),
+            None => {
+                for h in &r.nexthops {
+                    match h.via {
+                        Some(via) => {
+                            let _ = write!(o, " nexthop via {via} weight {}", h.weight);
+                        }
+                        None => {
+                            let _ = write!(o, " nexthop direct weight {}", h.weight);
+                        }
+                    }
+                }
+            }
+        }
+        let _ = write!(o, "  # {}", r.origin);
+        if r.metric != 0 {
+            let _ = write!(o, ", metric {}", r.metric);
+        }
+        o.push('\n');
+    }
+    o
 }
 
 fn show<T: serde::de::DeserializeOwned + serde::Serialize>(
@@ -310,6 +355,68 @@ pub fn stats(socket: &Path, json: bool) -> ExitCode {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn route_list_shows_each_routes_origin_and_reads_back_as_a_routes_file() {
+        use tunl::control::{ListedNextHop, ListedRoute};
+        let list = RouteList {
+            routes: vec![
+                ListedRoute {
+                    prefix: "10.20.1.0/26".parse().unwrap(),
+                    via: Some(Ipv4Addr::new(172, 16, 36, 5)),
+                    nexthops: vec![],
+                    origin: "bird".to_owned(),
+                    metric: 32,
+                },
+                ListedRoute {
+                    prefix: "10.20.2.0/26".parse().unwrap(),
+                    via: Some(Ipv4Addr::new(172, 16, 36, 6)),
+                    nexthops: vec![],
+                    origin: "tunl".to_owned(),
+                    metric: 0,
+                },
+                ListedRoute {
+                    prefix: "10.20.3.0/26".parse().unwrap(),
+                    via: None,
+                    nexthops: vec![
+                        ListedNextHop {
+                            via: Some(Ipv4Addr::new(172, 16, 36, 7)),
+                            weight: 1,
+                        },
+                        ListedNextHop {
+                            via: Some(Ipv4Addr::new(172, 16, 36, 8)),
+                            weight: 2,
+                        },
+                    ],
+                    origin: "200".to_owned(),
+                    metric: 0,
+                },
+            ],
+        };
+        let text = format_route_list(&list);
+        assert_eq!(
+            text,
+            "10.20.1.0/26 via 172.16.36.5  # bird, metric 32\n\
+             10.20.2.0/26 via 172.16.36.6  # tunl\n\
+             10.20.3.0/26 nexthop via 172.16.36.7 weight 1 nexthop via 172.16.36.8 weight 2  # 200\n"
+        );
+        // The single-path lines are what `route replace` reads.
+        let single: String = text.lines().take(2).map(|l| format!("{l}\n")).collect();
+        let back = parse_routes(&single).unwrap();
+        assert_eq!(
+            back.iter().map(|r| (r.prefix, r.via)).collect::<Vec<_>>(),
+            vec![
+                (
+                    "10.20.1.0/26".parse().unwrap(),
+                    Ipv4Addr::new(172, 16, 36, 5)
+                ),
+                (
+                    "10.20.2.0/26".parse().unwrap(),
+                    Ipv4Addr::new(172, 16, 36, 6)
+                ),
+            ]
+        );
+    }
 
     #[test]
     fn routes_files() {

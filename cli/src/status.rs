@@ -140,13 +140,33 @@ pub fn format_status(s: &Status) -> String {
     if let Some(why) = &s.underlay.fallback {
         let _ = writeln!(o, "  underlay fallback: {why}");
     }
-    let _ = writeln!(o, "  routes: {}", s.routes);
+    let by_origin: Vec<String> = s
+        .routes_by_origin
+        .iter()
+        .map(|(origin, n)| format!("{origin} {n}"))
+        .collect();
+    if by_origin.is_empty() {
+        let _ = writeln!(o, "  routes: {}", s.routes);
+    } else {
+        let _ = writeln!(o, "  routes: {} ({})", s.routes, by_origin.join(", "));
+    }
+    if s.route_resyncs > 0 {
+        let _ = writeln!(o, "  route resyncs: {}", s.route_resyncs);
+    }
     let (rx, tx) = s.nodes.iter().fold((0u64, 0u64), |(rx, tx), n| {
         (rx.saturating_add(n.rx_bytes), tx.saturating_add(n.tx_bytes))
     });
     let _ = writeln!(o, "  transfer: {}", transfer(rx, tx));
     for n in &s.nodes {
-        let b: Vec<String> = n.blocks.iter().map(ToString::to_string).collect();
+        let b: Vec<String> = n
+            .blocks
+            .iter()
+            .enumerate()
+            .map(|(i, b)| match n.origins.get(i) {
+                Some(origin) => format!("{b} ({origin})"),
+                None => b.to_string(),
+            })
+            .collect();
         let _ = writeln!(o, "\nnode: {}", n.node);
         let _ = writeln!(o, "  blocks: {}", b.join(", "));
         let _ = writeln!(o, "  path mtu: {}", n.path_mtu);
@@ -397,6 +417,10 @@ mod tests {
                 fallback: None,
             },
             routes: 1,
+            routes_by_origin: vec![("bird".to_owned(), 1)],
+            route_resyncs: 0,
+            route_updates: 1,
+            last_route_update_ns: 0,
             now_unix_ms: 1_764_007_322_000,
             started_unix_ms: 1_764_000_000_000,
             version: "0.1.0".to_owned(),
@@ -404,6 +428,7 @@ mod tests {
             nodes: vec![NodeStatus {
                 node: Ipv4Addr::new(172, 16, 36, 5),
                 blocks: vec!["10.20.105.192/26".parse().unwrap()],
+                origins: vec!["bird".to_owned()],
                 path_mtu: 1480,
                 tx_packets: 980,
                 tx_bytes: 88_200,
@@ -422,6 +447,21 @@ mod tests {
     }
 
     #[test]
+    fn status_text_counts_routes_by_origin_and_says_resyncs() {
+        let text = format_status(&status(vec![]));
+        assert!(!text.contains("route resyncs"), "{text}");
+        let mut s = status(vec![]);
+        s.routes = 3;
+        s.routes_by_origin = vec![("bird".to_owned(), 2), ("tunl".to_owned(), 1)];
+        s.route_resyncs = 2;
+        let text = format_status(&s);
+        assert!(
+            text.contains("  routes: 3 (bird 2, tunl 1)\n  route resyncs: 2\n"),
+            "{text}"
+        );
+    }
+
+    #[test]
     fn status_text_is_like_wg_show() {
         let text = format_status(&status(vec![]));
         for line in [
@@ -432,6 +472,8 @@ mod tests {
             "\nnode: 172.16.36.5\n",
             "  last seen: 2 seconds ago\n",
             "  packets: 1.20 M received, 980 sent\n",
+            "  routes: 1 (bird 1)\n",
+            "  blocks: 10.20.105.192/26 (bird)\n",
         ] {
             assert!(text.contains(line), "{line:?} not in:\n{text}");
         }
@@ -483,9 +525,14 @@ mod tests {
             text.contains("  underlay fallback: xdp: eth0: another XDP program is attached\n"),
             "{text}"
         );
-        // A daemon from before the field: no line.
+        // A daemon from before the field (and before `underlay_link`): no
+        // line.
         s.underlay = UnderlayStatus::default();
-        assert!(!format_status(&s).contains("underlay"));
+        let text = format_status(&s);
+        assert!(
+            !text.contains("underlay:") && !text.contains("underlay fallback"),
+            "{text}"
+        );
     }
 
     #[test]

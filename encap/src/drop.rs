@@ -25,14 +25,25 @@ pub enum DropReason {
     NestedIpip,
     /// The inner destination is outside this node's pod blocks.
     NotLocal,
+    /// The packet read from the device is one of tunl's own outer packets
+    /// (IPIP from `tunnel.local`): its destination routes back into the
+    /// device, e.g. through a route without gateway. The kernel's tunl0
+    /// drops these as a local routing loop.
+    TunnelLoop,
     /// The local underlay address (the outer source) is no longer an
     /// address of this node: nothing is sent from it.
     NoLocalAddress,
+    /// With `security.strict_source`: the inner source is neither in a
+    /// block routed via the outer source nor the outer source itself.
+    InnerSourceMismatch,
+    /// The inner source is inside this node's own blocks, but the packet
+    /// came from another node (always refused).
+    InnerSourceOwnBlock,
 }
 
 impl DropReason {
     /// The number of reasons; the length of a counter array.
-    pub const COUNT: usize = 10;
+    pub const COUNT: usize = 13;
 
     /// Every reason, in `as usize` order.
     pub const ALL: [DropReason; Self::COUNT] = [
@@ -45,7 +56,10 @@ impl DropReason {
         Self::TtlExpired,
         Self::NestedIpip,
         Self::NotLocal,
+        Self::TunnelLoop,
         Self::NoLocalAddress,
+        Self::InnerSourceMismatch,
+        Self::InnerSourceOwnBlock,
     ];
 
     /// The snake_case name, for metrics and logs.
@@ -60,7 +74,10 @@ impl DropReason {
             Self::TtlExpired => "ttl_expired",
             Self::NestedIpip => "nested_ipip",
             Self::NotLocal => "not_local",
+            Self::TunnelLoop => "tunnel_loop",
             Self::NoLocalAddress => "no_local_address",
+            Self::InnerSourceMismatch => "inner_source_mismatch",
+            Self::InnerSourceOwnBlock => "inner_source_own_block",
         }
     }
 }
@@ -77,7 +94,10 @@ impl fmt::Display for DropReason {
             Self::TtlExpired => "TTL expired",
             Self::NestedIpip => "nested IPIP",
             Self::NotLocal => "not local",
+            Self::TunnelLoop => "tunnel loop",
             Self::NoLocalAddress => "no local address",
+            Self::InnerSourceMismatch => "inner source mismatch",
+            Self::InnerSourceOwnBlock => "inner source own block",
         })
     }
 }

@@ -176,7 +176,9 @@ impl std::error::Error for EncapError {}
 /// and the path MTU learned for the node; `settings.mtu` caps it too). An
 /// inner packet longer than it with DF set (the inner DF, or any packet with
 /// `pmtudisc`) is [`EncapError::TooBig`]; without DF it is encapsulated
-/// anyway and the underlay may fragment it. Nested IPIP is not checked here.
+/// anyway and the underlay may fragment it. Nested IPIP is not checked here,
+/// except tunl's own: an IPIP packet from `settings.local` is an outer packet
+/// the kernel routed back into the device, and wrapping it again would loop.
 ///
 /// # Errors
 /// Checked in this order:
@@ -184,6 +186,7 @@ impl std::error::Error for EncapError {}
 ///   version 4, IHL ≥ 5 and a total length equal to the slice length (also
 ///   when `inner_start` is below [`HEADROOM`] or past the end of `buf`);
 /// - `Drop(`[`DropReason::TtlExpired`]`)` for an inner TTL of 0;
+/// - `Drop(`[`DropReason::TunnelLoop`]`)` for IPIP from `settings.local`;
 /// - [`EncapError::TooBig`] with the MTU to report when the inner packet is
 ///   longer than `mtu` with DF set, or longer than [`MAX_INNER_LEN`] (which
 ///   no outer packet can carry).
@@ -216,6 +219,9 @@ pub fn encapsulate(
     let inner_ttl = h[8];
     if inner_ttl == 0 {
         return Err(EncapError::Drop(DropReason::TtlExpired));
+    }
+    if h[9] == PROTOCOL_IPIP && h[12..16] == settings.local.octets() {
+        return Err(EncapError::Drop(DropReason::TunnelLoop));
     }
     let df = settings.pmtudisc || h[6] & 0x40 != 0;
     let mtu = mtu.min(settings.mtu);
@@ -462,6 +468,19 @@ mod tests {
             ..Inner::default()
         };
         assert!(encap(&inner, 1480, &settings()).is_ok());
+    }
+
+    #[test]
+    fn our_own_outer_packet_is_a_loop() {
+        let inner = Inner {
+            protocol: 4,
+            src: NODE_A,
+            ..Inner::default()
+        };
+        assert_eq!(
+            encap(&inner, 1480, &settings()),
+            Err(EncapError::Drop(DropReason::TunnelLoop))
+        );
     }
 
     #[test]

@@ -84,6 +84,11 @@ fn every_drop_reason_is_reachable() {
             ttl: 0,
             ..Inner::default()
         },
+        Inner {
+            protocol: 4,
+            src: NODE_A,
+            ..Inner::default()
+        },
     ];
     for inner in encap_cases {
         let mut buf = inner.with_headroom();
@@ -139,8 +144,15 @@ fn every_drop_reason_is_reachable() {
         seen[r as usize] = true;
     }
     for reason in DropReason::ALL {
-        // No route and no local address are the pipeline's decisions.
-        let pipelines = matches!(reason, DropReason::NoRoute | DropReason::NoLocalAddress);
+        // No route, no local address and the inner source checks are the
+        // pipeline's decisions.
+        let pipelines = matches!(
+            reason,
+            DropReason::NoRoute
+                | DropReason::NoLocalAddress
+                | DropReason::InnerSourceMismatch
+                | DropReason::InnerSourceOwnBlock
+        );
         assert_eq!(seen[reason as usize], !pipelines, "{reason}");
     }
 }

@@ -5,14 +5,17 @@
 //! `clippy::undocumented_unsafe_blocks`), and what socket2 offers safely is
 //! taken from socket2. It wraps:
 //!
-//! - the TUN device ([`Tun`], [`TunQueue`]) with `IFF_VNET_HDR` offloads:
+//! - the TUN device ([`Tun`], [`TunQueue`]), persistent on request, with
+//!   `IFF_VNET_HDR` offloads:
 //!   TSO super-packets are split into MTU-sized segments on read, and
 //!   segments of one flow are coalesced (GRO) on write, both by `tun-rs`;
 //! - the raw IPIP sockets ([`IpipReceiver`], [`IpipSender`]) with
 //!   `recvmmsg`/`sendmmsg` batching and no allocation per packet or batch;
 //! - the raw ICMP socket for underlay errors ([`IcmpReceiver`]);
-//! - routes and links over rtnetlink ([`netlink::Netlink`]), and changes
-//!   of links and addresses ([`watch::LinkWatch`]);
+//! - routes and links over rtnetlink ([`netlink::Netlink`]), a streamed dump
+//!   of a routing table ([`netlink::dump_ipv4_routes`]) and a listener
+//!   thread that follows route and link changes ([`netlink::RouteListener`]);
+//! - changes of links and addresses ([`watch::LinkWatch`]);
 //! - an interface's link state and IPv4 address by ioctl ([`link`]);
 //! - the AF_XDP underlay: tunl's XDP program, attached with a BPF link of
 //!   its own, and AF_XDP sockets with their own UMEM and rings ([`xdp`]);

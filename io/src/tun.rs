@@ -25,6 +25,19 @@ pub struct TunConfig {
     pub queues: usize,
     /// Transmit queue length (the kernel default for TUN is 500).
     pub tx_queue_len: u32,
+    /// Make the device persistent (`TUNSETPERSIST`): it outlives the
+    /// process, with its routes, until someone deletes it. A device of that
+    /// name that already exists (persistent, held by no one) is attached to
+    /// instead of created when `attach` is set.
+    pub persist: bool,
+    /// Attach to an existing device of that name instead of creating it
+    /// exclusively. Only for a caller that checked that no process holds
+    /// the device (a persistent one left by an earlier run, without
+    /// carrier) and that keeps other instances away while it attaches (tunl
+    /// takes a per-device lock): a multi-queue device takes the queues of
+    /// every process that asks for one by name. Without a device of that
+    /// name, one is created (not exclusively).
+    pub attach: bool,
 }
 
 /// A created, configured and up TUN device, before it is split into queues.
@@ -41,10 +54,14 @@ impl Tun {
     /// plus TSO/CSUM offloads when `offload`), sets the MTU, the address and
     /// the tx queue length, and brings it up. Every queue is non-blocking.
     ///
-    /// The device lives in the network namespace of the calling thread and
-    /// disappears when the last queue is closed. Creation is exclusive: a
-    /// device of that name that exists already (another process's, even one
-    /// created at the same instant) is an error, never shared.
+    /// The device lives in the network namespace of the calling thread.
+    /// Unless `persist`, it disappears when the last queue is closed.
+    /// Creation is exclusive: a device of that name that exists already
+    /// (another process's, even one created at the same instant) is an
+    /// error, never shared, unless `attach`: then the queues are attached to
+    /// the existing (persistent) device, and the kernel refuses when its
+    /// flags differ (multi-queue or not) or, for a single-queue device, when
+    /// another process holds it.
     pub fn create(cfg: &TunConfig) -> Result<Tun, IoError> {
         if cfg.name.is_empty() || cfg.name.len() >= libc::IFNAMSIZ {
             return Err(IoError::InvalidConfig(format!(
@@ -73,7 +90,7 @@ impl Tun {
         // A multi-queue device takes the queues of every process that asks
         // for one by name: created first, exclusively, the device is ours
         // (a single-queue device refuses a second process by itself).
-        let guard = (cfg.queues > 1)
+        let guard = (cfg.queues > 1 && !cfg.attach)
             .then(|| create_exclusive(name, cfg.offload))
             .transpose()
             .map_err(|e| IoError::from_os(format!("create TUN device {name}"), Some(name), e))?;
@@ -94,6 +111,9 @@ impl Tun {
             .map_err(ctx("set tx queue length"))?;
         if let Some((addr, prefix)) = cfg.ipv4 {
             link::set_ipv4_address(name, addr, prefix).map_err(ctx("set IPv4 address"))?;
+        }
+        if cfg.persist {
+            first.persist().map_err(ctx("make persistent"))?;
         }
         let offload = first.tcp_gso();
         let udp_gso = first.udp_gso();

@@ -7,7 +7,7 @@ use std::net::{Ipv4Addr, SocketAddrV4, TcpListener, UdpSocket};
 use std::os::fd::AsRawFd;
 
 use common::{ACK, PATIENCE, SYN, in_netns, in_netns_async, payload, tcp_packet, udp_packet};
-use tunl_io::netlink::Netlink;
+use tunl_io::netlink::{MAIN_TABLE, Netlink};
 use tunl_io::{HEADROOM, IoError, PacketBuf, RX_BUF_CAPACITY, Tun, TunConfig, TunQueue};
 
 const TUN_ADDR: Ipv4Addr = Ipv4Addr::new(10, 9, 0, 1);
@@ -22,6 +22,8 @@ fn config(name: &str, offload: bool, queues: usize) -> TunConfig {
         offload,
         queues,
         tx_queue_len: 2000,
+        persist: false,
+        attach: false,
     }
 }
 
@@ -88,6 +90,56 @@ fn second_create_of_a_held_multi_queue_device_says_busy() {
             let again = Tun::create(&config("tt0", offload, 2)).expect("create again");
             drop(again);
         }
+    });
+}
+
+/// A persistent device outlives its queues with the routes on it; an
+/// exclusive create refuses it (it exists), and `attach` takes it again.
+#[test]
+#[ignore = "needs root: scripts/test"]
+fn a_persistent_device_keeps_its_routes_and_is_attached_to_again() {
+    in_netns_async(|| async {
+        let mut cfg = config("tt0", true, 2);
+        cfg.persist = true;
+        let nl = Netlink::new().unwrap();
+        let tun = Tun::create(&cfg).expect("create TUN");
+        let index = tun.if_index().unwrap();
+        let prefix = "10.30.0.0/26".parse().unwrap();
+        nl.add_route(prefix, PEER, index, 80, MAIN_TABLE)
+            .await
+            .unwrap();
+        let held = nl.link_state("tt0").await.unwrap().unwrap();
+        assert!(held.tun && held.carrier, "{held:?}");
+        drop(tun);
+        // Nobody holds it now: no carrier, but the device and its route stay.
+        let left = nl
+            .link_state("tt0")
+            .await
+            .unwrap()
+            .expect("device persists");
+        assert_eq!((left.index, left.carrier), (index, false));
+        assert_eq!(
+            nl.routes_with_protocol(80, MAIN_TABLE).await.unwrap(),
+            vec![(prefix, Some(PEER), Some(index))]
+        );
+        // An exclusive create refuses the existing device ...
+        let err = Tun::create(&cfg).expect_err("exclusive create of an existing device");
+        assert!(matches!(err, IoError::DeviceBusy { .. }), "{err:?}");
+        // ... attached again (same flags): same device, route untouched.
+        cfg.attach = true;
+        let again = Tun::create(&cfg).expect("attach to the persistent device");
+        assert_eq!(again.if_index().unwrap(), index);
+        assert_eq!(again.into_queues().len(), 2);
+        assert_eq!(
+            nl.routes_with_protocol(80, MAIN_TABLE).await.unwrap().len(),
+            1
+        );
+        // Another queue layout is refused by the kernel.
+        let mut single = config("tt0", true, 1);
+        single.attach = true;
+        assert!(Tun::create(&single).is_err());
+        nl.delete_link("tt0").await.unwrap();
+        assert_eq!(nl.link_state("tt0").await.unwrap(), None);
     });
 }
 

@@ -40,6 +40,9 @@ pub struct IpLayer {
 pub struct CapturedPacket {
     /// Capture time since the first packet.
     pub time: Duration,
+    /// Capture time since the Unix epoch, as the capture stamped it (the
+    /// kernel's realtime clock).
+    pub timestamp: Duration,
     /// The outer (underlay) header.
     pub outer: IpLayer,
     /// The inner (overlay) header, for IPIP packets.
@@ -52,6 +55,17 @@ impl CapturedPacket {
     /// Whether this is an IPIP packet (outer protocol 4 with an inner IPv4 header).
     pub fn is_ipip(&self) -> bool {
         self.outer.protocol == 4 && self.inner.is_some()
+    }
+
+    /// The innermost IP layer: the inner header of IPIP, else the outer one
+    /// (a packet routed natively, without encapsulation).
+    pub fn innermost(&self) -> &IpLayer {
+        self.inner.as_ref().unwrap_or(&self.outer)
+    }
+
+    /// How many IP layers the packet has: 2 for IPIP, 1 otherwise.
+    pub fn ip_layers(&self) -> usize {
+        1 + usize::from(self.inner.is_some())
     }
 }
 
@@ -144,6 +158,7 @@ pub fn read_pcap(path: &Path) -> Result<Vec<CapturedPacket>, CaptureError> {
         };
         if let Some(mut p) = decode_ipv4(ip) {
             p.time = pkt.timestamp.saturating_sub(t0);
+            p.timestamp = pkt.timestamp;
             out.push(p);
         }
     }
@@ -206,6 +221,7 @@ pub fn decode_ipv4(packet: &[u8]) -> Option<CapturedPacket> {
     };
     Some(CapturedPacket {
         time: Duration::ZERO,
+        timestamp: Duration::ZERO,
         outer: layer(&outer),
         inner,
         payload,
@@ -304,6 +320,11 @@ mod tests {
         assert_eq!(i.dst, Ipv4Addr::new(10, 20, 42, 31));
         assert_eq!(i.ttl, 63);
         assert_eq!(p.payload, "ICMP echo request id=7 seq=1");
+        assert_eq!(p.ip_layers(), 2);
+        assert_eq!(p.innermost().dst, Ipv4Addr::new(10, 20, 42, 31));
+        let native = decode_ipv4(&inner).unwrap();
+        assert_eq!(native.ip_layers(), 1);
+        assert_eq!(native.innermost().src, Ipv4Addr::new(10, 20, 105, 215));
         let text = p.to_string();
         assert!(text.contains("172.16.36.5 > 172.16.35.4"), "{text}");
         assert!(text.contains("10.20.105.215 > 10.20.42.31"), "{text}");

@@ -53,6 +53,34 @@ pub struct LabArgs {
     /// Namespace tag (namespaces are named tunl-TAG-NAME).
     #[arg(long, default_value = LAB_TAG, hide = true)]
     pub tag: String,
+    /// The seed's control plane: BIRD 2 on every node (and on route
+    /// reflectors) announces the blocks over BGP and installs the routes
+    /// tunl forwards on (tunl's configs have none); shows the sessions
+    /// (mesh N(N-1)/2 against N*K with reflectors), the routes, an
+    /// all-to-all ping and a timed block move. Default 4 nodes (2 to 64);
+    /// configs and BIRD logs in /tmp/tunl-lab. Needs Debian's bird2
+    /// (scripts/setup.sh installs it).
+    #[arg(long)]
+    pub bgp: bool,
+    /// With --bgp: the full node-to-node mesh instead of route reflectors.
+    #[arg(long, requires = "bgp", conflicts_with = "route_reflectors")]
+    pub mesh: bool,
+    /// With --bgp: the number of route reflectors, BIRD instances in their
+    /// own namespaces on the underlay (0 to 8, 0 is the mesh; default 1
+    /// with more than 2 nodes, else a mesh).
+    #[arg(long, value_name = "K", requires = "bgp")]
+    pub route_reflectors: Option<usize>,
+    /// With --bgp: underlay subnets, 1 or 2 (2: CrossSubnet, nodes in two
+    /// subnets joined by a router; BIRD routes same-subnet blocks via eth0,
+    /// not encapsulated, and the others via tunl0; a capture shows both).
+    #[arg(long, value_name = "N", default_value_t = 1, requires = "bgp")]
+    pub subnets: usize,
+    /// With --bgp: how many block moves to time, back and forth between
+    /// node1 and node2 (make before break, under a ping every 2 ms from the
+    /// last node; prints the time until traffic reached the new owner and
+    /// the pings lost; needs 3 nodes or more).
+    #[arg(long, value_name = "M", default_value_t = 1, requires = "bgp")]
+    pub moves: usize,
 }
 
 impl Default for LabArgs {
@@ -66,6 +94,11 @@ impl Default for LabArgs {
             workers: 1,
             pcap: None,
             tag: LAB_TAG.to_owned(),
+            bgp: false,
+            mesh: false,
+            route_reflectors: None,
+            subnets: 1,
+            moves: 1,
         }
     }
 }
@@ -100,6 +133,8 @@ pub struct LabReport {
     pub throughput: Option<f64>,
     /// Pings of the all-to-all matrix: (replied, sent).
     pub matrix: Option<(usize, usize)>,
+    /// What the BGP lab (`--bgp`) observed.
+    pub bgp: Option<crate::bgp::walk::BgpReport>,
 }
 
 /// Runs the lab, writing its report to `out`. `tunl` is the binary that runs
@@ -108,6 +143,9 @@ pub fn run(args: &LabArgs, tunl: &Path, out: &mut dyn Write) -> Result<LabReport
     let interrupted = Arc::new(AtomicBool::new(false));
     for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
         let _ = signal_hook::flag::register(sig, interrupted.clone());
+    }
+    if args.bgp {
+        return crate::bgp::walk::run(args, tunl, out, &interrupted);
     }
     let generated = args.nodes.is_some() || args.pods_per_node.is_some();
     let spec = if generated {
@@ -176,11 +214,11 @@ pub fn run(args: &LabArgs, tunl: &Path, out: &mut dyn Write) -> Result<LabReport
     Ok(report)
 }
 
-fn heading(out: &mut dyn Write, title: &str) -> std::io::Result<()> {
+pub(crate) fn heading(out: &mut dyn Write, title: &str) -> std::io::Result<()> {
     writeln!(out, "\n== {title} ==")
 }
 
-fn check(interrupted: &AtomicBool) -> Result<(), LabError> {
+pub(crate) fn check(interrupted: &AtomicBool) -> Result<(), LabError> {
     if interrupted.load(Ordering::Relaxed) {
         Err(LabError::Interrupted)
     } else {
@@ -305,7 +343,7 @@ pub fn default_pcap(tag: &str) -> PathBuf {
 }
 
 /// Pings every pod from every other pod and prints a matrix.
-fn all_to_all(
+pub(crate) fn all_to_all(
     tc: &TunlCluster,
     out: &mut dyn Write,
     interrupted: &AtomicBool,
@@ -414,7 +452,7 @@ fn with_progress<T: Send>(
     })
 }
 
-fn wait_for_file(path: &Path, timeout: Duration) {
+pub(crate) fn wait_for_file(path: &Path, timeout: Duration) {
     let deadline = Instant::now() + timeout;
     while !path.exists() && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(20));
@@ -423,7 +461,7 @@ fn wait_for_file(path: &Path, timeout: Duration) {
 
 /// Prints every daemon's counters as `tunl stats` reads them from its
 /// control socket: non-zero drops by reason after the traffic counters.
-fn counters(tc: &TunlCluster, out: &mut dyn Write) -> Result<(), LabError> {
+pub(crate) fn counters(tc: &TunlCluster, out: &mut dyn Write) -> Result<(), LabError> {
     heading(out, "daemon counters (tunl stats)")?;
     for d in tc.daemons() {
         let stats: Stats = Client::connect(&tc.control_socket(&d.node))
@@ -445,7 +483,7 @@ fn counters(tc: &TunlCluster, out: &mut dyn Write) -> Result<(), LabError> {
 /// Prints how to use the cluster left up, each daemon's control socket and
 /// a ready `tunl status --socket ...` line (with the binary that ran it),
 /// then lets the cluster go.
-fn keep(tc: TunlCluster, tunl: &Path, out: &mut dyn Write) -> Result<(), LabError> {
+pub(crate) fn keep(tc: TunlCluster, tunl: &Path, out: &mut dyn Write) -> Result<(), LabError> {
     let c = tc.cluster();
     heading(out, "the cluster stays up (--keep)")?;
     if let Some(pod) = c.pods().next() {

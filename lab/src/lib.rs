@@ -10,6 +10,9 @@
 //! - [`testbed`]: a topology cluster with a tunl daemon on every node
 //!   ([`testbed::TunlCluster`]), what the end-to-end tests in `tests/` run on.
 //! - [`lab`]: `tunl lab`, the article walked through live on a testbed.
+//! - [`bgp`]: the seed's control plane on a testbed: BIRD 2 on every node
+//!   and on route reflectors installs the routes tunl forwards on
+//!   (`tunl lab --bgp`, the BGP end-to-end tests).
 //! - [`bench`](mod@bench): `tunl bench`, tunl (on a testbed) against plain
 //!   veth and kernel VXLAN (topology clusters) in one run.
 //! - [`capture`]: decoding the underlay capture that `tunl lab` takes, both
@@ -17,12 +20,13 @@
 //!
 //! Everything that builds namespaces needs root (`CAP_NET_ADMIN` and
 //! `CAP_SYS_ADMIN`) and drives `ip`, `ping`, `iperf3` and `tcpdump` as
-//! subprocesses; the parsers, the report and the capture decoder do not.
+//! subprocesses (and `bird`/`birdc` for [`bgp`]); the parsers, the report and the capture decoder do not.
 
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
 pub mod bench;
+pub mod bgp;
 pub mod capture;
 pub mod lab;
 pub mod testbed;

@@ -38,6 +38,15 @@ pub struct DaemonOptions {
     pub poll_quiet_us: u32,
     /// Set `tunnel.blocks` (the relay check).
     pub blocks: bool,
+    /// Write a `[[route]]` for every other node's block into each config
+    /// (`false`: the routes come from elsewhere, BIRD or `ip route`, and
+    /// tunl learns them from the kernel).
+    pub routes: bool,
+    /// Blocks added to one node's `tunnel.blocks` (with `blocks`): `(node
+    /// name, block)`, e.g. a block that moves between two nodes, given to
+    /// both. (Only to its owners: tunl refuses packets from other nodes
+    /// whose inner source lies in its own blocks.)
+    pub extra_blocks: Vec<(String, Ipv4Network)>,
     /// Extra `[security] allow` prefixes.
     pub allow: Vec<Ipv4Network>,
     /// Log filter passed as `--log`.
@@ -56,6 +65,8 @@ impl Default for DaemonOptions {
             poll_interval_us: tunl::config::DEFAULT_POLL_INTERVAL_US,
             poll_quiet_us: tunl::config::DEFAULT_POLL_QUIET_US,
             blocks: true,
+            routes: true,
+            extra_blocks: Vec::new(),
             allow: Vec::new(),
             log: "info".to_owned(),
             extra_config: String::new(),
@@ -110,10 +121,22 @@ pub fn node_config(cluster: &Cluster, node: &Node, options: &DaemonOptions) -> S
     );
     let _ = writeln!(s, "address = \"{}/32\"", node.block.network());
     if options.blocks {
-        let _ = writeln!(s, "blocks = [\"{}\"]", node.block);
+        let blocks: Vec<String> = std::iter::once(&node.block)
+            .chain(
+                options
+                    .extra_blocks
+                    .iter()
+                    .filter(|(on, _)| *on == node.name)
+                    .map(|(_, b)| b),
+            )
+            .map(|b| format!("\"{b}\""))
+            .collect();
+        let _ = writeln!(s, "blocks = [{}]", blocks.join(", "));
     }
-    for (prefix, via) in cluster.remote_routes(&node.name) {
-        let _ = writeln!(s, "\n[[route]]\nprefix = \"{prefix}\"\nvia = \"{via}\"");
+    if options.routes {
+        for (prefix, via) in cluster.remote_routes(&node.name) {
+            let _ = writeln!(s, "\n[[route]]\nprefix = \"{prefix}\"\nvia = \"{via}\"");
+        }
     }
     if !options.allow.is_empty() {
         let allow: Vec<String> = options.allow.iter().map(|a| format!("\"{a}\"")).collect();
@@ -239,11 +262,15 @@ impl TunlCluster {
         Ok(pid)
     }
 
-    /// Waits until the daemon on `node` has its device up and its routes in
-    /// the kernel; fails with its log if it exits first.
+    /// Waits until the daemon on `node` has its device up and its config's
+    /// routes in the kernel; fails with its log if it exits first.
     pub fn wait_ready(&self, node: &str) -> Result<(), TopologyError> {
         let daemon = self.daemon(node)?;
-        let expected = self.cluster().remote_routes(node).len();
+        let expected = if self.options.routes {
+            self.cluster().remote_routes(node).len()
+        } else {
+            0
+        };
         let deadline = Instant::now() + START_TIMEOUT;
         let proto = ROUTE_PROTOCOL.to_string();
         loop {
@@ -262,7 +289,10 @@ impl TunlCluster {
                 .exec(node, &["ip", "-o", "route", "show", "proto", &proto])?;
             let up = link.status.success() && String::from_utf8_lossy(&link.stdout).contains(",UP");
             let n = String::from_utf8_lossy(&routes.stdout).lines().count();
-            if up && n >= expected {
+            // The device persists across restarts, up, maybe with routes:
+            // the daemon is ready once its control socket answers (it
+            // serves only after its start is done).
+            if up && n >= expected && self.answers(node) {
                 return Ok(());
             }
             if Instant::now() > deadline {
@@ -273,6 +303,14 @@ impl TunlCluster {
             }
             std::thread::sleep(Duration::from_millis(50));
         }
+    }
+
+    /// Whether the daemon on `node` answers `status` on its control socket.
+    fn answers(&self, node: &str) -> bool {
+        let socket = self.control_socket(node);
+        tunl::control::Client::connect(&socket)
+            .and_then(|mut c| c.call::<tunl::control::Status>(&tunl::control::Request::Status {}))
+            .is_ok()
     }
 
     /// The control socket of the daemon on `node`.

@@ -222,6 +222,65 @@ pub fn send_raw(tc: &TunlCluster, node: &str, dst: std::net::Ipv4Addr, packet: V
     send_raw_many(tc, node, vec![(dst, packet)]);
 }
 
+/// An IPv4 UDP packet `src:40000` -> `dst:port` around `payload`.
+pub fn udp_packet(
+    src: std::net::Ipv4Addr,
+    dst: std::net::Ipv4Addr,
+    port: u16,
+    payload: &[u8],
+) -> Vec<u8> {
+    let mut v = Vec::new();
+    etherparse::PacketBuilder::ipv4(src.octets(), dst.octets(), 64)
+        .udp(40000, port)
+        .write(&mut v, payload)
+        .unwrap();
+    v
+}
+
+/// Sends an IPIP packet from `node`'s namespace with a chosen outer source
+/// (a raw socket with our own header: the source can be anything).
+pub fn inject_ipip(
+    tc: &TunlCluster,
+    node: &str,
+    outer_src: std::net::Ipv4Addr,
+    outer_dst: std::net::Ipv4Addr,
+    inner: &[u8],
+) {
+    let outer = ipv4_packet(outer_src, outer_dst, etherparse::IpNumber::IPV4, inner);
+    send_raw(tc, node, outer_dst, outer);
+}
+
+/// Listens on UDP `port` in `pod` for `wait` and returns what arrived.
+pub fn listen_udp(
+    tc: &TunlCluster,
+    pod: &str,
+    port: u16,
+    wait: Duration,
+) -> std::thread::JoinHandle<Vec<Vec<u8>>> {
+    let ns = netns_of(tc, pod);
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+    let h = std::thread::spawn(move || {
+        in_netns(&ns, move || {
+            let sock = std::net::UdpSocket::bind(("0.0.0.0", port)).unwrap();
+            ready_tx.send(()).unwrap();
+            let deadline = Instant::now() + wait;
+            let mut got = Vec::new();
+            let mut buf = [0u8; 2048];
+            while let Some(left) = deadline.checked_duration_since(Instant::now()) {
+                sock.set_read_timeout(Some(left.max(Duration::from_millis(1))))
+                    .unwrap();
+                if let Ok(n) = sock.recv(&mut buf) {
+                    got.push(buf[..n].to_vec());
+                }
+            }
+            got
+        })
+        .unwrap()
+    });
+    ready_rx.recv().unwrap();
+    h
+}
+
 /// An interface's index and MAC address in `netns` (from sysfs, which `ip
 /// netns exec` mounts for the namespace).
 pub fn link_of(tc: &TunlCluster, netns: &str, ifname: &str) -> (u32, [u8; 6]) {

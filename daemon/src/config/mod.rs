@@ -8,6 +8,11 @@
 //! address = "10.20.42.0/32"   # optional address put on the tunnel device
 //! ttl = "inherit"             # or 1..=255
 //! blocks = ["10.20.42.0/26"]  # optional: this node's pod blocks; decap refuses other inner destinations
+//! persist = true              # keep the device (and others' routes on it) when tunl stops
+//!
+//! [routing]                   # optional, these are the defaults
+//! table = 254                 # the kernel table whose routes on the device tunl follows (main)
+//! listen_buffer = 8388608     # receive buffer of the route listener, bytes (tests shrink it)
 //!
 //! [[route]]                   # one per remote block
 //! prefix = "10.20.105.192/26"
@@ -16,6 +21,7 @@
 //! [security]
 //! allow = ["172.16.0.0/16"]   # IPIP sources accepted besides every route's `via`
 //! allow_nested = false        # refuse inner packets that are themselves IPIP
+//! strict_source = true        # an inner source must be in a block routed via the outer source
 //! user = "tunl"               # optional: run as this user after setup (keeps CAP_NET_ADMIN)
 //!
 //! [control]
@@ -33,7 +39,7 @@
 //! underlay = "raw"            # "raw", "packet" (AF_PACKET transmit), "xdp" (AF_XDP) or "auto"
 //! xdp_mode = "auto"           # with underlay "xdp"/"auto": "auto", "generic" or "native"
 //! busy_poll_us = 0            # poll this long before sleeping
-//! poll_interval_us = 50       # under load, sleep this long instead of blocking
+//! poll_interval_us = 100      # under load, sleep this long instead of blocking
 //! poll_quiet_us = 1000        # block again after this long without packets
 //! ```
 //!
@@ -73,18 +79,25 @@ pub const DEFAULT_CONTROL_SOCKET: &str = "/run/tunl/tunl.sock";
 pub const DEFAULT_CONFIG: &str = "/etc/tunl/tunl.toml";
 /// The longest `dataplane.busy_poll_us` accepted: one second.
 pub const MAX_BUSY_POLL_US: u32 = 1_000_000;
-/// The default `dataplane.poll_interval_us`.
-pub const DEFAULT_POLL_INTERVAL_US: u32 = 50;
+/// The default `dataplane.poll_interval_us`: on, at the interval that
+/// measured best (docs/performance.md, experiment 10: shorter ones cost
+/// more CPU than they save, longer ones hold TCP back).
+pub const DEFAULT_POLL_INTERVAL_US: u32 = 100;
 /// The longest `dataplane.poll_interval_us` accepted: 1 ms, epoll's own
 /// granularity; a longer sleep only holds packets back (a TUN queue holds
 /// 1000).
 pub const MAX_POLL_INTERVAL_US: u32 = 1_000;
-/// The default `dataplane.poll_quiet_us`.
+/// The default `dataplane.poll_quiet_us`: ten intervals (a 5 ms spell
+/// measured no better and keeps an idle worker waking longer).
 pub const DEFAULT_POLL_QUIET_US: u32 = 1_000;
 /// The longest `dataplane.poll_quiet_us` accepted: one second.
 pub const MAX_POLL_QUIET_US: u32 = 1_000_000;
 /// The most dataplane worker threads (`dataplane.workers`).
 pub const MAX_WORKERS: usize = 64;
+/// The kernel's main routing table, the default `routing.table`.
+pub const MAIN_TABLE: u32 = 254;
+/// The default `routing.listen_buffer`, bytes.
+pub const DEFAULT_LISTEN_BUFFER: usize = 8 << 20;
 
 /// One thing wrong with a config: the key and what is wrong with it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -245,6 +258,10 @@ pub struct TunnelSection {
     pub pmtudisc: bool,
     /// This node's pod blocks.
     pub blocks: Vec<Ipv4Network>,
+    /// Keep the device when tunl stops (`TUNSETPERSIST`), so routes others
+    /// installed on it stay in the kernel while tunl restarts; `false`
+    /// deletes it at exit, taking every route on it along.
+    pub persist: bool,
 }
 
 impl Default for TunnelSection {
@@ -259,6 +276,7 @@ impl Default for TunnelSection {
             tos_inherit: false,
             pmtudisc: false,
             blocks: Vec::new(),
+            persist: true,
         }
     }
 }
@@ -272,16 +290,35 @@ pub struct RouteEntry {
     pub via: Ipv4Addr,
 }
 
+/// The default of `security.strict_source`: on, since the check costs
+/// one LPM lookup per received packet (measured by the `decap_strict_source`
+/// case of the daemon's pipeline bench) and closes a spoofing hole.
+pub const DEFAULT_STRICT_SOURCE: bool = true;
+
 /// `[security]`.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct SecuritySection {
     /// IPIP sources accepted besides every route's `via`.
     pub allow: Vec<Ipv4Network>,
     /// Accept inner packets that are themselves IPIP.
     pub allow_nested: bool,
+    /// Refuse an inner source that is not in a block routed via the outer
+    /// source (nor the outer source itself).
+    pub strict_source: bool,
     /// Switch to this user (and its primary group) after setup, keeping
     /// only CAP_NET_ADMIN; `None` stays root with only CAP_NET_ADMIN.
     pub user: Option<String>,
+}
+
+impl Default for SecuritySection {
+    fn default() -> SecuritySection {
+        SecuritySection {
+            allow: Vec::new(),
+            allow_nested: false,
+            strict_source: DEFAULT_STRICT_SOURCE,
+            user: None,
+        }
+    }
 }
 
 /// `[metrics]`: the optional Prometheus endpoint.
@@ -452,6 +489,28 @@ impl std::str::FromStr for XdpModeSetting {
     }
 }
 
+/// `[routing]`: which kernel routes tunl follows.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RoutingSection {
+    /// The kernel routing table whose routes on the device tunl mirrors,
+    /// and where it installs its own (`[[route]]`, the control socket).
+    pub table: u32,
+    /// Receive buffer of the netlink socket that follows route changes, in
+    /// bytes (the kernel doubles it). Large enough that a burst of changes
+    /// does not overrun it; an overrun costs a full resynchronisation.
+    /// Tests make it tiny to force overruns.
+    pub listen_buffer: usize,
+}
+
+impl Default for RoutingSection {
+    fn default() -> Self {
+        RoutingSection {
+            table: MAIN_TABLE,
+            listen_buffer: DEFAULT_LISTEN_BUFFER,
+        }
+    }
+}
+
 /// `[control]`: the Unix control socket.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ControlSection {
@@ -480,6 +539,8 @@ pub struct Config {
     pub security: SecuritySection,
     /// `[dataplane]`.
     pub dataplane: DataplaneSection,
+    /// `[routing]`.
+    pub routing: RoutingSection,
     /// `[control]`.
     pub control: ControlSection,
     /// `[metrics]`.
@@ -523,8 +584,10 @@ pub const START_ONLY_KEYS: &[StartOnlyKey] = &[
     start_only!("tunnel.local", tunnel.local),
     start_only!("tunnel.address", tunnel.address),
     start_only!("tunnel.mtu", tunnel.mtu),
+    start_only!("tunnel.persist", tunnel.persist),
     start_only!("security.user", security.user),
     start_only!("[dataplane]", dataplane),
+    start_only!("[routing]", routing),
     start_only!("[control]", control),
     start_only!("[metrics]", metrics),
 ];

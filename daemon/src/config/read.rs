@@ -18,7 +18,7 @@ use tunl_encap::Ttl;
 use super::{
     Config, ConfigError, ControlSection, DataplaneSection, MAX_BUSY_POLL_US, MAX_MTU,
     MAX_POLL_INTERVAL_US, MAX_POLL_QUIET_US, MAX_WORKERS, MIN_MTU, MetricsSection, Problems,
-    RouteEntry, SecuritySection, TunnelSection, check_prefix, parse_prefix,
+    RouteEntry, RoutingSection, SecuritySection, TunnelSection, check_prefix, parse_prefix,
 };
 
 /// The sections of the file, as the docs name them.
@@ -29,6 +29,7 @@ const SECTIONS: &[(&str, &str)] = &[
     ("control", "[control]"),
     ("metrics", "[metrics]"),
     ("dataplane", "[dataplane]"),
+    ("routing", "[routing]"),
 ];
 
 /// Reads `text`: the config (with defaults where a value was wrong), the
@@ -67,6 +68,7 @@ pub(super) fn read(text: &str, path: &Path) -> Result<(Config, Vec<usize>, Probl
         control: control(&table, &mut p),
         metrics: metrics(&table, &mut p),
         dataplane: dataplane(&table, &mut p),
+        routing: routing(&table, &mut p),
     };
     Ok((config, route_keys, p))
 }
@@ -315,6 +317,7 @@ fn tunnel(file: &Table, p: &mut Problems) -> TunnelSection {
         "tos_inherit",
         "pmtudisc",
         "blocks",
+        "persist",
     ];
     let s = Section::of(file, "tunnel", KEYS, p);
     let mut t = TunnelSection::default();
@@ -351,6 +354,9 @@ fn tunnel(file: &Table, p: &mut Problems) -> TunnelSection {
     }
     if let Some(kv) = s.get("blocks") {
         t.blocks = prefixes(p, kv);
+    }
+    if let Some(b) = s.get("persist").and_then(|kv| boolean(p, kv)) {
+        t.persist = b;
     }
     s.finish(p);
     t
@@ -409,13 +415,21 @@ fn routes(file: &Table, p: &mut Problems) -> (Vec<RouteEntry>, Vec<usize>) {
 }
 
 fn security(file: &Table, p: &mut Problems) -> SecuritySection {
-    let s = Section::of(file, "security", &["allow", "allow_nested", "user"], p);
+    let s = Section::of(
+        file,
+        "security",
+        &["allow", "allow_nested", "strict_source", "user"],
+        p,
+    );
     let mut out = SecuritySection::default();
     if let Some(kv) = s.get("allow") {
         out.allow = prefixes(p, kv);
     }
     if let Some(b) = s.get("allow_nested").and_then(|kv| boolean(p, kv)) {
         out.allow_nested = b;
+    }
+    if let Some(b) = s.get("strict_source").and_then(|kv| boolean(p, kv)) {
+        out.strict_source = b;
     }
     if let Some(kv) = s.get("user") {
         out.user = string(p, kv, "a user name").map(str::to_owned);
@@ -539,6 +553,30 @@ fn dataplane(file: &Table, p: &mut Problems) -> DataplaneSection {
     d
 }
 
+fn routing(file: &Table, p: &mut Problems) -> RoutingSection {
+    let s = Section::of(file, "routing", &["table", "listen_buffer"], p);
+    let mut r = RoutingSection::default();
+    if let Some((key, v)) = s.get("table") {
+        // 0 is "unspecified", 255 the local table (the kernel's own).
+        match number::<u32>(p, (key.clone(), v), 1, i64::from(u32::MAX), "") {
+            Some(255) => p.push(
+                key,
+                "255 is the kernel's local table, not one for tunl's routes",
+            ),
+            Some(t) => r.table = t,
+            None => {}
+        }
+    }
+    if let Some(n) = s
+        .get("listen_buffer")
+        .and_then(|kv| number(p, kv, 1, i64::from(i32::MAX), " (bytes)"))
+    {
+        r.listen_buffer = n;
+    }
+    s.finish(p);
+    r
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -602,6 +640,20 @@ mod tests {
             ]
         );
         assert_eq!(
+            problems(&format!(
+                "{LOCAL}persist = 1\n[routing]\ntable = 255\nlisten_buffer = 0\n"
+            )),
+            [
+                "tunnel.persist: expected true or false, found 1",
+                "routing.table: 255 is the kernel's local table, not one for tunl's routes",
+                "routing.listen_buffer: expected a number 1..=2147483647 (bytes), found 0",
+            ]
+        );
+        assert_eq!(
+            problems(&format!("{LOCAL}[routing]\ntable = 0\n")),
+            ["routing.table: expected a number of at least 1, found 0"]
+        );
+        assert_eq!(
             problems(&format!("{LOCAL}[metrics]\nlisten = \"localhost\"\n")),
             [
                 "metrics.listen: expected an address and port (e.g. \"127.0.0.1:9099\"), found \"localhost\""
@@ -645,14 +697,14 @@ mod tests {
             problems(&format!("{LOCAL}mut = 1400\n")),
             [
                 "tunnel.mut: unknown key (known: name, local, mtu, address, ttl, tos_inherit, \
-              pmtudisc, blocks); did you mean `mtu`?"
+              pmtudisc, blocks, persist); did you mean `mtu`?"
             ]
         );
         assert_eq!(
             problems(&format!("{LOCAL}[securty]\nallow = []\n")),
             [
                 "securty: unknown section (known: [tunnel], [[route]], [security], [control], \
-              [metrics], [dataplane]); did you mean `security`?"
+              [metrics], [dataplane], [routing]); did you mean `security`?"
             ]
         );
         assert_eq!(

@@ -72,12 +72,31 @@ fn shipped_example_parses() {
 }
 
 #[test]
+fn strict_source_is_a_boolean() {
+    for (value, want) in [("true", true), ("false", false)] {
+        let c = parse(&format!(
+            "[tunnel]\nlocal = \"172.16.35.4\"\n[security]\nstrict_source = {value}\n"
+        ))
+        .unwrap();
+        assert_eq!(c.security.strict_source, want);
+    }
+    let e = parse("[tunnel]\nlocal = \"172.16.35.4\"\n[security]\nstrict_source = \"yes\"\n")
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("security.strict_source") && e.contains("true or false"),
+        "{e}"
+    );
+}
+
+#[test]
 fn defaults() {
     let c = parse("[tunnel]\nlocal = \"172.16.35.4\"\n").unwrap();
     assert_eq!(c.tunnel.name, DEFAULT_DEVICE);
     assert_eq!(c.tunnel.mtu, None);
     assert!(c.routes.is_empty());
     assert!(!c.security.allow_nested);
+    assert_eq!(c.security.strict_source, DEFAULT_STRICT_SOURCE);
     assert_eq!(c.control.socket, PathBuf::from(DEFAULT_CONTROL_SOCKET));
     assert_eq!(c.metrics.listen, None);
     assert_eq!(c.security.user, None);
@@ -433,6 +452,10 @@ ttl = 64
 tos_inherit = true
 pmtudisc = true
 blocks = ["10.20.43.0/26"]
+persist = false
+
+[routing]
+table = 100
 
 [[route]]
 prefix = "10.20.106.0/26"
@@ -487,4 +510,34 @@ fn operating_md_names_every_start_only_key() {
             key.name
         );
     }
+}
+
+#[test]
+fn a_via_inside_any_route_of_a_large_set_is_found_and_the_first_route_named() {
+    let c = parse(SEED).unwrap();
+    // 5,000 /26 blocks under 10.64.0.0/10, each via an underlay address.
+    let mut routes: Vec<RouteEntry> = (0..5_000u32)
+        .map(|i| RouteEntry {
+            prefix: Ipv4Network::new(Ipv4Addr::from(0x0a40_0000 + i * 64), 26).unwrap(),
+            via: Ipv4Addr::new(172, 16, 36, 5),
+        })
+        .collect();
+    assert!(c.with_routes(routes.clone()).is_ok());
+    // A next hop inside the 4,000th block, and a wider /16 later that holds
+    // it too: the first route in order that holds it is named.
+    routes[10].via = Ipv4Addr::from(0x0a40_0000 + 4_000 * 64 + 9);
+    routes.push(RouteEntry {
+        prefix: "10.67.0.0/16".parse().unwrap(),
+        via: Ipv4Addr::new(172, 16, 36, 6),
+    });
+    let err = c.with_routes(routes).unwrap_err();
+    let problems: Vec<String> = err.problems().iter().map(ToString::to_string).collect();
+    assert_eq!(
+        problems,
+        [format!(
+            "route[10].via: 10.67.232.9 is inside the pod block {}; `via` must be a node's \
+             underlay address",
+            Ipv4Network::new(Ipv4Addr::from(0x0a40_0000 + 4_000 * 64), 26).unwrap()
+        )]
+    );
 }

@@ -5,10 +5,15 @@ use std::io::{self, BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use super::wire::{Request, Response};
+use super::wire::{
+    MAX_REQUEST, ROUTES_PER_CHUNK, Request, Response, Route, RouteChange, RouteChunk, StreamHeader,
+};
 
 /// How long the client waits for a reply.
 pub const CLIENT_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long the client waits for the reply to a streamed `route_replace`
+/// (the daemon validates and installs the whole set before it answers).
+pub const REPLACE_TIMEOUT: Duration = Duration::from_secs(300);
 
 /// Why a client call failed.
 #[derive(Debug, thiserror::Error)]
@@ -68,6 +73,13 @@ pub fn connect_error(path: &Path, source: io::Error) -> ClientError {
     }
 }
 
+/// `value` as one JSON line.
+fn encode_line<T: serde::Serialize>(value: &T) -> Result<Vec<u8>, serde_json::Error> {
+    let mut line = serde_json::to_vec(value)?;
+    line.push(b'\n');
+    Ok(line)
+}
+
 /// A connection to a daemon's control socket.
 #[derive(Debug)]
 pub struct Client {
@@ -95,14 +107,15 @@ impl Client {
         }
     }
 
-    /// Sends a request and returns the raw reply.
+    /// Sends a request and returns the raw reply (the daemon's, also when
+    /// it refused the request and closed the connection before it was all
+    /// written).
     pub fn call_raw(&mut self, request: &Request) -> Result<Response, ClientError> {
-        let mut line = serde_json::to_vec(request).map_err(|e| self.protocol(e.to_string()))?;
-        line.push(b'\n');
-        self.reader
-            .get_mut()
-            .write_all(&line)
-            .map_err(|e| self.protocol(format!("write: {e}")))?;
+        self.send_then_read([encode_line(request)])
+    }
+
+    /// Reads one reply line.
+    fn read_reply(&mut self) -> Result<Response, ClientError> {
         let mut reply = String::new();
         let n = self
             .reader
@@ -114,12 +127,70 @@ impl Client {
         serde_json::from_str(&reply).map_err(|e| self.protocol(format!("bad reply: {e}")))
     }
 
-    /// Sends a request and decodes a successful result as `T`.
-    pub fn call<T: serde::de::DeserializeOwned>(
+    /// Makes the daemon's route set exactly `routes`, in one step: as one
+    /// `route_replace` line when it fits [`MAX_REQUEST`] (what every daemon
+    /// understands), else as a stream (a header, then chunks of
+    /// [`ROUTES_PER_CHUNK`] routes; `docs/control-protocol.md`). When the
+    /// daemon refuses a stream midway and closes the connection, its reply
+    /// is read and returned ([`ClientError::Refused`]), not the failed
+    /// write.
+    pub fn replace(
         &mut self,
-        request: &Request,
-    ) -> Result<T, ClientError> {
-        let r = self.call_raw(request)?;
+        routes: Vec<Route>,
+        allow_empty: bool,
+    ) -> Result<RouteChange, ClientError> {
+        let request = Request::RouteReplace {
+            routes,
+            allow_empty,
+        };
+        let mut line = serde_json::to_vec(&request).map_err(|e| self.protocol(e.to_string()))?;
+        let Request::RouteReplace { routes, .. } = request else {
+            unreachable!("built above");
+        };
+        let _ = self
+            .reader
+            .get_ref()
+            .set_read_timeout(Some(REPLACE_TIMEOUT));
+        let response = if line.len() < MAX_REQUEST {
+            line.push(b'\n');
+            self.send_then_read([Ok(line)])
+        } else {
+            drop(line);
+            self.stream(&routes, allow_empty)
+        };
+        let _ = self.reader.get_ref().set_read_timeout(Some(CLIENT_TIMEOUT));
+        self.decode(response?)
+    }
+
+    /// Sends a streamed `route_replace` of `routes` and reads the reply.
+    fn stream(&mut self, routes: &[Route], allow_empty: bool) -> Result<Response, ClientError> {
+        let header = StreamHeader::route_replace(routes.len(), allow_empty);
+        let chunks = routes
+            .chunks(ROUTES_PER_CHUNK)
+            .map(|c| encode_line(&RouteChunk { routes: c.to_vec() }));
+        self.send_then_read(std::iter::once(encode_line(&header)).chain(chunks))
+    }
+
+    /// Writes `lines`, then reads one reply. A failed write (the daemon
+    /// refused and closed the connection) is reported as the daemon's
+    /// reply when one is there to read.
+    fn send_then_read(
+        &mut self,
+        lines: impl IntoIterator<Item = Result<Vec<u8>, serde_json::Error>>,
+    ) -> Result<Response, ClientError> {
+        for line in lines {
+            let line = line.map_err(|e| self.protocol(e.to_string()))?;
+            if let Err(write) = self.reader.get_mut().write_all(&line) {
+                return match self.read_reply() {
+                    Ok(reply) => Ok(reply),
+                    Err(_) => Err(self.protocol(format!("write: {write}"))),
+                };
+            }
+        }
+        self.read_reply()
+    }
+
+    fn decode<T: serde::de::DeserializeOwned>(&self, r: Response) -> Result<T, ClientError> {
         if !r.ok {
             return Err(ClientError::Refused(
                 r.error.unwrap_or_else(|| "request failed".to_owned()),
@@ -127,6 +198,15 @@ impl Client {
         }
         serde_json::from_value(r.result.unwrap_or(serde_json::Value::Null))
             .map_err(|e| self.protocol(format!("bad result: {e}")))
+    }
+
+    /// Sends a request and decodes a successful result as `T`.
+    pub fn call<T: serde::de::DeserializeOwned>(
+        &mut self,
+        request: &Request,
+    ) -> Result<T, ClientError> {
+        let r = self.call_raw(request)?;
+        self.decode(r)
     }
 }
 

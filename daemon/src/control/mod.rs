@@ -14,8 +14,10 @@ pub mod server;
 pub mod wire;
 
 pub use client::{CLIENT_TIMEOUT, Client, ClientError};
-pub use server::{BindError, Call, accept_loop, bind, serve_connection};
+pub use server::{BindError, Call, StreamSlot, accept_loop, bind, serve_connection};
 pub use wire::{
-    MAX_REQUEST, NodeStatus, READ_TIMEOUT, RefusedStatus, Request, Response, Route, RouteChange,
-    RouteList, Stats, Status, UnderlayLink, UnderlayStatus, parse_request, unix_ms,
+    Incoming, ListedNextHop, ListedRoute, MAX_REPLACE_ROUTES, MAX_REQUEST, NodeStatus,
+    READ_TIMEOUT, ROUTES_PER_CHUNK, RefusedStatus, ReplaceStream, Request, Response, Route,
+    RouteChange, RouteChunk, RouteList, STREAM_TIMEOUT, Stats, Status, StreamHeader, UnderlayLink,
+    UnderlayStatus, parse_line, parse_request, unix_ms,
 };

@@ -7,6 +7,16 @@
 //! within [`READ_TIMEOUT`]), parses it, hands it to the daemon's main loop
 //! over a channel as a [`Call`] and writes the reply as one line. The main
 //! loop handles calls one at a time, so route changes never interleave.
+//!
+//! A streamed `route_replace` (a header, then chunk lines) is gathered by
+//! the connection's task, never by the main loop, so a slow client holds
+//! only its own connection: its routes go to the main loop as one
+//! `route_replace` once the last chunk is in. One stream is received (and
+//! applied) at a time, so at most [`MAX_REPLACE_ROUTES`] routes are held
+//! for streams however many clients try; it must arrive within
+//! [`STREAM_TIMEOUT`]. A bad stream is answered with the error and the
+//! connection closed, since the lines after it cannot be told apart from
+//! requests.
 
 use std::io;
 use std::os::unix::fs::PermissionsExt;
@@ -17,7 +27,10 @@ use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt};
 use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::{mpsc, oneshot};
 
-use super::wire::{MAX_REQUEST, READ_TIMEOUT, Request, Response, parse_request};
+use super::wire::{
+    Incoming, MAX_REPLACE_ROUTES, MAX_REQUEST, READ_TIMEOUT, ReplaceStream, Request, Response,
+    STREAM_TIMEOUT, parse_line,
+};
 
 /// A parsed request and where its reply goes.
 #[derive(Debug)]
@@ -128,14 +141,16 @@ impl LogThrottle {
 /// [`ACCEPT_ERROR_LOG_INTERVAL`].
 pub async fn accept_loop(listener: UnixListener, calls: mpsc::Sender<Call>) {
     let open = std::sync::Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
+    let streams = StreamSlot::new();
     let mut errors = LogThrottle::new(ACCEPT_ERROR_LOG_INTERVAL);
     loop {
         match listener.accept().await {
             Ok((stream, _)) => match open.clone().try_acquire_owned() {
                 Ok(permit) => {
                     let calls = calls.clone();
+                    let streams = streams.clone();
                     tokio::spawn(async move {
-                        serve_connection(stream, calls).await;
+                        serve_connection(stream, calls, streams).await;
                         drop(permit);
                     });
                 }
@@ -196,9 +211,27 @@ async fn read_line<R: tokio::io::AsyncBufRead + Unpin>(
     Ok(Line::Request(std::mem::take(buf)))
 }
 
+/// The right to receive a streamed `route_replace`: one stream at a time,
+/// daemon-wide (clones share it).
+#[derive(Debug, Clone)]
+pub struct StreamSlot(std::sync::Arc<tokio::sync::Semaphore>);
+
+impl StreamSlot {
+    /// A free slot.
+    pub fn new() -> StreamSlot {
+        StreamSlot(std::sync::Arc::new(tokio::sync::Semaphore::new(1)))
+    }
+}
+
+impl Default for StreamSlot {
+    fn default() -> StreamSlot {
+        StreamSlot::new()
+    }
+}
+
 /// Serves one connection: request lines in, reply lines out, until EOF, an
-/// over-long line, a read timeout or a write error.
-pub async fn serve_connection(stream: UnixStream, calls: mpsc::Sender<Call>) {
+/// over-long line, a read timeout, a bad stream or a write error.
+pub async fn serve_connection(stream: UnixStream, calls: mpsc::Sender<Call>, streams: StreamSlot) {
     let (read, mut write) = stream.into_split();
     let mut reader = tokio::io::BufReader::new(read);
     let mut buf = Vec::new();
@@ -211,24 +244,40 @@ pub async fn serve_connection(stream: UnixStream, calls: mpsc::Sender<Call>) {
             }
             Ok(Err(_)) | Ok(Ok(Line::Eof)) => return,
             Ok(Ok(Line::TooLong)) => {
-                let msg = format!("request longer than {MAX_REQUEST} bytes");
-                let _ = reply(&mut write, &Response::error(msg)).await;
+                let _ = reply(&mut write, &Response::error(too_long())).await;
                 return;
             }
             Ok(Ok(Line::Request(line))) => line,
         };
-        let response = match parse_request(&line) {
+        let response = match parse_line(&line) {
             Err(e) => {
                 tracing::debug!(error = %e, "control request refused");
+                if line_starts_a_stream(&line) {
+                    // Its chunks follow: they are no requests.
+                    let _ = reply(&mut write, &Response::error(e)).await;
+                    return;
+                }
                 Response::error(e)
             }
-            Ok(request) => {
-                let (tx, rx) = oneshot::channel();
-                if calls.send(Call { request, reply: tx }).await.is_err() {
-                    Response::error("the daemon is stopping")
-                } else {
-                    rx.await
-                        .unwrap_or_else(|_| Response::error("the daemon is stopping"))
+            Ok(Incoming::Request(request)) => call(&calls, request).await,
+            Ok(Incoming::Stream(replace)) => {
+                let Ok(_permit) = streams.0.clone().try_acquire_owned() else {
+                    let e = "another streamed route_replace is being received or applied; \
+                             try again when it is done";
+                    let _ = reply(&mut write, &Response::error(e)).await;
+                    return;
+                };
+                match receive_stream(&mut reader, &mut buf, replace).await {
+                    Ok(request) => call(&calls, request).await,
+                    Err(StreamEnd::Eof) => {
+                        tracing::debug!("streamed route_replace abandoned by its client");
+                        return;
+                    }
+                    Err(StreamEnd::Refused(e)) => {
+                        tracing::debug!(error = %e, "streamed route_replace refused");
+                        let _ = reply(&mut write, &Response::error(e)).await;
+                        return;
+                    }
                 }
             }
         };
@@ -236,6 +285,82 @@ pub async fn serve_connection(stream: UnixStream, calls: mpsc::Sender<Call>) {
             return;
         }
     }
+}
+
+fn too_long() -> String {
+    format!("request longer than {MAX_REQUEST} bytes")
+}
+
+/// Whether a refused line was meant as a stream header (a `route_replace`
+/// with `count`), so chunks are to be expected after it.
+fn line_starts_a_stream(line: &[u8]) -> bool {
+    serde_json::from_slice::<serde_json::Value>(line).is_ok_and(|v| {
+        v.get("cmd").and_then(|c| c.as_str()) == Some("route_replace") && v.get("count").is_some()
+    })
+}
+
+/// Hands `request` to the main loop and waits for its reply.
+async fn call(calls: &mpsc::Sender<Call>, request: Request) -> Response {
+    let (tx, rx) = oneshot::channel();
+    if calls.send(Call { request, reply: tx }).await.is_err() {
+        return Response::error("the daemon is stopping");
+    }
+    rx.await
+        .unwrap_or_else(|_| Response::error("the daemon is stopping"))
+}
+
+/// Why a stream ended before its last chunk.
+enum StreamEnd {
+    /// The client closed the connection (or it broke): nobody to answer.
+    Eof,
+    /// A bad chunk, an over-long line or a timeout: the reply.
+    Refused(String),
+}
+
+/// Reads the chunks of `replace` until it is complete, each line within
+/// [`READ_TIMEOUT`] and the whole within [`STREAM_TIMEOUT`].
+async fn receive_stream<R: tokio::io::AsyncBufRead + Unpin>(
+    reader: &mut R,
+    buf: &mut Vec<u8>,
+    mut replace: ReplaceStream,
+) -> Result<Request, StreamEnd> {
+    let deadline = tokio::time::Instant::now() + STREAM_TIMEOUT;
+    while !replace.is_complete() {
+        let until = deadline.min(tokio::time::Instant::now() + READ_TIMEOUT);
+        let line = match tokio::time::timeout_at(until, read_line(reader, buf)).await {
+            Err(_) => {
+                let why = if until == deadline {
+                    format!(
+                        "route set refused, nothing changed: the route_replace stream took \
+                         longer than {} s ({} of {} routes arrived)",
+                        STREAM_TIMEOUT.as_secs(),
+                        replace.received(),
+                        replace.count()
+                    )
+                } else {
+                    format!(
+                        "route set refused, nothing changed: read timeout in the \
+                         route_replace stream ({} of {} routes arrived)",
+                        replace.received(),
+                        replace.count()
+                    )
+                };
+                return Err(StreamEnd::Refused(why));
+            }
+            Ok(Err(_)) | Ok(Ok(Line::Eof)) => return Err(StreamEnd::Eof),
+            Ok(Ok(Line::TooLong)) => {
+                return Err(StreamEnd::Refused(format!(
+                    "route set refused, nothing changed: a chunk of the route_replace stream \
+                     is {}",
+                    too_long()
+                )));
+            }
+            Ok(Ok(Line::Request(line))) => line,
+        };
+        replace.push(&line).map_err(StreamEnd::Refused)?;
+    }
+    debug_assert!(replace.count() <= MAX_REPLACE_ROUTES);
+    Ok(replace.into_request())
 }
 
 async fn reply(w: &mut tokio::net::unix::OwnedWriteHalf, r: &Response) -> io::Result<()> {
@@ -248,6 +373,8 @@ async fn reply(w: &mut tokio::net::unix::OwnedWriteHalf, r: &Response) -> io::Re
 #[cfg(test)]
 mod tests {
     use std::io::{BufRead, BufReader, Read, Write};
+
+    use std::net::Ipv4Addr;
 
     use super::*;
     use crate::control::{Client, RouteList};
@@ -362,6 +489,101 @@ mod tests {
                     break;
                 }
                 assert!(std::time::Instant::now() < deadline, "no room: {line}");
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        })
+        .await
+        .unwrap();
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_stream_reaches_the_main_loop_as_one_replace_and_bad_ones_are_answered() {
+        use crate::control::{Route, RouteChange, StreamHeader};
+        let dir = std::env::temp_dir().join(format!("tunl-ctl-stream-{}", std::process::id()));
+        let path = dir.join("t.sock");
+        let listener = bind(&path).unwrap();
+        let (tx, mut rx) = mpsc::channel::<Call>(4);
+        tokio::spawn(accept_loop(listener, tx));
+        // The "main loop": answers a replace with the count it received.
+        tokio::spawn(async move {
+            while let Some(call) = rx.recv().await {
+                let n = match call.request {
+                    Request::RouteReplace { routes, .. } => routes.len(),
+                    _ => usize::MAX,
+                };
+                let _ = call.reply.send(Response::ok(RouteChange {
+                    unchanged: n,
+                    ..RouteChange::default()
+                }));
+            }
+        });
+        let p = path.clone();
+        tokio::task::spawn_blocking(move || {
+            let routes: Vec<Route> = (0..3000u32)
+                .map(|i| Route {
+                    prefix: ipnetwork::Ipv4Network::new((0x0a00_0000 + i * 64).into(), 26)
+                        .unwrap(),
+                    via: Ipv4Addr::new(172, 16, 0, 1),
+                })
+                .collect();
+            // Too long for one line: streamed, one call of 3000 routes.
+            let mut c = Client::connect(&p).unwrap();
+            let change = c.replace(routes.clone(), false).unwrap();
+            assert_eq!(change.unchanged, 3000);
+            // The connection goes on serving requests.
+            let change = c.replace(routes[..2].to_vec(), false).unwrap();
+            assert_eq!(change.unchanged, 2);
+            // A stream announcing one route less than it sends: refused,
+            // and the client reads the daemon's error, not a broken pipe.
+            let mut raw = std::os::unix::net::UnixStream::connect(&p).unwrap();
+            let header = serde_json::to_vec(&StreamHeader::route_replace(1, false)).unwrap();
+            raw.write_all(&header).unwrap();
+            raw.write_all(b"\n{\"routes\":[{\"prefix\":\"10.0.0.0/26\",\"via\":\"1.2.3.4\"},{\"prefix\":\"10.0.1.0/26\",\"via\":\"1.2.3.4\"}]}\n").unwrap();
+            let mut text = String::new();
+            raw.read_to_string(&mut text).unwrap();
+            assert!(text.contains("more than the 1 announced"), "{text}");
+            // Over the cap: refused at the header, with the client still
+            // writing chunks.
+            let mut many: Vec<Route> = Vec::new();
+            for i in 0..(MAX_REPLACE_ROUTES as u32 + 1) {
+                many.push(Route {
+                    prefix: ipnetwork::Ipv4Network::new(i.into(), 32).unwrap(),
+                    via: Ipv4Addr::new(172, 16, 0, 1),
+                });
+            }
+            let e = Client::connect(&p).unwrap().replace(many, false).unwrap_err();
+            assert!(
+                matches!(&e, crate::control::ClientError::Refused(m) if m.contains("at most 250000")),
+                "{e:?}"
+            );
+            // A stream that stops halfway holds only its own connection:
+            // others are answered meanwhile, and a second stream is told to
+            // wait for the first.
+            let mut half = std::os::unix::net::UnixStream::connect(&p).unwrap();
+            half.write_all(&header).unwrap();
+            half.write_all(b"\n").unwrap();
+            let other = Client::connect(&p)
+                .unwrap()
+                .call_raw(&Request::Status {})
+                .unwrap();
+            assert!(other.ok, "{other:?}");
+            std::thread::sleep(Duration::from_millis(100));
+            let e = Client::connect(&p)
+                .unwrap()
+                .replace(routes.clone(), false)
+                .unwrap_err();
+            assert!(e.to_string().contains("another streamed route_replace"), "{e}");
+            drop(half);
+            let deadline = std::time::Instant::now() + Duration::from_secs(5);
+            loop {
+                match Client::connect(&p).unwrap().replace(routes.clone(), false) {
+                    Ok(change) => {
+                        assert_eq!(change.unchanged, 3000);
+                        break;
+                    }
+                    Err(e) => assert!(std::time::Instant::now() < deadline, "{e}"),
+                }
                 std::thread::sleep(Duration::from_millis(20));
             }
         })

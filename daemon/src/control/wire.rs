@@ -12,6 +12,15 @@ use serde::{Deserialize, Serialize};
 pub const MAX_REQUEST: usize = 64 * 1024;
 /// How long the daemon waits for a request line (or the rest of one).
 pub const READ_TIMEOUT: Duration = Duration::from_secs(10);
+/// The most routes one `route_replace` may carry, streamed or not.
+pub const MAX_REPLACE_ROUTES: usize = 250_000;
+/// How long a streamed `route_replace` may take to arrive, from its header
+/// to its last chunk (each line also within [`READ_TIMEOUT`]).
+pub const STREAM_TIMEOUT: Duration = Duration::from_secs(60);
+/// How many routes the client puts in one chunk of a streamed
+/// `route_replace`: the longest route is 56 bytes of JSON, so a chunk line
+/// stays under [`MAX_REQUEST`].
+pub const ROUTES_PER_CHUNK: usize = 1000;
 
 /// A route as the protocol spells it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -135,11 +144,44 @@ pub struct RouteChange {
     pub unchanged: usize,
 }
 
+/// One next hop of a multipath route in `route_list`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ListedNextHop {
+    /// The node; absent for a next hop without a gateway.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub via: Option<Ipv4Addr>,
+    /// Its weight.
+    pub weight: u16,
+}
+
+/// A route in `route_list`: one of the kernel's routes on the device, the
+/// one the kernel uses for its prefix, whoever installed it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ListedRoute {
+    /// The block.
+    pub prefix: Ipv4Network,
+    /// The node (the route's gateway); absent for a route without one
+    /// (encapsulated toward the inner destination) and for a multipath
+    /// route.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub via: Option<Ipv4Addr>,
+    /// A multipath route's next hops on the device; empty otherwise.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub nexthops: Vec<ListedNextHop>,
+    /// Who installed it, by its routing protocol: `tunl` (tunl's own),
+    /// `bird`, `static`, `kernel`..., or the protocol number.
+    #[serde(default)]
+    pub origin: String,
+    /// Its metric.
+    #[serde(default)]
+    pub metric: u32,
+}
+
 /// Result of `route_list`.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RouteList {
-    /// Every route, sorted by block.
-    pub routes: Vec<Route>,
+    /// Every route on the device, sorted by block.
+    pub routes: Vec<ListedRoute>,
 }
 
 /// One remote node in `status`.
@@ -149,6 +191,10 @@ pub struct NodeStatus {
     pub node: Ipv4Addr,
     /// The blocks routed to it.
     pub blocks: Vec<Ipv4Network>,
+    /// The origin of each block, in the order of `blocks` (`tunl`, `bird`,
+    /// ...: see [`ListedRoute::origin`]).
+    #[serde(default)]
+    pub origins: Vec<String>,
     /// The tunnel MTU toward it (lowered by underlay frag-needed).
     pub path_mtu: u16,
     /// Inner packets sent to it.
@@ -222,6 +268,20 @@ pub struct Status {
     pub underlay: UnderlayStatus,
     /// Number of routes.
     pub routes: usize,
+    /// The routes by origin, e.g. `[["bird", 12], ["tunl", 1]]`.
+    #[serde(default)]
+    pub routes_by_origin: Vec<(String, usize)>,
+    /// Full reloads of the routes from a dump after the kernel dropped
+    /// route changes (ENOBUFS).
+    #[serde(default)]
+    pub route_resyncs: u64,
+    /// Updates of the dataplane's route table for the kernel's changes.
+    #[serde(default)]
+    pub route_updates: u64,
+    /// `CLOCK_MONOTONIC` (ns) at the last of them; the host's clock, for
+    /// benchmarks that compare it with their own.
+    #[serde(default)]
+    pub last_route_update_ns: u64,
     /// Unix time in milliseconds when the reply was made.
     pub now_unix_ms: u64,
     /// Unix time in milliseconds when the daemon started (0 from daemons
@@ -287,6 +347,180 @@ impl Stats {
 pub fn unix_ms(t: std::time::SystemTime) -> u64 {
     t.duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// The header of a streamed `route_replace`: the set follows in chunk
+/// lines (`{"routes": [...]}`) until `count` routes have arrived, and is
+/// then carried out as one `route_replace`. On the wire it is a
+/// `route_replace` with `count` in place of `routes`:
+/// `{"cmd":"route_replace","count":100000}`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StreamHeader {
+    /// Always `route_replace`.
+    pub cmd: StreamCmd,
+    /// How many routes the chunks carry, in all.
+    pub count: usize,
+    /// As in [`Request::RouteReplace`].
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub allow_empty: bool,
+}
+
+/// The only command that may be streamed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StreamCmd {
+    /// `route_replace`.
+    RouteReplace,
+}
+
+impl StreamHeader {
+    /// The header of a streamed replace of `count` routes.
+    pub fn route_replace(count: usize, allow_empty: bool) -> StreamHeader {
+        StreamHeader {
+            cmd: StreamCmd::RouteReplace,
+            count,
+            allow_empty,
+        }
+    }
+}
+
+/// One chunk line of a streamed `route_replace`: `{"routes": [...]}`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RouteChunk {
+    /// Some routes of the set, at least one.
+    pub routes: Vec<Route>,
+}
+
+/// A line read where a request may begin.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Incoming {
+    /// A whole request.
+    Request(Request),
+    /// The header of a streamed `route_replace`; its chunks follow.
+    Stream(ReplaceStream),
+}
+
+/// A streamed `route_replace` being received: feed it the chunk lines
+/// ([`ReplaceStream::push`]) until [`ReplaceStream::is_complete`], then take
+/// the request ([`ReplaceStream::into_request`]). It holds at most
+/// [`MAX_REPLACE_ROUTES`] routes: a header announcing more is refused, and
+/// so is a chunk carrying more than announced.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReplaceStream {
+    count: usize,
+    allow_empty: bool,
+    routes: Vec<Route>,
+    chunks: usize,
+}
+
+impl ReplaceStream {
+    /// A stream for `header`.
+    ///
+    /// # Errors
+    /// A `count` over [`MAX_REPLACE_ROUTES`].
+    pub fn new(header: StreamHeader) -> Result<ReplaceStream, String> {
+        if header.count > MAX_REPLACE_ROUTES {
+            return Err(format!(
+                "route set refused, nothing changed: {} routes announced, at most \
+                 {MAX_REPLACE_ROUTES} in one route_replace",
+                header.count
+            ));
+        }
+        Ok(ReplaceStream {
+            count: header.count,
+            allow_empty: header.allow_empty,
+            routes: Vec::new(),
+            chunks: 0,
+        })
+    }
+
+    /// The routes announced.
+    pub fn count(&self) -> usize {
+        self.count
+    }
+
+    /// The routes received so far.
+    pub fn received(&self) -> usize {
+        self.routes.len()
+    }
+
+    /// Whether every announced route has arrived.
+    pub fn is_complete(&self) -> bool {
+        self.routes.len() == self.count
+    }
+
+    /// Takes one chunk line.
+    ///
+    /// # Errors
+    /// The line is not a chunk (not UTF-8, not JSON, another field, a bad
+    /// route), is empty of routes, or carries more routes than the header
+    /// announced. The stream is then unusable: the daemon answers the error
+    /// and closes the connection.
+    pub fn push(&mut self, line: &[u8]) -> Result<(), String> {
+        self.chunks += 1;
+        let at = |e: String| {
+            format!(
+                "route set refused, nothing changed: chunk {} of the route_replace stream \
+                 (after {} routes): {e}",
+                self.chunks,
+                self.routes.len()
+            )
+        };
+        let text = std::str::from_utf8(line).map_err(|_| at("not UTF-8".to_owned()))?;
+        let chunk: RouteChunk = serde_json::from_str(text.trim())
+            .map_err(|e| at(format!("not a chunk ({{\"routes\": [...]}}): {e}")))?;
+        if chunk.routes.is_empty() {
+            return Err(at("a chunk carries at least one route".to_owned()));
+        }
+        if chunk.routes.len() > self.count - self.routes.len() {
+            return Err(at(format!(
+                "{} routes, more than the {} announced",
+                self.routes.len() + chunk.routes.len(),
+                self.count
+            )));
+        }
+        self.routes.extend(chunk.routes);
+        Ok(())
+    }
+
+    /// The `route_replace` the stream carried (complete or not: the caller
+    /// checks [`ReplaceStream::is_complete`]).
+    pub fn into_request(self) -> Request {
+        Request::RouteReplace {
+            routes: self.routes,
+            allow_empty: self.allow_empty,
+        }
+    }
+}
+
+/// Parses a line where a request may begin: a request
+/// ([`parse_request`]), or the header of a streamed `route_replace` (one
+/// with `count` in place of `routes`).
+///
+/// # Errors
+/// As [`parse_request`], and a header announcing more than
+/// [`MAX_REPLACE_ROUTES`] routes.
+pub fn parse_line(line: &[u8]) -> Result<Incoming, String> {
+    if let Ok(text) = std::str::from_utf8(line) {
+        if let Ok(value) = serde_json::from_str::<serde_json::Value>(text.trim()) {
+            if value.get("cmd").and_then(|c| c.as_str()) == Some("route_replace")
+                && value.get("count").is_some()
+            {
+                if value.get("routes").is_some() {
+                    return Err(
+                        "bad request: route_replace carries either `routes` or `count` (a stream)"
+                            .to_owned(),
+                    );
+                }
+                let header: StreamHeader =
+                    serde_json::from_value(value).map_err(|e| format!("bad request: {e}"))?;
+                return ReplaceStream::new(header).map(Incoming::Stream);
+            }
+        }
+    }
+    parse_request(line).map(Incoming::Request)
 }
 
 /// Parses one request line, saying what is wrong with a bad one (not
@@ -443,5 +677,157 @@ mod tests {
         assert_eq!(stats.counter("tx_packets"), Some(3));
         assert_eq!(stats.counter("no_route"), Some(1));
         assert_eq!(stats.counter("rx_packets"), None);
+    }
+
+    fn chunk(routes: &[(&str, [u8; 4])]) -> Vec<u8> {
+        let chunk = RouteChunk {
+            routes: routes
+                .iter()
+                .map(|(p, v)| Route {
+                    prefix: p.parse().unwrap(),
+                    via: Ipv4Addr::from(*v),
+                })
+                .collect(),
+        };
+        serde_json::to_vec(&chunk).unwrap()
+    }
+
+    fn stream(line: &[u8]) -> ReplaceStream {
+        match parse_line(line) {
+            Ok(Incoming::Stream(s)) => s,
+            other => panic!("{:?}: {other:?}", String::from_utf8_lossy(line)),
+        }
+    }
+
+    #[test]
+    fn a_stream_header_is_a_route_replace_with_a_count() {
+        let header = StreamHeader::route_replace(3, false);
+        let line = serde_json::to_string(&header).unwrap();
+        assert_eq!(line, r#"{"cmd":"route_replace","count":3}"#);
+        let s = stream(line.as_bytes());
+        assert_eq!((s.count(), s.received(), s.is_complete()), (3, 0, false));
+        let with = serde_json::to_string(&StreamHeader::route_replace(0, true)).unwrap();
+        assert_eq!(
+            with,
+            r#"{"cmd":"route_replace","count":0,"allow_empty":true}"#
+        );
+        let empty = stream(with.as_bytes());
+        assert!(empty.is_complete(), "nothing to wait for");
+        assert_eq!(
+            empty.into_request(),
+            Request::RouteReplace {
+                routes: vec![],
+                allow_empty: true
+            }
+        );
+        // Every other request still parses as before.
+        assert_eq!(
+            parse_line(br#"{"cmd":"route_replace","routes":[]}"#).unwrap(),
+            Incoming::Request(Request::RouteReplace {
+                routes: vec![],
+                allow_empty: false
+            })
+        );
+        assert_eq!(
+            parse_line(br#"{"cmd":"status"}"#).unwrap(),
+            Incoming::Request(Request::Status {})
+        );
+        assert!(parse_line(b"nonsense").unwrap_err().contains("not JSON"));
+    }
+
+    #[test]
+    fn a_stream_gathers_its_chunks_into_one_replace() {
+        let mut s = stream(br#"{"cmd":"route_replace","count":3}"#);
+        s.push(&chunk(&[
+            ("10.20.0.0/26", [172, 16, 0, 1]),
+            ("10.20.0.64/26", [172, 16, 0, 2]),
+        ]))
+        .unwrap();
+        assert_eq!((s.received(), s.is_complete()), (2, false));
+        s.push(b"  {\"routes\":[{\"prefix\":\"10.20.0.128/26\",\"via\":\"172.16.0.3\"}]}\n")
+            .unwrap();
+        assert!(s.is_complete());
+        let Request::RouteReplace {
+            routes,
+            allow_empty,
+        } = s.into_request()
+        else {
+            panic!("not a replace");
+        };
+        assert!(!allow_empty);
+        let vias: Vec<Ipv4Addr> = routes.iter().map(|r| r.via).collect();
+        assert_eq!(
+            vias,
+            [[172, 16, 0, 1], [172, 16, 0, 2], [172, 16, 0, 3]].map(Ipv4Addr::from),
+            "in the order sent"
+        );
+        assert_eq!(routes[2].prefix, "10.20.0.128/26".parse().unwrap());
+    }
+
+    #[test]
+    fn bad_streams_say_why() {
+        // More than the cap, announced: refused at the header.
+        let over = format!(
+            r#"{{"cmd":"route_replace","count":{}}}"#,
+            MAX_REPLACE_ROUTES + 1
+        );
+        let e = parse_line(over.as_bytes()).unwrap_err();
+        assert!(e.contains("at most 250000"), "{e}");
+        assert!(
+            stream(format!(r#"{{"cmd":"route_replace","count":{MAX_REPLACE_ROUTES}}}"#).as_bytes())
+                .count()
+                == MAX_REPLACE_ROUTES
+        );
+        for (header, want) in [
+            (&br#"{"cmd":"route_replace","count":-1}"#[..], "bad request"),
+            (br#"{"cmd":"route_replace","count":"9"}"#, "bad request"),
+            (
+                br#"{"cmd":"route_replace","count":2,"extra":1}"#,
+                "unknown field",
+            ),
+            (
+                br#"{"cmd":"route_replace","count":2,"routes":[]}"#,
+                "either",
+            ),
+        ] {
+            let e = parse_line(header).unwrap_err();
+            assert!(e.contains(want), "{}: {e}", String::from_utf8_lossy(header));
+        }
+        let one = chunk(&[("10.20.0.0/26", [172, 16, 0, 1])]);
+        let two = chunk(&[
+            ("10.20.0.0/26", [172, 16, 0, 1]),
+            ("10.20.1.0/26", [172, 16, 0, 1]),
+        ]);
+        let cases: [(&[u8], &str); 7] = [
+            (&two, "2 routes, more than the 1 announced"),
+            (br#"{"routes":[]}"#, "at least one route"),
+            (b"{", "not a chunk"),
+            (b"\xff", "not UTF-8"),
+            (br#"{"routes":[],"more":1}"#, "unknown field"),
+            (br#"{"cmd":"status"}"#, "not a chunk"),
+            (
+                br#"{"routes":[{"prefix":"10.0.0.0","via":"1.2.3.4"}]}"#,
+                "has no prefix length",
+            ),
+        ];
+        for (line, want) in cases {
+            let mut s = stream(br#"{"cmd":"route_replace","count":1}"#);
+            let e = s.push(line).unwrap_err();
+            assert!(e.contains(want), "{:?}: {e}", String::from_utf8_lossy(line));
+            assert!(e.contains("chunk 1 of the route_replace stream"), "{e}");
+            assert!(e.starts_with("route set refused, nothing changed"), "{e}");
+        }
+        // A chunk past the count, after a complete one.
+        let mut s = stream(br#"{"cmd":"route_replace","count":1}"#);
+        s.push(&one).unwrap();
+        let e = s.push(&one).unwrap_err();
+        assert!(e.contains("chunk 2") && e.contains("after 1 routes"), "{e}");
+    }
+
+    #[test]
+    fn a_full_chunk_of_the_longest_routes_fits_a_line() {
+        let longest = ("255.255.255.255/32", [255, 255, 255, 255]);
+        let line = chunk(&vec![longest; ROUTES_PER_CHUNK]);
+        assert!(line.len() < MAX_REQUEST, "{}", line.len());
     }
 }

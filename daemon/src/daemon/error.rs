@@ -51,14 +51,44 @@ pub enum DaemonError {
     /// A netlink request during setup failed (the message names it).
     #[error(transparent)]
     Netlink(#[from] NetlinkError),
-    /// The TUN device's name is taken.
+    /// The TUN device's name is taken by a device that is not a TUN device
+    /// (the kernel's ipip driver's tunl0, a veth...).
     #[error(
-        "device {name} already exists: another tunl instance (or the kernel's ipip driver) holds it; \
-         stop it, or set another [tunnel] name"
+        "device {name} already exists and is not a TUN device (the kernel's ipip driver?); \
+         remove it, or set another [tunnel] name"
     )]
     DeviceExists {
         /// `tunnel.name`.
         name: String,
+    },
+    /// The TUN device exists and a process holds it: another tunl
+    /// instance (its lock), or another program (the device has carrier).
+    #[error(
+        "device {name} already exists and is in use by {holder}; \
+         stop it, or set another [tunnel] name"
+    )]
+    DeviceInUse {
+        /// `tunnel.name`.
+        name: String,
+        /// Who holds it: `another tunl instance` or `another process`.
+        holder: &'static str,
+    },
+    /// The device's lock (an abstract socket) could not be taken.
+    #[error("cannot lock {path}: {source}")]
+    DeviceLock {
+        /// The lock, `@tunl/device/NAME`.
+        path: std::path::PathBuf,
+        /// The OS error.
+        #[source]
+        source: io::Error,
+    },
+    /// The route listener (the netlink socket following the kernel's
+    /// routes) could not start.
+    #[error("cannot follow the kernel's routes: {source}")]
+    RouteListener {
+        /// The OS error.
+        #[source]
+        source: io::Error,
     },
     /// The control socket could not be bound (or another daemon serves it).
     #[error(transparent)]

@@ -8,10 +8,11 @@ use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tracing::{debug, info, warn};
 use tunl_io::netlink::Netlink;
-use tunl_routing::RouteWriter;
 
 use super::BuildInfo;
 use super::error::DaemonError;
+use super::follow::{self, KernelFeed};
+use super::mirror::RouteMirror;
 use super::neighbours::watch_neighbours;
 use super::notify::Notifier;
 use super::requests::{DeviceInfo, handle};
@@ -22,7 +23,7 @@ use super::watch::{LinkEvent, Seen, Watched, watch_links};
 use super::{privileges, reload, underlay};
 use crate::config::Config;
 use crate::control::{self, Call};
-use crate::dataplane::{CounterSnapshot, Router, RouterXdp, Shared};
+use crate::dataplane::{CounterSnapshot, Dataplane, DataplaneXdp, Shared};
 use crate::metrics::{DeviceLabels, MetricsSource, XdpReaders};
 use tunl_io::xdp::{XdpLink, XdpProgram};
 
@@ -37,21 +38,34 @@ pub(super) async fn run(
     let notifier = Notifier::from_env();
     let user = startup::look_up_user(&config)?;
     let netlink = startup::open_netlink()?;
-    startup::check_device_free(&netlink, &config).await?;
+    let _lock = startup::lock_device(&config)?;
+    let existing = startup::check_device(&netlink, &config).await?;
     // Before anything is created: a second daemon on the same socket stops
     // without touching the device or the routes.
     let (listener, _socket_file) = startup::bind_control(&config)?;
     let underlay = startup::find_underlay(&netlink, &config).await?;
     let mtu = startup::tunnel_mtu(&config, underlay.as_ref())?;
-    let device = startup::create_device(&netlink, &config, mtu).await?;
+    let device = startup::create_device(&netlink, &config, mtu, existing).await?;
     let offload = device.tun.offload();
+    let ifindex = device.ifindex;
     let receivers = startup::open_receivers(&config)?;
 
     let shared = Arc::new(Shared::new(startup::policy_for(&config, mtu)));
-    let writer = RouteWriter::new();
-    let reader = writer.reader();
-    let kernel = NetlinkRoutes::new(netlink.clone(), device.ifindex);
-    let mut routes = RouteManager::new(writer, kernel, shared.clone());
+    // Subscribe first, then dump: no change falls between the two.
+    let mut feed = KernelFeed::start(config.routing.listen_buffer)?;
+    let mut mirror = RouteMirror::new(config.routing.table, ifindex, shared.clone());
+    let dump_started = std::time::Instant::now();
+    let dumped = follow::load(&mut mirror, &Default::default()).await?;
+    info!(
+        routes = mirror.len(),
+        dumped,
+        table = config.routing.table,
+        dump_ms = %format!("{:.1}", dump_started.elapsed().as_secs_f64() * 1e3),
+        "routes on the device loaded from the kernel"
+    );
+    let reader = mirror.reader();
+    let kernel = NetlinkRoutes::new(netlink.clone(), ifindex, config.routing.table);
+    let mut routes = RouteManager::new(mirror, kernel);
     routes.remove_stale(&wanted_routes(&config)).await;
     let metrics_listener = startup::bind_metrics(&config).await?;
 
@@ -65,7 +79,7 @@ pub(super) async fn run(
                 program: setup.program.stats_reader(),
                 sockets: setup.sockets.iter().map(|s| s.stats_reader()).collect(),
             };
-            let xdp = RouterXdp {
+            let xdp = DataplaneXdp {
                 sockets: setup.sockets,
                 src_mac: setup.src_mac,
             };
@@ -82,15 +96,20 @@ pub(super) async fn run(
         packet_tx,
         xdp,
     };
-    let router = startup::start_dataplane(&config, user.as_ref(), parts)?;
+    let dataplane = startup::start_dataplane(&config, user.as_ref(), parts)?;
     let mut running = Running {
-        router,
+        dataplane,
         routes,
         netlink: netlink.clone(),
         name: config.tunnel.name.clone(),
+        persist: config.tunnel.persist,
         xdp: attachment,
     };
     if let Err(e) = running.finish_start(&config).await {
+        running.stop().await;
+        return Err(e);
+    }
+    if let Err(e) = feed.drop_capabilities() {
         running.stop().await;
         return Err(e);
     }
@@ -99,7 +118,7 @@ pub(super) async fn run(
         mtu,
         local: config.tunnel.local,
         address: config.tunnel.address,
-        workers: running.router.workers(),
+        workers: running.dataplane.workers(),
         underlay: underlay_status,
         build,
         started,
@@ -120,7 +139,7 @@ pub(super) async fn run(
     let metrics = metrics_listener.map(|listener| {
         let source = MetricsSource {
             shared: shared.clone(),
-            routes: running.routes.count(),
+            routes: running.routes.stats(),
             route_apply: running.routes.apply_metrics(),
             workers: device.workers,
             device: DeviceLabels {
@@ -136,7 +155,7 @@ pub(super) async fn run(
     let tasks = Tasks::spawn(listener, calls_tx, metrics, packet_tx, watch, &shared);
     notifier.ready(&format!(
         "routing {} routes on {}",
-        config.routes.len(),
+        running.routes.mirror().len(),
         device.name
     ));
     let mut config = config;
@@ -144,11 +163,16 @@ pub(super) async fn run(
         signals,
         &mut config,
         &mut running.routes,
+        &mut feed,
         (calls, links),
         &device,
     )
     .await;
-    notifier.stopping("removing the routes and the device");
+    notifier.stopping(if running.persist {
+        "removing tunl's routes (the device stays: tunnel.persist)"
+    } else {
+        "removing the routes and the device"
+    });
     tasks.abort();
     running.stop().await;
     match shared.failure() {
@@ -157,16 +181,19 @@ pub(super) async fn run(
     }
 }
 
-/// The main loop: signals, control requests one at a time, the link
-/// watcher's events, and the dataplane's failure, until a stop.
+/// The main loop: signals, control requests one at a time, the kernel's
+/// route changes in batches, the link watcher's events, and the
+/// dataplane's failure, until a stop.
 async fn serve<K: KernelRoutes>(
     mut signals: Signals,
     config: &mut Config,
     routes: &mut RouteManager<K>,
-    (mut calls, mut links): (mpsc::Receiver<Call>, mpsc::Receiver<LinkEvent>),
+    feed: &mut KernelFeed,
+    (calls, mut links): (mpsc::Receiver<Call>, mpsc::Receiver<LinkEvent>),
     device: &DeviceInfo,
 ) -> Result<(), DaemonError> {
     let shared = routes.shared().clone();
+    let mut calls = CallQueue::new(calls);
     loop {
         tokio::select! {
             asked = signals.next() => match asked {
@@ -177,7 +204,7 @@ async fn serve<K: KernelRoutes>(
                 Asked::Reload => reload::reload(config, routes).await,
             },
             reason = shared.failed() => return Err(DaemonError::DataplaneStopped { reason }),
-            Some(call) = calls.recv() => {
+            Some(call) = calls.next() => {
                 let request = call.request.to_string();
                 let response = handle(call.request, config, routes, device).await;
                 if let Some(error) = &response.error {
@@ -185,11 +212,62 @@ async fn serve<K: KernelRoutes>(
                 }
                 let _ = call.reply.send(response);
             }
+            () = feed.recv() => {
+                let why = feed.apply(routes.mirror_mut());
+                let (mirror, own) = routes.mirror_and_own();
+                follow::resync(feed, mirror, own, why).await;
+            }
             Some(LinkEvent::TunnelUp) = links.recv() => {
                 let n = routes.reinstall().await;
                 info!(device = %device.name, routes = n, "routes put back on the tunnel device");
             }
         }
+    }
+}
+
+/// The control requests in the order they are answered: one that only
+/// reads (`status`, `stats`, `route_list`) before the route changes queued
+/// ahead of it, which keep their order. So `status` waits for at most the
+/// one change in progress, never behind a queue of them. (Each connection
+/// sends its next request after the reply to the last, so no client sees
+/// its own requests reordered.)
+struct CallQueue {
+    incoming: mpsc::Receiver<Call>,
+    changes: std::collections::VecDeque<Call>,
+}
+
+impl CallQueue {
+    fn new(incoming: mpsc::Receiver<Call>) -> Self {
+        CallQueue {
+            incoming,
+            changes: std::collections::VecDeque::new(),
+        }
+    }
+
+    /// Whether answering `request` changes nothing.
+    fn reads_only(request: &control::Request) -> bool {
+        matches!(
+            request,
+            control::Request::Status {}
+                | control::Request::Stats {}
+                | control::Request::RouteList {}
+        )
+    }
+
+    /// The next request to answer; `None` once the control socket's
+    /// accept loop is gone and nothing is queued. Cancel-safe: a call taken
+    /// in stays queued here.
+    async fn next(&mut self) -> Option<Call> {
+        while let Ok(call) = self.incoming.try_recv() {
+            if Self::reads_only(&call.request) {
+                return Some(call);
+            }
+            self.changes.push_back(call);
+        }
+        if let Some(call) = self.changes.pop_front() {
+            return Some(call);
+        }
+        self.incoming.recv().await
     }
 }
 
@@ -297,12 +375,16 @@ impl Tasks {
     }
 }
 
-/// What stopping takes down: routes, dataplane, device.
+/// What stopping takes down: tunl's routes, the dataplane, the device
+/// unless it persists.
 struct Running {
-    router: Router,
+    dataplane: Dataplane,
     routes: RouteManager<NetlinkRoutes>,
     netlink: Netlink,
     name: String,
+    /// `tunnel.persist`: keep the device (and the routes others installed
+    /// on it) at exit.
+    persist: bool,
     /// The XDP program and its attachment, detached when this goes (after
     /// the workers and their sockets stopped).
     xdp: Option<(XdpProgram, XdpLink)>,
@@ -319,15 +401,21 @@ impl Running {
         Ok(())
     }
 
-    /// Removes the routes (the kernel stops sending into the device), stops
-    /// the workers, deletes the device and logs the counters.
+    /// Removes tunl's own routes (the kernel stops sending into the device
+    /// for them), stops the workers, deletes the device unless it persists
+    /// and logs the counters. Routes others installed are never removed:
+    /// with a persistent device they stay in the kernel for the next start,
+    /// and without one the kernel drops them with the device.
     async fn stop(mut self) {
         self.routes.remove_all().await;
-        let shared = self.router.shared().clone();
-        self.router.stop();
+        let shared = self.dataplane.shared().clone();
+        self.dataplane.stop();
         // Detach: the device's frames go up the stack again.
         drop(self.xdp.take());
-        if let Err(e) = self.netlink.delete_link(&self.name).await {
+        if self.persist {
+            let others = self.routes.mirror().len();
+            info!(device = %self.name, routes = others, "device kept (tunnel.persist) with the routes others installed on it");
+        } else if let Err(e) = self.netlink.delete_link(&self.name).await {
             warn!(device = %self.name, error = %e, "cannot remove the device");
         }
         log_counters(&shared.counters());
@@ -371,9 +459,11 @@ mod tests {
         let shared = Arc::new(Shared::new(Policy {
             settings: TunnelSettings::new(Ipv4Addr::new(172, 16, 35, 4)),
             vias: Vec::new(),
+            multipath: Default::default(),
             allow: Vec::new(),
             blocks: Vec::new(),
             allow_nested: false,
+            strict_source: false,
         }));
         let rt = tokio::runtime::Builder::new_current_thread()
             .build()
@@ -397,5 +487,71 @@ mod tests {
         assert_eq!(shared.failure().as_deref(), Some("TUN read failed: gone"));
         // A failure before the loop waits (during setup) is not lost.
         assert_eq!(rt.block_on(shared.failed()), "TUN read failed: gone");
+    }
+}
+
+#[cfg(test)]
+mod call_queue_tests {
+    use tokio::sync::oneshot;
+
+    use super::*;
+    use crate::control::Request;
+
+    fn call(request: Request) -> (Call, oneshot::Receiver<crate::control::Response>) {
+        let (reply, rx) = oneshot::channel();
+        (Call { request, reply }, rx)
+    }
+
+    #[test]
+    fn status_is_answered_before_route_changes_queued_ahead_of_it() {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let (tx, rx) = mpsc::channel(16);
+            let mut q = CallQueue::new(rx);
+            let add = |i: u8| Request::RouteAdd {
+                prefix: format!("10.20.{i}.0/26").parse().unwrap(),
+                via: std::net::Ipv4Addr::new(172, 16, 36, 5),
+            };
+            let mut keep = Vec::new();
+            for r in [
+                add(1),
+                add(2),
+                Request::Status {},
+                add(3),
+                Request::Stats {},
+            ] {
+                let (c, rx) = call(r);
+                tx.send(c).await.unwrap();
+                keep.push(rx);
+            }
+            let mut order = Vec::new();
+            for _ in 0..5 {
+                order.push(q.next().await.unwrap().request);
+            }
+            assert_eq!(
+                order,
+                vec![
+                    Request::Status {},
+                    Request::Stats {},
+                    add(1),
+                    add(2),
+                    add(3)
+                ]
+            );
+            // A read that comes while changes wait goes first too.
+            let (c, _r1) = call(add(4));
+            tx.send(c).await.unwrap();
+            let (c, _r2) = call(add(5));
+            tx.send(c).await.unwrap();
+            assert_eq!(q.next().await.unwrap().request, add(4));
+            let (c, _r3) = call(Request::RouteList {});
+            tx.send(c).await.unwrap();
+            assert_eq!(q.next().await.unwrap().request, Request::RouteList {});
+            assert_eq!(q.next().await.unwrap().request, add(5));
+            drop(tx);
+            assert!(q.next().await.is_none());
+        });
     }
 }

@@ -36,7 +36,9 @@
 use std::path::Path;
 
 mod error;
+mod follow;
 mod lifecycle;
+pub mod mirror;
 mod neighbours;
 mod notify;
 pub mod privileges;
@@ -49,6 +51,7 @@ mod underlay;
 mod watch;
 
 pub use error::{DaemonError, RouteError};
+pub use mirror::{RouteMirror, RouteStats, origin_name};
 pub use requests::stats;
 pub use routes::{KernelRoutes, NetlinkRoutes, RouteManager, RouteOrigin};
 

@@ -20,7 +20,11 @@
 //! 3. [`keep_control_plane_only`] on the control-plane thread once the
 //!    dataplane has started: it keeps only [`CONTROL_PLANE`]
 //!    (`CAP_NET_ADMIN`), for netlink route changes at runtime and removing
-//!    the device at exit.
+//!    the device at exit; then the route listener's thread (which only
+//!    reads the netlink sockets the control plane opens for it) drops every
+//!    capability with [`drop_thread_capabilities`]. It must not do so
+//!    earlier: glibc applies the user switch to every thread, and aborts
+//!    the process when one of them lacks `CAP_SETUID` for it.
 //!
 //! This module is the daemon's only user of the `caps` crate: every
 //! capability it checks, keeps or drops is named here.

@@ -45,10 +45,10 @@ async fn apply<K: KernelRoutes>(
         return;
     }
     let mtu = routes.shared().policy.load().settings.mtu;
-    routes
-        .shared()
-        .policy
-        .store(Arc::new(policy_for(&new, mtu)));
+    // The accepted gateways and the multipath groups come from the routes.
+    let mut policy = policy_for(&new, mtu);
+    routes.mirror().fill_policy(&mut policy);
+    routes.shared().policy.store(Arc::new(policy));
     info!(routes = new.routes.len(), "SIGHUP: config reloaded");
     *config = new;
 }
@@ -94,7 +94,7 @@ mod tests {
             .replace("10.20.1.0/26", "10.20.2.0/26")
             .replace("mtu = 1400", "mtu = 1300\nttl = 64");
         run(apply(&mut config, parse(&edited), &mut m));
-        assert_eq!(m.routes(), routes(&[("10.20.2.0/26", 5)]));
+        assert_eq!(*m.routes(), routes(&[("10.20.2.0/26", 5)]));
         let policy = m.shared().policy.load();
         assert_eq!(policy.settings.ttl, Ttl::Fixed(64.try_into().unwrap()));
         assert_eq!(policy.settings.mtu, 1400, "the device's MTU stays");
@@ -106,7 +106,7 @@ mod tests {
     fn a_bad_file_or_a_kernel_refusal_keeps_the_previous_config() {
         let (mut config, mut m) = running();
         run(apply(&mut config, parse("[tunnel]\n"), &mut m));
-        assert_eq!(m.routes(), routes(&[("10.20.1.0/26", 5)]));
+        assert_eq!(*m.routes(), routes(&[("10.20.1.0/26", 5)]));
         let edited = OLD
             .replace("10.20.1.0/26", "10.20.2.0/26")
             .replace("mtu = 1400", "mtu = 1400\nttl = 64");
@@ -114,7 +114,7 @@ mod tests {
             .refuse
             .push(KernelCall::Add(net("10.20.2.0/26"), node(5)));
         run(apply(&mut config, parse(&edited), &mut m));
-        assert_eq!(m.routes(), routes(&[("10.20.1.0/26", 5)]));
+        assert_eq!(*m.routes(), routes(&[("10.20.1.0/26", 5)]));
         assert_eq!(config.routes[0].prefix, net("10.20.1.0/26"));
         assert_eq!(m.shared().policy.load().settings.ttl, Ttl::Inherit);
         // A route via the running local address is refused, even when the
@@ -124,6 +124,6 @@ mod tests {
             .replace("via = \"172.16.36.5\"", "via = \"172.16.35.4\"");
         run(apply(&mut config, parse(&via_self), &mut m));
         assert_eq!(config.tunnel.local, Ipv4Addr::new(172, 16, 35, 4));
-        assert_eq!(m.routes(), routes(&[("10.20.1.0/26", 5)]));
+        assert_eq!(*m.routes(), routes(&[("10.20.1.0/26", 5)]));
     }
 }

@@ -2,8 +2,10 @@
 //! control socket (`docs/control-protocol.md`), one at a time.
 //!
 //! Route changes are validated like the config file (the running config
-//! with its routes replaced), then applied by the [`RouteManager`]; `status`
-//! and `stats` read the dataplane's shared state.
+//! with its routes replaced), then applied by the [`RouteManager`]: they
+//! change tunl's own routes only. `route_list` and `status` show every
+//! route on the device with its origin (the mirror of the kernel's table);
+//! `stats` reads the dataplane's shared state.
 
 use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
@@ -13,10 +15,11 @@ use ipnetwork::Ipv4Network;
 use tunl_encap::DecapPolicy;
 
 use super::BuildInfo;
+use super::mirror::{MirroredRoute, RouteMirror, origin_name};
 use super::routes::{KernelRoutes, RouteManager, RouteOrigin, Routes};
 use crate::config::{Config, RouteEntry};
 use crate::control::{self, Request, Response};
-use crate::dataplane::CounterSnapshot;
+use crate::dataplane::{CounterSnapshot, NextHop};
 
 /// What `status` reports that does not change at runtime.
 #[derive(Debug, Clone)]
@@ -46,36 +49,40 @@ pub(super) async fn handle<K: KernelRoutes>(
     routes: &mut RouteManager<K>,
     device: &DeviceInfo,
 ) -> Response {
-    let current = routes.routes();
     let wanted = match request {
         Request::RouteList {} => {
+            let mirror = routes.mirror();
             return Response::ok(control::RouteList {
-                routes: current
-                    .iter()
-                    .map(|(p, v)| control::Route {
-                        prefix: *p,
-                        via: *v,
-                    })
-                    .collect(),
+                routes: mirror.routes().iter().map(|r| listed(mirror, r)).collect(),
             });
         }
         Request::Status {} => return Response::ok(status(routes, device)),
         Request::Stats {} => return Response::ok(stats(&routes.shared().counters())),
         Request::RouteAdd { prefix, via } => {
-            let mut wanted = current.clone();
-            wanted.insert(prefix, via);
-            if let Err(problem) = validate(config, &wanted) {
+            // One route against the set: no copy of it, no whole check.
+            if let Err(problem) = config.check_added_route(routes.routes(), prefix, via) {
                 return Response::error(format!("cannot add {prefix} via {via}: {problem}"));
             }
-            wanted
+            return reply(
+                routes
+                    .change_one(prefix, Some(via), RouteOrigin::Control)
+                    .await,
+            );
         }
         Request::RouteDel { prefix } => {
             if let Err(e) = crate::config::check_prefix(&prefix) {
                 return Response::error(format!("cannot delete {prefix}: {e}"));
             }
-            let mut wanted = current.clone();
-            wanted.remove(&prefix);
-            wanted
+            if !routes.routes().contains_key(&prefix)
+                && let Some(r) = routes.mirror().get(prefix)
+            {
+                return Response::error(format!(
+                    "cannot delete {prefix}: it is not tunl's route (origin {}); \
+                     tunl never removes routes others installed",
+                    origin_name(r.protocol)
+                ));
+            }
+            return reply(routes.change_one(prefix, None, RouteOrigin::Control).await);
         }
         Request::RouteReplace {
             routes: list,
@@ -85,7 +92,7 @@ pub(super) async fn handle<K: KernelRoutes>(
                 return Response::error(format!(
                     "route set refused, nothing changed: an empty set would remove every route \
                      ({} now, the config's included); send \"allow_empty\": true to mean it",
-                    current.len()
+                    routes.routes().len()
                 ));
             }
             let entries: Vec<RouteEntry> = list
@@ -106,17 +113,24 @@ pub(super) async fn handle<K: KernelRoutes>(
                 };
                 return Response::error(format!("route set refused, nothing changed: {e}"));
             }
-            list.iter().map(|r| (r.prefix, r.via)).collect()
+            list.iter().map(|r| (r.prefix, r.via)).collect::<Routes>()
         }
     };
-    match routes.apply(&wanted, RouteOrigin::Control).await {
+    reply(routes.apply(&wanted, RouteOrigin::Control).await)
+}
+
+/// The reply to a route change.
+fn reply(result: Result<control::RouteChange, super::error::RouteError>) -> Response {
+    match result {
         Ok(change) => Response::ok(change),
         Err(e) => Response::error(e.to_string()),
     }
 }
 
-/// Checks a route set against the config's rules (own blocks, local
-/// address, host bits); returns the problem.
+/// Checks a whole route set against the config's rules (own blocks, local
+/// address, host bits); returns the problem. What
+/// [`Config::check_added_route`] must agree with.
+#[cfg(test)]
 fn validate(config: &Config, routes: &Routes) -> Result<(), String> {
     let entries = routes
         .iter()
@@ -138,12 +152,55 @@ fn validate(config: &Config, routes: &Routes) -> Result<(), String> {
         })
 }
 
+/// A mirrored route as `route_list` shows it.
+fn listed(mirror: &RouteMirror, r: &MirroredRoute) -> control::ListedRoute {
+    let (via, nexthops) = match r.hop {
+        NextHop::Node(n) => (Some(n), Vec::new()),
+        NextHop::Direct => (None, Vec::new()),
+        NextHop::Multipath(i) => (
+            None,
+            mirror
+                .group(i)
+                .iter()
+                .map(|&(via, weight)| control::ListedNextHop { via, weight })
+                .collect(),
+        ),
+    };
+    control::ListedRoute {
+        prefix: r.prefix,
+        via,
+        nexthops,
+        origin: origin_name(r.protocol),
+        metric: r.metric,
+    }
+}
+
 fn status<K: KernelRoutes>(routes: &RouteManager<K>, device: &DeviceInfo) -> control::Status {
     let shared = routes.shared();
-    let current = routes.routes();
-    let mut by_node: BTreeMap<Ipv4Addr, Vec<Ipv4Network>> = BTreeMap::new();
-    for (prefix, via) in &current {
-        by_node.entry(*via).or_default().push(*prefix);
+    let mirror = routes.mirror();
+    let mut by_node: BTreeMap<Ipv4Addr, Vec<(Ipv4Network, u8)>> = BTreeMap::new();
+    for r in mirror.winners() {
+        let single = [(None, 1)];
+        let nodes = match r.hop {
+            NextHop::Node(node) => {
+                by_node
+                    .entry(node)
+                    .or_default()
+                    .push((r.prefix, r.protocol));
+                continue;
+            }
+            NextHop::Direct => &single[..],
+            NextHop::Multipath(i) => mirror.group(i),
+        };
+        for node in nodes.iter().filter_map(|(via, _)| *via) {
+            by_node
+                .entry(node)
+                .or_default()
+                .push((r.prefix, r.protocol));
+        }
+    }
+    for blocks in by_node.values_mut() {
+        blocks.sort_unstable_by_key(|(p, _)| (p.network(), p.prefix()));
     }
     let traffic = shared.nodes.traffic();
     let policy = shared.policy.load();
@@ -154,7 +211,8 @@ fn status<K: KernelRoutes>(routes: &RouteManager<K>, device: &DeviceInfo) -> con
             let t = traffic.get(&node).copied().unwrap_or_default();
             control::NodeStatus {
                 node,
-                blocks,
+                blocks: blocks.iter().map(|(p, _)| *p).collect(),
+                origins: blocks.iter().map(|(_, o)| origin_name(*o)).collect(),
                 path_mtu: shared
                     .pmtu
                     .toward(node, tunnel_mtu, std::time::Instant::now()),
@@ -167,6 +225,8 @@ fn status<K: KernelRoutes>(routes: &RouteManager<K>, device: &DeviceInfo) -> con
         })
         .collect();
     let refused = shared.nodes.refused();
+    let stats = routes.stats();
+    let (route_updates, last_route_update_ns) = stats.updates();
     control::Status {
         device: device.name.clone(),
         mtu: device.mtu,
@@ -175,7 +235,15 @@ fn status<K: KernelRoutes>(routes: &RouteManager<K>, device: &DeviceInfo) -> con
         blocks: policy.blocks.clone(),
         workers: device.workers,
         underlay: device.underlay.clone(),
-        routes: current.len(),
+        routes: mirror.len(),
+        routes_by_origin: stats
+            .by_origin()
+            .into_iter()
+            .map(|(p, n)| (origin_name(p), n))
+            .collect(),
+        route_resyncs: stats.resyncs(),
+        route_updates,
+        last_route_update_ns,
         now_unix_ms: control::unix_ms(SystemTime::now()),
         started_unix_ms: control::unix_ms(device.started),
         version: device.build.version.to_owned(),
@@ -347,7 +415,7 @@ mod tests {
         let moved: RouteChange = call(&mut m, add("10.20.1.0/26", node(6))).unwrap();
         assert_eq!(moved.added[0].via, node(6));
         assert_eq!(moved.unchanged, 0);
-        assert_eq!(m.routes(), routes(&[("10.20.1.0/26", 6)]));
+        assert_eq!(*m.routes(), routes(&[("10.20.1.0/26", 6)]));
     }
 
     #[test]
@@ -426,7 +494,12 @@ mod tests {
             "route set refused, nothing changed: routes[1].prefix: duplicate prefix 10.20.4.0/26: also route[0]"
         );
         let listed: RouteList = call(&mut m, Request::RouteList {}).unwrap();
-        let listed: Routes = listed.routes.iter().map(|r| (r.prefix, r.via)).collect();
+        assert!(listed.routes.iter().all(|r| r.origin == "tunl"));
+        let listed: Routes = listed
+            .routes
+            .iter()
+            .map(|r| (r.prefix, r.via.unwrap()))
+            .collect();
         assert_eq!(listed, routes(&[("10.20.1.0/26", 5), ("10.20.3.0/26", 7)]));
     }
 
@@ -552,5 +625,47 @@ mod tests {
             judged(&mut m),
             vec![(node(7), 1, false), (node(9), 2, false)]
         );
+    }
+
+    #[test]
+    fn the_check_of_one_added_route_agrees_with_the_whole_set_check() {
+        let c = config();
+        let set = routes(&[
+            ("10.20.1.0/26", 5),
+            ("10.20.2.0/26", 6),
+            ("172.16.40.0/24", 7),
+        ]);
+        let cases = [
+            ("10.20.3.0/26", node(8)),                       // fine
+            ("10.20.1.0/26", node(9)),                       // a move
+            ("10.20.4.0/26", "10.20.2.9".parse().unwrap()),  // via inside a route
+            ("10.20.5.0/26", "10.20.5.1".parse().unwrap()),  // via inside itself
+            ("10.20.42.0/27", node(8)),                      // over our block
+            ("10.20.6.0/26", "10.20.42.3".parse().unwrap()), // via in our block
+            ("172.16.36.0/24", node(8)),                     // holds existing vias
+            ("10.20.7.1/26", node(8)),                       // host bits
+            ("0.0.0.0/0", node(8)),                          // default route
+            ("172.16.35.0/24", node(8)),                     // holds tunnel.local
+            ("10.20.8.0/26", Ipv4Addr::new(172, 16, 35, 4)), // via tunnel.local
+            ("10.20.9.0/26", Ipv4Addr::new(224, 0, 0, 1)),   // not unicast
+        ];
+        for (prefix, via) in cases {
+            let prefix: Ipv4Network = prefix.parse().unwrap();
+            let mut wanted = set.clone();
+            wanted.insert(prefix, via);
+            let whole = validate(&c, &wanted);
+            let one = c.check_added_route(&set, prefix, via);
+            assert_eq!(
+                one.is_ok(),
+                whole.is_ok(),
+                "{prefix} via {via}: {one:?} / {whole:?}"
+            );
+            if let (Err(one), Err(whole)) = (&one, &whole) {
+                assert!(
+                    whole.contains(one.split("; ").next().unwrap()),
+                    "{prefix} via {via}: {one} / {whole}"
+                );
+            }
+        }
     }
 }

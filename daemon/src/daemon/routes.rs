@@ -1,29 +1,31 @@
-//! The routes: [`RouteManager`] keeps the kernel's routes and the
-//! dataplane's LPM table in step, over a [`KernelRoutes`] (netlink in the
-//! daemon, a fake in the tests).
+//! tunl's own routes: [`RouteManager`] is the writer of the routes the
+//! config (`[[route]]`) and the control socket ask for, over a
+//! [`KernelRoutes`] (netlink in the daemon, a fake in the tests), and the
+//! owner of the [`RouteMirror`] that keeps the dataplane's LPM equal to the
+//! kernel's routes on the device, tunl's and everyone else's.
 //!
-//! Every route is `BLOCK via NODE dev tunl0 onlink proto 116` in the kernel
-//! and `BLOCK -> NODE` in the LPM. A change is all or nothing: the LPM learns
-//! a route before the kernel sends packets for it and forgets it after the
+//! tunl's routes are `BLOCK via NODE dev tunl0 onlink proto 116` (metric
+//! 0) in the kernel. A change is all or nothing: the LPM learns a route
+//! before the kernel sends packets for it (the mirror is told at once, and
+//! the kernel's notification confirms it later) and forgets it after the
 //! kernel stopped, and a change the kernel refuses midway is undone on both
-//! sides.
+//! sides. tunl only ever removes routes with its own tag.
 
 use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Instant;
 
 use ipnetwork::Ipv4Network;
 use tracing::{debug, error, info, warn};
-use tunl_io::netlink::{Netlink, NetlinkError};
-use tunl_routing::{RouteOp, RouteWriter};
+use tunl_io::netlink::{Netlink, NetlinkError, dump_ipv4_routes_of};
 
 use super::ROUTE_PROTOCOL;
 use super::error::RouteError;
+use super::mirror::{Claim, RouteMirror, RouteStats};
 use crate::config::Config;
 use crate::control::{self, RouteChange};
-use crate::dataplane::{Policy, Shared};
+use crate::dataplane::Shared;
 use crate::metrics::RouteApplyMetrics;
 
 /// A route set: block to next hop.
@@ -58,6 +60,12 @@ impl std::fmt::Display for RouteOrigin {
     }
 }
 
+/// Route installs kept in flight at once on the netlink connection: enough
+/// to hide the round trip per route (100k routes went from seconds to a
+/// fraction), few enough that the socket's receive buffer holds every
+/// reply.
+const ROUTES_IN_FLIGHT: usize = 64;
+
 /// The config's routes as a route set.
 pub fn wanted_routes(config: &Config) -> Routes {
     config.routes.iter().map(|r| (r.prefix, r.via)).collect()
@@ -65,7 +73,7 @@ pub fn wanted_routes(config: &Config) -> Routes {
 
 /// The kernel's side of tunl's routes: what [`RouteManager`] needs of
 /// netlink. Every route it adds or lists carries tunl's tag
-/// ([`ROUTE_PROTOCOL`]) and is in the main table.
+/// ([`ROUTE_PROTOCOL`]) and is in the configured table (`[routing] table`).
 // Native async fn: the route manager runs on the daemon's current-thread
 // runtime and is never moved to another thread, so its futures need not
 // be `Send`.
@@ -78,6 +86,26 @@ pub trait KernelRoutes {
     /// the same prefix (so it is idempotent).
     async fn add(&mut self, prefix: Ipv4Network, via: Ipv4Addr) -> Result<(), NetlinkError>;
 
+    /// [`add`](Self::add) for each of `routes`, in order, results in the
+    /// same order; it may stop after the first refusal (the results are then
+    /// fewer than the routes). The netlink implementation keeps several
+    /// requests in flight.
+    async fn add_all(
+        &mut self,
+        routes: &[(Ipv4Network, Ipv4Addr)],
+    ) -> Vec<Result<(), NetlinkError>> {
+        let mut results = Vec::with_capacity(routes.len());
+        for &(prefix, via) in routes {
+            let r = self.add(prefix, via).await;
+            let refused = r.is_err();
+            results.push(r);
+            if refused {
+                break;
+            }
+        }
+        results
+    }
+
     /// Removes tunl's route for `prefix` out of device `oif`; succeeds when
     /// there is none.
     async fn del(&mut self, prefix: Ipv4Network, oif: u32) -> Result<(), NetlinkError>;
@@ -85,21 +113,28 @@ pub trait KernelRoutes {
     /// Every route with tunl's tag that goes out of a device: `(prefix, oif)`.
     async fn tagged(&mut self) -> Result<Vec<(Ipv4Network, u32)>, NetlinkError>;
 
-    /// The name of device `oif` if it exists and is a TUN device.
+    /// The name of device `oif` if it exists, is a TUN device and a
+    /// process holds it (it has carrier): another live tunl instance.
     async fn tun_name(&mut self, oif: u32) -> Result<Option<String>, NetlinkError>;
 }
 
-/// [`KernelRoutes`] over netlink, for the TUN device `device`.
+/// [`KernelRoutes`] over netlink, for the TUN device `device` and the
+/// routing table `table`.
 #[derive(Debug, Clone)]
 pub struct NetlinkRoutes {
     netlink: Netlink,
     device: u32,
+    table: u32,
 }
 
 impl NetlinkRoutes {
-    /// The routes of device `device` over this connection.
-    pub fn new(netlink: Netlink, device: u32) -> Self {
-        NetlinkRoutes { netlink, device }
+    /// The routes of device `device` in `table` over this connection.
+    pub fn new(netlink: Netlink, device: u32, table: u32) -> Self {
+        NetlinkRoutes {
+            netlink,
+            device,
+            table,
+        }
     }
 }
 
@@ -110,60 +145,98 @@ impl KernelRoutes for NetlinkRoutes {
 
     async fn add(&mut self, prefix: Ipv4Network, via: Ipv4Addr) -> Result<(), NetlinkError> {
         self.netlink
-            .add_route(prefix, via, self.device, ROUTE_PROTOCOL)
+            .add_route(prefix, via, self.device, ROUTE_PROTOCOL, self.table)
+            .await
+    }
+
+    async fn add_all(
+        &mut self,
+        routes: &[(Ipv4Network, Ipv4Addr)],
+    ) -> Vec<Result<(), NetlinkError>> {
+        self.netlink
+            .add_routes(
+                routes,
+                self.device,
+                ROUTE_PROTOCOL,
+                self.table,
+                ROUTES_IN_FLIGHT,
+            )
             .await
     }
 
     async fn del(&mut self, prefix: Ipv4Network, oif: u32) -> Result<(), NetlinkError> {
-        self.netlink.del_route(prefix, oif, ROUTE_PROTOCOL).await
+        self.netlink
+            .del_route(prefix, oif, ROUTE_PROTOCOL, self.table)
+            .await
     }
 
     async fn tagged(&mut self) -> Result<Vec<(Ipv4Network, u32)>, NetlinkError> {
-        let routes = self.netlink.routes_with_protocol(ROUTE_PROTOCOL).await?;
-        Ok(routes
-            .into_iter()
-            .filter_map(|(prefix, _, oif)| Some((prefix, oif?)))
-            .collect())
+        // Filtered by the kernel: cheap however many routes others have.
+        let mut tagged = Vec::new();
+        dump_ipv4_routes_of(self.table, Some(ROUTE_PROTOCOL), |route| {
+            tagged.extend(route.hops.iter().map(|h| (route.prefix, h.oif)));
+        })
+        .await?;
+        Ok(tagged)
     }
 
     async fn tun_name(&mut self, oif: u32) -> Result<Option<String>, NetlinkError> {
         Ok(match self.netlink.link_name_and_tun(oif).await? {
-            Some((name, true)) => Some(name),
+            Some((name, true)) => {
+                let held = self.netlink.link_state(&name).await?;
+                held.filter(|s| s.index == oif && s.tun && s.carrier)
+                    .map(|_| name)
+            }
             _ => None,
         })
     }
 }
 
-/// Keeps the kernel's routes and the dataplane's LPM table in step.
+/// tunl's routes in the kernel, and the mirror of every route on the device.
 pub struct RouteManager<K> {
-    writer: RouteWriter<Ipv4Addr>,
+    mirror: RouteMirror,
     kernel: K,
-    shared: Arc<Shared>,
-    count: Arc<AtomicUsize>,
+    /// tunl's own routes, as the kernel accepted them.
+    own: Routes,
     apply_metrics: Arc<RouteApplyMetrics>,
 }
 
 impl<K: KernelRoutes> RouteManager<K> {
-    /// A manager of the (empty) LPM table behind `writer` and of `kernel`,
-    /// keeping the policy's accepted next hops in `shared` in step.
-    pub fn new(writer: RouteWriter<Ipv4Addr>, kernel: K, shared: Arc<Shared>) -> Self {
+    /// A manager of tunl's routes through `kernel`, with the mirror of the
+    /// device's routes (loaded or not).
+    pub fn new(mirror: RouteMirror, kernel: K) -> Self {
         RouteManager {
-            writer,
+            mirror,
             kernel,
-            shared,
-            count: Arc::new(AtomicUsize::new(0)),
+            own: Routes::new(),
             apply_metrics: Arc::default(),
         }
     }
 
-    /// Current routes, block to next hop.
-    pub fn routes(&self) -> Routes {
-        self.writer.snapshot().into_iter().collect()
+    /// tunl's own routes (config and control socket), block to next hop.
+    pub fn routes(&self) -> &Routes {
+        &self.own
     }
 
-    /// The number of routes, kept for the metrics endpoint.
-    pub fn count(&self) -> Arc<AtomicUsize> {
-        self.count.clone()
+    /// The mirror of the kernel's routes on the device.
+    pub fn mirror(&self) -> &RouteMirror {
+        &self.mirror
+    }
+
+    /// The mirror, to feed it the kernel's changes.
+    pub fn mirror_mut(&mut self) -> &mut RouteMirror {
+        &mut self.mirror
+    }
+
+    /// The mirror, to reload it, and tunl's own routes, which a reload
+    /// keeps.
+    pub fn mirror_and_own(&mut self) -> (&mut RouteMirror, &Routes) {
+        (&mut self.mirror, &self.own)
+    }
+
+    /// The route figures, kept for the metrics endpoint.
+    pub fn stats(&self) -> Arc<RouteStats> {
+        self.mirror.stats().clone()
     }
 
     /// How route changes went (durations, failures), kept for the metrics
@@ -174,7 +247,7 @@ impl<K: KernelRoutes> RouteManager<K> {
 
     /// The state shared with the dataplane.
     pub fn shared(&self) -> &Arc<Shared> {
-        &self.shared
+        self.mirror.shared()
     }
 
     /// The index of the device the routes go through.
@@ -194,13 +267,14 @@ impl<K: KernelRoutes> RouteManager<K> {
         &mut self.kernel
     }
 
-    /// Installs every current route in the kernel again (each a replace,
-    /// so those still there are unchanged): after the device was set down
-    /// and up, the kernel has removed them, without a word. The LPM is
-    /// untouched. Returns how many went in; a refused one is logged.
+    /// Installs every one of tunl's routes in the kernel again (each a
+    /// replace, so those still there are unchanged): after the device was
+    /// set down and up, the kernel has removed them, without a word. The
+    /// LPM is left to the mirror, which learns them back from the kernel's
+    /// notifications. Returns how many went in; a refused one is logged.
     pub async fn reinstall(&mut self) -> usize {
         let mut done = 0;
-        for (prefix, via) in self.routes() {
+        for (prefix, via) in self.own.clone() {
             match self.kernel.add(prefix, via).await {
                 Ok(()) => done += 1,
                 Err(e) => warn!(%prefix, %via, error = %e, "cannot put a route back"),
@@ -209,12 +283,15 @@ impl<K: KernelRoutes> RouteManager<K> {
         done
     }
 
-    /// Makes the route set equal to `wanted` (asked for by `origin`, which
-    /// the log lines name), all or nothing: the dataplane
-    /// learns new routes before the kernel sends packets for them, and forgets
-    /// old ones after the kernel stopped. Unchanged routes are not touched, so
-    /// they carry packets throughout. When the kernel refuses a change, the
-    /// changes made so far are undone (kernel and LPM) and the error returned.
+    /// Makes tunl's route set equal to `wanted` (asked for by `origin`,
+    /// which the log lines name), all or nothing: the
+    /// dataplane learns new routes before the kernel sends packets for
+    /// them, and forgets old ones after the kernel stopped. Unchanged routes
+    /// are not touched, so they carry packets throughout. When the kernel
+    /// refuses a change, the changes made so far are undone (kernel and
+    /// LPM) and the error returned. Routes others installed are left alone,
+    /// but a tunl route replaces any other metric-0 route for its prefix (as
+    /// `ip route replace` does).
     ///
     /// # Errors
     /// [`RouteError`]: a prefix another live tunl instance routes, a failed
@@ -224,7 +301,7 @@ impl<K: KernelRoutes> RouteManager<K> {
         wanted: &Routes,
         origin: RouteOrigin,
     ) -> Result<RouteChange, RouteError> {
-        let current = self.routes();
+        let current = &self.own;
         let added: Vec<(Ipv4Network, Ipv4Addr)> = wanted
             .iter()
             .filter(|(p, v)| current.get(p) != Some(v))
@@ -235,6 +312,46 @@ impl<K: KernelRoutes> RouteManager<K> {
             .filter(|p| !wanted.contains_key(p))
             .copied()
             .collect();
+        let unchanged = wanted.len() - added.len();
+        self.apply_delta(added, removed, unchanged, origin).await
+    }
+
+    /// Adds `prefix via via` to tunl's routes (or moves the block), or with
+    /// `via` `None` removes tunl's route for `prefix`: [`RouteManager::apply`]
+    /// for one route, at a cost that does not grow with the route set (no
+    /// copy of it, no dump).
+    ///
+    /// # Errors
+    /// As [`RouteManager::apply`].
+    pub async fn change_one(
+        &mut self,
+        prefix: Ipv4Network,
+        via: Option<Ipv4Addr>,
+        origin: RouteOrigin,
+    ) -> Result<RouteChange, RouteError> {
+        let now = self.own.get(&prefix).copied();
+        let (added, removed) = match (now, via) {
+            (Some(n), Some(v)) if n == v => (vec![], vec![]),
+            (_, Some(v)) => (vec![(prefix, v)], vec![]),
+            (Some(_), None) => (vec![], vec![prefix]),
+            (None, None) => (vec![], vec![]),
+        };
+        let after = self.own.len() + usize::from(now.is_none() && via.is_some())
+            - usize::from(now.is_some() && via.is_none());
+        let unchanged = after - added.len();
+        self.apply_delta(added, removed, unchanged, origin).await
+    }
+
+    /// Applies a difference to tunl's routes: `added` (new prefixes or
+    /// moved ones), `removed`; `unchanged` is the count of routes left as
+    /// they are, for the reply.
+    async fn apply_delta(
+        &mut self,
+        added: Vec<(Ipv4Network, Ipv4Addr)>,
+        removed: Vec<Ipv4Network>,
+        unchanged: usize,
+        origin: RouteOrigin,
+    ) -> Result<RouteChange, RouteError> {
         let change = RouteChange {
             added: added
                 .iter()
@@ -244,15 +361,13 @@ impl<K: KernelRoutes> RouteManager<K> {
                 })
                 .collect(),
             removed: removed.clone(),
-            unchanged: wanted.len() - added.len(),
+            unchanged,
         };
         if added.is_empty() && removed.is_empty() {
             return Ok(change);
         }
         let started = Instant::now();
-        let result = self
-            .change(&current, wanted, &added, &removed, origin)
-            .await;
+        let result = self.change(&added, &removed, origin).await;
         self.apply_metrics.record(started.elapsed(), result.is_ok());
         if result.is_ok() {
             // One line per change set; each route at debug level.
@@ -271,39 +386,54 @@ impl<K: KernelRoutes> RouteManager<K> {
     /// for the metrics.
     async fn change(
         &mut self,
-        current: &Routes,
-        wanted: &Routes,
         added: &[(Ipv4Network, Ipv4Addr)],
         removed: &[Ipv4Network],
         origin: RouteOrigin,
     ) -> Result<(), RouteError> {
-        let new = |p: &Ipv4Network| !current.contains_key(p) && wanted.contains_key(p);
-        if added.iter().any(|(p, _)| new(p)) {
+        // What the touched prefixes route to now: all a rollback needs.
+        let before: Routes = added
+            .iter()
+            .map(|(p, _)| *p)
+            .chain(removed.iter().copied())
+            .filter_map(|p| self.own.get(&p).map(|v| (p, *v)))
+            .collect();
+        let new: std::collections::HashSet<Ipv4Network> = added
+            .iter()
+            .map(|(p, _)| *p)
+            .filter(|p| !before.contains_key(p))
+            .collect();
+        if !new.is_empty() {
             let held = self
-                .routed_by_another_instance(new)
+                .routed_by_another_instance(|p| new.contains(p))
                 .await
                 .map_err(|source| RouteError::OtherInstanceCheck { source })?;
             if let Some((prefix, device)) = held {
                 return Err(RouteError::HeldByAnotherInstance { prefix, device });
             }
         }
-        self.update_policy_vias(current.values().chain(wanted.values()).copied());
-        self.writer
-            .apply(added.iter().map(|(p, v)| RouteOp::Insert(*p, *v)));
+        // One LPM publication for all of them.
+        let claims: Vec<Claim> = self.mirror.claim_all(added);
         let mut installed = Vec::new();
         let mut deleted = Vec::new();
         let result = self
             .change_kernel(added, removed, origin, &mut installed, &mut deleted)
             .await;
         if let Err(e) = result {
-            self.roll_back(current, added, &installed, &deleted, origin)
+            self.roll_back(&before, claims, &installed, &deleted, origin)
                 .await;
             return Err(e);
         }
-        self.writer
-            .apply(removed.iter().map(|p| RouteOp::Remove(*p)));
-        self.update_policy_vias(wanted.values().copied());
-        self.count.store(wanted.len(), Ordering::Relaxed);
+        if !removed.is_empty() {
+            self.mirror.forget_all(
+                removed
+                    .iter()
+                    .filter_map(|p| before.get(p).map(|v| (*p, *v))),
+            );
+        }
+        for prefix in removed {
+            self.own.remove(prefix);
+        }
+        self.own.extend(added.iter().copied());
         Ok(())
     }
 
@@ -317,17 +447,28 @@ impl<K: KernelRoutes> RouteManager<K> {
         installed: &mut Vec<Ipv4Network>,
         deleted: &mut Vec<Ipv4Network>,
     ) -> Result<(), RouteError> {
-        for &(prefix, via) in added {
-            self.kernel
-                .add(prefix, via)
-                .await
-                .map_err(|source| RouteError::Install {
-                    prefix,
-                    via,
-                    source,
-                })?;
-            debug!(%prefix, %via, %origin, "route installed");
-            installed.push(prefix);
+        // Every route the kernel took is recorded, also those after a
+        // refusal (several are in flight at once), so a roll back undoes
+        // them all.
+        let mut refused = None;
+        let results = self.kernel.add_all(added).await;
+        for (&(prefix, via), result) in added.iter().zip(results) {
+            match result {
+                Ok(()) => {
+                    debug!(%prefix, %via, %origin, "route installed");
+                    installed.push(prefix);
+                }
+                Err(source) => {
+                    refused.get_or_insert(RouteError::Install {
+                        prefix,
+                        via,
+                        source,
+                    });
+                }
+            }
+        }
+        if let Some(e) = refused {
+            return Err(e);
         }
         let device = self.kernel.device();
         for &prefix in removed {
@@ -345,7 +486,7 @@ impl<K: KernelRoutes> RouteManager<K> {
     async fn roll_back(
         &mut self,
         before: &Routes,
-        added: &[(Ipv4Network, Ipv4Addr)],
+        claims: Vec<Claim>,
         installed: &[Ipv4Network],
         deleted: &[Ipv4Network],
         origin: RouteOrigin,
@@ -360,39 +501,31 @@ impl<K: KernelRoutes> RouteManager<K> {
                 error!(%prefix, error = %e, "cannot roll back a kernel route");
             }
         }
-        self.writer
-            .apply(added.iter().map(|(p, _)| match before.get(p) {
-                Some(via) => RouteOp::Insert(*p, *via),
-                None => RouteOp::Remove(*p),
-            }));
-        self.update_policy_vias(before.values().copied());
+        for claim in claims.into_iter().rev() {
+            self.mirror.unclaim(claim);
+        }
         warn!(%origin, "route change rolled back");
     }
 
-    fn update_policy_vias(&self, vias: impl Iterator<Item = Ipv4Addr>) {
-        let mut policy = Policy::clone(&self.shared.policy.load());
-        policy.set_vias(vias);
-        self.shared.policy.store(Arc::new(policy));
-    }
-
-    /// Removes every kernel route this instance installed, and empties the
-    /// LPM (the daemon is stopping).
+    /// Removes every kernel route this instance installed (the daemon is
+    /// stopping); routes others installed stay, in the kernel and in the
+    /// LPM until the workers stop.
     pub async fn remove_all(&mut self) {
         let device = self.kernel.device();
-        for (prefix, _) in self.writer.snapshot() {
-            if let Err(e) = self.kernel.del(prefix, device).await {
+        for prefix in self.own.keys() {
+            if let Err(e) = self.kernel.del(*prefix, device).await {
                 warn!(%prefix, error = %e, "cannot remove kernel route");
             }
         }
-        self.writer.replace_all(std::iter::empty());
-        self.count.store(0, Ordering::Relaxed);
+        self.own.clear();
+        self.mirror.forget_own();
     }
 
     /// Removes kernel routes with tunl's tag that `wanted` does not name:
     /// left by a daemon that was killed while its device persisted, or moved
-    /// by hand. Routes on another TUN device are left alone: a
-    /// non-persistent TUN device exists only while a process holds it, so
-    /// they belong to another live tunl instance (another `tunnel.name`).
+    /// by hand. Routes on another TUN device that a process holds are left
+    /// alone: they belong to another live tunl instance (another
+    /// `tunnel.name`). Routes without tunl's tag are never touched.
     /// Wanted routes are left to [`RouteManager::apply`]: installing one on
     /// our device replaces it, unless another live instance holds it, which
     /// `apply` refuses.
@@ -444,17 +577,18 @@ impl<K: KernelRoutes> RouteManager<K> {
     }
 
     /// The first route with tunl's tag whose prefix is `wanted` and which
-    /// goes out of another TUN device that still exists: a TUN device lives
-    /// only while a process holds it, so another tunl instance routes that
-    /// prefix. Returns it with that device's name. Fails closed: a failed
-    /// lookup is an error, never taken for "no conflict".
+    /// goes out of another TUN device that a process holds: another tunl
+    /// instance routes that prefix. Returns it with that device's name.
+    /// The candidates come from the mirror, which sees every route of the
+    /// table (no dump per change); only their devices are looked up. Fails
+    /// closed: a failed lookup is an error, never taken for "no conflict".
     async fn routed_by_another_instance(
         &mut self,
         wanted: impl Fn(&Ipv4Network) -> bool,
     ) -> Result<Option<(Ipv4Network, String)>, NetlinkError> {
         let device = self.kernel.device();
-        for (prefix, oif) in self.kernel.tagged().await? {
-            if oif != device && wanted(&prefix) {
+        for (prefix, oif) in self.mirror.tagged_elsewhere(wanted) {
+            if oif != device {
                 if let Some(name) = self.kernel.tun_name(oif).await? {
                     return Ok(Some((prefix, name)));
                 }
@@ -477,6 +611,7 @@ pub(crate) mod fake {
     use tunl_routing::RouteReader;
 
     use super::{KernelRoutes, Routes};
+    use crate::dataplane::NextHop;
 
     /// A call the route manager made, as the fake saw it.
     #[derive(Debug, Clone, PartialEq, Eq)]
@@ -503,12 +638,23 @@ pub(crate) mod fake {
         pub refuse: Vec<KernelCall>,
         /// Every call made, with the LPM table as the dataplane saw it then.
         pub calls: Vec<(KernelCall, Routes)>,
-        lpm: RouteReader<Ipv4Addr>,
+        lpm: RouteReader<NextHop>,
+    }
+
+    /// The routes to a node in an LPM, as a route set.
+    pub fn node_routes(lpm: &RouteReader<NextHop>) -> Routes {
+        lpm.load()
+            .iter()
+            .filter_map(|(p, hop)| match hop {
+                NextHop::Node(a) => Some((p, a)),
+                _ => None,
+            })
+            .collect()
     }
 
     impl FakeKernel {
         /// An empty kernel whose calls record the table behind `lpm`.
-        pub fn new(device: u32, lpm: RouteReader<Ipv4Addr>) -> Self {
+        pub fn new(device: u32, lpm: RouteReader<NextHop>) -> Self {
             FakeKernel {
                 device,
                 routes: BTreeMap::new(),
@@ -534,7 +680,7 @@ pub(crate) mod fake {
         }
 
         fn call(&mut self, call: KernelCall) -> Result<(), NetlinkError> {
-            let lpm = self.lpm.load().iter().collect();
+            let lpm = node_routes(&self.lpm);
             let refused = self.refuse.contains(&call);
             self.calls.push((call.clone(), lpm));
             if refused {
@@ -581,10 +727,12 @@ pub(crate) mod fake {
 #[cfg(test)]
 pub(crate) mod tests {
     use tunl_encap::TunnelSettings;
-    use tunl_routing::{RouteReader, RouteWriter};
+    use tunl_routing::RouteReader;
 
-    use super::fake::{FakeKernel, KernelCall};
+    use super::fake::{FakeKernel, KernelCall, node_routes};
     use super::*;
+    use crate::daemon::mirror::RouteMirror;
+    use crate::dataplane::{NextHop, Policy};
 
     pub(crate) const DEVICE: u32 = 7;
 
@@ -601,26 +749,128 @@ pub(crate) mod tests {
     }
 
     /// A manager over a fake kernel, with the LPM reader the fake records.
-    pub(crate) fn manager() -> (RouteManager<FakeKernel>, RouteReader<Ipv4Addr>) {
-        let writer = RouteWriter::new();
-        let reader = writer.reader();
+    pub(crate) fn manager() -> (RouteManager<FakeKernel>, RouteReader<NextHop>) {
         let shared = Arc::new(Shared::new(Policy {
             settings: TunnelSettings::new(Ipv4Addr::new(172, 16, 35, 4)),
             vias: Vec::new(),
+            multipath: Default::default(),
             allow: Vec::new(),
             blocks: Vec::new(),
             allow_nested: false,
+            strict_source: false,
         }));
+        let mut mirror = RouteMirror::new(254, DEVICE, shared);
+        let reader = mirror.reader();
         let kernel = FakeKernel::new(DEVICE, reader.clone());
-        (RouteManager::new(writer, kernel, shared), reader)
+        (RouteManager::new(mirror, kernel), reader)
     }
 
-    fn lpm(reader: &RouteReader<Ipv4Addr>) -> Routes {
-        reader.load().iter().collect()
+    /// Tells the mirror about a route with tunl's tag out of device `oif`
+    /// (another instance's), as the kernel's notification would.
+    fn tagged_elsewhere(m: &mut RouteManager<FakeKernel>, prefix: &str, oif: u32) {
+        m.mirror_mut().apply(&[tunl_io::netlink::RouteEvent::New {
+            route: tunl_io::netlink::KernelRoute {
+                table: 254,
+                prefix: net(prefix),
+                tos: 0,
+                metric: 0,
+                protocol: ROUTE_PROTOCOL,
+                unicast: true,
+                hops: vec![tunl_io::netlink::KernelHop {
+                    oif,
+                    gateway: Some(node(5)),
+                    weight: 1,
+                }],
+            },
+            replace: false,
+            append: false,
+            exclusive: true,
+        }]);
+    }
+
+    #[test]
+    fn a_change_set_is_one_lpm_publication_each_way() {
+        let (mut m, reader) = manager();
+        let big: Routes = (0..1000u32)
+            .map(|i| {
+                let p = Ipv4Network::new(Ipv4Addr::from(0x0a40_0000 + i * 64), 26).unwrap();
+                (p, node(5))
+            })
+            .collect();
+        let (before, _) = m.stats().updates();
+        run(m.apply(&big, RouteOrigin::Config)).unwrap();
+        assert_eq!(
+            m.stats().updates().0 - before,
+            1,
+            "the adds: one publication"
+        );
+        assert_eq!(lpm(&reader), big);
+        // Every add was made with all of them in the LPM already.
+        assert!(
+            m.kernel
+                .calls
+                .iter()
+                .all(|(_, lpm_then)| lpm_then.len() == 1000)
+        );
+        let (before, _) = m.stats().updates();
+        run(m.apply(&Routes::new(), RouteOrigin::Config)).unwrap();
+        assert_eq!(
+            m.stats().updates().0 - before,
+            1,
+            "the removals: one publication"
+        );
+        assert!(lpm(&reader).is_empty());
+    }
+
+    #[test]
+    fn one_route_is_added_moved_and_removed_without_a_copy_or_a_dump() {
+        let (mut m, reader) = manager();
+        let base = routes(&[("10.20.1.0/26", 5), ("10.20.2.0/26", 6)]);
+        run(m.apply(&base, RouteOrigin::Config)).unwrap();
+        m.kernel.calls.clear();
+        let c =
+            run(m.change_one(net("10.20.3.0/26"), Some(node(7)), RouteOrigin::Control)).unwrap();
+        assert_eq!((c.added.len(), c.removed.len(), c.unchanged), (1, 0, 2));
+        let c =
+            run(m.change_one(net("10.20.3.0/26"), Some(node(8)), RouteOrigin::Control)).unwrap();
+        assert_eq!((c.added.len(), c.removed.len(), c.unchanged), (1, 0, 2));
+        let c =
+            run(m.change_one(net("10.20.3.0/26"), Some(node(8)), RouteOrigin::Control)).unwrap();
+        assert_eq!((c.added.len(), c.removed.len(), c.unchanged), (0, 0, 3));
+        let c = run(m.change_one(net("10.20.1.0/26"), None, RouteOrigin::Control)).unwrap();
+        assert_eq!((c.added.len(), c.removed.len(), c.unchanged), (0, 1, 2));
+        let c = run(m.change_one(net("10.20.9.0/26"), None, RouteOrigin::Control)).unwrap();
+        assert_eq!((c.added.len(), c.removed.len(), c.unchanged), (0, 0, 2));
+        let want = routes(&[("10.20.2.0/26", 6), ("10.20.3.0/26", 8)]);
+        assert_eq!(*m.routes(), want);
+        assert_eq!(m.kernel.ours(), want);
+        assert_eq!(lpm(&reader), want);
+        assert_eq!(
+            m.kernel.call_list(),
+            vec![
+                KernelCall::Add(net("10.20.3.0/26"), node(7)),
+                KernelCall::Add(net("10.20.3.0/26"), node(8)),
+                KernelCall::Del(net("10.20.1.0/26"), DEVICE),
+            ],
+            "no dump, no other call"
+        );
+        // A refused one changes nothing.
+        m.kernel.refuse = vec![KernelCall::Add(net("10.20.4.0/26"), node(5))];
+        run(m.change_one(net("10.20.4.0/26"), Some(node(5)), RouteOrigin::Control)).unwrap_err();
+        assert_eq!(*m.routes(), want);
+        assert_eq!(lpm(&reader), want);
+    }
+
+    fn lpm(reader: &RouteReader<NextHop>) -> Routes {
+        node_routes(reader)
     }
 
     fn vias(m: &RouteManager<FakeKernel>) -> Vec<Ipv4Addr> {
-        m.shared.policy.load().vias.clone()
+        m.shared().policy.load().vias.clone()
+    }
+
+    fn count(m: &RouteManager<FakeKernel>) -> usize {
+        m.stats().total()
     }
 
     fn run<F: std::future::Future>(f: F) -> F::Output {
@@ -656,11 +906,11 @@ pub(crate) mod tests {
         assert_eq!(m.kernel.ours(), first);
         assert_eq!(lpm(&reader), first);
         assert_eq!(vias(&m), vec![node(5), node(6)]);
-        assert_eq!(m.count.load(Ordering::Relaxed), 2);
-        // New prefixes: the other-instance check, then the adds, each
-        // with the route already in the LPM.
-        assert_eq!(m.kernel.calls[0].0, KernelCall::Tagged);
-        for (call, lpm_then) in &m.kernel.calls[1..] {
+        assert_eq!(count(&m), 2);
+        // New prefixes: the other-instance check needs no dump (the mirror
+        // knows the table), then the adds, each with the route already in
+        // the LPM.
+        for (call, lpm_then) in &m.kernel.calls {
             let KernelCall::Add(prefix, via) = call else {
                 panic!("unexpected call {call:?}");
             };
@@ -683,7 +933,7 @@ pub(crate) mod tests {
         assert_eq!(lpm(&reader), second);
         assert_eq!(m.kernel.ours(), second);
         assert_eq!(vias(&m), vec![node(5)]);
-        assert_eq!(m.count.load(Ordering::Relaxed), 1);
+        assert_eq!(count(&m), 1);
     }
 
     #[test]
@@ -721,9 +971,9 @@ pub(crate) mod tests {
         );
         assert_eq!(m.kernel.ours(), before, "kernel as before");
         assert_eq!(lpm(&reader), before, "LPM as before");
-        assert_eq!(m.routes(), before);
+        assert_eq!(*m.routes(), before);
         assert_eq!(vias(&m), vec![node(5)]);
-        assert_eq!(m.count.load(Ordering::Relaxed), 2);
+        assert_eq!(count(&m), 2);
     }
 
     #[test]
@@ -765,9 +1015,11 @@ pub(crate) mod tests {
     fn a_prefix_another_instance_routes_is_refused_before_anything_changes() {
         let (mut m, reader) = manager();
         m.kernel.routes.insert(net("10.97.0.0/26"), (node(5), 9));
+        tagged_elsewhere(&mut m, "10.97.0.0/26", 9);
         m.kernel.tun_devices.insert(9, "tunl9".to_owned());
         // A route on a device that is not TUN (moved by hand) is no conflict.
         m.kernel.routes.insert(net("10.98.0.0/26"), (node(5), 2));
+        tagged_elsewhere(&mut m, "10.98.0.0/26", 2);
         let e = run(m.apply(
             &routes(&[("10.20.1.0/26", 5), ("10.97.0.0/26", 6)]),
             RouteOrigin::Config,
@@ -795,7 +1047,8 @@ pub(crate) mod tests {
     #[test]
     fn the_other_instance_check_fails_closed() {
         let (mut m, reader) = manager();
-        m.kernel.refuse = vec![KernelCall::Tagged];
+        tagged_elsewhere(&mut m, "10.20.1.0/26", 9);
+        m.kernel.refuse = vec![KernelCall::TunName(9)];
         let e = run(m.apply(&routes(&[("10.20.1.0/26", 5)]), RouteOrigin::Config)).unwrap_err();
         assert!(matches!(e, RouteError::OtherInstanceCheck { .. }), "{e:?}");
         assert!(e.to_string().ends_with("nothing was changed"), "{e}");
@@ -847,7 +1100,8 @@ pub(crate) mod tests {
             RouteOrigin::Config,
         ))
         .unwrap_err();
-        m.kernel.refuse = vec![KernelCall::Tagged];
+        tagged_elsewhere(&mut m, "10.20.3.0/26", 9);
+        m.kernel.refuse = vec![KernelCall::TunName(9)];
         run(m.apply(&routes(&[("10.20.3.0/26", 7)]), RouteOrigin::Config)).unwrap_err();
         let h = metrics.histogram();
         assert_eq!(h.count, 3, "{h:?}");
@@ -869,7 +1123,7 @@ pub(crate) mod tests {
         run(m.remove_all());
         assert!(m.kernel.ours().is_empty());
         assert!(lpm(&reader).is_empty());
-        assert_eq!(m.count.load(Ordering::Relaxed), 0);
+        assert_eq!(count(&m), 0);
         assert!(
             m.kernel.routes.contains_key(&net("10.97.0.0/26")),
             "another instance's route stays"

@@ -2,35 +2,41 @@
 //! its own error, called in order by [`super::lifecycle`]:
 //!
 //! 1. look up `security.user` (a config error if there is none);
-//! 2. open netlink and check that the device name is free;
+//! 2. open netlink, take the device's lock ([`lock_device`]) and check that
+//!    no one else holds the device ([`check_device`]): a persistent TUN
+//!    device left by an earlier run is taken over, anything else refused;
 //! 3. bind the control socket, before anything is created, so a second
 //!    daemon on the same socket stops without touching the device or routes;
 //! 4. find the underlay interface (the one holding `tunnel.local`) and
 //!    derive the tunnel MTU from it ([`tunnel_mtu`], config errors naming the
 //!    key when the host cannot carry it);
-//! 5. create the TUN device and open the raw receive sockets;
+//! 5. create (or attach to) the TUN device and open the raw receive sockets;
 //! 6. set up the underlay ([`super::underlay`]: the XDP program and its
 //!    sockets, or the next underlay), bind the metrics listener;
 //! 7. drop privileges and start the dataplane ([`start_dataplane`]): see
 //!    [`super::privileges`] for the order.
+//!
+//! Between 5 and 7 the lifecycle subscribes to the kernel's route changes
+//! and loads the routes already on the device ([`super::follow`]).
 
-use std::net::Ipv4Addr;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
 use nix::unistd::User;
 use tokio::net::{TcpListener, UnixListener};
-use tracing::warn;
+use tracing::{info, warn};
 use tunl_io::netlink::Netlink;
-use tunl_io::{IcmpReceiver, IpipReceiver, Tun, TunConfig};
+use tunl_io::{IcmpReceiver, IoError, IpipReceiver, Tun, TunConfig};
 use tunl_routing::RouteReader;
 
 use super::error::DaemonError;
 use super::privileges;
 use crate::config::{Config, ConfigError, MAX_MTU, MIN_MTU};
 use crate::control;
-use crate::dataplane::{Policy, Router, RouterIo, RouterXdp, Shared, WorkerOptions};
+use crate::dataplane::{
+    Dataplane, DataplaneIo, DataplaneXdp, NextHop, Policy, Shared, WorkerOptions,
+};
 
 /// The outer IPv4 header each tunnel packet carries on the underlay.
 const OUTER_HEADER: u32 = 20;
@@ -68,16 +74,69 @@ pub(super) fn open_netlink() -> Result<Netlink, DaemonError> {
     Netlink::new().map_err(|source| DaemonError::NetlinkOpen { source })
 }
 
-/// Step 2: refuses a `tunnel.name` another device holds.
-pub(super) async fn check_device_free(
+/// The lock of one device name in this network namespace: an abstract
+/// Unix socket, `@tunl/device/NAME`, bound while the daemon runs. Abstract
+/// socket names belong to the network namespace, need no file (so no
+/// folder a non-root daemon cannot write) and go with the process, however
+/// it ends. Every tunl instance takes it before it touches the device, so
+/// two of them never share one: a persistent device outlives its daemon,
+/// and a multi-queue TUN device would let a second process attach more
+/// queues.
+#[derive(Debug)]
+pub(super) struct DeviceLock {
+    _socket: std::os::unix::net::UnixListener,
+}
+
+/// The abstract socket name of `tunnel.name`'s lock.
+fn lock_name(device: &str) -> String {
+    format!("tunl/device/{device}")
+}
+
+/// Step 2: takes the lock of `tunnel.name` in this network namespace
+/// (the abstract socket `@tunl/device/NAME`).
+///
+/// # Errors
+/// [`DaemonError::DeviceInUse`] when another tunl instance holds it,
+/// [`DaemonError::DeviceLock`] when the socket cannot be made.
+pub(super) fn lock_device(config: &Config) -> Result<DeviceLock, DaemonError> {
+    use std::os::linux::net::SocketAddrExt;
+    use std::os::unix::net::{SocketAddr, UnixListener};
+    let name = &config.tunnel.name;
+    let abstract_name = lock_name(name);
+    let lock_err = |source: std::io::Error| DaemonError::DeviceLock {
+        path: PathBuf::from(format!("@{abstract_name}")),
+        source,
+    };
+    let addr = SocketAddr::from_abstract_name(abstract_name.as_bytes()).map_err(lock_err)?;
+    match UnixListener::bind_addr(&addr) {
+        Ok(socket) => Ok(DeviceLock { _socket: socket }),
+        Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => Err(DaemonError::DeviceInUse {
+            name: name.clone(),
+            holder: "another tunl instance",
+        }),
+        Err(e) => Err(lock_err(e)),
+    }
+}
+
+/// Step 2: what is already there under `tunnel.name`: nothing (`None`), or
+/// a TUN device no process holds, which tunl takes over (its index): a
+/// persistent device left by an earlier run, with the routes others
+/// installed on it. A device of another kind, or a TUN device some process
+/// holds (it has carrier), is refused.
+pub(super) async fn check_device(
     netlink: &Netlink,
     config: &Config,
-) -> Result<(), DaemonError> {
+) -> Result<Option<u32>, DaemonError> {
     let name = &config.tunnel.name;
-    if netlink.link_index(name).await?.is_some() {
-        return Err(DaemonError::DeviceExists { name: name.clone() });
+    match netlink.link_state(name).await? {
+        None => Ok(None),
+        Some(state) if !state.tun => Err(DaemonError::DeviceExists { name: name.clone() }),
+        Some(state) if state.carrier => Err(DaemonError::DeviceInUse {
+            name: name.clone(),
+            holder: "another process",
+        }),
+        Some(state) => Ok(Some(state.index)),
     }
-    Ok(())
 }
 
 /// The control socket file, removed when the daemon stops.
@@ -173,30 +232,55 @@ pub(super) struct Device {
     pub ifindex: u32,
 }
 
-/// Step 5: creates the TUN device (MTU, address, up, one queue per worker)
-/// and, with offloads, caps its GSO segments to what a worker reads at once.
+/// Step 5: creates the TUN device (MTU, address, up, one queue per worker),
+/// persistent with `tunnel.persist`, or attaches to the one left by an
+/// earlier run (`existing`, from [`check_device`]), and, with offloads, caps
+/// its GSO segments to what a worker reads at once. An existing device
+/// whose queue layout does not fit the config (`dataplane.workers` moved
+/// between 1 and more) is deleted and created again: the routes on it go
+/// with it.
 pub(super) async fn create_device(
     netlink: &Netlink,
     config: &Config,
     mtu: u16,
+    existing: Option<u32>,
 ) -> Result<Device, DaemonError> {
     let name = &config.tunnel.name;
-    let tun = Tun::create(&TunConfig {
+    let tun_config = TunConfig {
         name: name.clone(),
         mtu,
         ipv4: config.tunnel.address.map(|a| (a.ip(), a.prefix())),
         offload: config.dataplane.offload,
         queues: config.dataplane.workers,
         tx_queue_len: config.dataplane.tx_queue_len,
-    })
-    .map_err(|source| DaemonError::Device {
+        persist: config.tunnel.persist,
+        // Exclusive creation, unless check_device found a device that no
+        // one holds: then it is attached to, under the device lock.
+        attach: existing.is_some(),
+    };
+    let device_err = |source| DaemonError::Device {
         name: name.clone(),
         source,
-    })?;
+    };
+    let tun = match Tun::create(&tun_config) {
+        Err(IoError::IncompatibleDevice { .. }) if existing.is_some() => {
+            warn!(device = %name, "the existing device does not fit [dataplane] (its queues differ): creating it again; the routes on it are gone");
+            netlink.delete_link(name).await?;
+            let fresh = TunConfig {
+                attach: false,
+                ..tun_config
+            };
+            Tun::create(&fresh).map_err(device_err)?
+        }
+        other => other.map_err(device_err)?,
+    };
     let ifindex = netlink
         .link_index(name)
         .await?
         .ok_or_else(|| DaemonError::DeviceVanished { name: name.clone() })?;
+    if existing == Some(ifindex) {
+        info!(device = %name, ifindex, "took over the existing device (and the routes on it)");
+    }
     if tun.offload() {
         // One read must fit the worker's ring: the kernel segments longer
         // TSO bursts (tiny MSS) itself.
@@ -246,9 +330,11 @@ pub(super) fn policy_for(config: &Config, mtu: u16) -> Policy {
     let mut policy = Policy {
         settings: config.tunnel_settings(mtu),
         vias: Vec::new(),
+        multipath: Default::default(),
         allow: config.security.allow.clone(),
         blocks: config.tunnel.blocks.clone(),
         allow_nested: config.security.allow_nested,
+        strict_source: config.security.strict_source,
     };
     policy.set_vias(config.routes.iter().map(|r| r.via));
     policy
@@ -260,8 +346,8 @@ pub(super) struct DataplaneParts<'a> {
     pub device: Device,
     /// The raw receive sockets.
     pub receivers: Receivers,
-    /// The LPM the route manager writes.
-    pub routes: &'a RouteReader<Ipv4Addr>,
+    /// The LPM the route mirror writes.
+    pub routes: &'a RouteReader<NextHop>,
     /// State shared with the control plane.
     pub shared: Arc<Shared>,
     /// The tunnel MTU.
@@ -269,7 +355,7 @@ pub(super) struct DataplaneParts<'a> {
     /// The underlay device for AF_PACKET transmit, if the underlay uses it.
     pub packet_tx: Option<u32>,
     /// The AF_XDP sockets and the device's MAC, with the XDP underlay.
-    pub xdp: Option<RouterXdp>,
+    pub xdp: Option<DataplaneXdp>,
 }
 
 /// Step 7: everything privileged is open: drops to [`privileges::DATAPLANE_START`]
@@ -280,10 +366,10 @@ pub(super) fn start_dataplane(
     config: &Config,
     user: Option<&User>,
     parts: DataplaneParts<'_>,
-) -> Result<Router, DaemonError> {
+) -> Result<Dataplane, DaemonError> {
     privileges::drop_to(user, privileges::DATAPLANE_START)?;
-    Router::start(
-        RouterIo {
+    Dataplane::start(
+        DataplaneIo {
             queues: parts.device.tun.into_queues(),
             ipip: parts.receivers.ipip,
             icmp: parts.receivers.icmp,
@@ -306,6 +392,7 @@ pub(super) fn start_dataplane(
 
 #[cfg(test)]
 mod tests {
+    use std::net::Ipv4Addr;
     use std::path::Path;
 
     use super::*;

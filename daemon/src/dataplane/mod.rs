@@ -16,6 +16,7 @@
 
 pub mod counters;
 pub mod links;
+pub mod nexthop;
 pub mod nodes;
 pub mod pipeline;
 pub mod pmtu;
@@ -24,7 +25,6 @@ pub mod stats;
 pub mod worker;
 
 use std::io;
-use std::net::Ipv4Addr;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
@@ -38,6 +38,7 @@ use tunl_routing::RouteReader;
 
 pub use counters::{CounterSnapshot, Counters};
 pub use links::{DeviceState, LinkStates, UnderlayReport};
+pub use nexthop::{MultipathGroup, NextHop};
 pub use nodes::{NodeCounters, NodeTraffic, RefusedSnapshot};
 pub use pipeline::Pipeline;
 pub use pmtu::PathMtu;
@@ -46,13 +47,13 @@ pub use stats::Stats;
 pub use worker::{RxPart, Worker, XdpPart};
 
 /// Running dataplane threads.
-pub struct Router {
+pub struct Dataplane {
     shared: Arc<Shared>,
     workers: Vec<(JoinHandle<()>, Arc<Waker>)>,
 }
 
-/// What the router needs to start.
-pub struct RouterIo {
+/// What the dataplane needs to start.
+pub struct DataplaneIo {
     /// One TUN queue per worker.
     pub queues: Vec<TunQueue>,
     /// The raw IPIP receive socket.
@@ -67,11 +68,11 @@ pub struct RouterIo {
     /// socket only. The next hops' MACs come from [`Shared::neighbours`].
     pub packet_tx: Option<u32>,
     /// The AF_XDP sockets (`underlay = "xdp"`).
-    pub xdp: Option<RouterXdp>,
+    pub xdp: Option<DataplaneXdp>,
 }
 
 /// The AF_XDP sockets for the workers, one per RX queue.
-pub struct RouterXdp {
+pub struct DataplaneXdp {
     /// The sockets in queue order: socket `i` goes to worker `i % workers`,
     /// so workers beyond the queues get none and transmit through
     /// AF_PACKET.
@@ -85,7 +86,7 @@ pub struct RouterXdp {
 pub struct WorkerOptions {
     /// The tunnel MTU (sizes the transmit buffers).
     pub tunnel_mtu: u16,
-    /// ICMP errors per second for the whole router (one token bucket,
+    /// ICMP errors per second for the whole dataplane (one token bucket,
     /// burst up to 10, shared by the workers).
     pub icmp_rate: u32,
     /// How long a worker keeps polling without sleeping after its last
@@ -114,14 +115,14 @@ pub async fn maintain_path_mtu(shared: Arc<Shared>) {
     }
 }
 
-impl Router {
+impl Dataplane {
     /// Starts one worker thread per TUN queue.
     pub fn start(
-        io_parts: RouterIo,
-        routes: &RouteReader<Ipv4Addr>,
+        io_parts: DataplaneIo,
+        routes: &RouteReader<NextHop>,
         shared: Arc<Shared>,
         options: WorkerOptions,
-    ) -> io::Result<Router> {
+    ) -> io::Result<Dataplane> {
         // One bucket for every worker: the limit holds for the daemon as a
         // whole. A worker the bucket refused stays off it for a token's
         // time, so a flood of bad packets does not contend on its lock.
@@ -131,7 +132,7 @@ impl Router {
             ipip: io_parts.ipip,
             icmp: io_parts.icmp,
         });
-        let mut router = Router {
+        let mut dataplane = Dataplane {
             shared: shared.clone(),
             workers: Vec::new(),
         };
@@ -176,9 +177,9 @@ impl Router {
                     crate::daemon::privileges::drop_thread_capabilities();
                     worker.run()
                 })?;
-            router.workers.push((handle, waker));
+            dataplane.workers.push((handle, waker));
         }
-        Ok(router)
+        Ok(dataplane)
     }
 
     /// The shared state (routes, policy, counters).
@@ -207,7 +208,7 @@ impl Router {
     }
 }
 
-impl Drop for Router {
+impl Drop for Dataplane {
     fn drop(&mut self) {
         self.stop_inner();
     }

@@ -35,6 +35,7 @@ use tunl_io::PacketBuf;
 use tunl_routing::Lpm;
 
 use super::counters::LocalCounters;
+use super::nexthop::NextHop;
 use super::pmtu::PathMtu;
 use super::state::{Neighbour, Policy, resolve_macs};
 use super::stats::BatchCounts;
@@ -297,7 +298,7 @@ pub struct EncapState<'a> {
     /// The policy snapshot (tunnel settings, the nodes).
     pub policy: &'a Policy,
     /// The route table, through the batch's read guard.
-    pub routes: &'a Lpm<Ipv4Addr>,
+    pub routes: &'a Lpm<NextHop>,
     /// The learned path MTUs.
     pub pmtu: &'a PathMtu,
     /// The next hops' MACs, sorted by address, when the worker has a
@@ -408,7 +409,16 @@ impl Pipeline {
                 out.verdicts[i] = Verdict::Drop(DropReason::MalformedInner);
                 continue;
             };
-            let Some(next_hop) = state.routes.lookup(dst) else {
+            let inner = &buf.as_ref()[HEADROOM..];
+            let node = state.routes.lookup(dst).and_then(|hop| {
+                policy.node_for(hop, dst, || {
+                    inner
+                        .get(12..16)
+                        .and_then(|b| <[u8; 4]>::try_from(b).ok())
+                        .map_or(Ipv4Addr::UNSPECIFIED, Ipv4Addr::from)
+                })
+            });
+            let Some(next_hop) = node else {
                 local.drop(DropReason::NoRoute);
                 out.verdicts[i] = Verdict::Drop(DropReason::NoRoute);
                 let inner = &buf.as_ref()[HEADROOM..];
@@ -489,10 +499,16 @@ impl Pipeline {
     /// ([`OuterChecksum::VerifiedByKernel`]: not checked again, so record
     /// route and timestamp options the kernel filled in pass); frames no
     /// kernel looked at (AF_XDP) need [`OuterChecksum::Verify`].
+    ///
+    /// The inner source is checked against `routes` ([`inner_source`]):
+    /// never inside this node's own blocks, and with
+    /// [`Policy::strict_source`] in a block routed via the outer source (or
+    /// the outer source itself).
     pub fn decap(
         &mut self,
         bufs: &mut [PacketBuf],
         policy: &Policy,
+        routes: &Lpm<NextHop>,
         outer: OuterChecksum,
         counts: &mut BatchCounts,
     ) -> &DecapOutcome {
@@ -507,7 +523,11 @@ impl Pipeline {
                 out.verdicts[i] = Verdict::Skip;
                 continue;
             }
-            match decapsulate_with(buf.as_mut(), policy, outer) {
+            let decapsulated = decapsulate_with(buf.as_mut(), policy, outer).and_then(|d| {
+                inner_source(&buf.as_ref()[d.inner.clone()], d.outer_src, policy, routes)
+                    .map(|()| d)
+            });
+            match decapsulated {
                 Ok(d) => {
                     let len = d.inner.len();
                     if d.inner.start != HEADROOM {
@@ -536,6 +556,43 @@ impl Pipeline {
         out.deliver = kept;
         out
     }
+}
+
+/// Checks the source of a decapsulated `inner` packet (a whole IPv4
+/// packet, as [`decapsulate_with`] returns it) that `outer_src` sent:
+/// - inside this node's own blocks ([`Policy::blocks`]): refused, always
+///   ([`DropReason::InnerSourceOwnBlock`]): only this node's pods have
+///   those addresses, and they do not send to it through another node;
+/// - with [`Policy::strict_source`], it must lie in a block routed via
+///   `outer_src` (one LPM lookup), or be `outer_src` itself (the node's
+///   own traffic when its tunnel device has no address), else
+///   [`DropReason::InnerSourceMismatch`]: a node may not speak for another
+///   node's pods.
+///
+/// # Errors
+/// The drop reason.
+pub fn inner_source(
+    inner: &[u8],
+    outer_src: Ipv4Addr,
+    policy: &Policy,
+    routes: &Lpm<NextHop>,
+) -> Result<(), DropReason> {
+    let Some(src) = inner.get(12..16) else {
+        return Err(DropReason::MalformedInner);
+    };
+    let src = Ipv4Addr::new(src[0], src[1], src[2], src[3]);
+    if outer_src != policy.settings.local && policy.blocks.iter().any(|b| b.contains(src)) {
+        return Err(DropReason::InnerSourceOwnBlock);
+    }
+    if policy.strict_source
+        && src != outer_src
+        && !routes
+            .lookup(src)
+            .is_some_and(|hop| policy.routes_via(hop, outer_src))
+    {
+        return Err(DropReason::InnerSourceMismatch);
+    }
+    Ok(())
 }
 
 /// The outer IPv4 packet of an Ethernet frame from an AF_XDP socket, as the
@@ -743,8 +800,8 @@ mod tests {
 
     struct Fixture {
         shared: Shared,
-        _writer: tunl_routing::RouteWriter<Ipv4Addr>,
-        routes: tunl_routing::RouteReader<Ipv4Addr>,
+        _writer: tunl_routing::RouteWriter<NextHop>,
+        routes: tunl_routing::RouteReader<NextHop>,
         bucket: Arc<Mutex<TokenBucket>>,
         pipeline: Pipeline,
         counts: BatchCounts,
@@ -762,15 +819,17 @@ mod tests {
             let mut policy = Policy {
                 settings: TunnelSettings::new(LOCAL),
                 vias: vec![],
+                multipath: Default::default(),
                 allow: vec![],
                 blocks: vec!["10.20.42.0/26".parse().unwrap()],
                 allow_nested: false,
+                strict_source: false,
             };
             policy.set_vias([NODE_A, NODE_B]);
             let mut writer = RouteWriter::new();
             let routes = writer.reader();
-            writer.insert("10.20.105.192/26".parse().unwrap(), NODE_A);
-            writer.insert("10.20.7.0/26".parse().unwrap(), NODE_B);
+            writer.insert("10.20.105.192/26".parse().unwrap(), NextHop::Node(NODE_A));
+            writer.insert("10.20.7.0/26".parse().unwrap(), NextHop::Node(NODE_B));
             let bucket = Arc::new(Mutex::new(bucket));
             Fixture {
                 shared: Shared::new(policy),
@@ -805,8 +864,14 @@ mod tests {
 
         fn decap(&mut self, bufs: &mut [PacketBuf]) -> &DecapOutcome {
             let policy = self.shared.policy.load();
-            self.pipeline
-                .decap(bufs, &policy, OuterChecksum::Verify, &mut self.counts)
+            let routes = self.routes.load();
+            self.pipeline.decap(
+                bufs,
+                &policy,
+                &routes,
+                OuterChecksum::Verify,
+                &mut self.counts,
+            )
         }
 
         fn dropped(&self, reason: DropReason) -> u64 {
@@ -1038,6 +1103,93 @@ mod tests {
         let mut f = Fixture::new();
         let mut bufs = [buf_at(underlay_frame(&padded).unwrap(), 0)];
         assert_eq!(f.decap(&mut bufs).deliver(), 1);
+    }
+
+    #[test]
+    fn an_inner_source_in_our_own_blocks_from_another_node_is_always_refused() {
+        for strict in [false, true] {
+            let mut f = Fixture::new();
+            let mut policy = Policy::clone(&f.shared.policy.load());
+            policy.strict_source = strict;
+            f.shared.policy.store(Arc::new(policy));
+            // POD is in this node's block 10.20.42.0/26.
+            let own = ipv4(Ipv4Addr::new(10, 20, 42, 7), POD, 84, 0, 63);
+            let theirs = ipv4(POD_A, POD, 84, 0, 63);
+            let mut bufs = [outer(NODE_A, 0, &own), outer(NODE_A, 0, &theirs)];
+            let out = f.decap(&mut bufs);
+            assert_eq!(
+                out.verdicts(),
+                [
+                    Verdict::Drop(DropReason::InnerSourceOwnBlock),
+                    Verdict::Deliver {
+                        node: NODE_A,
+                        len: 84
+                    }
+                ],
+                "strict_source = {strict}"
+            );
+            assert_eq!(out.deliver(), 1);
+            assert_eq!(f.dropped(DropReason::InnerSourceOwnBlock), 1);
+            assert_eq!(f.dropped(DropReason::InnerSourceMismatch), 0);
+        }
+    }
+
+    #[test]
+    fn strict_source_wants_a_block_routed_via_the_sender() {
+        let deliver = |node| Verdict::Deliver { node, len: 84 };
+        let batch = || {
+            [
+                // A's pod from A, B's pod from B: routed via their senders.
+                outer(NODE_A, 0, &ipv4(POD_A, POD, 84, 0, 63)),
+                outer(NODE_B, 0, &ipv4(POD_B, POD, 84, 0, 63)),
+                // B speaking for A's pod, A for a source no route covers.
+                outer(NODE_B, 0, &ipv4(POD_A, POD, 84, 0, 63)),
+                outer(NODE_A, 0, &ipv4(NOWHERE, POD, 84, 0, 63)),
+                // A node's own traffic, from its underlay address.
+                outer(NODE_A, 0, &ipv4(NODE_A, POD, 84, 0, 63)),
+            ]
+        };
+        // Off: every one of them goes through.
+        let mut f = Fixture::new();
+        let mut bufs = batch();
+        let out = f.decap(&mut bufs);
+        assert_eq!(
+            out.verdicts(),
+            [NODE_A, NODE_B, NODE_B, NODE_A, NODE_A].map(deliver)
+        );
+        // On: the two that speak for others are refused under their reason.
+        let mut policy = Policy::clone(&f.shared.policy.load());
+        policy.strict_source = true;
+        f.shared.policy.store(Arc::new(policy));
+        let mut bufs = batch();
+        let out = f.decap(&mut bufs);
+        let refused = Verdict::Drop(DropReason::InnerSourceMismatch);
+        assert_eq!(
+            out.verdicts(),
+            [
+                deliver(NODE_A),
+                deliver(NODE_B),
+                refused,
+                refused,
+                deliver(NODE_A)
+            ]
+        );
+        assert_eq!(out.deliver(), 3);
+        assert_eq!(f.dropped(DropReason::InnerSourceMismatch), 2);
+        // The kept buffers are the delivered ones, inner packet at HEADROOM.
+        let sources: Vec<[u8; 4]> = bufs[..3]
+            .iter()
+            .map(|b| b.as_ref()[HEADROOM + 12..HEADROOM + 16].try_into().unwrap())
+            .collect();
+        assert_eq!(sources, [POD_A, POD_B, NODE_A].map(|a| a.octets()).to_vec());
+        // A route moved to B moves the check with it.
+        f._writer
+            .insert("10.20.105.192/26".parse().unwrap(), NextHop::Node(NODE_B));
+        let mut bufs = [
+            outer(NODE_B, 0, &ipv4(POD_A, POD, 84, 0, 63)),
+            outer(NODE_A, 0, &ipv4(POD_A, POD, 84, 0, 63)),
+        ];
+        assert_eq!(f.decap(&mut bufs).verdicts(), [deliver(NODE_B), refused]);
     }
 
     #[test]

@@ -23,8 +23,9 @@
 //! - [`NeighbourTable::report_miss`], once per batch that met a next hop
 //!   without a known MAC: a tokio `Notify`, which locks its waiter list
 //!   and wakes the control-plane task waiting on it;
-//! - the failure mutex of [`Shared::fail`], and the counters list once at
-//!   start ([`Shared::register_counters`]).
+//! - the failure watch channel of [`Shared::fail`] (its lock, once, on
+//!   the way out), and the counters list once at start
+//!   ([`Shared::register_counters`]).
 
 use std::net::Ipv4Addr;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -36,6 +37,7 @@ use tunl_encap::{DecapPolicy, TunnelSettings};
 
 use super::counters::{CounterSnapshot, Counters};
 use super::links::LinkStates;
+use super::nexthop::{MultipathGroup, NextHop, flow_hash};
 use super::nodes::NodeCounters;
 use super::pmtu::PathMtu;
 
@@ -44,14 +46,20 @@ use super::pmtu::PathMtu;
 pub struct Policy {
     /// Outer header settings (local address, TTL, TOS, DF, tunnel MTU).
     pub settings: TunnelSettings,
-    /// Next hops of all routes, sorted: IPIP from them is accepted.
+    /// The gateways of every route on the device, sorted: IPIP from them
+    /// is accepted.
     pub vias: Vec<Ipv4Addr>,
+    /// The multipath groups the LPM's [`NextHop::Multipath`] values index.
+    pub multipath: Arc<Vec<MultipathGroup>>,
     /// Further accepted IPIP sources (`security.allow`).
     pub allow: Vec<Ipv4Network>,
     /// This node's pod blocks; empty means no relay check.
     pub blocks: Vec<Ipv4Network>,
     /// Accept inner IPIP packets.
     pub allow_nested: bool,
+    /// `security.strict_source`: an inner source must lie in a block routed
+    /// via the outer source, or be the outer source itself.
+    pub strict_source: bool,
 }
 
 impl Policy {
@@ -61,6 +69,45 @@ impl Policy {
         v.sort_unstable();
         v.dedup();
         self.vias = v;
+    }
+}
+
+impl Policy {
+    /// The node the outer packet of a packet to `dst` goes to, for the
+    /// route's next hop `hop`; `src` gives the inner source, read only for
+    /// a multipath route (its flow hash). `None` for a multipath group this
+    /// snapshot does not hold yet (a route the control plane is adding at
+    /// this very moment): the packet counts as one without a route.
+    #[inline]
+    pub fn node_for(
+        &self,
+        hop: NextHop,
+        dst: Ipv4Addr,
+        src: impl FnOnce() -> Ipv4Addr,
+    ) -> Option<Ipv4Addr> {
+        match hop {
+            NextHop::Node(node) => Some(node),
+            NextHop::Direct => Some(dst),
+            NextHop::Multipath(i) => self
+                .multipath
+                .get(i as usize)?
+                .pick(flow_hash(src(), dst), dst),
+        }
+    }
+
+    /// Whether the route next hop `hop` can send packets for its block
+    /// through `node` (the strict inner-source check): its gateway, one of
+    /// its multipath group's gateways; a route without a gateway sends to
+    /// the inner destination itself, which the check accepts on its own.
+    pub fn routes_via(&self, hop: NextHop, node: Ipv4Addr) -> bool {
+        match hop {
+            NextHop::Node(n) => n == node,
+            NextHop::Direct => false,
+            NextHop::Multipath(i) => self
+                .multipath
+                .get(i as usize)
+                .is_some_and(|g| g.members().iter().any(|&(n, _)| n == Some(node))),
+        }
     }
 }
 
@@ -260,10 +307,32 @@ mod tests {
         Policy {
             settings: TunnelSettings::new(Ipv4Addr::new(172, 16, 35, 4)),
             vias: vec![],
+            multipath: Arc::default(),
             allow: vec!["192.168.0.0/16".parse().unwrap()],
             blocks: vec!["10.20.42.0/26".parse().unwrap()],
             allow_nested: false,
+            strict_source: false,
         }
+    }
+
+    #[test]
+    fn a_next_hop_resolves_to_the_node_the_outer_packet_goes_to() {
+        let a = Ipv4Addr::new(172, 16, 36, 5);
+        let b = Ipv4Addr::new(172, 16, 36, 6);
+        let dst = Ipv4Addr::new(10, 20, 1, 9);
+        let mut p = policy();
+        p.multipath = Arc::new(vec![MultipathGroup::new(&[(Some(a), 1), (Some(b), 1)])]);
+        let src = || Ipv4Addr::new(10, 20, 42, 31);
+        assert_eq!(p.node_for(NextHop::Node(a), dst, src), Some(a));
+        assert_eq!(p.node_for(NextHop::Direct, dst, src), Some(dst));
+        let picked = p.node_for(NextHop::Multipath(0), dst, src).unwrap();
+        assert!(picked == a || picked == b);
+        assert_eq!(p.node_for(NextHop::Multipath(0), dst, src), Some(picked));
+        // A group this snapshot does not hold yet: as if there were no route.
+        assert_eq!(p.node_for(NextHop::Multipath(1), dst, src), None);
+        // The inner source is read only for a multipath route.
+        let never = || -> Ipv4Addr { panic!("source read for a single path") };
+        assert_eq!(p.node_for(NextHop::Node(a), dst, never), Some(a));
     }
 
     #[test]

@@ -19,7 +19,8 @@
 //! | `tunl_node_{rx,tx}_{packets,bytes}_total` | counter | `node` |
 //! | `tunl_node_last_seen_timestamp_seconds` (last packet received from the node; absent until one is) | gauge | `node` |
 //! | `tunl_path_mtu_bytes` | gauge | `node` |
-//! | `tunl_routes` | gauge | |
+//! | `tunl_routes` (the routes in the dataplane: the kernel's on the device) | gauge | `origin` (`tunl`, `bird`, `static`, a protocol number...) |
+//! | `tunl_route_resyncs_total` (full reloads after the kernel dropped route notifications) | counter | |
 //! | `tunl_route_apply_duration_seconds` (route changes that reached the kernel, failed ones included) | histogram | |
 //! | `tunl_route_apply_failures_total` (route changes that failed and left the routes as they were) | counter | |
 //! | `tunl_dataplane_workers` | gauge | |
@@ -33,7 +34,6 @@
 //! | `process_cpu_seconds_total`, `process_resident_memory_bytes`, `process_virtual_memory_bytes`, `process_start_time_seconds`, `process_open_fds`, `process_max_fds` | counter, gauges | |
 
 use std::net::{Ipv4Addr, SocketAddr};
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -41,6 +41,7 @@ use tokio::net::TcpListener;
 use tunl_io::xdp::{ProgramStatsReader, XskStatistics, XskStatsReader};
 
 use crate::control::UnderlayStatus;
+use crate::daemon::{RouteStats, origin_name};
 use crate::dataplane::{CounterSnapshot, Shared};
 
 pub mod exposition;
@@ -139,8 +140,9 @@ pub struct DeviceLabels {
 pub struct MetricsSource {
     /// The dataplane's shared state.
     pub shared: Arc<Shared>,
-    /// Current number of routes (kept by the route manager).
-    pub routes: Arc<AtomicUsize>,
+    /// The routes in the LPM by origin, and the resyncs (kept by the route
+    /// mirror).
+    pub routes: Arc<RouteStats>,
     /// How route changes went (kept by the route manager).
     pub route_apply: Arc<RouteApplyMetrics>,
     /// Dataplane worker threads.
@@ -325,11 +327,26 @@ impl MetricsSource {
         }
         out.push(pmtu);
 
+        let mut routes = Family::new(
+            "tunl_routes",
+            Kind::Gauge,
+            "Routes in the dataplane (the kernel's routes on the device), by origin",
+        );
+        for (protocol, n) in self.routes.by_origin() {
+            routes.push(
+                labels("origin", origin_name(protocol)),
+                Value::Int(n as u64),
+            );
+        }
+        out.push(routes);
         out.push(
-            Family::new("tunl_routes", Kind::Gauge, "Routes (remote blocks)").with(
-                vec![],
-                Value::Int(self.routes.load(Ordering::Relaxed) as u64),
-            ),
+            Family::new(
+                "tunl_route_resyncs",
+                Kind::Counter,
+                "Full reloads of the routes from a dump after the kernel dropped route \
+                 notifications (ENOBUFS)",
+            )
+            .with(vec![], Value::Int(self.routes.resyncs())),
         );
         out.push(
             Family::new(

@@ -30,6 +30,8 @@ pub(super) fn source() -> MetricsSource {
         allow: vec![],
         blocks: vec![],
         allow_nested: false,
+        multipath: Default::default(),
+        strict_source: false,
     };
     policy.set_vias([NODE, QUIET_NODE]);
     let vias = policy.vias.clone();
@@ -51,9 +53,15 @@ pub(super) fn source() -> MetricsSource {
     let route_apply = Arc::new(RouteApplyMetrics::default());
     route_apply.record(Duration::from_micros(300), true);
     route_apply.record(Duration::from_millis(30), false);
+    let routes = Arc::new(RouteStats::default());
+    let mut by_origin = [0; 256];
+    by_origin[12] = 2;
+    by_origin[116] = 1;
+    routes.set_counts(3, &by_origin);
+    routes.count_resync();
     MetricsSource {
         shared,
-        routes: Arc::new(AtomicUsize::new(3)),
+        routes,
         route_apply,
         workers: 2,
         device: DeviceLabels {
@@ -98,7 +106,9 @@ fn renders_prometheus_names() {
             ),
             Some(1)
         );
-        assert_eq!(sample(&text, "tunl_routes", ""), Some(3));
+        assert_eq!(sample(&text, "tunl_routes", "origin=\"bird\""), Some(2));
+        assert_eq!(sample(&text, "tunl_routes", "origin=\"tunl\""), Some(1));
+        assert_eq!(sample(&text, "tunl_route_resyncs_total", ""), Some(1));
         assert_eq!(sample(&text, "tunl_dataplane_workers", ""), Some(2));
         // Until the link watcher looks: present, no device known.
         assert_eq!(sample(&text, "tunl_local_address_present", ""), Some(1));
@@ -269,6 +279,8 @@ fn promtool_accepts_the_text_format() {
             allow: vec![],
             blocks: vec![],
             allow_nested: false,
+            multipath: Default::default(),
+            strict_source: false,
         })),
         routes: Arc::default(),
         route_apply: Arc::default(),

@@ -39,11 +39,17 @@
 //!   `/proc/stat` and `/proc/PID/stat` during a transfer;
 //! - `table`: the text table ([`format_table`]);
 //! - `svg`: the bar chart ([`svg_chart`]);
-//! - `large_table`: the daemon started with [`LARGE_TABLE_ROUTES`] routes.
+//! - `large_table`: the daemon started with [`LARGE_TABLE_ROUTES`] routes;
+//! - `routes`: `tunl bench routes` ([`run_routes`]), which measures following
+//!   the kernel's routes instead of the datapath.
+//! - `flood` (with `--flood` or `--flood-only`): spoofed IPIP refused per
+//!   second on one worker, and the pod ping's loss meanwhile ([`Flood`]).
 
 mod cpu;
+mod flood;
 mod large_table;
 mod report;
+mod routes;
 mod stats;
 mod svg;
 mod table;
@@ -60,15 +66,21 @@ use tunl::config::Underlay;
 use crate::testbed::{DaemonOptions, TunlCluster};
 use crate::topology::{self, Cluster, ClusterSpec, Overlay, TopologyError};
 
+pub use flood::{Flood, format_flood};
 pub use large_table::{LARGE_TABLE_ROUTES, LargeTable};
 pub use report::{
     AddedLatency, BenchReport, Datapath, Figure, MachineInfo, Metric, Settings, machine_info,
+};
+pub use routes::{
+    BenchCommand, ChurnFigure, RoutesBenchArgs, RoutesReport, StartFigure, format_routes_table,
+    run_routes,
 };
 pub use stats::{Summary, median, percentile};
 pub use svg::{ChartBar, ChartPanel, build_svg, svg_chart};
 pub use table::{format_cell, format_number, format_table};
 
 use cpu::with_cpu_sampling;
+use flood::measure_flood;
 use large_table::measure_large_table;
 
 /// The pod that sends (on `node1.sit`).
@@ -130,6 +142,15 @@ pub struct BenchArgs {
     /// and --seconds).
     #[arg(long)]
     pub quick: bool,
+    /// Also flood a one-worker daemon with spoofed IPIP (sources that are
+    /// no node) for --seconds, and report the packets it refused per second
+    /// and the pod ping's loss during the flood.
+    #[arg(long)]
+    pub flood: bool,
+    /// Only the flood (no paths, no large table): `--flood-only --seconds 2`
+    /// is a quick look.
+    #[arg(long)]
+    pub flood_only: bool,
 }
 
 impl Default for BenchArgs {
@@ -145,6 +166,8 @@ impl Default for BenchArgs {
             json: None,
             svg: None,
             quick: false,
+            flood: false,
+            flood_only: false,
         }
     }
 }
@@ -234,9 +257,14 @@ pub fn run(args: &BenchArgs, tunl_binary: &Path) -> Result<BenchReport, BenchErr
         cpu_unit_note: "%CPU per Gbit/s: CPU time per second of wall time (100 = one core \
                         busy) divided by the run's Gbit/s",
     };
-    let mut progress = Progress::new(rounds as usize * Datapath::ALL.len() * STEPS_PER_PATH + 1);
+    let flood = args.flood || args.flood_only;
+    let paths = if args.flood_only { 0 } else { rounds };
+    let steps = paths as usize * Datapath::ALL.len() * STEPS_PER_PATH
+        + usize::from(!args.flood_only)
+        + usize::from(flood);
+    let mut progress = Progress::new(steps);
     let mut samples: BTreeMap<(Metric, Datapath), Vec<f64>> = BTreeMap::new();
-    for round in 1..=rounds {
+    for round in 1..=paths {
         for path in Datapath::ALL {
             let ctx = Ctx {
                 path,
@@ -261,14 +289,33 @@ pub fn run(args: &BenchArgs, tunl_binary: &Path) -> Result<BenchReport, BenchErr
             }
         }
     }
-    progress.step(format_args!(
-        "tunl: daemon with {LARGE_TABLE_ROUTES} routes ..."
-    ));
-    let large_table = measure_large_table(tunl_binary)?;
+    let large_table = if args.flood_only {
+        None
+    } else {
+        progress.step(format_args!(
+            "tunl: daemon with {LARGE_TABLE_ROUTES} routes ..."
+        ));
+        Some(measure_large_table(tunl_binary)?)
+    };
+    let flooded = if flood {
+        progress.step(format_args!(
+            "tunl: spoofed IPIP flood on 1 worker for {seconds} s ..."
+        ));
+        Some(measure_flood(tunl_binary, seconds, args.underlay)?)
+    } else {
+        None
+    };
     progress.finish();
 
-    let report = BenchReport::from_samples(machine, settings, &samples, Some(large_table));
-    print!("{}", format_table(&report));
+    let mut report = BenchReport::from_samples(machine, settings, &samples, large_table);
+    report.flood = flooded;
+    if args.flood_only {
+        if let Some(f) = &report.flood {
+            print!("{}", format_flood(f));
+        }
+    } else {
+        print!("{}", format_table(&report));
+    }
     let _ = std::io::stdout().flush();
     if let Some(path) = &args.json {
         let text = serde_json::to_string_pretty(&report).expect("the report serialises");

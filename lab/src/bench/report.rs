@@ -243,6 +243,9 @@ pub struct BenchReport {
     pub added_latency: Option<AddedLatency>,
     /// The large-table daemon.
     pub large_table: Option<LargeTable>,
+    /// The spoofed flood (`--flood`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub flood: Option<super::Flood>,
 }
 
 impl BenchReport {
@@ -295,6 +298,7 @@ impl BenchReport {
             figures,
             added_latency,
             large_table,
+            flood: None,
         }
     }
 }
@@ -373,7 +377,7 @@ pub(super) fn sample_report() -> BenchReport {
         workers: 1,
         underlay: "raw".to_owned(),
         busy_poll_us: 0,
-        poll_interval_us: 50,
+        poll_interval_us: 100,
         poll_quiet_us: 1000,
         tunl_binary: "/bin/tunl".into(),
         pings: 500,

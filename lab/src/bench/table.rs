@@ -98,6 +98,9 @@ pub fn format_table(report: &BenchReport) -> String {
             t.routes, t.vm_rss_mib, t.vm_hwm_mib, t.startup_seconds
         );
     }
+    if let Some(f) = &report.flood {
+        s.push_str(&super::format_flood(f));
+    }
     let _ = writeln!(
         s,
         "tunl settings: {} worker(s), transmit via {}, {}, {}",

@@ -49,6 +49,7 @@
 
 mod measurement;
 mod processes;
+mod segments;
 mod spec;
 mod vxlan;
 mod wiring;
@@ -65,9 +66,10 @@ use tracing::{debug, warn};
 
 pub use measurement::{IperfResult, PingResult, UdpResult};
 pub use processes::{ProcessOutput, tagged_namespaces, teardown};
+pub use segments::{Host, ROUTER, arp_table_limit, router_address};
 pub use spec::{
-    ClusterSpec, IPIP_OVERHEAD, Node, NodeSpec, Overlay, Pod, PodSpec, UNDERLAY_PREFIX_LEN,
-    veth_name,
+    ClusterSpec, HostSpec, IPIP_OVERHEAD, Node, NodeSpec, Overlay, Pod, PodSpec,
+    UNDERLAY_PREFIX_LEN, veth_name,
 };
 pub use vxlan::{VXLAN_DEVICE, VXLAN_OVERHEAD, VXLAN_PORT, VXLAN_VNI};
 pub use wiring::{CALI_MAC, POD_GATEWAY};
@@ -150,7 +152,11 @@ pub struct Cluster {
     underlay_mtu: u16,
     pod_mtu: u16,
     nodes: Vec<Node>,
-    switch: Option<String>,
+    hosts: Vec<Host>,
+    subnets: Vec<Ipv4Network>,
+    /// One switch namespace per underlay segment (none for a veth pair).
+    switches: Vec<String>,
+    router: Option<String>,
     /// Namespaces created so far, in creation order.
     namespaces: Vec<String>,
     /// Processes spawned and not yet reaped or taken.
@@ -170,7 +176,8 @@ impl Cluster {
             format!("{}x{n}", std::process::id())
         });
         let nodes = node_plan(&spec, &tag);
-        let switch = (nodes.len() != 2).then(|| ns_name(&tag, "switch"));
+        let hosts = segments::host_plan(&spec, &tag);
+        let (switches, router) = segments::plan(&spec, &tag);
 
         // An automatic tag names only namespaces of a dead earlier process
         // with our pid: always safe to replace.
@@ -193,7 +200,10 @@ impl Cluster {
             underlay_mtu: spec.underlay_mtu,
             pod_mtu: spec.pod_mtu(),
             nodes,
-            switch,
+            hosts,
+            subnets: spec.subnets.clone(),
+            switches,
+            router,
             namespaces: Vec::new(),
             children: Mutex::new(Vec::new()),
             armed: true,
@@ -247,15 +257,16 @@ impl Cluster {
         self.nodes.iter().flat_map(|n| n.pods.iter())
     }
 
-    /// Every namespace of the cluster (nodes, pods and the switch, if any).
+    /// Every namespace of the cluster (nodes, pods, hosts, the switches and
+    /// the router, if any).
     pub fn namespaces(&self) -> &[String] {
         &self.namespaces
     }
 
-    /// The switch namespace holding the underlay bridge (clusters of other
-    /// than two nodes).
+    /// The switch namespace holding the (first) underlay bridge (clusters of
+    /// other than two nodes, or with hosts or subnets).
     pub fn switch_netns(&self) -> Option<&str> {
-        self.switch.as_deref()
+        self.switches.first().map(String::as_str)
     }
 
     /// Routes a node needs toward the other nodes' blocks:
@@ -273,7 +284,8 @@ impl Cluster {
     }
 
     /// The namespace for `name`: a namespace of this cluster, or the name of
-    /// one of its nodes or pods, or `"switch"`.
+    /// one of its nodes, pods or hosts, or `"switch"` (`"switch2"`, ...) or
+    /// `"router"`.
     pub fn netns(&self, name: &str) -> Result<&str, TopologyError> {
         if let Some(ns) = self.namespaces.iter().find(|ns| *ns == name) {
             return Ok(ns);
@@ -284,10 +296,17 @@ impl Cluster {
         if let Some(pod) = self.pod(name) {
             return Ok(&pod.netns);
         }
-        if name == "switch"
-            && let Some(sw) = &self.switch
+        if let Some(host) = self.host(name) {
+            return Ok(&host.netns);
+        }
+        let own = ns_name(&self.tag, name);
+        if let Some(ns) = self
+            .switches
+            .iter()
+            .chain(&self.router)
+            .find(|ns| **ns == own)
         {
-            return Ok(sw);
+            return Ok(ns);
         }
         Err(TopologyError::NotFound {
             kind: "namespace",
@@ -344,8 +363,12 @@ impl std::fmt::Display for Cluster {
         for node in &self.nodes {
             write!(
                 f,
-                "  node {} underlay {}/{UNDERLAY_PREFIX_LEN} block {} netns {}",
-                node.name, node.underlay, node.block, node.netns
+                "  node {} underlay {}/{} block {} netns {}",
+                node.name,
+                node.underlay,
+                self.prefix_len(node.underlay),
+                node.block,
+                node.netns
             )?;
             if let Some(vtep) = node.vtep {
                 write!(f, " vtep {vtep}")?;
@@ -359,8 +382,26 @@ impl std::fmt::Display for Cluster {
                 )?;
             }
         }
-        if let Some(switch) = &self.switch {
+        for host in &self.hosts {
+            writeln!(
+                f,
+                "  host {} underlay {}/{} netns {}",
+                host.name,
+                host.underlay,
+                self.prefix_len(host.underlay),
+                host.netns
+            )?;
+        }
+        for switch in &self.switches {
             writeln!(f, "  switch netns {switch} (bridge br0)")?;
+        }
+        if let Some(router) = &self.router {
+            let subnets: Vec<String> = self
+                .subnets
+                .iter()
+                .map(|s| format!("{}/{}", router_address(*s), s.prefix()))
+                .collect();
+            writeln!(f, "  router netns {router} ({})", subnets.join(", "))?;
         }
         Ok(())
     }

@@ -7,6 +7,7 @@ use std::net::Ipv4Addr;
 
 use ipnetwork::Ipv4Network;
 
+use super::segments::is_reserved;
 use super::{TopologyError, VXLAN_DEVICE, VXLAN_OVERHEAD};
 
 /// Prefix length of every node's underlay address: all nodes are on-link.
@@ -73,6 +74,35 @@ pub struct ClusterSpec {
     /// With a fixed tag: delete namespaces left over from an earlier run with
     /// that tag instead of failing with [`TopologyError::NamespaceExists`].
     pub replace_existing: bool,
+    /// Namespaces on the underlay that are not nodes (no block, no pods),
+    /// e.g. BGP route reflectors.
+    pub hosts: Vec<HostSpec>,
+    /// The underlay's subnets. Empty: one segment, every address on-link in
+    /// the first node's /16 (the default). Otherwise every node and host
+    /// sits on the bridge of the subnet holding its address, and with two or
+    /// more subnets a router namespace joins them (see
+    /// [`ClusterSpec::with_subnets`]).
+    pub subnets: Vec<Ipv4Network>,
+}
+
+/// A namespace on the underlay that is not a node: only an `eth0` (e.g. a
+/// BGP route reflector).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HostSpec {
+    /// Host name, e.g. `rr1` (letters, digits, `.`, `_`, `-`).
+    pub name: String,
+    /// Underlay address.
+    pub underlay: Ipv4Addr,
+}
+
+impl HostSpec {
+    /// A host named `name` at `underlay`.
+    pub fn new(name: impl Into<String>, underlay: Ipv4Addr) -> Self {
+        Self {
+            name: name.into(),
+            underlay,
+        }
+    }
 }
 
 /// One node: a namespace with an underlay `eth0` and a block of pods.
@@ -150,6 +180,8 @@ impl ClusterSpec {
             underlay_mtu: 1500,
             overlay: Overlay::None,
             replace_existing: false,
+            hosts: Vec::new(),
+            subnets: Vec::new(),
         }
     }
 
@@ -192,6 +224,8 @@ impl ClusterSpec {
             underlay_mtu: 1500,
             overlay: Overlay::None,
             replace_existing: false,
+            hosts: Vec::new(),
+            subnets: Vec::new(),
         }
     }
 
@@ -211,6 +245,33 @@ impl ClusterSpec {
     pub fn with_underlay_mtu(mut self, mtu: u16) -> Self {
         self.underlay_mtu = mtu;
         self
+    }
+
+    /// Adds a host (see [`ClusterSpec::hosts`]).
+    pub fn with_host(mut self, host: HostSpec) -> Self {
+        self.hosts.push(host);
+        self
+    }
+
+    /// Puts the underlay into these subnets: each gets its own bridge, and
+    /// with two or more a router namespace ([`ROUTER`]) holds the first
+    /// address of each (e.g. 172.16.35.1) and forwards between them; every
+    /// node and host then has its default route via its subnet's router
+    /// address, as the seed article's nodes do (`0.0.0.0 172.16.36.1 eth0`).
+    pub fn with_subnets(mut self, subnets: Vec<Ipv4Network>) -> Self {
+        self.subnets = subnets;
+        self
+    }
+
+    /// The underlay segment holding `addr`: the subnet of
+    /// [`ClusterSpec::subnets`] that contains it, or the first node's /16
+    /// when there are none.
+    pub fn segment_of(&self, addr: Ipv4Addr) -> Option<Ipv4Network> {
+        if self.subnets.is_empty() {
+            let first = net(self.nodes.first()?.underlay, UNDERLAY_PREFIX_LEN);
+            return first.contains(addr).then_some(first);
+        }
+        self.subnets.iter().copied().find(|s| s.contains(addr))
     }
 
     /// Sets [`ClusterSpec::replace_existing`].
@@ -250,18 +311,18 @@ impl ClusterSpec {
                 self.underlay_mtu
             ));
         }
-        let first = net(self.nodes[0].underlay, UNDERLAY_PREFIX_LEN);
         let mut names = HashSet::new();
         let mut underlays = HashSet::new();
         let mut ips = HashSet::new();
+        self.validate_segments()?;
         for (i, node) in self.nodes.iter().enumerate() {
             check_name("node", &node.name)?;
-            if node.name == "switch" || !names.insert(node.name.as_str()) {
+            if is_reserved(&node.name) || !names.insert(node.name.as_str()) {
                 return bad(format!("node name {:?} is reserved or repeated", node.name));
             }
-            if !first.contains(node.underlay) || !underlays.insert(node.underlay) {
+            if self.segment_of(node.underlay).is_none() || !underlays.insert(node.underlay) {
                 return bad(format!(
-                    "node {} underlay {} must be unique and inside {first}",
+                    "node {} underlay {} must be unique and inside the underlay's subnets",
                     node.name, node.underlay
                 ));
             }
@@ -276,7 +337,7 @@ impl ClusterSpec {
             let mut veths = HashSet::new();
             for pod in &node.pods {
                 check_name("pod", &pod.name)?;
-                if pod.name == "switch" || !names.insert(pod.name.as_str()) {
+                if is_reserved(&pod.name) || !names.insert(pod.name.as_str()) {
                     return bad(format!("pod name {:?} is reserved or repeated", pod.name));
                 }
                 if !node.block.contains(pod.ip) || !ips.insert(pod.ip) {
@@ -305,6 +366,18 @@ impl ClusterSpec {
                         pod.veth, pod.name
                     ));
                 }
+            }
+        }
+        for host in &self.hosts {
+            check_name("host", &host.name)?;
+            if is_reserved(&host.name) || !names.insert(host.name.as_str()) {
+                return bad(format!("host name {:?} is reserved or repeated", host.name));
+            }
+            if self.segment_of(host.underlay).is_none() || !underlays.insert(host.underlay) {
+                return bad(format!(
+                    "host {} underlay {} must be unique and inside the underlay's subnets",
+                    host.name, host.underlay
+                ));
             }
         }
         Ok(())

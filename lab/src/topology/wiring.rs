@@ -10,7 +10,7 @@ use std::process::Command;
 
 use caps::{CapSet, Capability};
 
-use super::{Cluster, Overlay, TopologyError, UNDERLAY_PREFIX_LEN, checked, ip};
+use super::{Cluster, Overlay, TopologyError, checked, ip};
 
 /// The pods' default gateway, answered by proxy ARP on the node's `cali*` veth.
 pub const POD_GATEWAY: Ipv4Addr = Ipv4Addr::new(169, 254, 1, 1);
@@ -40,49 +40,20 @@ impl Cluster {
             )?;
         }
 
-        // Underlay: one veth pair, or a bridge in the switch namespace.
-        if let Some(switch) = self.switch.clone() {
-            self.add_netns(&switch)?;
-            write_sysctls(
-                &switch,
-                &[
-                    ("ipv6/conf/all/disable_ipv6", "1"),
-                    ("ipv6/conf/default/disable_ipv6", "1"),
-                ],
-            )?;
-            ip(&["-n", &switch, "link", "add", "br0", "type", "bridge"])?;
-            ip(&["-n", &switch, "link", "set", "br0", "up"])?;
-            for (i, node) in nodes.iter().enumerate() {
-                let port = format!("n{}", i + 1);
-                ip(&[
-                    "-n",
-                    &switch,
-                    "link",
-                    "add",
-                    &port,
-                    "mtu",
-                    &mtu,
-                    "type",
-                    "veth",
-                    "peer",
-                    "name",
-                    "eth0",
-                    "mtu",
-                    &mtu,
-                    "netns",
-                    &node.netns,
-                ])?;
-                ip(&["-n", &switch, "link", "set", &port, "master", "br0", "up"])?;
-            }
-        } else {
+        self.add_hosts()?;
+        // Underlay: one veth pair, or a bridge per segment in the switch
+        // namespaces (and a router between segments).
+        if self.switches.is_empty() {
             let (a, b) = (&nodes[0].netns, &nodes[1].netns);
             ip(&[
                 "-n", a, "link", "add", "eth0", "mtu", &mtu, "type", "veth", "peer", "name",
                 "eth0", "mtu", &mtu, "netns", b,
             ])?;
+        } else {
+            self.wire_switches()?;
         }
         for node in &nodes {
-            let addr = format!("{}/{UNDERLAY_PREFIX_LEN}", node.underlay);
+            let addr = format!("{}/{}", node.underlay, self.prefix_len(node.underlay));
             ip(&["-n", &node.netns, "addr", "add", &addr, "dev", "eth0"])?;
             ip(&["-n", &node.netns, "link", "set", "eth0", "up"])?;
             ip(&["-n", &node.netns, "link", "set", "lo", "up"])?;
@@ -101,7 +72,9 @@ impl Cluster {
                 "link",
             ])?;
             write_sysctls(&node.netns, &[("ipv4/conf/eth0/rp_filter", "0")])?;
+            self.add_default_route(&node.netns, node.underlay)?;
         }
+        self.address_hosts()?;
 
         // Pods, wired as Calico's CNI plugin wires them.
         for node in &nodes {
@@ -165,7 +138,7 @@ impl Cluster {
         Ok(())
     }
 
-    fn add_netns(&mut self, name: &str) -> Result<(), TopologyError> {
+    pub(super) fn add_netns(&mut self, name: &str) -> Result<(), TopologyError> {
         ip(&["netns", "add", name])?;
         self.namespaces.push(name.to_owned());
         Ok(())

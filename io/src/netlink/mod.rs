@@ -1,12 +1,25 @@
 //! Routes and links over rtnetlink, async on tokio.
 //!
-//! The netlink socket belongs to the network namespace of the thread that
-//! calls [`Netlink::new`].
+//! - [`Netlink`]: requests (routes, links, addresses, neighbours) on one
+//!   connection, never subscribed to anything;
+//! - [`dump_ipv4_routes`]: a table's routes as [`KernelRoute`]s, streamed
+//!   from a socket of its own;
+//! - [`RouteListener`]: route and link changes as [`RouteEvent`]s, read on a
+//!   thread of its own from subscribed sockets ([`Subscription`]).
+//!
+//! Every netlink socket belongs to the network namespace of the thread that
+//! opens it.
+
+mod listen;
+mod routes;
+
+pub use listen::{RouteEvent, RouteListener, Subscription};
+pub use routes::{KernelHop, KernelRoute, MAIN_TABLE, dump_ipv4_routes, dump_ipv4_routes_of};
 
 use std::io;
 use std::net::{IpAddr, Ipv4Addr};
 
-use futures::TryStreamExt;
+use futures::{StreamExt, TryStreamExt};
 use ipnetwork::Ipv4Network;
 use rtnetlink::packet_route::AddressFamily;
 use rtnetlink::packet_route::address::AddressAttribute;
@@ -14,9 +27,7 @@ use rtnetlink::packet_route::link::{InfoKind, LinkAttribute, LinkInfo};
 use rtnetlink::packet_route::neighbour::{
     NeighbourAddress, NeighbourAttribute, NeighbourMessage, NeighbourState,
 };
-use rtnetlink::packet_route::route::{
-    RouteAddress, RouteAttribute, RouteHeader, RouteMessage, RouteProtocol,
-};
+use rtnetlink::packet_route::route::{RouteAddress, RouteAttribute, RouteMessage, RouteProtocol};
 use rtnetlink::{Handle, LinkUnspec, RouteMessageBuilder};
 
 /// A failed netlink request.
@@ -71,6 +82,18 @@ fn errno(e: &rtnetlink::Error) -> Option<i32> {
         rtnetlink::Error::NetlinkError(msg) => msg.to_io().raw_os_error(),
         _ => None,
     }
+}
+
+/// An interface as [`Netlink::link_state`] reports it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LinkState {
+    /// Its index.
+    pub index: u32,
+    /// Whether it is a TUN/TAP device.
+    pub tun: bool,
+    /// Whether it has carrier: for a TUN device, whether a process holds
+    /// one of its queues open.
+    pub carrier: bool,
 }
 
 /// A handle over an rtnetlink connection. Cheap to clone; all clones share
@@ -153,6 +176,40 @@ impl Netlink {
             .map_err(|e| NetlinkError::new(format!("set gso_max_segs {segs} on link {index}"), e))
     }
 
+    /// What a device check needs of interface `name`, or `None` when there
+    /// is none.
+    pub async fn link_state(&self, name: &str) -> Result<Option<LinkState>, NetlinkError> {
+        let mut links = self
+            .handle
+            .link()
+            .get()
+            .match_name(name.to_owned())
+            .execute();
+        let msg = match links.try_next().await {
+            Ok(Some(msg)) => msg,
+            Ok(None) => return Ok(None),
+            Err(e) if errno(&e) == Some(libc::ENODEV) => return Ok(None),
+            Err(e) => return Err(NetlinkError::new(format!("get link {name}"), e)),
+        };
+        let mut state = LinkState {
+            index: msg.header.index,
+            tun: false,
+            carrier: false,
+        };
+        for attr in &msg.attributes {
+            match attr {
+                LinkAttribute::LinkInfo(infos) => {
+                    state.tun |= infos
+                        .iter()
+                        .any(|i| matches!(i, LinkInfo::Kind(InfoKind::Tun)));
+                }
+                LinkAttribute::Carrier(c) => state.carrier = *c != 0,
+                _ => {}
+            }
+        }
+        Ok(Some(state))
+    }
+
     /// Deletes the interface `name`; Ok if there is none.
     pub async fn delete_link(&self, name: &str) -> Result<(), NetlinkError> {
         let Some(index) = self.link_index(name).await? else {
@@ -165,21 +222,24 @@ impl Netlink {
         }
     }
 
-    /// `PREFIX via VIA dev IFINDEX onlink proto PROTOCOL` in the main table.
-    /// Replaces an existing route with the same prefix (`NLM_F_REPLACE`), so
-    /// it is idempotent. Host bits of `prefix` are ignored.
+    /// `PREFIX via VIA dev IFINDEX onlink proto PROTOCOL table TABLE`
+    /// (metric 0). Replaces an existing route with the same prefix and
+    /// metric (`NLM_F_REPLACE`), whoever installed it, so it is idempotent.
+    /// Host bits of `prefix` are ignored.
     pub async fn add_route(
         &self,
         prefix: Ipv4Network,
         via: Ipv4Addr,
         ifindex: u32,
         protocol: u8,
+        table: u32,
     ) -> Result<(), NetlinkError> {
         let msg = RouteMessageBuilder::<Ipv4Addr>::new()
             .destination_prefix(prefix.network(), prefix.prefix())
             .gateway(via)
             .output_interface(ifindex)
             .protocol(RouteProtocol::from(protocol))
+            .table_id(table)
             .onlink()
             .build();
         self.handle
@@ -191,18 +251,39 @@ impl Netlink {
             .map_err(|e| NetlinkError::new(format!("add route {prefix} via {via}"), e))
     }
 
+    /// [`add_route`](Self::add_route) for each of `routes`, with up to
+    /// `in_flight` requests outstanding on the connection at once (one
+    /// request and one wait per route costs a round trip each: seconds for
+    /// 100k routes). The results come in the order of `routes`.
+    pub async fn add_routes(
+        &self,
+        routes: &[(Ipv4Network, Ipv4Addr)],
+        ifindex: u32,
+        protocol: u8,
+        table: u32,
+        in_flight: usize,
+    ) -> Vec<Result<(), NetlinkError>> {
+        futures::stream::iter(routes)
+            .map(|&(prefix, via)| self.add_route(prefix, via, ifindex, protocol, table))
+            .buffered(in_flight.max(1))
+            .collect()
+            .await
+    }
+
     /// Deletes the route for `prefix` on `ifindex` carrying `protocol` from
-    /// the main table; Ok if there is none.
+    /// `table`; Ok if there is none.
     pub async fn del_route(
         &self,
         prefix: Ipv4Network,
         ifindex: u32,
         protocol: u8,
+        table: u32,
     ) -> Result<(), NetlinkError> {
         let mut msg = RouteMessageBuilder::<Ipv4Addr>::new()
             .destination_prefix(prefix.network(), prefix.prefix())
             .output_interface(ifindex)
             .protocol(RouteProtocol::from(protocol))
+            .table_id(table)
             .build();
         // Scope "nowhere" on delete matches any scope.
         msg.header.scope = rtnetlink::packet_route::route::RouteScope::NoWhere;
@@ -213,11 +294,12 @@ impl Netlink {
         }
     }
 
-    /// IPv4 routes in the main table carrying this protocol tag:
+    /// IPv4 routes in `table` carrying this protocol tag:
     /// `(prefix, gateway, oif)`.
     pub async fn routes_with_protocol(
         &self,
         protocol: u8,
+        table: u32,
     ) -> Result<Vec<(Ipv4Network, Option<Ipv4Addr>, Option<u32>)>, NetlinkError> {
         let op = || format!("list routes of protocol {protocol}");
         let query = RouteMessageBuilder::<Ipv4Addr>::new().build();
@@ -230,7 +312,7 @@ impl Netlink {
         {
             if msg.header.address_family != AddressFamily::Inet
                 || u8::from(msg.header.protocol) != protocol
-                || route_table(&msg) != u32::from(RouteHeader::RT_TABLE_MAIN)
+                || route_table(&msg) != table
             {
                 continue;
             }
