@@ -14,7 +14,7 @@ use libfuzzer_sys::fuzz_target;
 use toml::{Table, Value};
 use tunl::config::{
     Config, ConfigError, ControlSection, DataplaneSection, MetricsSection, RouteEntry,
-    SecuritySection, TunnelSection, XdpModeSetting,
+    RoutingSection, SecuritySection, TunnelSection, XdpModeSetting,
 };
 
 fn strings<T: ToString>(items: &[T]) -> Value {
@@ -37,6 +37,7 @@ fn to_toml(c: &Config) -> String {
         routes,
         security,
         dataplane,
+        routing,
         control,
         metrics,
     } = c;
@@ -49,6 +50,7 @@ fn to_toml(c: &Config) -> String {
         tos_inherit,
         pmtudisc,
         blocks,
+        persist,
     } = tunnel;
     let mut t = Table::new();
     t.insert("name".into(), Value::String(name.clone()));
@@ -69,6 +71,7 @@ fn to_toml(c: &Config) -> String {
     t.insert("tos_inherit".into(), Value::Boolean(*tos_inherit));
     t.insert("pmtudisc".into(), Value::Boolean(*pmtudisc));
     t.insert("blocks".into(), strings(blocks));
+    t.insert("persist".into(), Value::Boolean(*persist));
 
     let route: Vec<Value> = routes
         .iter()
@@ -83,11 +86,13 @@ fn to_toml(c: &Config) -> String {
     let SecuritySection {
         allow,
         allow_nested,
+        strict_source,
         user,
     } = security;
     let mut s = Table::new();
     s.insert("allow".into(), strings(allow));
     s.insert("allow_nested".into(), Value::Boolean(*allow_nested));
+    s.insert("strict_source".into(), Value::Boolean(*strict_source));
     if let Some(u) = user {
         s.insert("user".into(), Value::String(u.clone()));
     }
@@ -128,6 +133,14 @@ fn to_toml(c: &Config) -> String {
     d.insert("poll_interval_us".into(), int(*poll_interval_us));
     d.insert("poll_quiet_us".into(), int(*poll_quiet_us));
 
+    let RoutingSection {
+        table,
+        listen_buffer,
+    } = routing;
+    let mut r = Table::new();
+    r.insert("table".into(), int(*table));
+    r.insert("listen_buffer".into(), int(*listen_buffer));
+
     let ControlSection { socket } = control;
     let mut ctl = Table::new();
     let socket = socket
@@ -146,6 +159,7 @@ fn to_toml(c: &Config) -> String {
     file.insert("route".into(), Value::Array(route));
     file.insert("security".into(), Value::Table(s));
     file.insert("dataplane".into(), Value::Table(d));
+    file.insert("routing".into(), Value::Table(r));
     file.insert("control".into(), Value::Table(ctl));
     file.insert("metrics".into(), Value::Table(m));
     toml::to_string(&file).expect("a TOML table serialises")

@@ -8,8 +8,8 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use tunl::control::RouteList;
-use tunl_cli::commands::{format_routes, parse_routes};
+use tunl::control::{ListedRoute, RouteList};
+use tunl_cli::commands::{format_route_list, parse_routes};
 
 fuzz_target!(|data: &[u8]| {
     let Ok(text) = std::str::from_utf8(data) else {
@@ -22,23 +22,36 @@ fuzz_target!(|data: &[u8]| {
             return;
         }
     };
-    let list = RouteList { routes };
-    let lines = format_routes(&list);
+    // As `tunl route list` would show them once installed: tunl's own,
+    // one gateway each.
+    let list = RouteList {
+        routes: routes
+            .iter()
+            .map(|r| ListedRoute {
+                prefix: r.prefix,
+                via: Some(r.via),
+                nexthops: Vec::new(),
+                origin: "tunl".to_owned(),
+                metric: 0,
+            })
+            .collect(),
+    };
+    let lines = format_route_list(&list);
     assert_eq!(
         parse_routes(&lines).as_ref(),
-        Ok(&list.routes),
+        Ok(&routes),
         "as lines:\n{lines}"
     );
-    let array = serde_json::to_string(&list.routes).expect("routes serialise");
+    let array = serde_json::to_string(&routes).expect("routes serialise");
     assert_eq!(
         parse_routes(&array).as_ref(),
-        Ok(&list.routes),
+        Ok(&routes),
         "as a JSON array"
     );
     let object = serde_json::to_string_pretty(&list).expect("a route list serialises");
     assert_eq!(
         parse_routes(&object).as_ref(),
-        Ok(&list.routes),
+        Ok(&routes),
         "as a JSON object"
     );
 });
