@@ -16,7 +16,7 @@ struct Policy;
 
 impl DecapPolicy for Policy {
     fn source_allowed(&self, outer_src: Ipv4Addr) -> bool {
-        outer_src.octets()[3] % 2 == 0
+        outer_src.octets()[3].is_multiple_of(2)
     }
 
     fn destination_local(&self, inner_dst: Ipv4Addr) -> bool {
@@ -27,7 +27,9 @@ impl DecapPolicy for Policy {
 /// Writes a correct checksum into the IPv4 header at `at`, if there is one.
 fn fix_checksum(buf: &mut [u8], at: usize) {
     let Some(h) = buf.get(at..) else { return };
-    let Ok(p) = Ipv4Packet::new_checked(h) else { return };
+    let Ok(p) = Ipv4Packet::new_checked(h) else {
+        return;
+    };
     let len = p.header_len();
     buf[at + 10] = 0;
     buf[at + 11] = 0;
@@ -38,7 +40,9 @@ fn fix_checksum(buf: &mut [u8], at: usize) {
 fuzz_target!(|data: &[u8]| {
     // The first byte picks which header fields to make plausible, so the
     // fuzzer gets past the checksums and reaches the later checks.
-    let Some((&mode, rest)) = data.split_first() else { return };
+    let Some((&mode, rest)) = data.split_first() else {
+        return;
+    };
     let mut buf = rest.to_vec();
     if mode & 1 != 0 && buf.len() >= 20 {
         buf[0] = 0x40 | (buf[0] & 0x0f);
@@ -52,7 +56,9 @@ fuzz_target!(|data: &[u8]| {
         fix_checksum(&mut buf, 0);
     }
     if let Ok(d) = decapsulate(&mut buf, &Policy) {
-        let inner = buf.get(d.inner.clone()).expect("inner range within the buffer");
+        let inner = buf
+            .get(d.inner.clone())
+            .expect("inner range within the buffer");
         let p = Ipv4Packet::new_checked(inner).expect("inner is IPv4");
         assert!(checksum::verify(p.header()), "inner checksum after ECN fix");
         assert!(usize::from(p.total_len()) == inner.len() || p.total_len() == 0);
