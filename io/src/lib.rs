@@ -39,6 +39,7 @@
 mod buf;
 mod error;
 pub mod link;
+pub mod memory;
 pub mod netlink;
 pub mod ns;
 mod raw;

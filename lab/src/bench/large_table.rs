@@ -1,5 +1,5 @@
 //! What a large route table costs: a daemon started once per run with a
-//! config of [`LARGE_TABLE_ROUTES`] routes, timed until every route is in
+//! config of [`LARGE_TABLE_ROUTES`] routes (`--table-routes`), timed until every route is in
 //! the kernel, its memory read from `/proc/PID/status`.
 
 use std::fmt::Write as _;
@@ -70,11 +70,12 @@ fn extra_routes(via: Ipv4Addr, count: usize) -> String {
     text
 }
 
-/// Starts a daemon with [`LARGE_TABLE_ROUTES`] routes on a fresh cluster,
+/// Starts a daemon with `count` routes on a fresh cluster,
 /// waits until every route is in the kernel, reads its memory, stops it and
 /// removes everything.
-pub(super) fn measure_large_table(binary: &Path) -> Result<LargeTable, BenchError> {
-    let context = "daemon with 10k routes";
+pub(super) fn measure_large_table(binary: &Path, count: usize) -> Result<LargeTable, BenchError> {
+    let context = format!("daemon with {count} routes");
+    let context = context.as_str();
     let topo = |what: &str| BenchError::topology(format!("{context}: {what}"));
     let cluster = Cluster::build(ClusterSpec::seed()).map_err(topo("building the cluster"))?;
     let dir = tempdir_for(cluster.tag());
@@ -84,7 +85,7 @@ pub(super) fn measure_large_table(binary: &Path) -> Result<LargeTable, BenchErro
     })?;
     let _cleanup = RemoveDir(dir.clone());
     let config = dir.join("large.toml");
-    write_file(&config, &large_table_config(&cluster, LARGE_TABLE_ROUTES)?)?;
+    write_file(&config, &large_table_config(&cluster, count)?)?;
     let log = dir.join("large.log");
     let started = Instant::now();
     let pid = cluster
@@ -113,7 +114,7 @@ pub(super) fn measure_large_table(binary: &Path) -> Result<LargeTable, BenchErro
         let routes = cluster
             .exec_ok(ROUTES_NODE, &["ip", "-o", "route", "show", "proto", &proto])
             .map_err(topo("listing routes"))?;
-        if routes.lines().count() >= LARGE_TABLE_ROUTES {
+        if routes.lines().count() >= count {
             break started.elapsed();
         }
         if started.elapsed() > LARGE_TABLE_TIMEOUT {
@@ -137,7 +138,7 @@ pub(super) fn measure_large_table(binary: &Path) -> Result<LargeTable, BenchErro
         )));
     };
     Ok(LargeTable {
-        routes: LARGE_TABLE_ROUTES,
+        routes: count,
         vm_rss_mib,
         vm_hwm_mib,
         startup_seconds: startup.as_secs_f64(),

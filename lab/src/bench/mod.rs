@@ -151,6 +151,11 @@ pub struct BenchArgs {
     /// is a quick look.
     #[arg(long)]
     pub flood_only: bool,
+    /// Routes in the config of the large-table run (start time until every
+    /// route is in the kernel, and the daemon's memory then).
+    #[arg(long, value_name = "N", default_value_t = LARGE_TABLE_ROUTES as u64,
+          value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
+    pub table_routes: u64,
 }
 
 impl Default for BenchArgs {
@@ -168,6 +173,7 @@ impl Default for BenchArgs {
             quick: false,
             flood: false,
             flood_only: false,
+            table_routes: LARGE_TABLE_ROUTES as u64,
         }
     }
 }
@@ -293,9 +299,11 @@ pub fn run(args: &BenchArgs, tunl_binary: &Path) -> Result<BenchReport, BenchErr
         None
     } else {
         progress.step(format_args!(
-            "tunl: daemon with {LARGE_TABLE_ROUTES} routes ..."
+            "tunl: daemon with {} routes ...",
+            args.table_routes
         ));
-        Some(measure_large_table(tunl_binary)?)
+        let routes = usize::try_from(args.table_routes).unwrap_or(LARGE_TABLE_ROUTES);
+        Some(measure_large_table(tunl_binary, routes)?)
     };
     let flooded = if flood {
         progress.step(format_args!(
