@@ -577,8 +577,9 @@ fn the_allow_set_follows_a_new_gateway() {
     let sit = tc.pod_ip(SIT).unwrap();
     // A node tunl on node1 does not know yet.
     let newcomer = Ipv4Addr::new(172, 16, 36, 77);
-    // From a pod in the newcomer's block: with security.strict_source (the
-    // default) the inner source must lie in a block routed via the sender.
+    // From a pod in the newcomer's block, so that the test holds with
+    // security.strict_source on as well (the inner source in a block routed
+    // via the sender).
     let pod = Ipv4Addr::new(10, 99, 7, 5);
     let packet = |port| udp_packet(pod, sit, port, b"hello");
     let refused = listen_udp(&tc, SIT, 7201, Duration::from_millis(600));

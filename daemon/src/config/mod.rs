@@ -21,7 +21,7 @@
 //! [security]
 //! allow = ["172.16.0.0/16"]   # IPIP sources accepted besides every route's `via`
 //! allow_nested = false        # refuse inner packets that are themselves IPIP
-//! strict_source = true        # an inner source must be in a block routed via the outer source
+//! strict_source = false       # true: an inner source must be in a block routed via the outer source
 //! user = "tunl"               # optional: run as this user after setup (keeps CAP_NET_ADMIN)
 //!
 //! [control]
@@ -290,10 +290,14 @@ pub struct RouteEntry {
     pub via: Ipv4Addr,
 }
 
-/// The default of `security.strict_source`: on, since the check costs
-/// one LPM lookup per received packet (measured by the `decap_strict_source`
-/// case of the daemon's pipeline bench) and closes a spoofing hole.
-pub const DEFAULT_STRICT_SOURCE: bool = true;
+/// The default of `security.strict_source`: off, by measurement. The check
+/// is cheap (one LPM lookup per received packet: 45 -> 51 ns per packet in
+/// the daemon's pipeline bench), but it refuses replies that take an
+/// asymmetric path while routes converge: in the BGP tests' block moves
+/// (a ping every 2 ms), 2 of 6 moves lost one ping to it, refused as
+/// `inner_source_mismatch`; with it off no move has lost one. The
+/// kernel's tunl0, which tunl stands in for, has no such check.
+pub const DEFAULT_STRICT_SOURCE: bool = false;
 
 /// `[security]`.
 #[derive(Debug, Clone)]
