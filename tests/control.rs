@@ -14,7 +14,8 @@ use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
 use common::{
-    ipv4_packet, logs, netns_of, run_to_exit, send_raw_many, stats, tunl_bin, wait_until,
+    ipv4_packet, logs, netns_of, pool_route_tunl_does_not_follow, run_to_exit, send_raw_many,
+    stats, tunl_bin, wait_until,
 };
 use etherparse::PacketBuilder;
 use tunl::config::Underlay;
@@ -964,36 +965,11 @@ fn spoofed_ipip_flood(underlay: Underlay) {
 #[ignore = "needs root: scripts/test"]
 fn icmp_tunl_generates_stays_under_the_rate_limit_in_a_flood() {
     let tc = cluster(ClusterSpec::seed(), "");
-    let c = tc.cluster();
     // A pool route into the tunnel that tunl does not follow (table 100,
     // after main): packets to 10.20.200.0/24 reach tunl, which has no route
     // and answers net unreachable, rate-limited (dataplane.icmp_rate =
     // 100/s, burst 10).
-    for args in [
-        &[
-            "ip",
-            "route",
-            "add",
-            "10.20.0.0/16",
-            "dev",
-            "tunl0",
-            "table",
-            "100",
-        ][..],
-        &[
-            "ip",
-            "rule",
-            "add",
-            "to",
-            "10.20.0.0/16",
-            "table",
-            "100",
-            "pref",
-            "40000",
-        ],
-    ] {
-        c.exec_ok(NODE2, args).unwrap();
-    }
+    pool_route_tunl_does_not_follow(&tc, NODE2);
     let flood = 5000;
     let start = Instant::now();
     in_netns(&netns_of(&tc, PERF), move || {

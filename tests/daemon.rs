@@ -10,8 +10,8 @@ use std::process::Command;
 use std::time::Duration;
 
 use common::{
-    inject_ipip, ipv4_packet, listen_udp, logs, netns_of, run_to_exit, send_raw, tcp_transfer,
-    tunl_bin, wait_until,
+    inject_ipip, ipv4_packet, listen_udp, logs, netns_of, pool_route_tunl_does_not_follow,
+    run_to_exit, send_raw, tcp_transfer, tunl_bin, wait_until,
 };
 use tunl::config::Underlay;
 use tunl::control::{Client, Request};
@@ -608,42 +608,6 @@ fn no_route_in_tunl_answers_net_unreachable(underlay: Underlay) {
     assert!(!out.status.success(), "{text}");
     assert!(text.contains("Destination Net Unreachable"), "{text}");
     assert_eq!(dropped_at_exit(&tc, NODE2, "no_route"), 1);
-}
-
-/// Sends 10.20.0.0/16 into tunl0 through table 100, which the kernel
-/// consults after main and tunl does not follow: packets without a route
-/// of their own reach tunl, which has none for them.
-fn pool_route_tunl_does_not_follow(tc: &TunlCluster, node: &str) {
-    let c = tc.cluster();
-    c.exec_ok(
-        node,
-        &[
-            "ip",
-            "route",
-            "add",
-            "10.20.0.0/16",
-            "dev",
-            "tunl0",
-            "table",
-            "100",
-        ],
-    )
-    .unwrap();
-    c.exec_ok(
-        node,
-        &[
-            "ip",
-            "rule",
-            "add",
-            "to",
-            "10.20.0.0/16",
-            "table",
-            "100",
-            "pref",
-            "40000",
-        ],
-    )
-    .unwrap();
 }
 
 /// An ICMP error (type 3 code 4) from the underlay about an outer packet

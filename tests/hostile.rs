@@ -35,6 +35,14 @@ impl Bed {
         Bed::with(DaemonOptions::default())
     }
 
+    /// With `[security] strict_source = true` (off by default).
+    fn strict() -> Bed {
+        Bed::with(DaemonOptions {
+            extra_config: "\n[security]\nstrict_source = true\n".to_owned(),
+            ..DaemonOptions::default()
+        })
+    }
+
     fn with(options: DaemonOptions) -> Bed {
         let tc = TunlCluster::start(ClusterSpec::seed(), tunl_bin(), options)
             .expect("start the seed cluster with tunl on both nodes");
@@ -269,10 +277,7 @@ fn kernel_ip(tc: &TunlCluster, node: &str, field: &str) -> u64 {
 #[test]
 #[ignore = "needs root: scripts/test"]
 fn refused_packets_are_counted_and_never_reach_the_pod() {
-    let bed = Bed::with(DaemonOptions {
-        extra_config: "\n[security]\nstrict_source = true\n".to_owned(),
-        ..DaemonOptions::default()
-    });
+    let bed = Bed::strict();
     let n1 = bed.node1;
     let mut rows = Vec::new();
     let mut row = |name: &'static str, marker: &'static [u8], packets, expect| {
@@ -476,12 +481,9 @@ fn without_strict_source_a_node_may_send_for_others_but_not_for_our_pods() {
 #[test]
 #[ignore = "needs root: scripts/test"]
 fn odd_but_valid_packets_reach_the_pod() {
-    // With strict_source on (off by default), so that the node's own
-    // address as inner source is checked to pass it.
-    let bed = Bed::with(DaemonOptions {
-        extra_config: "\n[security]\nstrict_source = true\n".to_owned(),
-        ..DaemonOptions::default()
-    });
+    // With strict_source on, so that the node's own address as inner
+    // source is checked to pass it.
+    let bed = Bed::strict();
     let mut rows = Vec::new();
     let mut row = |name: &'static str, marker: &'static [u8], packets| {
         rows.push(Row {

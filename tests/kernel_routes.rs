@@ -10,7 +10,8 @@ use std::net::{Ipv4Addr, UdpSocket};
 use std::time::{Duration, Instant};
 
 use common::{
-    inject_ipip, listen_udp, logs, netns_of, pattern, stats, tunl_bin, udp_packet, wait_until,
+    inject_ipip, listen_udp, logs, netns_of, pattern, pool_route_tunl_does_not_follow, stats,
+    tunl_bin, udp_packet, wait_until,
 };
 use ipnetwork::Ipv4Network;
 use tunl::control::{Client, ListedRoute, Request, RouteList, Status};
@@ -110,39 +111,6 @@ fn wait_listed(
 
 fn via(r: Option<&ListedRoute>) -> Option<Ipv4Addr> {
     r.and_then(|r| r.via)
-}
-
-/// Sends 10.20.0.0/16 into tunl0 through table 100, which the kernel
-/// consults after main and tunl does not follow: a packet whose block has
-/// no route any more still reaches tunl, which answers it.
-fn pool_route_tunl_does_not_follow(tc: &TunlCluster, node: &str) {
-    ip(
-        tc,
-        node,
-        &[
-            "route",
-            "add",
-            "10.20.0.0/16",
-            "dev",
-            "tunl0",
-            "table",
-            "100",
-        ],
-    );
-    ip(
-        tc,
-        node,
-        &[
-            "rule",
-            "add",
-            "to",
-            "10.20.0.0/16",
-            "table",
-            "100",
-            "pref",
-            "40000",
-        ],
-    );
 }
 
 fn drops(tc: &TunlCluster, node: &str, reason: &str) -> u64 {

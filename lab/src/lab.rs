@@ -164,24 +164,7 @@ pub fn run(args: &LabArgs, tunl: &Path, out: &mut dyn Write) -> Result<LabReport
     .with_replace_existing(true)
     .with_underlay_mtu(args.mtu);
 
-    let leftovers = topology::tagged_namespaces(&args.tag).unwrap_or_default();
-    if !leftovers.is_empty() {
-        writeln!(
-            out,
-            "Found {} namespace(s) of an earlier lab (tunl-{}-*); replacing them.",
-            leftovers.len(),
-            args.tag
-        )?;
-    }
-    heading(out, "Building the cluster")?;
-    let options = DaemonOptions {
-        workers: args.workers,
-        // The capture shows the underlay with tcpdump, which sees no
-        // AF_XDP traffic on either end: the kernel's path, whatever the
-        // default underlay.
-        underlay: tunl::config::Underlay::Raw,
-        ..DaemonOptions::default()
-    };
+    let options = building(&args.tag, args.workers, out)?;
     let tc = TunlCluster::start(spec, tunl, options)?;
     write!(out, "{}", tc.cluster())?;
     writeln!(
@@ -340,6 +323,31 @@ fn walk_through(
 /// folder, which the teardown removes.
 pub fn default_pcap(tag: &str) -> PathBuf {
     std::env::temp_dir().join(format!("tunl-{tag}-node1-underlay.pcap"))
+}
+
+/// Says that an earlier lab's namespaces (tag `tag`) are being replaced,
+/// prints the first heading, and gives the daemons' options: `workers`,
+/// and the raw underlay, since the labs show the underlay with tcpdump,
+/// which sees no AF_XDP traffic on either end.
+pub(crate) fn building(
+    tag: &str,
+    workers: usize,
+    out: &mut dyn Write,
+) -> Result<DaemonOptions, LabError> {
+    let leftovers = topology::tagged_namespaces(tag).unwrap_or_default();
+    if !leftovers.is_empty() {
+        writeln!(
+            out,
+            "Found {} namespace(s) of an earlier lab (tunl-{tag}-*); replacing them.",
+            leftovers.len(),
+        )?;
+    }
+    heading(out, "Building the cluster")?;
+    Ok(DaemonOptions {
+        workers,
+        underlay: tunl::config::Underlay::Raw,
+        ..DaemonOptions::default()
+    })
 }
 
 /// Pings every pod from every other pod and prints a matrix.

@@ -382,3 +382,36 @@ impl Capture {
 pub fn contains(haystack: &[u8], needle: &[u8]) -> bool {
     !needle.is_empty() && haystack.windows(needle.len()).any(|w| w == needle)
 }
+
+/// Sends 10.20.0.0/16 into tunl0 through table 100, which the kernel
+/// consults after main and tunl does not follow: packets to a block without
+/// a route of its own still reach tunl, which has none for them.
+pub fn pool_route_tunl_does_not_follow(tc: &TunlCluster, node: &str) {
+    let c = tc.cluster();
+    for args in [
+        &[
+            "ip",
+            "route",
+            "add",
+            "10.20.0.0/16",
+            "dev",
+            "tunl0",
+            "table",
+            "100",
+        ][..],
+        &[
+            "ip",
+            "rule",
+            "add",
+            "to",
+            "10.20.0.0/16",
+            "table",
+            "100",
+            "pref",
+            "40000",
+        ],
+    ] {
+        c.exec_ok(node, args)
+            .unwrap_or_else(|e| panic!("{}: {e}", args.join(" ")));
+    }
+}

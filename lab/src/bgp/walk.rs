@@ -14,7 +14,6 @@ use std::time::Duration;
 use super::{BgpCluster, BgpSpec, BlockMove, MOVED_ADDRESS, MOVED_BLOCK, MoveOptions, Sessions};
 use crate::capture::{self, CapturedPacket};
 use crate::lab::{self, LabArgs, LabError, LabReport, heading};
-use crate::testbed::DaemonOptions;
 use crate::topology::{self, ProcessOutput};
 use tunl::control::{Client, Request, RouteList};
 
@@ -61,23 +60,8 @@ pub(crate) fn run(
     } else if let Some(k) = args.route_reflectors {
         spec = spec.with_reflectors(k);
     }
-    let leftovers = topology::tagged_namespaces(&args.tag).unwrap_or_default();
-    if !leftovers.is_empty() {
-        writeln!(
-            out,
-            "Found {} namespace(s) of an earlier lab (tunl-{}-*); replacing them.",
-            leftovers.len(),
-            args.tag
-        )?;
-    }
-    heading(out, "Building the cluster")?;
-    let options = DaemonOptions {
-        workers: args.workers,
-        // The block moves and CrossSubnet are shown from tcpdump captures,
-        // which do not see AF_XDP traffic (as in the static lab).
-        underlay: tunl::config::Underlay::Raw,
-        ..DaemonOptions::default()
-    };
+    // The block moves and CrossSubnet are shown from tcpdump captures.
+    let options = lab::building(&args.tag, args.workers, out)?;
     let mut bgp = BgpCluster::start(spec, tunl, options)?;
     write!(out, "{}", bgp.cluster())?;
     writeln!(
