@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 
 use crate::capture;
 use crate::testbed::{DaemonOptions, TunlCluster};
-use crate::topology::{self, ClusterSpec, ProcessOutput, TopologyError};
+use crate::topology::{self, Cluster, ClusterSpec, ProcessOutput, TopologyError};
 use tunl::control::{Client, Request, Stats};
 
 /// The namespace tag of the lab's cluster (`tunl-lab-…`).
@@ -259,24 +259,7 @@ fn walk_through(
         ),
     )?;
     let pcap = args.pcap.clone().unwrap_or_else(|| default_pcap(&args.tag));
-    let _ = std::fs::remove_file(&pcap);
-    let pcap_arg = pcap.to_string_lossy().into_owned();
-    let tcpdump = c.spawn(
-        &node1.name,
-        &[
-            "tcpdump",
-            "-i",
-            "eth0",
-            "-nn",
-            "--immediate-mode",
-            "-U",
-            "-w",
-            &pcap_arg,
-            "ip proto 4",
-        ],
-        ProcessOutput::Null,
-    )?;
-    wait_for_file(&pcap, Duration::from_secs(5));
+    let tcpdump = start_tcpdump(c, &node1.name, &pcap, "ip proto 4")?;
     std::thread::sleep(Duration::from_millis(300));
     let _ = c.ping(perf, sit_ip, 2, Duration::from_millis(200))?;
     std::thread::sleep(Duration::from_millis(300));
@@ -458,6 +441,37 @@ fn with_progress<T: Send>(
         job.join()
             .map_err(|_| LabError::Check("the measurement thread panicked".to_owned()))
     })
+}
+
+/// Starts `tcpdump` on `node`'s `eth0`, writing the packets `filter` takes
+/// to `file` (replaced), and returns its pid once the file exists. (tcpdump
+/// creates the file before its filter is attached: callers leave it a
+/// moment before sending.)
+pub(crate) fn start_tcpdump(
+    c: &Cluster,
+    node: &str,
+    file: &Path,
+    filter: &str,
+) -> Result<u32, TopologyError> {
+    let _ = std::fs::remove_file(file);
+    let file_arg = file.to_string_lossy();
+    let pid = c.spawn(
+        node,
+        &[
+            "tcpdump",
+            "-i",
+            "eth0",
+            "-nn",
+            "--immediate-mode",
+            "-U",
+            "-w",
+            &file_arg,
+            filter,
+        ],
+        ProcessOutput::Null,
+    )?;
+    wait_for_file(file, Duration::from_secs(5));
+    Ok(pid)
 }
 
 pub(crate) fn wait_for_file(path: &Path, timeout: Duration) {

@@ -19,7 +19,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use super::{BgpCluster, BgpError, MOVED_ADDRESS, MOVED_BLOCK, config::MOVED_PROTOCOL};
 use crate::capture::{self, CapturedPacket};
-use crate::topology::{PingResult, ProcessOutput, TopologyError};
+use crate::topology::{PingResult, TopologyError};
 
 /// How a block move runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -245,26 +245,7 @@ impl BgpCluster {
         let filter = format!("ip proto 4 or dst host {MOVED_ADDRESS}");
         let mut dumps = Vec::new();
         for node in [&from, to] {
-            let file = pcap(node);
-            let _ = std::fs::remove_file(&file);
-            let file_arg = file.to_string_lossy().into_owned();
-            let pid = c.spawn(
-                node,
-                &[
-                    "tcpdump",
-                    "-i",
-                    "eth0",
-                    "-nn",
-                    "--immediate-mode",
-                    "-U",
-                    "-w",
-                    &file_arg,
-                    &filter,
-                ],
-                ProcessOutput::Null,
-            )?;
-            dumps.push(pid);
-            crate::lab::wait_for_file(&file, Duration::from_secs(5));
+            dumps.push(crate::lab::start_tcpdump(c, node, &pcap(node), &filter)?);
         }
         // tcpdump writes the file before its filter is attached.
         std::thread::sleep(Duration::from_millis(300));

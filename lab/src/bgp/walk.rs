@@ -14,7 +14,7 @@ use std::time::Duration;
 use super::{BgpCluster, BgpSpec, BlockMove, MOVED_ADDRESS, MOVED_BLOCK, MoveOptions, Sessions};
 use crate::capture::{self, CapturedPacket};
 use crate::lab::{self, LabArgs, LabError, LabReport, heading};
-use crate::topology::{self, ProcessOutput};
+use crate::topology;
 use tunl::control::{Client, Request, RouteList};
 
 /// How long BGP may take to converge at start.
@@ -369,24 +369,7 @@ fn cross_subnet_capture(
     let pcap = args.pcap.clone().unwrap_or_else(|| {
         std::env::temp_dir().join(format!("tunl-{}-node1-crosssubnet.pcap", args.tag))
     });
-    let _ = std::fs::remove_file(&pcap);
-    let pcap_arg = pcap.to_string_lossy().into_owned();
-    let dump = c.spawn(
-        &node1.name,
-        &[
-            "tcpdump",
-            "-i",
-            "eth0",
-            "-nn",
-            "--immediate-mode",
-            "-U",
-            "-w",
-            &pcap_arg,
-            "icmp or ip proto 4",
-        ],
-        ProcessOutput::Null,
-    )?;
-    lab::wait_for_file(&pcap, Duration::from_secs(5));
+    let dump = lab::start_tcpdump(c, &node1.name, &pcap, "icmp or ip proto 4")?;
     std::thread::sleep(Duration::from_millis(300));
     let targets: Vec<_> = same.iter().chain(std::iter::once(&cross)).collect();
     for t in &targets {
