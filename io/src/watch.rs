@@ -14,14 +14,13 @@
 //! namespace of the thread that opens it, and needs a tokio runtime.
 
 use std::io;
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::Ipv4Addr;
 
 use futures::channel::mpsc::{TryRecvError, UnboundedReceiver};
 use futures::{StreamExt, TryStreamExt};
 use rtnetlink::packet_core::{NetlinkMessage, NetlinkPayload};
-use rtnetlink::packet_route::address::AddressAttribute;
+use rtnetlink::packet_route::RouteNetlinkMessage;
 use rtnetlink::packet_route::link::{LinkAttribute, LinkFlags};
-use rtnetlink::packet_route::{AddressFamily, RouteNetlinkMessage};
 use rtnetlink::sys::SocketAddr;
 use rtnetlink::{Handle, MulticastGroup};
 
@@ -156,23 +155,7 @@ impl LinkWatch {
             .await
             .map_err(|e| NetlinkError::new("list addresses", e))?
         {
-            if msg.header.family != AddressFamily::Inet {
-                continue;
-            }
-            let local = msg
-                .attributes
-                .iter()
-                .find_map(|a| match a {
-                    AddressAttribute::Local(IpAddr::V4(ip)) => Some(*ip),
-                    _ => None,
-                })
-                .or_else(|| {
-                    msg.attributes.iter().find_map(|a| match a {
-                        AddressAttribute::Address(IpAddr::V4(ip)) => Some(*ip),
-                        _ => None,
-                    })
-                });
-            if let Some(ip) = local {
+            if let Some(ip) = crate::netlink::ipv4_local(&msg) {
                 out.push((msg.header.index, ip));
             }
         }

@@ -22,7 +22,7 @@ use std::net::{IpAddr, Ipv4Addr};
 use futures::{StreamExt, TryStreamExt};
 use ipnetwork::Ipv4Network;
 use rtnetlink::packet_route::AddressFamily;
-use rtnetlink::packet_route::address::AddressAttribute;
+use rtnetlink::packet_route::address::{AddressAttribute, AddressMessage};
 use rtnetlink::packet_route::link::{InfoKind, LinkAttribute, LinkInfo};
 use rtnetlink::packet_route::neighbour::{
     NeighbourAddress, NeighbourAttribute, NeighbourMessage, NeighbourState,
@@ -353,23 +353,7 @@ impl Netlink {
             .await
             .map_err(|e| NetlinkError::new(op(), e))?
         {
-            if msg.header.family != AddressFamily::Inet {
-                continue;
-            }
-            let local = msg
-                .attributes
-                .iter()
-                .find_map(|a| match a {
-                    AddressAttribute::Local(ip) => Some(*ip),
-                    _ => None,
-                })
-                .or_else(|| {
-                    msg.attributes.iter().find_map(|a| match a {
-                        AddressAttribute::Address(ip) => Some(*ip),
-                        _ => None,
-                    })
-                });
-            if local == Some(IpAddr::V4(addr)) && index.is_none() {
+            if ipv4_local(&msg) == Some(addr) && index.is_none() {
                 index = Some(msg.header.index);
             }
         }
@@ -464,6 +448,24 @@ fn route_table(msg: &RouteMessage) -> u32 {
             _ => None,
         })
         .unwrap_or(u32::from(msg.header.table))
+}
+
+/// The local IPv4 address of an address message (`IFA_LOCAL`, else
+/// `IFA_ADDRESS`, as `ip addr` shows it); `None` for other families.
+pub(crate) fn ipv4_local(msg: &AddressMessage) -> Option<Ipv4Addr> {
+    if msg.header.family != AddressFamily::Inet {
+        return None;
+    }
+    let local = msg.attributes.iter().find_map(|a| match a {
+        AddressAttribute::Local(IpAddr::V4(ip)) => Some(*ip),
+        _ => None,
+    });
+    local.or_else(|| {
+        msg.attributes.iter().find_map(|a| match a {
+            AddressAttribute::Address(IpAddr::V4(ip)) => Some(*ip),
+            _ => None,
+        })
+    })
 }
 
 #[cfg(test)]
