@@ -136,12 +136,12 @@ fn a_route_another_program_installed_carries_pods_and_its_deletion_unreaches_the
 
     let route = listed(&tc, NODE2, &sit_block).expect("tunl lists BIRD's route");
     assert_eq!(
-        (route.via, route.origin.as_str(), route.metric),
+        (route.via, &*route.origin, route.metric),
         (Some(underlay(&tc, NODE1)), "bird", 0)
     );
     let s = status(&tc, NODE2);
     assert_eq!(s.routes_by_origin, vec![("bird".to_owned(), 1)]);
-    assert_eq!(s.nodes[0].origins, vec!["bird".to_owned()]);
+    assert_eq!(s.nodes[0].origins, ["bird"]);
     let text = std::process::Command::new(tunl_bin())
         .args(["route", "list", "--socket"])
         .arg(tc.control_socket(NODE2))

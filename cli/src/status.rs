@@ -428,7 +428,7 @@ mod tests {
             nodes: vec![NodeStatus {
                 node: Ipv4Addr::new(172, 16, 36, 5),
                 blocks: vec!["10.20.105.192/26".parse().unwrap()],
-                origins: vec!["bird".to_owned()],
+                origins: vec!["bird".into()],
                 path_mtu: 1480,
                 tx_packets: 980,
                 tx_bytes: 88_200,

@@ -31,7 +31,7 @@ fuzz_target!(|data: &[u8]| {
                 prefix: r.prefix,
                 via: Some(r.via),
                 nexthops: Vec::new(),
-                origin: "tunl".to_owned(),
+                origin: "tunl".into(),
                 metric: 0,
             })
             .collect(),

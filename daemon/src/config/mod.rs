@@ -758,8 +758,7 @@ pub fn parse_prefix(text: &str) -> Result<Ipv4Network, PrefixError> {
 /// # Errors
 /// The deserializer's error carrying the [`PrefixError`] message.
 pub fn deserialize_prefix<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Ipv4Network, D::Error> {
-    let text = <String as serde::Deserialize>::deserialize(d)?;
-    parse_prefix(&text).map_err(serde::de::Error::custom)
+    crate::control::prefix::deserialize(d)
 }
 
 #[cfg(test)]

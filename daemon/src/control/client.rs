@@ -80,6 +80,19 @@ fn encode_line<T: serde::Serialize>(value: &T) -> Result<Vec<u8>, serde_json::Er
     Ok(line)
 }
 
+/// A reply read straight into its result's type: the same object as
+/// [`Response`], without keeping the result's text first (at 100k routes
+/// a `status` reply is megabytes, read once this way).
+#[derive(serde::Deserialize)]
+#[serde(bound = "T: serde::de::DeserializeOwned")]
+struct Reply<T> {
+    ok: bool,
+    #[serde(default)]
+    error: Option<String>,
+    #[serde(default)]
+    result: Option<T>,
+}
+
 /// A connection to a daemon's control socket.
 #[derive(Debug)]
 pub struct Client {
@@ -114,8 +127,8 @@ impl Client {
         self.send_then_read([encode_line(request)])
     }
 
-    /// Reads one reply line.
-    fn read_reply(&mut self) -> Result<Response, ClientError> {
+    /// Reads one reply line, as a [`Response`] or a [`Reply`].
+    fn read_reply<R: serde::de::DeserializeOwned>(&mut self) -> Result<R, ClientError> {
         let mut reply = String::new();
         let n = self
             .reader
@@ -163,7 +176,11 @@ impl Client {
     }
 
     /// Sends a streamed `route_replace` of `routes` and reads the reply.
-    fn stream(&mut self, routes: &[Route], allow_empty: bool) -> Result<Response, ClientError> {
+    fn stream(
+        &mut self,
+        routes: &[Route],
+        allow_empty: bool,
+    ) -> Result<Reply<RouteChange>, ClientError> {
         let header = StreamHeader::route_replace(routes.len(), allow_empty);
         let chunks = routes
             .chunks(ROUTES_PER_CHUNK)
@@ -174,10 +191,10 @@ impl Client {
     /// Writes `lines`, then reads one reply. A failed write (the daemon
     /// refused and closed the connection) is reported as the daemon's
     /// reply when one is there to read.
-    fn send_then_read(
+    fn send_then_read<R: serde::de::DeserializeOwned>(
         &mut self,
         lines: impl IntoIterator<Item = Result<Vec<u8>, serde_json::Error>>,
-    ) -> Result<Response, ClientError> {
+    ) -> Result<R, ClientError> {
         for line in lines {
             let line = line.map_err(|e| self.protocol(e.to_string()))?;
             if let Err(write) = self.reader.get_mut().write_all(&line) {
@@ -190,14 +207,19 @@ impl Client {
         self.read_reply()
     }
 
-    fn decode<T: serde::de::DeserializeOwned>(&self, r: Response) -> Result<T, ClientError> {
+    fn decode<T: serde::de::DeserializeOwned>(&self, r: Reply<T>) -> Result<T, ClientError> {
         if !r.ok {
             return Err(ClientError::Refused(
                 r.error.unwrap_or_else(|| "request failed".to_owned()),
             ));
         }
-        serde_json::from_value(r.result.unwrap_or(serde_json::Value::Null))
-            .map_err(|e| self.protocol(format!("bad result: {e}")))
+        match r.result {
+            Some(result) => Ok(result),
+            // A missing result reads as `null` (a unit result, say).
+            None => {
+                serde_json::from_str("null").map_err(|e| self.protocol(format!("bad result: {e}")))
+            }
+        }
     }
 
     /// Sends a request and decodes a successful result as `T`.
@@ -205,7 +227,7 @@ impl Client {
         &mut self,
         request: &Request,
     ) -> Result<T, ClientError> {
-        let r = self.call_raw(request)?;
+        let r = self.send_then_read([encode_line(request)])?;
         self.decode(r)
     }
 }

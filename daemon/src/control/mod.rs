@@ -5,11 +5,15 @@
 //!   command) and limits, and the parser of a request line;
 //! - [`server`]: the daemon's side, which binds the socket and hands each
 //!   request to the main loop;
-//! - [`client`]: what `tunl route`, `tunl status` and `tunl stats` use.
+//! - [`client`]: what `tunl route`, `tunl status` and `tunl stats` use;
+//! - [`prefix`] and [`origin`]: a prefix's text and a route origin's name
+//!   on the wire, quick both ways.
 //!
 //! Everything is re-exported here: `tunl::control::{Client, Request, ...}`.
 
 pub mod client;
+pub mod origin;
+pub mod prefix;
 pub mod server;
 pub mod wire;
 

@@ -2,6 +2,7 @@
 //! them: the request and reply objects, the results of each command, the
 //! framing limits, and the parser of a request line.
 
+use std::borrow::Cow;
 use std::net::Ipv4Addr;
 use std::time::Duration;
 
@@ -27,7 +28,7 @@ pub const ROUTES_PER_CHUNK: usize = 1000;
 #[serde(deny_unknown_fields)]
 pub struct Route {
     /// The remote block, with its length.
-    #[serde(deserialize_with = "crate::config::deserialize_prefix")]
+    #[serde(with = "crate::control::prefix")]
     pub prefix: Ipv4Network,
     /// The node owning it.
     pub via: Ipv4Addr,
@@ -40,7 +41,7 @@ pub enum Request {
     /// Add a route, or change its next hop (idempotent).
     RouteAdd {
         /// The remote block, with its length.
-        #[serde(deserialize_with = "crate::config::deserialize_prefix")]
+        #[serde(with = "crate::control::prefix")]
         prefix: Ipv4Network,
         /// The node owning it.
         via: Ipv4Addr,
@@ -48,7 +49,7 @@ pub enum Request {
     /// Remove a route (idempotent: removing an absent route succeeds).
     RouteDel {
         /// The block, with its length.
-        #[serde(deserialize_with = "crate::config::deserialize_prefix")]
+        #[serde(with = "crate::control::prefix")]
         prefix: Ipv4Network,
     },
     /// List the routes.
@@ -98,22 +99,35 @@ fn is_false(b: &bool) -> bool {
 
 /// The reply to a request: `{"ok": true, "result": ...}` or
 /// `{"ok": false, "error": "..."}`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+///
+/// The result is kept as the JSON text it was written as, not as a
+/// [`serde_json::Value`]: a `status` at 100k routes is megabytes, and
+/// building a value tree of it on each side cost more than the encoding
+/// itself. [`Response::decode`] reads it straight into the type wanted.
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Response {
     /// Whether the request was carried out.
     pub ok: bool,
     /// What went wrong, when not `ok`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
-    /// The command's result, when `ok`.
+    /// The command's result, when `ok`, as JSON text.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub result: Option<serde_json::Value>,
+    pub result: Option<Box<serde_json::value::RawValue>>,
+}
+
+impl PartialEq for Response {
+    fn eq(&self, other: &Response) -> bool {
+        self.ok == other.ok
+            && self.error == other.error
+            && self.result.as_ref().map(|r| r.get()) == other.result.as_ref().map(|r| r.get())
+    }
 }
 
 impl Response {
     /// A success carrying `result`.
     pub fn ok(result: impl Serialize) -> Response {
-        match serde_json::to_value(result) {
+        match serde_json::value::to_raw_value(&result) {
             Ok(v) => Response {
                 ok: true,
                 error: None,
@@ -131,6 +145,11 @@ impl Response {
             result: None,
         }
     }
+
+    /// The result read as `T` (a missing result reads as JSON `null`).
+    pub fn decode<T: serde::de::DeserializeOwned>(&self) -> Result<T, serde_json::Error> {
+        serde_json::from_str(self.result.as_ref().map_or("null", |r| r.get()))
+    }
 }
 
 /// Result of `route_add`, `route_del` and `route_replace`.
@@ -139,6 +158,7 @@ pub struct RouteChange {
     /// Routes added or given a new next hop.
     pub added: Vec<Route>,
     /// Blocks removed.
+    #[serde(with = "crate::control::prefix::list")]
     pub removed: Vec<Ipv4Network>,
     /// Routes left as they were.
     pub unchanged: usize,
@@ -159,6 +179,7 @@ pub struct ListedNextHop {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ListedRoute {
     /// The block.
+    #[serde(with = "crate::control::prefix")]
     pub prefix: Ipv4Network,
     /// The node (the route's gateway); absent for a route without one
     /// (encapsulated toward the inner destination) and for a multipath
@@ -170,8 +191,8 @@ pub struct ListedRoute {
     pub nexthops: Vec<ListedNextHop>,
     /// Who installed it, by its routing protocol: `tunl` (tunl's own),
     /// `bird`, `static`, `kernel`..., or the protocol number.
-    #[serde(default)]
-    pub origin: String,
+    #[serde(default, deserialize_with = "crate::control::origin::deserialize")]
+    pub origin: Cow<'static, str>,
     /// Its metric.
     #[serde(default)]
     pub metric: u32,
@@ -190,11 +211,15 @@ pub struct NodeStatus {
     /// The node's underlay address.
     pub node: Ipv4Addr,
     /// The blocks routed to it.
+    #[serde(with = "crate::control::prefix::list")]
     pub blocks: Vec<Ipv4Network>,
     /// The origin of each block, in the order of `blocks` (`tunl`, `bird`,
     /// ...: see [`ListedRoute::origin`]).
-    #[serde(default)]
-    pub origins: Vec<String>,
+    #[serde(
+        default,
+        deserialize_with = "crate::control::origin::list::deserialize"
+    )]
+    pub origins: Vec<Cow<'static, str>>,
     /// The tunnel MTU toward it (lowered by underlay frag-needed).
     pub path_mtu: u16,
     /// Inner packets sent to it.

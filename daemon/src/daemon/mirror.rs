@@ -53,39 +53,7 @@ use super::ROUTE_PROTOCOL;
 use crate::dataplane::nexthop::GroupMember;
 use crate::dataplane::{MultipathGroup, NextHop, Policy, Shared};
 
-/// The name of a route's origin: its routing protocol (`proto`) as `ip
-/// route` spells the well-known ones, `tunl` for tunl's own (116), else the
-/// number.
-pub fn origin_name(protocol: u8) -> String {
-    let name = match protocol {
-        ROUTE_PROTOCOL => "tunl",
-        0 => "unspec",
-        1 => "redirect",
-        2 => "kernel",
-        3 => "boot",
-        4 => "static",
-        8 => "gated",
-        9 => "ra",
-        10 => "mrt",
-        11 => "zebra",
-        12 => "bird",
-        13 => "dnrouted",
-        14 => "xorp",
-        15 => "ntk",
-        16 => "dhcp",
-        17 => "mrouted",
-        18 => "keepalived",
-        42 => "babel",
-        99 => "openr",
-        186 => "bgp",
-        187 => "isis",
-        188 => "ospf",
-        189 => "rip",
-        192 => "eigrp",
-        n => return n.to_string(),
-    };
-    name.to_owned()
-}
+pub use crate::control::origin::name as origin_name;
 
 /// Route figures shared with the metrics endpoint and `status`.
 #[derive(Debug)]
