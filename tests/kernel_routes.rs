@@ -918,3 +918,62 @@ fn a_restart_with_two_workers_takes_over_the_persistent_device() {
         .unwrap();
     assert_eq!(r.received, 3, "{}\n{}", r.raw, logs(&tc));
 }
+
+/// Route adds sent many per datagram (`Netlink::add_routes`, what a start
+/// on a large config and a large `route replace` use): a route the kernel
+/// refuses is reported at its own place wherever it falls (the first, the
+/// first of a later datagram, the last of one, the very last, whose
+/// acknowledgement closes the batch), and every other is installed. Sent
+/// again, every add replaces and none is refused anew.
+#[test]
+#[ignore = "needs root: scripts/test"]
+fn batched_route_adds_report_each_refusal_at_its_place() {
+    use tunl_io::netlink::{Netlink, ROUTES_PER_DATAGRAM};
+    const TABLE: u32 = 77;
+    let tc = seed_without_routes(DaemonOptions::default());
+    let via = underlay(&tc, NODE2);
+    // A multicast gateway: "Nexthop has invalid gateway" (EINVAL).
+    let bad = Ipv4Addr::new(224, 0, 0, 1);
+    let n = 3 * ROUTES_PER_DATAGRAM + 5;
+    let refused: BTreeSet<usize> =
+        [0, ROUTES_PER_DATAGRAM, 2 * ROUTES_PER_DATAGRAM - 1, n - 1].into();
+    let routes: Vec<(Ipv4Network, Ipv4Addr)> = (0..n)
+        .map(|i| {
+            let prefix = Ipv4Network::new(Ipv4Addr::from(0x6446_0000 + i as u32), 32).unwrap();
+            (prefix, if refused.contains(&i) { bad } else { via })
+        })
+        .collect();
+    let add_all = || {
+        in_netns(&netns_of(&tc, NODE1), || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            rt.block_on(async {
+                let netlink = Netlink::new().unwrap();
+                let tunnel = netlink.link_index("tunl0").await.unwrap().expect("tunl0");
+                netlink.add_routes(&routes, tunnel, 201, TABLE).await
+            })
+        })
+        .unwrap()
+    };
+    for round in 0..2 {
+        let results = add_all();
+        assert_eq!(results.len(), n);
+        let failed: BTreeSet<usize> = (0..n).filter(|&i| results[i].is_err()).collect();
+        assert_eq!(failed, refused, "round {round}");
+        for &i in &refused {
+            let e = results[i].as_ref().unwrap_err();
+            assert_eq!(e.raw_os_error(), Some(libc::EINVAL), "{e}");
+            assert!(e.to_string().contains(&routes[i].0.to_string()), "{e}");
+        }
+        let table = TABLE.to_string();
+        let installed = ip(&tc, NODE1, &["-o", "route", "show", "table", &table]);
+        assert_eq!(
+            installed.lines().count(),
+            n - refused.len(),
+            "round {round}"
+        );
+        assert!(!installed.contains("224.0.0.1"));
+    }
+}

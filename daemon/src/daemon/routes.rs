@@ -60,12 +60,6 @@ impl std::fmt::Display for RouteOrigin {
     }
 }
 
-/// Route installs kept in flight at once on the netlink connection: enough
-/// to hide the round trip per route (100k routes went from seconds to a
-/// fraction), few enough that the socket's receive buffer holds every
-/// reply.
-const ROUTES_IN_FLIGHT: usize = 64;
-
 /// The config's routes as a route set.
 pub fn wanted_routes(config: &Config) -> Routes {
     config.routes.iter().map(|r| (r.prefix, r.via)).collect()
@@ -154,13 +148,7 @@ impl KernelRoutes for NetlinkRoutes {
         routes: &[(Ipv4Network, Ipv4Addr)],
     ) -> Vec<Result<(), NetlinkError>> {
         self.netlink
-            .add_routes(
-                routes,
-                self.device,
-                ROUTE_PROTOCOL,
-                self.table,
-                ROUTES_IN_FLIGHT,
-            )
+            .add_routes(routes, self.device, ROUTE_PROTOCOL, self.table)
             .await
     }
 
