@@ -25,6 +25,12 @@ use super::routes::Routes;
 
 /// Events handled per batch at most (one LPM publication each).
 const BATCH: usize = 4096;
+/// Route events after which, once the feed has caught up, the heap's free
+/// memory is handed back to the kernel: a start on a large config, a
+/// large `route replace` or another program's mass change allocate far
+/// more while in flight (the queued events, the kernel's messages) than
+/// the mirror keeps.
+const RELEASE_AFTER: usize = 10_000;
 
 /// The subscription to the kernel's route changes, and what happened to it.
 pub(super) struct KernelFeed {
@@ -35,6 +41,8 @@ pub(super) struct KernelFeed {
     /// Whether tunl's device was up at the last link event.
     device_up: bool,
     logged_overrun: bool,
+    /// Events applied since the heap was last trimmed.
+    since_release: usize,
 }
 
 /// What a batch asked the caller to do besides applying its routes.
@@ -68,6 +76,7 @@ impl KernelFeed {
             events: Vec::with_capacity(BATCH),
             device_up: true,
             logged_overrun: false,
+            since_release: 0,
         })
     }
 
@@ -126,6 +135,12 @@ impl KernelFeed {
             }
         }
         mirror.apply(&self.events);
+        self.since_release += self.events.len();
+        // A short batch: the feed has caught up.
+        if self.events.len() < BATCH && self.since_release >= RELEASE_AFTER {
+            self.since_release = 0;
+            tunl_io::memory::release_free_memory();
+        }
         resync
     }
 

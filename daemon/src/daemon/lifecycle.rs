@@ -126,6 +126,8 @@ pub(super) async fn run(
     // Reading a large config and installing its routes allocated far
     // more than the daemon keeps (100k routes: ~200 MiB at the peak); give
     // it back instead of carrying it as RSS.
+    // The route changes queued meanwhile are applied next; the feed
+    // trims again once it has caught up with them (`follow`).
     tunl_io::memory::release_free_memory();
     log_up(&config, &device, offload);
 

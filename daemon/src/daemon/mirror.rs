@@ -55,6 +55,9 @@ use crate::dataplane::{MultipathGroup, NextHop, Policy, Shared};
 
 pub use crate::control::origin::name as origin_name;
 
+/// The capacity of the batch's LPM changes kept between batches.
+const OPS_KEPT: usize = 4096;
+
 /// Route figures shared with the metrics endpoint and `status`.
 #[derive(Debug)]
 pub struct RouteStats {
@@ -863,6 +866,11 @@ impl RouteMirror {
             self.writer.apply(self.ops.drain(..));
             self.publishes += 1;
             self.stats.updated();
+            // A start or a mass change made it large (100k routes: 2 MiB);
+            // a usual batch needs far less.
+            if self.ops.capacity() > OPS_KEPT {
+                self.ops = Vec::with_capacity(OPS_KEPT);
+            }
         }
         self.publish_policy_after();
         self.stats.set_counts(self.prefixes.len(), &self.origins);
