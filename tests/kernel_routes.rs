@@ -822,6 +822,8 @@ fn tunl_bench_routes_runs_and_prints_each_figure_beside_its_target() {
         "(ack returned) -> LPM, p99",
         "churn at 500/s",
         "status while 10 route adds are queued, at 300",
+        "start: 300 config routes installed",
+        "RSS with 300 config routes",
         "highest rate followed without a resync",
     ] {
         assert!(text.contains(line), "no {line:?} in\n{text}");

@@ -261,9 +261,11 @@ impl<K: KernelRoutes> RouteManager<K> {
     /// LPM is left to the mirror, which learns them back from the kernel's
     /// notifications. Returns how many went in; a refused one is logged.
     pub async fn reinstall(&mut self) -> usize {
+        let own: Vec<(Ipv4Network, Ipv4Addr)> = self.own.iter().map(|(p, v)| (*p, *v)).collect();
+        let results = self.kernel.add_all(&own).await;
         let mut done = 0;
-        for (prefix, via) in self.own.clone() {
-            match self.kernel.add(prefix, via).await {
+        for ((prefix, via), result) in own.iter().zip(results) {
+            match result {
                 Ok(()) => done += 1,
                 Err(e) => warn!(%prefix, %via, error = %e, "cannot put a route back"),
             }

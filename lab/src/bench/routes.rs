@@ -21,6 +21,10 @@
 //!   equals the kernel's afterwards. The rate achieved is reported, since
 //!   `ip` itself has a ceiling; the figure is the highest rate followed.
 //!   `status` is timed while the changes are queued;
+//! - **config start**: a daemon on a fresh cluster with a config of as
+//!   many `[[route]]`s as the largest size (tunl installs them itself):
+//!   from the spawn until every route is in the kernel, and its memory
+//!   300 ms later;
 //! - **control socket**: at each start size, `route_add` over the control
 //!   socket (then `route_del`), and `status`, timed; and `status` sent
 //!   while ten clients' route adds are queued ahead of it (the daemon
@@ -36,6 +40,7 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 use tunl::control::{Client, Request, Status};
 
+use super::large_table::{LargeTable, measure_large_table};
 use super::{BenchError, median, percentile, status_mib, write_file};
 use crate::testbed::{DaemonOptions, TunlCluster, in_netns};
 use crate::topology::{ClusterSpec, ProcessOutput};
@@ -60,9 +65,9 @@ const CHURN_TICK: Duration = Duration::from_millis(50);
 #[derive(Debug, Clone, clap::Subcommand)]
 pub enum BenchCommand {
     /// Following the kernel's routes: start time and memory on 10k and
-    /// 100k kernel routes, route-added-to-LPM latency, the churn rate
-    /// followed without a resync, and control-socket response times
-    /// (needs root).
+    /// 100k kernel routes and on a config of 100k routes, route-added-to-LPM
+    /// latency, the churn rate followed without a resync, and
+    /// control-socket response times (needs root).
     Routes(RoutesBenchArgs),
 }
 
@@ -70,7 +75,8 @@ pub enum BenchCommand {
 #[derive(Debug, Clone, clap::Args)]
 pub struct RoutesBenchArgs {
     /// Kernel route counts tunl starts on, comma-separated (the start
-    /// figure: load time and memory).
+    /// figure: load time and memory); the largest is also started on as
+    /// config routes.
     #[arg(long, value_delimiter = ',', default_values_t = [10_000, 100_000])]
     pub sizes: Vec<usize>,
     /// Routes in the kernel during the latency and churn runs.
@@ -171,6 +177,9 @@ pub struct RoutesReport {
     pub churn: Vec<ChurnFigure>,
     /// The highest achieved rate followed without a resync.
     pub churn_followed_per_second: Option<f64>,
+    /// A start on a config of as many `[[route]]`s as the largest size
+    /// instead: until every route is in the kernel, and the memory then.
+    pub config_start: Option<LargeTable>,
 }
 
 fn measurement(what: impl std::fmt::Display) -> BenchError {
@@ -233,6 +242,15 @@ pub fn run_routes(args: &RoutesBenchArgs, tunl_binary: &Path) -> Result<RoutesRe
         loaded = n;
         start.push(bench.start_figure(n)?);
     }
+    drop(tc);
+    // The same number of routes from the config: tunl installs them itself.
+    let config_start = match sizes.last() {
+        Some(&n) => {
+            eprintln!("bench routes: start on a config of {n} routes");
+            Some(measure_large_table(tunl_binary, n)?)
+        }
+        None => None,
+    };
     let followed = churn
         .iter()
         .filter(|c| c.resyncs == 0 && c.consistent)
@@ -252,6 +270,7 @@ pub fn run_routes(args: &RoutesBenchArgs, tunl_binary: &Path) -> Result<RoutesRe
         latency_from_ack_ms,
         churn,
         churn_followed_per_second: followed,
+        config_start,
     };
     print!("{}", format_routes_table(&report));
     if let Some(path) = &args.json {
@@ -778,6 +797,26 @@ pub fn format_routes_table(r: &RoutesReport) -> String {
             if big { "<= 50 ms".into() } else { "-".into() },
         ]);
     }
+    if let Some(c) = &r.config_start {
+        let big = c.routes >= 100_000;
+        rows.push([
+            format!(
+                "start: {} config routes installed (spawn to all in the kernel)",
+                c.routes
+            ),
+            figure(Some(c.startup_seconds), "s"),
+            if big { "<= 1 s".into() } else { "-".into() },
+        ]);
+        rows.push([
+            format!("  RSS with {} config routes (peak)", c.routes),
+            format!(
+                "{} ({}) MiB",
+                super::format_number(c.vm_rss_mib),
+                super::format_number(c.vm_hwm_mib)
+            ),
+            if big { "<= 32 MiB".into() } else { "-".into() },
+        ]);
+    }
     rows.push([
         format!(
             "latency: route added (ack returned) -> LPM, median ({} adds at {} routes)",
@@ -903,6 +942,12 @@ mod tests {
                 status_ms: Some(9.0),
             }],
             churn_followed_per_second: Some(9800.0),
+            config_start: Some(LargeTable {
+                routes: 100_000,
+                vm_rss_mib: 28.0,
+                vm_hwm_mib: 201.6,
+                startup_seconds: 0.71,
+            }),
         };
         let t = format_routes_table(&report);
         let line = |needle: &str| {
@@ -933,6 +978,16 @@ mod tests {
         );
         assert!(line("from the add sent, p99").contains("0.300 ms"), "{t}");
         assert!(line("highest rate").contains("9800 /s"), "{t}");
+        let config = line("start: 100000 config routes installed");
+        assert!(
+            config.contains("0.710 s") && config.ends_with("<= 1 s"),
+            "{t}"
+        );
+        let rss = line("RSS with 100000 config routes");
+        assert!(
+            rss.contains("28.0 (202) MiB") && rss.ends_with("<= 32 MiB"),
+            "{t}"
+        );
         assert!(
             line("churn at 10000/s").contains("9800/s, 0, 12.0 ms"),
             "{t}"
