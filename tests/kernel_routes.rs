@@ -926,7 +926,9 @@ fn a_restart_with_two_workers_takes_over_the_persistent_device() {
 /// refuses is reported at its own place wherever it falls (the first, the
 /// first of a later datagram, the last of one, the very last, whose
 /// acknowledgement closes the batch), and every other is installed. Sent
-/// again, every add replaces and none is refused anew.
+/// again, every add replaces and none is refused anew. Deleted the same
+/// way (`Netlink::del_routes`), all go, and the refused ones, absent, are
+/// no error.
 #[test]
 #[ignore = "needs root: scripts/test"]
 fn batched_route_adds_report_each_refusal_at_its_place() {
@@ -945,7 +947,7 @@ fn batched_route_adds_report_each_refusal_at_its_place() {
             (prefix, if refused.contains(&i) { bad } else { via })
         })
         .collect();
-    let add_all = || {
+    let on_node1 = |delete: bool| {
         in_netns(&netns_of(&tc, NODE1), || {
             let rt = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
@@ -954,11 +956,18 @@ fn batched_route_adds_report_each_refusal_at_its_place() {
             rt.block_on(async {
                 let netlink = Netlink::new().unwrap();
                 let tunnel = netlink.link_index("tunl0").await.unwrap().expect("tunl0");
-                netlink.add_routes(&routes, tunnel, 201, TABLE).await
+                if delete {
+                    let prefixes: Vec<Ipv4Network> = routes.iter().map(|r| r.0).collect();
+                    netlink.del_routes(&prefixes, tunnel, 201, TABLE).await
+                } else {
+                    netlink.add_routes(&routes, tunnel, 201, TABLE).await
+                }
             })
         })
         .unwrap()
     };
+    let add_all = || on_node1(false);
+    let table = TABLE.to_string();
     for round in 0..2 {
         let results = add_all();
         assert_eq!(results.len(), n);
@@ -969,7 +978,6 @@ fn batched_route_adds_report_each_refusal_at_its_place() {
             assert_eq!(e.raw_os_error(), Some(libc::EINVAL), "{e}");
             assert!(e.to_string().contains(&routes[i].0.to_string()), "{e}");
         }
-        let table = TABLE.to_string();
         let installed = ip(&tc, NODE1, &["-o", "route", "show", "table", &table]);
         assert_eq!(
             installed.lines().count(),

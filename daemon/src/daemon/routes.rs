@@ -82,8 +82,8 @@ pub trait KernelRoutes {
 
     /// [`add`](Self::add) for each of `routes`, in order, results in the
     /// same order; it may stop after the first refusal (the results are then
-    /// fewer than the routes). The netlink implementation keeps several
-    /// requests in flight.
+    /// fewer than the routes). The netlink implementation sends many per
+    /// datagram and tries them all.
     async fn add_all(
         &mut self,
         routes: &[(Ipv4Network, Ipv4Addr)],
@@ -103,6 +103,18 @@ pub trait KernelRoutes {
     /// Removes tunl's route for `prefix` out of device `oif`; succeeds when
     /// there is none.
     async fn del(&mut self, prefix: Ipv4Network, oif: u32) -> Result<(), NetlinkError>;
+
+    /// [`del`](Self::del) for each of `prefixes` out of this device, in
+    /// order, results in the same order (a refusal does not stop the rest).
+    /// The netlink implementation sends many per datagram.
+    async fn del_all(&mut self, prefixes: &[Ipv4Network]) -> Vec<Result<(), NetlinkError>> {
+        let device = self.device();
+        let mut results = Vec::with_capacity(prefixes.len());
+        for &prefix in prefixes {
+            results.push(self.del(prefix, device).await);
+        }
+        results
+    }
 
     /// Every route with tunl's tag that goes out of a device: `(prefix, oif)`.
     async fn tagged(&mut self) -> Result<Vec<(Ipv4Network, u32)>, NetlinkError>;
@@ -155,6 +167,12 @@ impl KernelRoutes for NetlinkRoutes {
     async fn del(&mut self, prefix: Ipv4Network, oif: u32) -> Result<(), NetlinkError> {
         self.netlink
             .del_route(prefix, oif, ROUTE_PROTOCOL, self.table)
+            .await
+    }
+
+    async fn del_all(&mut self, prefixes: &[Ipv4Network]) -> Vec<Result<(), NetlinkError>> {
+        self.netlink
+            .del_routes(prefixes, self.device, ROUTE_PROTOCOL, self.table)
             .await
     }
 
@@ -460,16 +478,20 @@ impl<K: KernelRoutes> RouteManager<K> {
         if let Some(e) = refused {
             return Err(e);
         }
-        let device = self.kernel.device();
-        for &prefix in removed {
-            self.kernel
-                .del(prefix, device)
-                .await
-                .map_err(|source| RouteError::Remove { prefix, source })?;
-            debug!(%prefix, %origin, "route removed");
-            deleted.push(prefix);
+        // The same for removals: every one the kernel did is recorded.
+        let results = self.kernel.del_all(removed).await;
+        for (&prefix, result) in removed.iter().zip(results) {
+            match result {
+                Ok(()) => {
+                    debug!(%prefix, %origin, "route removed");
+                    deleted.push(prefix);
+                }
+                Err(source) => {
+                    refused.get_or_insert(RouteError::Remove { prefix, source });
+                }
+            }
         }
-        Ok(())
+        refused.map_or(Ok(()), Err)
     }
 
     /// Undoes a partly applied change: kernel routes first, then the LPM.
@@ -501,9 +523,10 @@ impl<K: KernelRoutes> RouteManager<K> {
     /// stopping); routes others installed stay, in the kernel and in the
     /// LPM until the workers stop.
     pub async fn remove_all(&mut self) {
-        let device = self.kernel.device();
-        for prefix in self.own.keys() {
-            if let Err(e) = self.kernel.del(*prefix, device).await {
+        let own: Vec<Ipv4Network> = self.own.keys().copied().collect();
+        let results = self.kernel.del_all(&own).await;
+        for (prefix, result) in own.iter().zip(results) {
+            if let Err(e) = result {
                 warn!(%prefix, error = %e, "cannot remove kernel route");
             }
         }

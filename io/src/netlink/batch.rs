@@ -1,5 +1,6 @@
 //! Many route requests per datagram, on a socket of their own: what
-//! [`Netlink::add_routes`](super::Netlink::add_routes) sends a large route
+//! [`Netlink::add_routes`](super::Netlink::add_routes) and
+//! [`Netlink::del_routes`](super::Netlink::del_routes) send a large route
 //! set with.
 //!
 //! Only the last request of a datagram carries `NLM_F_ACK`. The kernel
@@ -11,11 +12,9 @@
 use std::io;
 
 use rtnetlink::packet_core::{
-    NLM_F_ACK, NLM_F_CREATE, NLM_F_REPLACE, NLM_F_REQUEST, NetlinkHeader, NetlinkMessage,
-    NetlinkPayload,
+    NLM_F_ACK, NLM_F_REQUEST, NetlinkHeader, NetlinkMessage, NetlinkPayload,
 };
 use rtnetlink::packet_route::RouteNetlinkMessage;
-use rtnetlink::packet_route::route::RouteMessage;
 use rtnetlink::sys::{AsyncSocket, AsyncSocketExt, SocketAddr, TokioSocket, protocols};
 
 use super::NetlinkError;
@@ -45,17 +44,18 @@ impl Socket {
         })
     }
 
-    /// Sends `messages` as route adds that replace (`NLM_F_CREATE |
-    /// NLM_F_REPLACE`) in one datagram and waits for the last one's
-    /// acknowledgement; each refused one's error goes to its place in
-    /// `results` (named with `op(i)`), the others are left as they are.
+    /// Sends `messages` (each with `NLM_F_REQUEST` and `flags`) in one
+    /// datagram and waits for the last one's acknowledgement; each refused
+    /// one's error goes to its place in `results` (named with `op(i)`), the
+    /// others are left as they are.
     ///
     /// # Errors
     /// The socket failed, or lost replies (`ENOBUFS`): which of the
     /// requests the kernel refused is then not known.
-    pub(super) async fn add_all(
+    pub(super) async fn send_all(
         &mut self,
-        messages: impl ExactSizeIterator<Item = RouteMessage>,
+        messages: impl ExactSizeIterator<Item = RouteNetlinkMessage>,
+        flags: u16,
         results: &mut [Result<(), NetlinkError>],
         op: impl Fn(usize) -> String,
     ) -> io::Result<()> {
@@ -68,15 +68,12 @@ impl Socket {
         for (i, m) in messages.enumerate() {
             self.seq = self.seq.wrapping_add(1);
             let mut header = NetlinkHeader::default();
-            header.flags = NLM_F_REQUEST | NLM_F_CREATE | NLM_F_REPLACE;
+            header.flags = NLM_F_REQUEST | flags;
             if i + 1 == count {
                 header.flags |= NLM_F_ACK;
             }
             header.sequence_number = self.seq;
-            let mut request = NetlinkMessage::new(
-                header,
-                NetlinkPayload::InnerMessage(RouteNetlinkMessage::NewRoute(m)),
-            );
+            let mut request = NetlinkMessage::new(header, NetlinkPayload::InnerMessage(m));
             request.finalize();
             let at = self.bytes.len();
             // Each message starts 4-byte aligned.

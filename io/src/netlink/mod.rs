@@ -22,7 +22,9 @@ use std::net::{IpAddr, Ipv4Addr};
 
 use futures::TryStreamExt;
 use ipnetwork::Ipv4Network;
+use rtnetlink::packet_core::{NLM_F_CREATE, NLM_F_REPLACE};
 use rtnetlink::packet_route::AddressFamily;
+use rtnetlink::packet_route::RouteNetlinkMessage;
 use rtnetlink::packet_route::address::{AddressAttribute, AddressMessage};
 use rtnetlink::packet_route::link::{InfoKind, LinkAttribute, LinkInfo};
 use rtnetlink::packet_route::neighbour::{
@@ -100,6 +102,61 @@ fn route_message(
         .table_id(table)
         .onlink()
         .build()
+}
+
+/// The message deleting the route for `prefix` out of `ifindex` with
+/// `protocol` from `table`.
+fn del_message(prefix: Ipv4Network, ifindex: u32, protocol: u8, table: u32) -> RouteMessage {
+    let mut msg = RouteMessageBuilder::<Ipv4Addr>::new()
+        .destination_prefix(prefix.network(), prefix.prefix())
+        .output_interface(ifindex)
+        .protocol(RouteProtocol::from(protocol))
+        .table_id(table)
+        .build();
+    // Scope "nowhere" on delete matches any scope.
+    msg.header.scope = rtnetlink::packet_route::route::RouteScope::NoWhere;
+    msg
+}
+
+/// Sends a request per item, [`ROUTES_PER_DATAGRAM`] per datagram on a
+/// socket of its own ([`batch`]); the results in the order of `items`.
+/// Without the socket, or for a datagram whose replies were lost, each
+/// item goes through `one` (a request on the connection) instead.
+async fn batched<T, F: std::future::Future<Output = Result<(), NetlinkError>>>(
+    items: &[T],
+    message: impl Fn(&T) -> RouteNetlinkMessage,
+    flags: u16,
+    op: impl Fn(&T) -> String,
+    one: impl Fn(&T) -> F,
+) -> Vec<Result<(), NetlinkError>> {
+    let mut results: Vec<Result<(), NetlinkError>> = items.iter().map(|_| Ok(())).collect();
+    let mut socket = match batch::Socket::open() {
+        Ok(s) => Some(s),
+        Err(error) => {
+            tracing::debug!(%error, "no socket for batched route requests; one at a time");
+            None
+        }
+    };
+    for (chunk, done) in items
+        .chunks(ROUTES_PER_DATAGRAM)
+        .zip(results.chunks_mut(ROUTES_PER_DATAGRAM))
+    {
+        if let Some(s) = socket.as_mut() {
+            let sent = s
+                .send_all(chunk.iter().map(&message), flags, done, |i| op(&chunk[i]))
+                .await;
+            match sent {
+                Ok(()) => continue,
+                Err(error) => {
+                    tracing::debug!(%error, requests = chunk.len(), "batched route requests lost their replies; one at a time")
+                }
+            }
+        }
+        for (r, item) in done.iter_mut().zip(chunk) {
+            *r = one(item).await;
+        }
+    }
+    results
 }
 
 fn errno(e: &rtnetlink::Error) -> Option<i32> {
@@ -286,37 +343,35 @@ impl Netlink {
         protocol: u8,
         table: u32,
     ) -> Vec<Result<(), NetlinkError>> {
-        let mut results: Vec<Result<(), NetlinkError>> = routes.iter().map(|_| Ok(())).collect();
-        let mut socket = match batch::Socket::open() {
-            Ok(s) => s,
-            Err(source) => {
-                // No socket of its own: one at a time on the connection.
-                tracing::debug!(error = %source, "no socket for batched route adds");
-                for (r, &(prefix, via)) in results.iter_mut().zip(routes) {
-                    *r = self.add_route(prefix, via, ifindex, protocol, table).await;
-                }
-                return results;
-            }
+        let message = |&(prefix, via): &(Ipv4Network, Ipv4Addr)| {
+            RouteNetlinkMessage::NewRoute(route_message(prefix, via, ifindex, protocol, table))
         };
-        for (chunk, done) in routes
-            .chunks(ROUTES_PER_DATAGRAM)
-            .zip(results.chunks_mut(ROUTES_PER_DATAGRAM))
-        {
-            let messages = chunk
-                .iter()
-                .map(|&(prefix, via)| route_message(prefix, via, ifindex, protocol, table));
-            let op = |i: usize| {
-                let (prefix, via) = chunk[i];
-                format!("add route {prefix} via {via}")
-            };
-            match socket.add_all(messages, done, op).await {
-                Ok(()) => {}
-                Err(e) => {
-                    tracing::debug!(error = %e, routes = chunk.len(), "batched route adds lost their replies; adding them one at a time");
-                    for (r, &(prefix, via)) in done.iter_mut().zip(chunk) {
-                        *r = self.add_route(prefix, via, ifindex, protocol, table).await;
-                    }
-                }
+        let op = |&(prefix, via): &(Ipv4Network, Ipv4Addr)| format!("add route {prefix} via {via}");
+        let one = |&(prefix, via): &(Ipv4Network, Ipv4Addr)| {
+            self.add_route(prefix, via, ifindex, protocol, table)
+        };
+        batched(routes, message, NLM_F_CREATE | NLM_F_REPLACE, op, one).await
+    }
+
+    /// [`del_route`](Self::del_route) for each of `prefixes`, batched as
+    /// [`add_routes`](Self::add_routes) is; an absent route is not an
+    /// error.
+    pub async fn del_routes(
+        &self,
+        prefixes: &[Ipv4Network],
+        ifindex: u32,
+        protocol: u8,
+        table: u32,
+    ) -> Vec<Result<(), NetlinkError>> {
+        let message = |&prefix: &Ipv4Network| {
+            RouteNetlinkMessage::DelRoute(del_message(prefix, ifindex, protocol, table))
+        };
+        let op = |prefix: &Ipv4Network| format!("delete route {prefix}");
+        let one = |&prefix: &Ipv4Network| self.del_route(prefix, ifindex, protocol, table);
+        let mut results = batched(prefixes, message, 0, op, one).await;
+        for r in &mut results {
+            if r.as_ref().err().and_then(NetlinkError::raw_os_error) == Some(libc::ESRCH) {
+                *r = Ok(());
             }
         }
         results
@@ -331,14 +386,7 @@ impl Netlink {
         protocol: u8,
         table: u32,
     ) -> Result<(), NetlinkError> {
-        let mut msg = RouteMessageBuilder::<Ipv4Addr>::new()
-            .destination_prefix(prefix.network(), prefix.prefix())
-            .output_interface(ifindex)
-            .protocol(RouteProtocol::from(protocol))
-            .table_id(table)
-            .build();
-        // Scope "nowhere" on delete matches any scope.
-        msg.header.scope = rtnetlink::packet_route::route::RouteScope::NoWhere;
+        let msg = del_message(prefix, ifindex, protocol, table);
         match self.handle.route().del(msg).execute().await {
             Ok(()) => Ok(()),
             Err(e) if errno(&e) == Some(libc::ESRCH) => Ok(()),
