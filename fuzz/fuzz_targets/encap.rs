@@ -47,6 +47,10 @@ fn expected(
     if inner[8] == 0 {
         return Err(EncapError::Drop(DropReason::TtlExpired));
     }
+    // An IPIP packet from this node: its own outer packet routed back in.
+    if inner[9] == 4 && inner[12..16] == s.local.octets() {
+        return Err(EncapError::Drop(DropReason::TunnelLoop));
+    }
     let df = s.pmtudisc || inner[6] & 0x40 != 0;
     let mtu = mtu.min(s.mtu);
     if (df && inner.len() > usize::from(mtu)) || inner.len() > MAX_INNER_LEN {
