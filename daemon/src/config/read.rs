@@ -53,7 +53,7 @@ pub(super) fn read(text: &str, path: &Path) -> Result<(Config, Vec<usize>, Probl
             let known: Vec<&str> = SECTIONS.iter().map(|(_, shown)| *shown).collect();
             let hint = suggestion(key, SECTIONS.iter().map(|(name, _)| *name));
             p.push(
-                key.as_str(),
+                shown_key(key),
                 format!("unknown section (known: {}){hint}", known.join(", ")),
             );
         }
@@ -71,6 +71,20 @@ pub(super) fn read(text: &str, path: &Path) -> Result<(Config, Vec<usize>, Probl
         routing: routing(&table, &mut p),
     };
     Ok((config, route_keys, p))
+}
+
+/// A key as a problem names it: bare when TOML would write it bare, else
+/// quoted (an empty key, `"" = 1`, is still named: `""`).
+fn shown_key(key: &str) -> String {
+    let bare = !key.is_empty()
+        && key
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-');
+    if bare {
+        key.to_owned()
+    } else {
+        format!("{key:?}")
+    }
 }
 
 /// Line and column (from 1, in characters) of byte `at` of `text`.
@@ -167,7 +181,7 @@ impl<'t> Section<'t> {
             if !self.known.contains(&key.as_str()) {
                 let hint = suggestion(key, self.known.iter().copied());
                 p.push(
-                    self.key(key),
+                    self.key(&shown_key(key)),
                     format!("unknown key (known: {}){hint}", self.known.join(", ")),
                 );
             }

@@ -152,6 +152,19 @@ fn unknown_key_is_an_error() {
     assert!(err.contains("mut"), "{err}");
 }
 
+/// A key TOML must quote is named quoted, so an empty key is still named
+/// (the config fuzz target found `"" = 21` reported with an empty key).
+#[test]
+fn an_unknown_key_that_needs_quotes_is_named_quoted() {
+    let (key, problem) = invalid_key("\"\" = 21\n[tunnel]\nlocal = \"172.16.35.4\"\n");
+    assert_eq!(key, "\"\"");
+    assert!(problem.starts_with("unknown section"), "{problem}");
+    let (key, _) = invalid_key("[tunnel]\nlocal = \"172.16.35.4\"\n\"m t u\" = 1\n");
+    assert_eq!(key, "tunnel.\"m t u\"");
+    let (key, _) = invalid_key("[tunnel]\nlocal = \"172.16.35.4\"\nm-t_u9 = 1\n");
+    assert_eq!(key, "tunnel.m-t_u9");
+}
+
 #[test]
 fn host_bits_in_prefix() {
     let text = SEED.replace("10.20.105.192/26", "10.20.105.193/26");
