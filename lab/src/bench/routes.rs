@@ -754,6 +754,21 @@ fn figure(value: Option<f64>, unit: &str) -> String {
     )
 }
 
+/// `RSS (peak) MiB`.
+fn rss(rss_mib: f64, hwm_mib: f64) -> String {
+    format!(
+        "{} ({}) MiB",
+        super::format_number(rss_mib),
+        super::format_number(hwm_mib)
+    )
+}
+
+/// The target column: `target` for the sizes the targets are set at, `-`
+/// for the others.
+fn target(applies: bool, target: &str) -> String {
+    if applies { target } else { "-" }.to_owned()
+}
+
 /// The report as a text table: each figure beside its target.
 pub fn format_routes_table(r: &RoutesReport) -> String {
     let mut rows: Vec<[String; 3]> = vec![["figure".into(), "value".into(), "target".into()]];
@@ -762,7 +777,7 @@ pub fn format_routes_table(r: &RoutesReport) -> String {
         rows.push([
             format!("start: {} kernel routes loaded (spawn to ready)", s.routes),
             figure(Some(s.ready_seconds), "s"),
-            if big { "<= 1 s".into() } else { "-".into() },
+            target(big, "<= 1 s"),
         ]);
         rows.push([
             "  of which the dump, as the daemon logs it".to_owned(),
@@ -771,17 +786,13 @@ pub fn format_routes_table(r: &RoutesReport) -> String {
         ]);
         rows.push([
             format!("  RSS with {} routes (peak)", s.routes),
-            format!(
-                "{} ({}) MiB",
-                super::format_number(s.vm_rss_mib),
-                super::format_number(s.vm_hwm_mib)
-            ),
-            if big { "<= 32 MiB".into() } else { "-".into() },
+            rss(s.vm_rss_mib, s.vm_hwm_mib),
+            target(big, "<= 32 MiB"),
         ]);
         rows.push([
             format!("  route add over the control socket at {}", s.routes),
             figure(Some(s.route_add_ms), "ms"),
-            if big { "<= 5 ms".into() } else { "-".into() },
+            target(big, "<= 5 ms"),
         ]);
         rows.push([
             format!("  status over the control socket at {}", s.routes),
@@ -794,7 +805,7 @@ pub fn format_routes_table(r: &RoutesReport) -> String {
                 s.routes
             ),
             figure(s.status_queued_ms, "ms"),
-            if big { "<= 50 ms".into() } else { "-".into() },
+            target(big, "<= 50 ms"),
         ]);
     }
     if let Some(c) = &r.config_start {
@@ -805,16 +816,12 @@ pub fn format_routes_table(r: &RoutesReport) -> String {
                 c.routes
             ),
             figure(Some(c.startup_seconds), "s"),
-            if big { "<= 1 s".into() } else { "-".into() },
+            target(big, "<= 1 s"),
         ]);
         rows.push([
             format!("  RSS with {} config routes (peak)", c.routes),
-            format!(
-                "{} ({}) MiB",
-                super::format_number(c.vm_rss_mib),
-                super::format_number(c.vm_hwm_mib)
-            ),
-            if big { "<= 32 MiB".into() } else { "-".into() },
+            rss(c.vm_rss_mib, c.vm_hwm_mib),
+            target(big, "<= 32 MiB"),
         ]);
     }
     rows.push([
